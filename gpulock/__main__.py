@@ -1,0 +1,3 @@
+from gpulock.cli import main
+
+raise SystemExit(main())

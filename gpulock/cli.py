@@ -1,0 +1,167 @@
+"""The `gpulock` command line: argument parsing, output, and turning errors into words.
+
+Every GpulockError becomes one line on stderr (plus its detail lines) and a non-zero exit;
+nothing a user can cause ends in a traceback. Heavy modules are imported inside the
+command that needs them, so `gpulock --help` and future no-op paths start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gpulock import __version__
+from gpulock.errors import GpulockError
+
+_LATER = {
+    "sync": "fill the store and switch the environment to the lock",
+    "env": "print PYTHONPATH, PATH and model cache exports",
+    "run": "run a command inside the synced environment",
+    "status": "show generations and what the store holds",
+    "verify": "re-check store entries against their hashes",
+    "gc": "remove store entries nothing references",
+    "rollback": "switch back to an earlier generation",
+    "import": "migrate requirements.txt or dependencies.yaml",
+}
+
+_INIT_TEMPLATE = """\
+# gpu.toml: what this project needs on the GPU pod. `gpulock lock` pins it.
+[project]
+name = "{name}"
+python = "{python}"          # the pod's CPython minor version
+platform = "linux_x86_64"    # or linux_aarch64
+# glibc = "2.28"             # manylinux level of the pod's distribution
+# cuda = "12.1"              # CUDA runtime; +cuXYZ wheels must match it
+
+# [groups.pytorch]
+# index = "https://download.pytorch.org/whl/cu121"   # only these packages come from here
+# packages = ["torch==2.4.1"]
+
+[groups.main]
+packages = []
+
+# [models.qwen]
+# source = "hf://Qwen/Qwen2.5-0.5B-Instruct"
+# revision = "main"
+"""
+
+
+def _find_manifest(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "gpu.toml").is_file():
+            return folder / "gpu.toml"
+    raise GpulockError(f"no gpu.toml in {here} or its parents; run 'gpulock init' to write "
+                       "one, or pass --manifest")
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.manifest or "gpu.toml")
+    if path.exists() and not args.force:
+        raise GpulockError(f"{path} already exists; pass --force to overwrite it")
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    name = Path.cwd().name or "project"
+    path.write_text(_INIT_TEMPLATE.format(name=name, python=python), encoding="utf-8")
+    print(f"Wrote {path}; add packages, then run 'gpulock lock'", file=sys.stderr)
+    return 0
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from gpulock import lock, manifest
+
+    spec = manifest.load(_find_manifest(args.manifest))
+    path = Path(args.lock) if args.lock else lock.default_lock_path(spec)
+    if args.check:
+        locked = lock.check(spec, path)
+        print(f"{path} is up to date ({len(locked.packages)} packages)", file=sys.stderr)
+        return 0
+    started = time.perf_counter()
+    result = lock.lock(spec, path, upgrade=args.upgrade, upgrade_packages=args.upgrade_package)
+    elapsed = time.perf_counter() - started
+    count = len(result.lock.packages)
+    if result.up_to_date:
+        print(f"{path} is up to date ({count} packages, manifest unchanged) "
+              f"[{elapsed:.2f}s]", file=sys.stderr)
+        return 0
+    print(f"Resolved {count} packages for {result.lock.target.describe()} in {elapsed:.2f}s",
+          file=sys.stderr)
+    for line in result.changes:
+        print(line, file=sys.stderr)
+    print(f"Wrote {path}" if result.written else f"{path} unchanged", file=sys.stderr)
+    return 0
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from gpulock import lockfile
+    from gpulock.lock import diff
+
+    old, new = lockfile.read(Path(args.old)), lockfile.read(Path(args.new))
+    lines = diff(old, new)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("no package changes", file=sys.stderr)
+    return 0
+
+
+def _later(name: str) -> int:
+    raise GpulockError(f"'gpulock {name}' is not available in gpulock {__version__} yet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpulock",
+        description="Reproducible GPU environments and models on a pod's persistent volume.")
+    parser.add_argument("--version", action="version", version=f"gpulock {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    init = sub.add_parser("init", help="write a commented gpu.toml")
+    init.add_argument("--manifest", help="where to write it (default: ./gpu.toml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=_cmd_init)
+
+    lock = sub.add_parser("lock", help="resolve gpu.toml into pylock.gpu.toml for the pod")
+    lock.add_argument("--manifest", help="the manifest (default: gpu.toml here or above)")
+    lock.add_argument("--lock", help="the lock file (default: pylock.gpu.toml beside it)")
+    lock.add_argument("--upgrade", action="store_true", help="ignore existing pins")
+    lock.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",
+                      help="free one package's pin (repeatable)")
+    lock.add_argument("--check", action="store_true",
+                      help="exit non-zero unless the lock matches the manifest; write nothing")
+    lock.set_defaults(func=_cmd_lock)
+
+    diff = sub.add_parser("diff", help="what changes between two locks, in words")
+    diff.add_argument("old")
+    diff.add_argument("new")
+    diff.set_defaults(func=_cmd_diff)
+
+    for name, summary in _LATER.items():
+        later = sub.add_parser(name, help=f"{summary} (coming)", add_help=True)
+        later.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        later.set_defaults(func=lambda _args, name=name: _later(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except GpulockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

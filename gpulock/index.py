@@ -1,0 +1,222 @@
+"""Package indexes: what files a project has, wherever they are served from.
+
+One `Index` per base URL: PEP 691 JSON or PEP 503 HTML over HTTP(S), a `file://` folder
+laid out as a simple index, or a `file://` folder of wheels and sdists (pip's find-links).
+Pages are cached with their HTTP validators (ETag, Last-Modified, Cache-Control max-age),
+so a warm lock revalidates instead of downloading.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+from packaging.tags import Tag
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    NormalizedName,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from gpulock.cache import Cache
+from gpulock.errors import FetchError
+from gpulock.http import Http, redact
+
+_ACCEPT = ("application/vnd.pypi.simple.v1+json, "
+           "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01")
+_ARCHIVE = re.compile(r"\.(whl|tar\.gz|zip)$")
+
+
+@dataclass(frozen=True)
+class DistFile:
+    """One downloadable file of a project, as an index lists it."""
+
+    filename: str
+    url: str
+    index: str
+    name: NormalizedName
+    version: Version
+    tags: frozenset[Tag]  # empty for an sdist
+    sha256: str | None = None
+    size: int | None = None
+    upload_time: str | None = None
+    requires_python: str | None = None
+    yanked: bool = False
+    # None: the index does not advertise PEP 658 metadata; "" advertised without a hash.
+    metadata_sha256: str | None = None
+
+    @property
+    def is_wheel(self) -> bool:
+        return bool(self.tags)
+
+    @property
+    def local_path(self) -> Path | None:
+        parts = urlsplit(self.url)
+        return Path(unquote(parts.path)) if parts.scheme == "file" else None
+
+
+def make_dist(filename: str, url: str, index: str, **facts: object) -> DistFile | None:
+    """A DistFile from its filename, or None for files that are not wheels or sdists."""
+    try:
+        if filename.endswith(".whl"):
+            name, version, _build, tags = parse_wheel_filename(filename)
+        elif filename.endswith((".tar.gz", ".zip")):
+            name, version = parse_sdist_filename(filename)
+            tags = frozenset()
+        else:
+            return None
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+    return DistFile(filename=filename, url=url, index=index, name=name, version=version,
+                    tags=frozenset(tags), **facts)  # type: ignore[arg-type]
+
+
+class _LinkParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.links.append(dict(attrs))
+
+
+def parse_html(page: str, page_url: str, index: str) -> list[DistFile]:
+    parser = _LinkParser()
+    parser.feed(page)
+    files = []
+    for attrs in parser.links:
+        href = attrs.get("href")
+        if not href:
+            continue
+        url, _, fragment = urljoin(page_url, href).partition("#")
+        filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        sha256 = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+        meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
+        metadata_sha256 = None
+        if meta is not None and meta != "false":
+            metadata_sha256 = meta[len("sha256="):] if meta.startswith("sha256=") else ""
+        dist = make_dist(filename, url, index, sha256=sha256,
+                         requires_python=attrs.get("data-requires-python") or None,
+                         yanked="data-yanked" in attrs, metadata_sha256=metadata_sha256)
+        if dist:
+            files.append(dist)
+    return files
+
+
+def parse_json(page: bytes, page_url: str, index: str) -> list[DistFile]:
+    data = json.loads(page)
+    files = []
+    for entry in data.get("files", []):
+        meta = entry.get("core-metadata", entry.get("dist-info-metadata", False))
+        metadata_sha256 = None
+        if isinstance(meta, dict):
+            metadata_sha256 = meta.get("sha256", "")
+        elif meta is True:
+            metadata_sha256 = ""
+        dist = make_dist(entry["filename"], urljoin(page_url, entry["url"]).partition("#")[0],
+                         index, sha256=entry.get("hashes", {}).get("sha256"),
+                         size=entry.get("size"), upload_time=entry.get("upload-time"),
+                         requires_python=entry.get("requires-python") or None,
+                         yanked=bool(entry.get("yanked", False)),
+                         metadata_sha256=metadata_sha256)
+        if dist:
+            files.append(dist)
+    return files
+
+
+class Index:
+    """The files an index serves for a project name."""
+
+    def __init__(self, url: str, http: Http, cache: Cache) -> None:
+        self.url = url.rstrip("/")
+        self.http = http
+        self.cache = cache
+        self.pages_fetched = 0
+        self.pages_revalidated = 0
+
+    def files(self, name: str) -> list[DistFile]:
+        name = canonicalize_name(name)
+        if self.url.startswith("file://"):
+            return self._local_files(name)
+        return self._remote_files(name)
+
+    def _local_files(self, name: NormalizedName) -> list[DistFile]:
+        root = Path(unquote(urlsplit(self.url).path))
+        if not root.is_dir():
+            raise FetchError(f"index {self.url} is not a folder")
+        page = root / name / "index.html"
+        if page.is_file():
+            return parse_html(page.read_text(encoding="utf-8"), page.as_uri(), self.url)
+        files = []
+        for path in sorted(root.iterdir()):
+            if not _ARCHIVE.search(path.name):
+                continue
+            dist = make_dist(path.name, path.resolve().as_uri(), self.url)
+            if dist and dist.name == name:
+                files.append(dist)
+        return files
+
+    def _remote_files(self, name: NormalizedName) -> list[DistFile]:
+        url = f"{self.url}/{name}/"
+        cached = self.cache.get_json("pages", url)
+        if cached and cached.get("expires", 0) > time.time():
+            return self._parse(cached, url)
+        headers = {"Accept": _ACCEPT, "Accept-Encoding": "gzip"}
+        if cached:
+            if cached.get("etag"):
+                headers["If-None-Match"] = cached["etag"]
+            if cached.get("last_modified"):
+                headers["If-Modified-Since"] = cached["last_modified"]
+        response = self.http.get(url, headers)
+        if response.status == 304 and cached:
+            self.pages_revalidated += 1
+            cached["expires"] = _expiry(response.headers)
+            self.cache.put_json("pages", url, cached)
+            return self._parse(cached, url)
+        if response.status == 404:
+            return []
+        if response.status in (401, 403):
+            raise FetchError(f"index {redact(self.url)} refused access to '{name}' "
+                             f"(HTTP {response.status}); check the credentials in its URL")
+        if response.status != 200:
+            raise FetchError(f"index {redact(self.url)} answered HTTP {response.status} "
+                             f"for '{name}'")
+        self.pages_fetched += 1
+        entry = {
+            "url": response.url,
+            "content_type": response.headers.get("content-type", ""),
+            "etag": response.headers.get("etag"),
+            "last_modified": response.headers.get("last-modified"),
+            "expires": _expiry(response.headers),
+            "body": response.body.decode("utf-8", "replace"),
+        }
+        self.cache.put_json("pages", url, entry)
+        return self._parse(entry, url)
+
+    def _parse(self, entry: dict[str, str], url: str) -> list[DistFile]:
+        page_url = entry.get("url") or url
+        try:
+            if "json" in entry["content_type"]:
+                return parse_json(entry["body"].encode(), page_url, self.url)
+            return parse_html(entry["body"], page_url, self.url)
+        except (ValueError, KeyError) as exc:
+            raise FetchError(f"index {redact(self.url)} served an unreadable page for "
+                             f"{url}: {exc}") from None
+
+
+def _expiry(headers: dict[str, str]) -> float:
+    control = headers.get("cache-control", "")
+    if "no-cache" in control or "no-store" in control:
+        return 0.0
+    match = re.search(r"max-age=(\d+)", control)
+    return time.time() + int(match.group(1)) if match else 0.0

@@ -1,0 +1,187 @@
+"""`gpulock lock`: a manifest and an optional previous lock in, a new lock out.
+
+Wires the manifest's indexes, groups and target into the finder and resolver, keeps the
+previous lock's pins as preferences (so re-locking moves only what must move), fills in
+each pinned file's size and hash, and reports what changed. An unchanged manifest with an
+existing lock is answered from the lock alone, with no network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import Version
+
+from gpulock import lockfile
+from gpulock.cache import Cache
+from gpulock.errors import LockfileError
+from gpulock.finder import IndexFinder
+from gpulock.http import Http
+from gpulock.index import DistFile, Index
+from gpulock.lockfile import FileRef, Lock, LockedPackage, VcsRef
+from gpulock.manifest import Manifest
+from gpulock.metadata import Builder, MetadataSource
+from gpulock.resolve import resolve
+from gpulock.target import Target
+from gpulock.vcs import GitSource
+
+
+def target_of(manifest: Manifest) -> Target:
+    project = manifest.project
+    return Target(python=project.python, platform=project.platform, glibc=project.glibc,
+                  cuda=project.cuda)
+
+
+def default_lock_path(manifest: Manifest) -> Path:
+    return manifest.path.parent / lockfile.DEFAULT_NAME
+
+
+@dataclass
+class LockResult:
+    lock: Lock
+    changes: list[str] = field(default_factory=list)
+    written: bool = False
+    up_to_date: bool = False
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def read_previous(path: Path) -> Lock | None:
+    """The existing lock, if one can be read; a damaged one is simply re-locked."""
+    if not path.exists():
+        return None
+    try:
+        return lockfile.read(path)
+    except LockfileError:
+        return None
+
+
+def check(manifest: Manifest, path: Path) -> Lock:
+    """Raise LockfileError unless the lock exists and was made from this manifest."""
+    lock = lockfile.read(path)
+    if lock.manifest_hash != manifest.content_hash:
+        raise LockfileError(f"{path} is stale: {manifest.path.name} changed since it was "
+                            "locked; run 'gpulock lock'")
+    if lock.target != target_of(manifest):
+        raise LockfileError(f"{path} was locked for {lock.target.describe()}, but the manifest "
+                            f"targets {target_of(manifest).describe()}; run 'gpulock lock'")
+    return lock
+
+
+def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
+         upgrade_packages: Iterable[str] = (), cache: Cache | None = None,
+         workers: int = 16) -> LockResult:
+    upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
+    previous = read_previous(path)
+    if (previous is not None and not upgrade and not upgrade_names
+            and previous.manifest_hash == manifest.content_hash
+            and previous.target == target_of(manifest)):
+        return LockResult(lock=previous, up_to_date=True)
+
+    preferred: dict[NormalizedName, Version] = {}
+    if previous is not None and not upgrade:
+        for package in previous.packages:
+            if package.name not in upgrade_names:
+                preferred[canonicalize_name(package.name)] = Version(package.version)
+
+    target = target_of(manifest)
+    cache = cache or Cache()
+    http = Http()
+    indexes: dict[str, Index] = {}
+
+    def index(url: str) -> Index:
+        return indexes.setdefault(url, Index(url, http, cache))
+
+    routed: dict[NormalizedName, Index] = {}
+    builders: dict[NormalizedName, Builder] = {}
+    no_deps: set[str] = set()
+    roots = []
+    for group in manifest.groups:
+        for requirement in group.packages:
+            name = canonicalize_name(requirement.name)
+            if group.index:
+                routed[name] = index(group.index)
+            if group.no_deps:
+                no_deps.add(name)
+            if group.no_build_isolation or group.env:
+                builders[name] = Builder(target.python, isolation=not group.no_build_isolation,
+                                         env=group.env)
+            roots.append((group.name, requirement))
+
+    metadata = MetadataSource(http, cache)
+    finder = IndexFinder(target, index(manifest.project.index), routed, metadata, builders,
+                         Builder(target.python), preferred=preferred, workers=workers)
+    try:
+        resolution = resolve(roots, finder, target.marker_environment, no_deps=no_deps,
+                             preferred=preferred, target=target.describe())
+        known = {p.wheel.url if p.wheel else p.sdist.url: p
+                 for p in (previous.packages if previous else ()) if p.wheel or p.sdist}
+
+        def locked(name: NormalizedName) -> LockedPackage:
+            pin = resolution.pins[name]
+            return _locked(pin.source, name, pin.version, resolution.dependencies[name],
+                           resolution.groups[name], metadata, known)
+
+        packages = list(finder.pool.map(locked, sorted(resolution.pins)))
+    finally:
+        finder.close()
+
+    new = Lock(target=target, manifest_hash=manifest.content_hash, packages=tuple(packages),
+               models=previous.models if previous else ())
+    result = LockResult(lock=new, changes=diff(previous, new))
+    result.written = lockfile.write(path, new)
+    result.stats = {
+        "pages_fetched": sum(i.pages_fetched for i in indexes.values()),
+        "pages_revalidated": sum(i.pages_revalidated for i in indexes.values()),
+        "range_bytes": metadata.range_bytes,
+        "full_downloads": metadata.full_downloads,
+        "bytes_received": http.bytes_received,
+    }
+    return result
+
+
+def _locked(source: object, name: str, version: Version, dependencies: list[str],
+            groups: list[str], metadata: MetadataSource, known: dict[str, LockedPackage]
+            ) -> LockedPackage:
+    if isinstance(source, GitSource):
+        return LockedPackage(name=name, version=str(version),
+                             vcs=VcsRef(url=source.url, commit_id=source.commit,
+                                        requested_revision=source.requested_revision,
+                                        subdirectory=source.subdirectory),
+                             dependencies=tuple(dependencies), groups=tuple(groups))
+    assert isinstance(source, DistFile)
+    previous = known.get(source.url)
+    previous_ref = previous and (previous.wheel or previous.sdist)
+    if previous_ref and (not source.sha256 or source.sha256 == previous_ref.sha256):
+        sha256, size = previous_ref.sha256, previous_ref.size
+    else:
+        sha256, size = metadata.facts(source)
+    ref = FileRef(name=source.filename, url=source.url, size=size, sha256=sha256,
+                  upload_time=lockfile.parse_time(source.upload_time))
+    return LockedPackage(name=name, version=str(version), index=source.index,
+                         wheel=ref if source.is_wheel else None,
+                         sdist=None if source.is_wheel else ref,
+                         requires_python=source.requires_python,
+                         dependencies=tuple(dependencies), groups=tuple(groups))
+
+
+def diff(old: Lock | None, new: Lock) -> list[str]:
+    """What changes between two locks, one line per package, in words."""
+    before = {p.name: p for p in (old.packages if old else ())}
+    after = {p.name: p for p in new.packages}
+    lines = []
+    for name in sorted(before.keys() | after.keys()):
+        a, b = before.get(name), after.get(name)
+        if a is None and b is not None:
+            lines.append(f"+ {name} {b.version}")
+        elif b is None and a is not None:
+            lines.append(f"- {name} {a.version}")
+        elif a is not None and b is not None:
+            if a.version != b.version:
+                verb = "upgrade" if Version(b.version) > Version(a.version) else "downgrade"
+                lines.append(f"~ {name} {a.version} -> {b.version} ({verb})")
+            elif a.artifact != b.artifact:
+                lines.append(f"~ {name} {b.version} (different file: {b.artifact})")
+    return lines

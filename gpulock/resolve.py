@@ -1,0 +1,292 @@
+"""The resolver: requirements in, one pinned candidate per package out.
+
+A small resolvelib provider over a `Finder` (the protocol that lists a package's usable
+candidates for the target and reads their dependencies), so the same core resolves real
+indexes in `gpulock lock` and generated graphs in the property tests. Markers are evaluated
+for the target, extras follow pip's model (`name[x]` depends on `name` at the same
+version), `no_deps` packages contribute no edges, an existing lock's pins are tried first,
+and an impossible resolution is explained as the chains of requirements that collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import Version
+from resolvelib import AbstractProvider, BaseReporter, Resolver
+from resolvelib.resolvers import ResolutionImpossible, ResolutionTooDeep
+
+from gpulock.errors import ResolutionError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: NormalizedName
+    version: Version
+    source: Hashable  # what the finder pins: an index file, a git commit...
+    extras: frozenset[str] = frozenset()
+    yanked: bool = False
+    url: str | None = None  # set for direct (git) references
+
+    def __str__(self) -> str:
+        extras = f"[{','.join(sorted(self.extras))}]" if self.extras else ""
+        return f"{self.name}{extras} {self.version}"
+
+
+@dataclass(frozen=True)
+class Req:
+    """A requirement with the words that say where it came from."""
+
+    name: NormalizedName
+    specifier: SpecifierSet
+    extras: frozenset[str] = frozenset()
+    url: str | None = None
+    text: str = ""
+    origin: str = ""  # "group 'standard'" or the candidate that depends on it
+
+    @classmethod
+    def parse(cls, requirement: Requirement, origin: str) -> Req:
+        text = str(requirement)
+        if requirement.marker is not None:
+            text = text.split(";", 1)[0].strip()
+        return cls(name=canonicalize_name(requirement.name), specifier=requirement.specifier,
+                   extras=frozenset(canonicalize_name(e) for e in requirement.extras),
+                   url=requirement.url, text=text, origin=origin)
+
+    def __str__(self) -> str:
+        return self.text or f"{self.name}{self.specifier}"
+
+
+class Finder(Protocol):
+    def candidates(self, name: NormalizedName) -> Sequence[Candidate]:
+        """Usable candidates for the target, best first (yanked ones flagged)."""
+
+    def url_candidate(self, name: NormalizedName, url: str) -> Candidate:
+        """The candidate a direct reference (`name @ git+...`) stands for."""
+
+    def dependencies(self, candidate: Candidate) -> Sequence[Requirement]:
+        """Requires-Dist of the candidate, markers not yet evaluated."""
+
+    def prefetch(self, names: Iterable[NormalizedName]) -> None:
+        """A hint that these names will be asked for soon."""
+
+    def why_unusable(self, name: NormalizedName) -> list[str]:
+        """Why files of this name were not offered as candidates, in words."""
+
+
+@dataclass
+class Resolution:
+    pins: dict[NormalizedName, Candidate]
+    dependencies: dict[NormalizedName, list[NormalizedName]]
+    groups: dict[NormalizedName, list[str]]
+
+
+def _identify(name: str, extras: frozenset[str]) -> str:
+    return f"{name}[{','.join(sorted(extras))}]" if extras else name
+
+
+def _allows_prerelease(specifier: SpecifierSet) -> bool:
+    return any(Version(s.version.rstrip(".*")).is_prerelease for s in specifier
+               if s.operator != "===" and _is_version(s.version.rstrip(".*")))
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class _Provider(AbstractProvider):  # type: ignore[misc]
+    finder: Finder
+    environment: Mapping[str, str]
+    no_deps: frozenset[NormalizedName]
+    preferred: Mapping[NormalizedName, Version]
+    origins: dict[str, list[tuple[Req, Candidate | None]]] = field(default_factory=dict)
+
+    def identify(self, requirement_or_candidate: Req | Candidate) -> str:
+        return _identify(requirement_or_candidate.name, requirement_or_candidate.extras)
+
+    def get_preference(self, identifier: str, resolutions: Mapping[str, Candidate],
+                       candidates: Mapping[str, Iterator[Candidate]],
+                       information: Mapping[str, Iterator[Any]],
+                       backtrack_causes: Sequence[Any]) -> tuple[Any, ...]:
+        infos = list(information[identifier])
+        pinned = any(i.requirement.url or any(s.operator in ("==", "===")
+                     for s in i.requirement.specifier) for i in infos)
+        causes = {self.identify(c.requirement) for c in backtrack_causes}
+        return (not pinned, identifier not in causes, identifier)
+
+    def find_matches(self, identifier: str, requirements: Mapping[str, Iterator[Req]],
+                     incompatibilities: Mapping[str, Iterator[Candidate]]) -> list[Candidate]:
+        reqs = list(requirements[identifier])
+        if not reqs:
+            return []
+        name, extras = reqs[0].name, reqs[0].extras
+        bad = {c.version for c in incompatibilities[identifier]}
+        urls = {r.url for r in reqs if r.url}
+        if len(urls) > 1:
+            return []
+        if urls:
+            base = [self.finder.url_candidate(name, urls.pop())]
+        else:
+            base = list(self.finder.candidates(name))
+        prerelease = any(_allows_prerelease(r.specifier) for r in reqs) or all(
+            c.version.is_prerelease for c in base)
+        exact = {s.version for r in reqs for s in r.specifier if s.operator in ("==", "===")
+                 and "*" not in s.version}
+        matches = []
+        for candidate in base:
+            if candidate.version in bad:
+                continue
+            if candidate.yanked and str(candidate.version) not in exact:
+                continue
+            if candidate.version.is_prerelease and not prerelease and not candidate.url:
+                continue
+            if all(self._satisfies(r, candidate) for r in reqs):
+                matches.append(Candidate(candidate.name, candidate.version, candidate.source,
+                                         extras, candidate.yanked, candidate.url))
+        want = self.preferred.get(name)
+        if want is not None:
+            matches.sort(key=lambda c: c.version != want)
+        return matches
+
+    @staticmethod
+    def _satisfies(requirement: Req, candidate: Candidate) -> bool:
+        if requirement.url and requirement.url != candidate.url:
+            return False
+        return requirement.specifier.contains(candidate.version, prereleases=True)
+
+    def is_satisfied_by(self, requirement: Req, candidate: Candidate) -> bool:
+        return self._satisfies(requirement, candidate)
+
+    def get_dependencies(self, candidate: Candidate) -> list[Req]:
+        origin = f"{candidate.name} {candidate.version}"
+        deps: list[Req] = []
+        if candidate.extras:
+            # pip's model: name[x] is name at the same version plus x's requirements.
+            spec = SpecifierSet(f"=={candidate.version}")
+            deps.append(Req(candidate.name, spec, url=candidate.url,
+                            text=f"{candidate.name}=={candidate.version}", origin=origin))
+        if candidate.name in self.no_deps:
+            return self._record(deps, candidate)
+        for requirement in self.finder.dependencies(candidate):
+            if not self._applies(requirement.marker, candidate.extras):
+                continue
+            deps.append(Req.parse(requirement, origin))
+        self.finder.prefetch(r.name for r in deps)
+        return self._record(deps, candidate)
+
+    def _applies(self, marker: Marker | None, extras: frozenset[str]) -> bool:
+        if marker is None:
+            return True
+        for extra in extras or {""}:
+            if marker.evaluate({**self.environment, "extra": extra}):
+                return True
+        return False
+
+    def _record(self, deps: list[Req], parent: Candidate) -> list[Req]:
+        for dep in deps:
+            self.origins.setdefault(self.identify(dep), []).append((dep, parent))
+        return deps
+
+
+def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
+            environment: Mapping[str, str], *, no_deps: Iterable[str] = (),
+            preferred: Mapping[str, Version] | None = None, target: str = "the target"
+            ) -> Resolution:
+    """Resolve `(group, requirement)` roots together; raise ResolutionError in words."""
+    provider = _Provider(finder=finder, environment=environment,
+                         no_deps=frozenset(canonicalize_name(n) for n in no_deps),
+                         preferred={canonicalize_name(k): v for k, v in (preferred or {}).items()})
+    requirements = []
+    for group, requirement in roots:
+        if requirement.marker is not None and not requirement.marker.evaluate(
+                {**environment, "extra": ""}):
+            continue
+        req = Req.parse(requirement, f"group '{group}'")
+        provider.origins.setdefault(provider.identify(req), []).append((req, None))
+        requirements.append(req)
+    finder.prefetch(r.name for r in requirements)
+    try:
+        result = Resolver(provider, BaseReporter()).resolve(requirements, max_rounds=20000)
+    except ResolutionImpossible as exc:
+        raise _explain(exc, provider, finder, target) from None
+    except ResolutionTooDeep:
+        raise ResolutionError(f"gave up resolving for {target}: too many backtracking "
+                              "rounds; pin the packages that conflict more tightly") from None
+
+    pins: dict[NormalizedName, Candidate] = {}
+    for candidate in result.mapping.values():
+        pins.setdefault(candidate.name, Candidate(candidate.name, candidate.version,
+                                                  candidate.source, url=candidate.url))
+    dependencies: dict[NormalizedName, set[NormalizedName]] = {name: set() for name in pins}
+    for key in result.mapping:
+        parent = result.mapping[key].name
+        for child in result.graph.iter_children(key):
+            child_name = result.mapping[child].name
+            if child_name != parent:
+                dependencies[parent].add(child_name)
+    groups: dict[NormalizedName, set[str]] = {name: set() for name in pins}
+    for group, requirement in roots:
+        name = canonicalize_name(requirement.name)
+        stack = [name] if name in pins else []
+        while stack:
+            current = stack.pop()
+            if group in groups[current]:
+                continue
+            groups[current].add(group)
+            stack.extend(dependencies[current])
+    return Resolution(pins=pins,
+                      dependencies={k: sorted(v) for k, v in dependencies.items()},
+                      groups={k: sorted(v) for k, v in groups.items()})
+
+
+def _chain(req: Req, parent: Candidate | None, provider: _Provider) -> str:
+    """'group 'a' asks for x>=1, x 1.0 depends on y<2' — how a requirement came to be."""
+    steps = [f"{parent} depends on {req}" if parent else f"{req.origin} asks for {req}"]
+    seen = set()
+    while parent is not None and len(steps) < 12:
+        key = provider.identify(parent)
+        if key in seen:
+            break
+        seen.add(key)
+        found = [(r, p) for r, p in provider.origins.get(key, [])
+                 if provider._satisfies(r, parent)] or provider.origins.get(key, [])
+        if not found:
+            break
+        req, parent = found[0]
+        steps.append(f"{parent} depends on {req}" if parent else f"{req.origin} asks for {req}")
+    return ", and ".join(reversed(steps))
+
+
+def _explain(exc: ResolutionImpossible, provider: _Provider, finder: Finder,
+             target: str) -> ResolutionError:
+    causes = exc.causes
+    names = sorted({c.requirement.name for c in causes})
+    details = []
+    for info in causes:
+        details.append(f"  - {_chain(info.requirement, info.parent, provider)}")
+    if len(names) == 1 and len({str(c.requirement.specifier) for c in causes}) == 1:
+        name = names[0]
+        req = causes[0].requirement
+        available = finder.candidates(name) if not req.url else []
+        versions = sorted({str(c.version) for c in available}, key=Version)
+        if available:
+            details.append(f"  available for {target}: {', '.join(versions[-8:])}")
+        details.extend(f"  {reason}" for reason in finder.why_unusable(name))
+        return ResolutionError(f"cannot lock for {target}: no version of {name} satisfies "
+                               f"{req}", details=details)
+    for name in names:
+        details.extend(f"  {reason}" for reason in finder.why_unusable(name))
+    subject = " and ".join(names)
+    return ResolutionError(f"cannot lock for {target}: the requirements on {subject} conflict",
+                           details=details)
