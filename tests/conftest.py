@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gpulock import lockfile
+from gpulock.cli import main
+from tests.support.index_server import IndexServer
+
+FIND_LINKS = Path("/opt/wheels")
+
+
+def torch_cpu_wheel() -> Path | None:
+    """The real torch-2.13.0+cpu wheel from pip's configured find-links folder, if present."""
+    folders = [FIND_LINKS]
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                             capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            if "find-links" in line:
+                folders += [Path(p) for p in line.split("=", 1)[1].strip("'\" ").split()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for folder in folders:
+        found = sorted(folder.glob("torch-2.13.0+cpu-*.whl")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPULOCK_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def make_index(tmp_path: Path) -> Iterator[type[IndexServer]]:
+    servers: list[IndexServer] = []
+    counter = iter(range(1000))
+
+    def factory(**options: object) -> IndexServer:
+        server = IndexServer(tmp_path / f"index{next(counter)}", **options)  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield factory  # type: ignore[misc]
+    for server in servers:
+        server.close()
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Project:
+    """A folder with a gpu.toml, and the CLI run in-process against it."""
+
+    root: Path
+    capsys: pytest.CaptureFixture[str]
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "gpu.toml"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / lockfile.DEFAULT_NAME
+
+    def write(self, text: str) -> None:
+        self.manifest.write_text(text)
+
+    def gpulock(self, *args: str) -> Result:
+        self.capsys.readouterr()
+        code = main([args[0], "--manifest", str(self.manifest), *args[1:]])
+        captured = self.capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    def lock(self, *args: str) -> lockfile.Lock:
+        result = self.gpulock("lock", *args)
+        assert result.code == 0, result.err
+        return lockfile.read(self.lock_path)
+
+    def pins(self, *args: str) -> dict[str, str]:
+        return {p.name: p.version for p in self.lock(*args).packages}
+
+
+@pytest.fixture
+def project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    return Project(root, capsys)
+
+
+def clear_cache(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

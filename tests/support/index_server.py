@@ -1,0 +1,176 @@
+"""A PEP 503 (HTML) and PEP 691 (JSON) package index on 127.0.0.1, for tests.
+
+Serves files from folders, can advertise and serve PEP 658 `.metadata`, honours Range
+(206) unless told not to, sends ETags and answers If-None-Match with 304, and counts every
+request and every byte it sent per path, so tests can assert what a lock really fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import threading
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
+
+
+@dataclass
+class IndexServer:
+    folder: Path
+    json_api: bool = True
+    ranges: bool = True
+    hashes: bool = True
+    advertise_metadata: bool = False
+    serve_metadata: bool = False
+    yanked: set[str] = field(default_factory=set)
+    requires_python: dict[str, str] = field(default_factory=dict)  # filename -> specifier
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (path, range header)
+    bytes_sent: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                server._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/simple"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def file_requests(self, filename: str) -> list[str]:
+        return [r for p, r in self.requests if p == f"/files/{filename}"]
+
+    # -- serving --------------------------------------------------------------------------
+
+    def _project_files(self, project: str) -> list[Path]:
+        found = []
+        for path in sorted(self.folder.iterdir()):
+            try:
+                if path.name.endswith(".whl"):
+                    name = parse_wheel_filename(path.name)[0]
+                elif path.name.endswith((".tar.gz", ".zip")):
+                    name = parse_sdist_filename(path.name)[0]
+                else:
+                    continue
+            except ValueError:
+                continue
+            if name == project:
+                found.append(path)
+        return found
+
+    def _page(self, project: str, as_json: bool) -> bytes:
+        files = self._project_files(project)
+        if as_json:
+            entries = []
+            for path in files:
+                entry: dict[str, object] = {"filename": path.name, "url": f"/files/{path.name}",
+                                            "hashes": {}, "size": path.stat().st_size}
+                if self.hashes:
+                    entry["hashes"] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                if path.name in self.yanked:
+                    entry["yanked"] = "broken release"
+                if path.name in self.requires_python:
+                    entry["requires-python"] = self.requires_python[path.name]
+                if self.advertise_metadata and path.name.endswith(".whl"):
+                    entry["core-metadata"] = {"sha256": hashlib.sha256(
+                        _wheel_metadata(path)).hexdigest()}
+                entries.append(entry)
+            return json.dumps({"meta": {"api-version": "1.1"}, "name": project,
+                               "files": entries}).encode()
+        links = []
+        for path in files:
+            href = f"/files/{path.name}"
+            if self.hashes:
+                href += "#sha256=" + hashlib.sha256(path.read_bytes()).hexdigest()
+            attrs = f' href="{html.escape(href)}"'
+            if path.name in self.yanked:
+                attrs += ' data-yanked=""'
+            if path.name in self.requires_python:
+                attrs += f' data-requires-python="{html.escape(self.requires_python[path.name])}"'
+            if self.advertise_metadata and path.name.endswith(".whl"):
+                digest = hashlib.sha256(_wheel_metadata(path)).hexdigest()
+                attrs += f' data-core-metadata="sha256={digest}"'
+            links.append(f"<a{attrs}>{html.escape(path.name)}</a>")
+        return ("<!DOCTYPE html><html><body>" + "\n".join(links) + "</body></html>").encode()
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path.split("?", 1)[0]
+        self.requests.append((path, handler.headers.get("Range", "")))
+        if path.startswith("/simple/") and path.endswith("/"):
+            project = canonicalize_name(path[len("/simple/"):-1])
+            as_json = self.json_api and "json" in handler.headers.get("Accept", "")
+            body = self._page(project, as_json)
+            if not self._project_files(project):
+                return self._send(handler, path, 404, b"not found", "text/plain")
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            if handler.headers.get("If-None-Match") == etag:
+                return self._send(handler, path, 304, b"", None, {"ETag": etag})
+            kind = "application/vnd.pypi.simple.v1+json" if as_json else "text/html"
+            return self._send(handler, path, 200, body, kind, {"ETag": etag})
+        if path.startswith("/files/"):
+            name = path[len("/files/"):]
+            if name.endswith(".metadata"):
+                wheel = self.folder / name[: -len(".metadata")]
+                if self.serve_metadata and wheel.is_file():
+                    return self._send(handler, path, 200, _wheel_metadata(wheel), "text/plain")
+                return self._send(handler, path, 404, b"not found", "text/plain")
+            target = self.folder / name
+            if not target.is_file():
+                return self._send(handler, path, 404, b"not found", "text/plain")
+            data = target.read_bytes()
+            wanted = handler.headers.get("Range")
+            if wanted and self.ranges:
+                start, end = _parse_range(wanted, len(data))
+                return self._send(handler, path, 206, data[start:end + 1],
+                                  "application/octet-stream",
+                                  {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
+            return self._send(handler, path, 200, data, "application/octet-stream")
+        return self._send(handler, path, 404, b"not found", "text/plain")
+
+    def _send(self, handler: BaseHTTPRequestHandler, path: str, status: int, body: bytes,
+              kind: str | None, headers: dict[str, str] | None = None) -> None:
+        handler.send_response(status)
+        if kind:
+            handler.send_header("Content-Type", kind)
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        self.bytes_sent[path] += len(body)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    spec = header.split("=", 1)[1]
+    first, _, last = spec.partition("-")
+    if not first:
+        return max(0, size - int(last)), size - 1
+    return int(first), min(size - 1, int(last)) if last else size - 1
+
+
+def _wheel_metadata(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        return archive.read(name)
