@@ -44,8 +44,7 @@ class IndexFinder:
         self.preferred = dict(preferred or {})
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulock")
         self._lock = threading.Lock()
-        self._pages: dict[NormalizedName, Future[list[DistFile]]] = {}
-        self._candidates: dict[NormalizedName, list[Candidate]] = {}
+        self._pages: dict[NormalizedName, Future[list[Candidate]]] = {}
         self._metadata: dict[object, Future[CoreMetadata]] = {}
         self._unusable: dict[NormalizedName, list[str]] = defaultdict(list)
         self._git: dict[str, Future[GitSource]] = {}
@@ -62,7 +61,7 @@ class IndexFinder:
         for name in names:
             self._page(name)
 
-    def _page(self, name: NormalizedName) -> Future[list[DistFile]]:
+    def _page(self, name: NormalizedName) -> Future[list[Candidate]]:
         with self._lock:
             future = self._pages.get(name)
             if future is None:
@@ -70,27 +69,22 @@ class IndexFinder:
                 self._pages[name] = future
         return future
 
-    def _load_page(self, name: NormalizedName) -> list[DistFile]:
-        files = self.index_for(name).files(name)
+    def _load_page(self, name: NormalizedName) -> list[Candidate]:
+        candidates = self._select(name, self.index_for(name).files(name))
         # Warm the metadata the resolver will most likely want first.
-        best = self._select(name, files, record=False)
         want = self.preferred.get(name)
-        for candidate in best:
+        for candidate in candidates:
             if want is None or candidate.version == want:
                 self._meta_future(candidate)
                 break
-        return files
+        return candidates
 
     # -- candidates -----------------------------------------------------------------------
 
     def candidates(self, name: NormalizedName) -> Sequence[Candidate]:
-        if name not in self._candidates:
-            files = self._page(name).result()
-            self._candidates[name] = self._select(name, files, record=True)
-        return self._candidates[name]
+        return self._page(name).result()
 
-    def _select(self, name: NormalizedName, files: list[DistFile], record: bool
-                ) -> list[Candidate]:
+    def _select(self, name: NormalizedName, files: list[DistFile]) -> list[Candidate]:
         priority = self.target.tag_priority
         by_version: dict[Version, list[DistFile]] = defaultdict(list)
         for dist in files:
@@ -118,10 +112,10 @@ class IndexFinder:
             elif sdists:
                 chosen = sorted(sdists, key=lambda d: not d.filename.endswith(".tar.gz"))[0]
             else:
-                sample = sorted({t for d in usable for t in d.tags}, key=str)[:3]
+                sample = sorted({t for d in usable for t in d.tags})[:3]
                 reasons.append(f"{name} {version} has no wheel for "
                                f"{self.target.describe()} (only "
-                               f"{', '.join(map(str, sample))}) and no sdist")
+                               f"{', '.join(sample)}) and no sdist")
                 continue
             yanked = all(d.yanked for d in usable)
             # Among builds of one public version, the project's CUDA build comes first.
@@ -134,8 +128,7 @@ class IndexFinder:
                            f"CUDA than project.cuda = {self.target.cuda} (+{label})")
         if not by_version:
             reasons.append(f"{self.index_for(name).url} has no files for {name}")
-        if record:
-            self._unusable[name] = reasons
+        self._unusable[name] = reasons
         candidates.sort(key=lambda pair: pair[0], reverse=True)
         return [c for _, c in candidates]
 

@@ -12,18 +12,17 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
-from packaging.tags import Tag
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
     NormalizedName,
     canonicalize_name,
     parse_sdist_filename,
-    parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
 
@@ -45,7 +44,7 @@ class DistFile:
     index: str
     name: NormalizedName
     version: Version
-    tags: frozenset[Tag]  # empty for an sdist
+    tags: frozenset[str]  # python-abi-platform strings; empty for an sdist
     sha256: str | None = None
     size: int | None = None
     upload_time: str | None = None
@@ -64,11 +63,31 @@ class DistFile:
         return Path(unquote(parts.path)) if parts.scheme == "file" else None
 
 
+@lru_cache(maxsize=65536)
+def _version(text: str) -> Version:
+    return Version(text)
+
+
+def wheel_tags(filename: str) -> frozenset[str]:
+    """The expanded `python-abi-platform` tags of a wheel filename, as strings.
+
+    Indexes list tens of thousands of files for one lock; building packaging Tag objects
+    for each was most of a lock's CPU time, and string tags compare just as well.
+    """
+    python, abi, platform = filename[:-4].lower().split("-")[-3:]
+    return frozenset(f"{x}-{y}-{z}" for x in python.split(".") for y in abi.split(".")
+                     for z in platform.split("."))
+
+
 def make_dist(filename: str, url: str, index: str, **facts: object) -> DistFile | None:
     """A DistFile from its filename, or None for files that are not wheels or sdists."""
     try:
         if filename.endswith(".whl"):
-            name, version, _build, tags = parse_wheel_filename(filename)
+            parts = filename[:-4].split("-")
+            if len(parts) not in (5, 6):
+                raise InvalidWheelFilename(filename)
+            name, version = canonicalize_name(parts[0]), _version(parts[1])
+            tags = wheel_tags(filename)
         elif filename.endswith((".tar.gz", ".zip")):
             name, version = parse_sdist_filename(filename)
             tags = frozenset()
@@ -77,7 +96,11 @@ def make_dist(filename: str, url: str, index: str, **facts: object) -> DistFile 
     except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
         return None
     return DistFile(filename=filename, url=url, index=index, name=name, version=version,
-                    tags=frozenset(tags), **facts)  # type: ignore[arg-type]
+                    tags=tags, **facts)  # type: ignore[arg-type]
+
+
+def _absolute(base: str, url: str) -> str:
+    return url if url.startswith(("https://", "http://")) else urljoin(base, url)
 
 
 class _LinkParser(HTMLParser):
@@ -98,7 +121,7 @@ def parse_html(page: str, page_url: str, index: str) -> list[DistFile]:
         href = attrs.get("href")
         if not href:
             continue
-        url, _, fragment = urljoin(page_url, href).partition("#")
+        url, _, fragment = _absolute(page_url, href).partition("#")
         filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
         sha256 = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
         meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
@@ -123,7 +146,7 @@ def parse_json(page: bytes, page_url: str, index: str) -> list[DistFile]:
             metadata_sha256 = meta.get("sha256", "")
         elif meta is True:
             metadata_sha256 = ""
-        dist = make_dist(entry["filename"], urljoin(page_url, entry["url"]).partition("#")[0],
+        dist = make_dist(entry["filename"], _absolute(page_url, entry["url"]).partition("#")[0],
                          index, sha256=entry.get("hashes", {}).get("sha256"),
                          size=entry.get("size"), upload_time=entry.get("upload-time"),
                          requires_python=entry.get("requires-python") or None,

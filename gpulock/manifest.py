@@ -124,6 +124,8 @@ class _Locator:
                 current = self._norm(header.group(1))
                 if current == table and header_pos is None:
                     header_pos = (lineno, line.index("[") + 1)
+                    if key is None:
+                        return header_pos
                 continue
             match = self._KEY.match(line)
             if not match:
@@ -261,8 +263,10 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
     platform = raw.get("platform", "linux_x86_64")
     if platform not in PLATFORMS:
         hint = difflib.get_close_matches(platform, PLATFORMS, n=1)
+        way_out = (f"did you mean {hint[0]!r}?" if hint
+                   else f"expected one of: {', '.join(PLATFORMS)}")
         raise reader.error(table, "platform", f"platform = {platform!r} is not supported; "
-                           f"{'did you mean ' + repr(hint[0]) + '?' if hint else 'expected one of: ' + ', '.join(PLATFORMS)}")
+                           f"{way_out}")
     glibc = raw.get("glibc", "2.28")
     if not re.fullmatch(r"2\.\d+", glibc):
         raise reader.error(table, "glibc", f"glibc = {glibc!r} must look like \"2.28\" "

@@ -8,9 +8,10 @@ every wheel as that pod would.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
-from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.tags import compatible_tags, cpython_tags
 from packaging.version import Version
 
 # The oldest manylinux level each architecture ever had (PEP 600 and its predecessors).
@@ -94,26 +95,27 @@ class Target:
         return tags
 
     @cached_property
-    def tag_priority(self) -> dict[Tag, int]:
-        """Every wheel tag the target accepts, mapped to its rank (0 is best)."""
+    def tag_priority(self) -> dict[str, int]:
+        """Every wheel tag the target accepts (as `py-abi-platform`), mapped to its rank."""
         version = self.python_minor
         ordered = [*cpython_tags(version, abis=[self.python_tag, "abi3", "none"],
                                  platforms=self.platform_tags),
                    *compatible_tags(version, interpreter=self.python_tag,
                                     platforms=self.platform_tags)]
-        priority: dict[Tag, int] = {}
+        priority: dict[str, int] = {}
         for tag in ordered:
-            priority.setdefault(tag, len(priority))
+            priority.setdefault(str(tag), len(priority))
         return priority
 
     def python_matches(self, requires_python: str | None) -> bool:
-        if not requires_python:
-            return True
-        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        return not requires_python or _python_matches(requires_python, self.python_full_version)
 
-        try:
-            return SpecifierSet(requires_python).contains(Version(self.python_full_version),
-                                                          prereleases=True)
-        except InvalidSpecifier:
-            # pip ignores unparseable requires-python; so must a resolver that agrees with it.
-            return True
+
+@lru_cache(maxsize=4096)
+def _python_matches(requires_python: str, python: str) -> bool:
+    # Indexes repeat a handful of requires-python strings over thousands of files.
+    try:
+        return SpecifierSet(requires_python).contains(Version(python), prereleases=True)
+    except InvalidSpecifier:
+        # pip ignores unparseable requires-python; so must a resolver that agrees with it.
+        return True

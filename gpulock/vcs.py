@@ -6,6 +6,7 @@ branch or tag never changes what `sync` builds. Checkouts are cached by commit.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -68,7 +69,8 @@ def resolve(url: str) -> GitSource:
     if revision and _SHA.fullmatch(revision):
         return GitSource(repo, revision, revision, subdirectory)
     try:
-        listing = _git("ls-remote", repo, *([revision] if revision else ["HEAD"]))
+        patterns = [revision, f"{revision}^{{}}"] if revision else ["HEAD"]
+        listing = _git("ls-remote", repo, *patterns)
     except GpulockError as exc:
         raise GpulockError(f"cannot reach git repository {redact(repo)}: {exc}") from None
     refs = dict(line.split("\t")[::-1] for line in listing.splitlines() if "\t" in line)
@@ -101,10 +103,8 @@ def checkout(source: GitSource, cache_root: Path) -> Path:
         try:
             _git("clone", "--quiet", source.url, str(tmp / "tree"))
             _git("checkout", "--quiet", source.commit, cwd=tmp / "tree")
-            try:
+            with contextlib.suppress(OSError):  # another process published it first
                 (tmp / "tree").rename(dest)
-            except OSError:
-                pass  # another process published the same commit first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest / source.subdirectory if source.subdirectory else dest

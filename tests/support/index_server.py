@@ -43,7 +43,7 @@ class IndexServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 server._handle(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -88,7 +88,7 @@ class IndexServer:
                 entry: dict[str, object] = {"filename": path.name, "url": f"/files/{path.name}",
                                             "hashes": {}, "size": path.stat().st_size}
                 if self.hashes:
-                    entry["hashes"] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                    entry["hashes"] = {"sha256": _sha256(path)}
                 if path.name in self.yanked:
                     entry["yanked"] = "broken release"
                 if path.name in self.requires_python:
@@ -103,7 +103,7 @@ class IndexServer:
         for path in files:
             href = f"/files/{path.name}"
             if self.hashes:
-                href += "#sha256=" + hashlib.sha256(path.read_bytes()).hexdigest()
+                href += "#sha256=" + _sha256(path)
             attrs = f' href="{html.escape(href)}"'
             if path.name in self.yanked:
                 attrs += ' data-yanked=""'
@@ -139,14 +139,16 @@ class IndexServer:
             target = self.folder / name
             if not target.is_file():
                 return self._send(handler, path, 404, b"not found", "text/plain")
-            data = target.read_bytes()
+            size = target.stat().st_size
             wanted = handler.headers.get("Range")
-            if wanted and self.ranges:
-                start, end = _parse_range(wanted, len(data))
-                return self._send(handler, path, 206, data[start:end + 1],
-                                  "application/octet-stream",
-                                  {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
-            return self._send(handler, path, 200, data, "application/octet-stream")
+            with target.open("rb") as handle:
+                if wanted and self.ranges:
+                    start, end = _parse_range(wanted, size)
+                    handle.seek(start)
+                    return self._send(handler, path, 206, handle.read(end + 1 - start),
+                                      "application/octet-stream",
+                                      {"Content-Range": f"bytes {start}-{end}/{size}"})
+                return self._send(handler, path, 200, handle.read(), "application/octet-stream")
         return self._send(handler, path, 404, b"not found", "text/plain")
 
     def _send(self, handler: BaseHTTPRequestHandler, path: str, status: int, body: bytes,
@@ -174,3 +176,19 @@ def _wheel_metadata(path: Path) -> bytes:
     with zipfile.ZipFile(path) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         return archive.read(name)
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, memoised: pages are rebuilt per request and wheels can be large."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
