@@ -167,10 +167,11 @@ class IndexFinder:
         source = candidate.source
         if isinstance(source, GitSource):
             tree = checkout(source, self.metadata.cache.root)
-            key = f"git:{source.commit}:{source.subdirectory}:{self.builder_for(candidate.name).key}"
+            builder = self.builder_for(candidate.name)
+            key = f"git:{source.commit}:{source.subdirectory}:{builder.key}"
             raw = self.metadata.cache.get_bytes("metadata", key)
             if raw is None:
-                raw = self.builder_for(candidate.name).metadata(Path(tree), source.url)
+                raw = builder.metadata(Path(tree), source.url)
                 self.metadata.cache.put_bytes("metadata", key, raw)
             from gpulock.metadata import parse_core_metadata
 

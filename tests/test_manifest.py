@@ -132,8 +132,8 @@ def test_a_missing_manifest_points_to_init(tmp_path):
 
 def test_the_content_hash_ignores_comments_formatting_and_verify():
     base = parse(GOOD, Path("gpu.toml")).content_hash
-    reformatted = "# top comment\n" + GOOD.replace('["torch==2.4.1", "torchaudio==2.4.1"]',
-                                                    '[\n  "torch==2.4.1",\n  "torchaudio==2.4.1",\n]')
+    spread = '[\n  "torch==2.4.1",\n  "torchaudio==2.4.1",\n]'
+    reformatted = "# top comment\n" + GOOD.replace('["torch==2.4.1", "torchaudio==2.4.1"]', spread)
     assert parse(reformatted, Path("gpu.toml")).content_hash == base
     assert parse(GOOD.replace('imports = ["torch"]', 'imports = ["x"]'),
                  Path("gpu.toml")).content_hash == base

@@ -86,8 +86,10 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     info = f"{{_dist()}}-{{VERSION}}.dist-info"
     path = os.path.join(wheel_directory, f"{{_dist()}}-{{VERSION}}-py3-none-any.whl")
-    files = {{f"{{_dist()}}/__init__.py": b"BUILT = True\\n", f"{{info}}/METADATA": METADATA.encode(),
-             f"{{info}}/WHEEL": b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}}
+    files = {{f"{{_dist()}}/__init__.py": b"BUILT = True\\n",
+             f"{{info}}/METADATA": METADATA.encode(),
+             f"{{info}}/WHEEL": b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\n"
+                               b"Tag: py3-none-any\\n"}}
     record = []
     for member, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
