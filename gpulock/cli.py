@@ -56,7 +56,8 @@ def _find_manifest(given: str | None) -> Path:
     here = Path.cwd()
     for folder in (here, *here.parents):
         if (folder / "gpu.toml").is_file():
-            return folder / "gpu.toml"
+            # Relative, as compilers print it: errors read 'gpu.toml:5:1: ...'.
+            return Path(os.path.relpath(folder / "gpu.toml", here))
     raise GpulockError(f"no gpu.toml in {here} or its parents; run 'gpulock init' to write "
                        "one, or pass --manifest")
 

@@ -301,8 +301,9 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
             try:
                 req = Requirement(text)
             except InvalidRequirement as exc:
+                reason = str(exc).splitlines()[0]  # packaging adds a caret diagram below
                 raise reader.error(table, "packages", f"invalid requirement {text!r} in "
-                                   f"[groups.{name}]: {exc}") from None
+                                   f"[groups.{name}]: {reason}") from None
             if req.url and not req.url.startswith("git+"):
                 raise reader.error(table, "packages", f"requirement {text!r} in [groups.{name}]"
                                    ": only git+ URLs are supported as direct references")

@@ -330,9 +330,9 @@ class Builder:
         Metadata rarely depends on the minor version; when the target interpreter is absent
         (a lock made on a laptop) the running interpreter is the honest fallback.
         """
-        found = subprocess.run([_uv(), "python", "find", "--no-python-downloads",
-                                self.python], capture_output=True, text=True, check=False)
-        return found.stdout.strip() if found.returncode == 0 else sys.executable
+        from gpulock.interpreter import find_python
+
+        return find_python(self.python) or sys.executable
 
     def metadata(self, source: Path, label: str) -> bytes:
         with tempfile.TemporaryDirectory(prefix="gpulock-build-") as out:

@@ -1,0 +1,116 @@
+"""The resolver agrees with brute force on generated dependency graphs."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from packaging.requirements import Requirement
+from packaging.utils import NormalizedName
+from packaging.version import Version
+
+from gpulock.errors import ResolutionError
+from gpulock.resolve import Candidate, resolve
+from gpulock.target import Target
+
+NAMES = ["a", "b", "c", "d"]
+VERSIONS = ["1", "2", "3"]
+SPECS = ["", ">=2", "<2", "==1", "!=3", ">1,<3", "==3"]
+ENV = Target("3.10").marker_environment
+
+Graph = dict[str, dict[str, list[str]]]
+
+
+class GraphFinder:
+    """A Finder over an in-memory graph: name -> version -> requirement strings."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def candidates(self, name: NormalizedName) -> Sequence[Candidate]:
+        versions = sorted(self.graph.get(name, {}), key=Version, reverse=True)
+        return [Candidate(name, Version(v), (name, v)) for v in versions]
+
+    def url_candidate(self, name: NormalizedName, url: str) -> Candidate:
+        raise AssertionError("no direct references in generated graphs")
+
+    def dependencies(self, candidate: Candidate) -> Sequence[Requirement]:
+        return [Requirement(r) for r in self.graph[candidate.name][str(candidate.version)]]
+
+    def prefetch(self, names: Iterable[NormalizedName]) -> None:
+        pass
+
+    def why_unusable(self, name: NormalizedName) -> list[str]:
+        return []
+
+
+requirement = st.builds(lambda n, s: f"{n}{s}", st.sampled_from(NAMES), st.sampled_from(SPECS))
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[Graph, list[str]]:
+    graph: Graph = {}
+    for name in NAMES:
+        versions = draw(st.lists(st.sampled_from(VERSIONS), max_size=3, unique=True))
+        graph[name] = {}
+        for version in versions:
+            deps = draw(st.lists(requirement, max_size=2))
+            # A package never depends on itself: pip and uv reject that outright.
+            graph[name][version] = [d for d in deps if not d.startswith(name)]
+    roots = draw(st.lists(requirement, min_size=1, max_size=3))
+    return graph, roots
+
+
+def satisfied(pins: dict[str, str], requirements: Iterable[str]) -> bool:
+    for text in requirements:
+        req = Requirement(text)
+        if req.name not in pins or not req.specifier.contains(pins[req.name], prereleases=True):
+            return False
+    return True
+
+
+def consistent(graph: Graph, roots: list[str], pins: dict[str, str]) -> bool:
+    return satisfied(pins, roots) and all(satisfied(pins, graph[n][v]) for n, v in pins.items())
+
+
+def brute_force(graph: Graph, roots: list[str]) -> bool:
+    choices = [[None, *graph[name]] for name in NAMES]
+    for assignment in itertools.product(*choices):
+        pins = {n: v for n, v in zip(NAMES, assignment, strict=True) if v is not None}
+        if consistent(graph, roots, pins):
+            return True
+    return False
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_resolver_matches_brute_force_and_its_answer_satisfies_every_constraint(case):
+    graph, roots = case
+    expected = brute_force(graph, roots)
+    try:
+        resolution = resolve([("main", Requirement(r)) for r in roots], GraphFinder(graph), ENV)
+    except ResolutionError:
+        assert not expected, f"gpulock found no answer, brute force did: {graph} {roots}"
+        return
+    pins = {name: str(c.version) for name, c in resolution.pins.items()}
+    assert expected, f"brute force says unsatisfiable, gpulock answered {pins}"
+    assert consistent(graph, roots, pins)
+    # Every pin is reachable from the roots and carries the group that reached it.
+    assert all(resolution.groups[name] == ["main"] for name in pins)
+
+
+@settings(max_examples=100, deadline=None)
+@given(graphs(), st.data())
+def test_preferred_pins_are_kept_whenever_they_still_fit(case, data):
+    graph, roots = case
+    finder = GraphFinder(graph)
+    try:
+        first = resolve([("main", Requirement(r)) for r in roots], finder, ENV)
+    except ResolutionError:
+        return
+    preferred = {name: c.version for name, c in first.pins.items()}
+    # With the same inputs and its own answer as preferences, the resolver returns it.
+    again = resolve([("main", Requirement(r)) for r in roots], finder, ENV, preferred=preferred)
+    assert {n: c.version for n, c in again.pins.items()} == preferred
