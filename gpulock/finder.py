@@ -17,13 +17,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
 from gpulock.errors import GpulockError
-from gpulock.index import DistFile, Index
+from gpulock.index import DistFile, Index, Listing
 from gpulock.metadata import Builder, CoreMetadata, MetadataSource
-from gpulock.resolve import Candidate
+from gpulock.resolve import Candidate, Req
 from gpulock.target import Target
 from gpulock.vcs import GitSource, checkout
 from gpulock.vcs import resolve as resolve_git
@@ -34,7 +35,7 @@ class IndexFinder:
                  indexes: Mapping[NormalizedName, Index], metadata: MetadataSource,
                  builders: Mapping[NormalizedName, Builder], default_builder: Builder,
                  preferred: Mapping[NormalizedName, Version] | None = None,
-                 workers: int = 16) -> None:
+                 no_deps: Iterable[str] = (), workers: int = 16) -> None:
         self.target = target
         self.default_index = default_index
         self.indexes = dict(indexes)
@@ -42,11 +43,12 @@ class IndexFinder:
         self.builders = dict(builders)
         self.default_builder = default_builder
         self.preferred = dict(preferred or {})
+        self.no_deps = frozenset(canonicalize_name(n) for n in no_deps)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulock")
         self._lock = threading.Lock()
         self._pages: dict[NormalizedName, Future[list[Candidate]]] = {}
         self._metadata: dict[object, Future[CoreMetadata]] = {}
-        self._unusable: dict[NormalizedName, list[str]] = defaultdict(list)
+        self._unusable: dict[NormalizedName, tuple[list[str], list[str], set[Version]]] = {}
         self._git: dict[str, Future[GitSource]] = {}
 
     def close(self) -> None:
@@ -57,37 +59,46 @@ class IndexFinder:
 
     # -- pages ----------------------------------------------------------------------------
 
-    def prefetch(self, names: Iterable[NormalizedName]) -> None:
-        for name in names:
-            self._page(name)
+    def prefetch(self, requirements: Iterable[Requirement | Req]) -> None:
+        for requirement in requirements:
+            self._page(canonicalize_name(requirement.name), requirement.specifier)
 
-    def _page(self, name: NormalizedName) -> Future[list[Candidate]]:
+    def _page(self, name: NormalizedName, hint: SpecifierSet | None = None
+              ) -> Future[list[Candidate]]:
         with self._lock:
             future = self._pages.get(name)
             if future is None:
-                future = self.pool.submit(self._load_page, name)
+                future = self.pool.submit(self._load_page, name, hint)
                 self._pages[name] = future
         return future
 
-    def _load_page(self, name: NormalizedName) -> list[Candidate]:
-        candidates = self._select(name, self.index_for(name).files(name))
-        # Warm the metadata the resolver will most likely want first.
+    def _load_page(self, name: NormalizedName, hint: SpecifierSet | None) -> list[Candidate]:
+        listing = self.index_for(name).files(name, keep=self._installable)
+        candidates = self._select(name, listing)
+        # Warm the metadata the resolver will most likely want: the locked pin, else the
+        # newest version that fits the first requirement seen for this name.
         want = self.preferred.get(name)
         for candidate in candidates:
-            if want is None or candidate.version == want:
-                self._meta_future(candidate)
-                break
+            if want is not None:
+                if candidate.version != want:
+                    continue
+            elif hint is not None and not hint.contains(candidate.version):
+                continue
+            self._meta_future(candidate)
+            break
         return candidates
+
+    def _installable(self, filename: str) -> bool:
+        return not filename.endswith(".whl") or self.target.wheel_rank(filename) is not None
 
     # -- candidates -----------------------------------------------------------------------
 
     def candidates(self, name: NormalizedName) -> Sequence[Candidate]:
         return self._page(name).result()
 
-    def _select(self, name: NormalizedName, files: list[DistFile]) -> list[Candidate]:
-        priority = self.target.tag_priority
+    def _select(self, name: NormalizedName, listing: Listing) -> list[Candidate]:
         by_version: dict[Version, list[DistFile]] = defaultdict(list)
-        for dist in files:
+        for dist in listing.files:
             if dist.name == name:
                 by_version[dist.version].append(dist)
         reasons: list[str] = []
@@ -104,19 +115,12 @@ class IndexFinder:
                 reasons.append(f"{name} {version} requires Python "
                                f"{dists[0].requires_python}")
                 continue
-            wheels = [(min(priority[t] for t in d.tags if t in priority), d)
-                      for d in usable if d.is_wheel and any(t in priority for t in d.tags)]
-            sdists = [d for d in usable if not d.is_wheel]
+            wheels = [d for d in usable if d.is_wheel]
             if wheels:
-                chosen = min(wheels, key=lambda pair: (pair[0], pair[1].filename))[1]
-            elif sdists:
-                chosen = sorted(sdists, key=lambda d: not d.filename.endswith(".tar.gz"))[0]
+                chosen = min(wheels, key=lambda d: (self.target.wheel_rank(d.filename),
+                                                    d.filename))
             else:
-                sample = sorted({t for d in usable for t in d.tags})[:3]
-                reasons.append(f"{name} {version} has no wheel for "
-                               f"{self.target.describe()} (only "
-                               f"{', '.join(sample)}) and no sdist")
-                continue
+                chosen = sorted(usable, key=lambda d: not d.filename.endswith(".tar.gz"))[0]
             yanked = all(d.yanked for d in usable)
             # Among builds of one public version, the project's CUDA build comes first.
             rank = 2 if label and local == label else (1 if local else 0)
@@ -126,14 +130,28 @@ class IndexFinder:
             reasons.append(f"{name} {', '.join(sorted(wrong_cuda, key=Version))} "
                            f"{'is' if len(wrong_cuda) == 1 else 'are'} built for another "
                            f"CUDA than project.cuda = {self.target.cuda} (+{label})")
-        if not by_version:
+        if not by_version and not listing.skipped:
             reasons.append(f"{self.index_for(name).url} has no files for {name}")
-        self._unusable[name] = reasons
+        self._unusable[name] = (reasons, listing.skipped, set(by_version))
         candidates.sort(key=lambda pair: pair[0], reverse=True)
         return [c for _, c in candidates]
 
     def why_unusable(self, name: NormalizedName) -> list[str]:
-        return self._unusable.get(name, [])
+        reasons, skipped, usable = self._unusable.get(name, ([], [], set()))
+        only: dict[Version, set[str]] = defaultdict(set)
+        for filename in skipped:
+            try:
+                version = Version(filename.split("-")[1])
+            except (IndexError, ValueError):
+                continue
+            if version not in usable:
+                only[version].add("-".join(filename[:-4].rsplit("-", 3)[1:]))
+        for version in sorted(only, reverse=True)[:5]:
+            tags = sorted(only[version])
+            more = f" and {len(tags) - 3} more" if len(tags) > 3 else ""
+            reasons.append(f"{name} {version} has no wheel for {self.target.describe()} "
+                           f"(only {', '.join(tags[:3])}{more}) and no sdist")
+        return reasons
 
     # -- direct references ----------------------------------------------------------------
 
@@ -178,8 +196,23 @@ class IndexFinder:
             return parse_core_metadata(raw)
         assert isinstance(source, DistFile)
         if source.is_wheel:
-            return self.metadata.wheel(source)
-        return self.metadata.sdist(source, self.builder_for(candidate.name))
+            metadata = self.metadata.wheel(source)
+        else:
+            metadata = self.metadata.sdist(source, self.builder_for(candidate.name))
+        if candidate.name not in self.no_deps:
+            self._prefetch_dependencies(metadata)
+        return metadata
+
+    def _prefetch_dependencies(self, metadata: CoreMetadata) -> None:
+        """Follow the likely graph on the pool, ahead of the (sequential) resolver."""
+        environment = {**self.target.marker_environment, "extra": ""}
+        for text in metadata.requires_dist:
+            try:
+                requirement = Requirement(text)
+            except InvalidRequirement:
+                continue  # reported when the resolver asks for this candidate's dependencies
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                self._page(canonicalize_name(requirement.name), requirement.specifier)
 
     def dependencies(self, candidate: Candidate) -> Sequence[Requirement]:
         metadata = self._meta_future(candidate).result()

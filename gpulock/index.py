@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from packaging.utils import (
@@ -44,7 +46,6 @@ class DistFile:
     index: str
     name: NormalizedName
     version: Version
-    tags: frozenset[str]  # python-abi-platform strings; empty for an sdist
     sha256: str | None = None
     size: int | None = None
     upload_time: str | None = None
@@ -55,7 +56,7 @@ class DistFile:
 
     @property
     def is_wheel(self) -> bool:
-        return bool(self.tags)
+        return self.filename.endswith(".whl")
 
     @property
     def local_path(self) -> Path | None:
@@ -63,20 +64,31 @@ class DistFile:
         return Path(unquote(parts.path)) if parts.scheme == "file" else None
 
 
+Keep = Callable[[str], bool]  # filename -> can the target install it?
+
+
+@dataclass
+class Listing:
+    """A project's files that passed `keep`, and the names of those that did not."""
+
+    files: list[DistFile] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, keep: Keep | None, filename: str, url: str, index: str,
+            **facts: object) -> None:
+        # Filtering on the filename first matters: a torch page lists ~1000 files, of
+        # which a handful fit the target, and parsing all of them was a lock's main cost.
+        if keep is not None and not keep(filename):
+            self.skipped.append(filename)
+            return
+        dist = make_dist(filename, url, index, **facts)
+        if dist is not None:
+            self.files.append(dist)
+
+
 @lru_cache(maxsize=65536)
 def _version(text: str) -> Version:
     return Version(text)
-
-
-def wheel_tags(filename: str) -> frozenset[str]:
-    """The expanded `python-abi-platform` tags of a wheel filename, as strings.
-
-    Indexes list tens of thousands of files for one lock; building packaging Tag objects
-    for each was most of a lock's CPU time, and string tags compare just as well.
-    """
-    python, abi, platform = filename[:-4].lower().split("-")[-3:]
-    return frozenset(f"{x}-{y}-{z}" for x in python.split(".") for y in abi.split(".")
-                     for z in platform.split("."))
 
 
 def make_dist(filename: str, url: str, index: str, **facts: object) -> DistFile | None:
@@ -87,16 +99,14 @@ def make_dist(filename: str, url: str, index: str, **facts: object) -> DistFile 
             if len(parts) not in (5, 6):
                 raise InvalidWheelFilename(filename)
             name, version = canonicalize_name(parts[0]), _version(parts[1])
-            tags = wheel_tags(filename)
         elif filename.endswith((".tar.gz", ".zip")):
             name, version = parse_sdist_filename(filename)
-            tags = frozenset()
         else:
             return None
     except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
         return None
     return DistFile(filename=filename, url=url, index=index, name=name, version=version,
-                    tags=tags, **facts)  # type: ignore[arg-type]
+                    **facts)  # type: ignore[arg-type]
 
 
 def _absolute(base: str, url: str) -> str:
@@ -113,10 +123,10 @@ class _LinkParser(HTMLParser):
             self.links.append(dict(attrs))
 
 
-def parse_html(page: str, page_url: str, index: str) -> list[DistFile]:
+def parse_html(page: str, page_url: str, index: str, keep: Keep | None = None) -> Listing:
     parser = _LinkParser()
     parser.feed(page)
-    files = []
+    listing = Listing()
     for attrs in parser.links:
         href = attrs.get("href")
         if not href:
@@ -128,17 +138,15 @@ def parse_html(page: str, page_url: str, index: str) -> list[DistFile]:
         metadata_sha256 = None
         if meta is not None and meta != "false":
             metadata_sha256 = meta[len("sha256="):] if meta.startswith("sha256=") else ""
-        dist = make_dist(filename, url, index, sha256=sha256,
-                         requires_python=attrs.get("data-requires-python") or None,
-                         yanked="data-yanked" in attrs, metadata_sha256=metadata_sha256)
-        if dist:
-            files.append(dist)
-    return files
+        listing.add(keep, filename, url, index, sha256=sha256,
+                    requires_python=attrs.get("data-requires-python") or None,
+                    yanked="data-yanked" in attrs, metadata_sha256=metadata_sha256)
+    return listing
 
 
-def parse_json(page: bytes, page_url: str, index: str) -> list[DistFile]:
+def parse_json(page: bytes, page_url: str, index: str, keep: Keep | None = None) -> Listing:
     data = json.loads(page)
-    files = []
+    listing = Listing()
     for entry in data.get("files", []):
         meta = entry.get("core-metadata", entry.get("dist-info-metadata", False))
         metadata_sha256 = None
@@ -146,15 +154,12 @@ def parse_json(page: bytes, page_url: str, index: str) -> list[DistFile]:
             metadata_sha256 = meta.get("sha256", "")
         elif meta is True:
             metadata_sha256 = ""
-        dist = make_dist(entry["filename"], _absolute(page_url, entry["url"]).partition("#")[0],
-                         index, sha256=entry.get("hashes", {}).get("sha256"),
-                         size=entry.get("size"), upload_time=entry.get("upload-time"),
-                         requires_python=entry.get("requires-python") or None,
-                         yanked=bool(entry.get("yanked", False)),
-                         metadata_sha256=metadata_sha256)
-        if dist:
-            files.append(dist)
-    return files
+        listing.add(keep, entry["filename"], _absolute(page_url, entry["url"]).partition("#")[0],
+                    index, sha256=entry.get("hashes", {}).get("sha256"),
+                    size=entry.get("size"), upload_time=entry.get("upload-time"),
+                    requires_python=entry.get("requires-python") or None,
+                    yanked=bool(entry.get("yanked", False)), metadata_sha256=metadata_sha256)
+    return listing
 
 
 class Index:
@@ -167,47 +172,44 @@ class Index:
         self.pages_fetched = 0
         self.pages_revalidated = 0
 
-    def files(self, name: str) -> list[DistFile]:
+    def files(self, name: str, keep: Keep | None = None) -> Listing:
         name = canonicalize_name(name)
         if self.url.startswith("file://"):
-            return self._local_files(name)
-        return self._remote_files(name)
+            return self._local_files(name, keep)
+        return self._remote_files(name, keep)
 
-    def _local_files(self, name: NormalizedName) -> list[DistFile]:
+    def _local_files(self, name: NormalizedName, keep: Keep | None) -> Listing:
         root = Path(unquote(urlsplit(self.url).path))
         if not root.is_dir():
             raise FetchError(f"index {self.url} is not a folder")
         page = root / name / "index.html"
         if page.is_file():
-            return parse_html(page.read_text(encoding="utf-8"), page.as_uri(), self.url)
-        files = []
+            return parse_html(page.read_text(encoding="utf-8"), page.as_uri(), self.url, keep)
+        listing = Listing()
         for path in sorted(root.iterdir()):
-            if not _ARCHIVE.search(path.name):
-                continue
-            dist = make_dist(path.name, path.resolve().as_uri(), self.url)
-            if dist and dist.name == name:
-                files.append(dist)
-        return files
+            if _ARCHIVE.search(path.name) and _project_of(path.name) == name:
+                listing.add(keep, path.name, path.resolve().as_uri(), self.url)
+        return listing
 
-    def _remote_files(self, name: NormalizedName) -> list[DistFile]:
+    def _remote_files(self, name: NormalizedName, keep: Keep | None) -> Listing:
         url = f"{self.url}/{name}/"
-        cached = self.cache.get_json("pages", url)
-        if cached and cached.get("expires", 0) > time.time():
-            return self._parse(cached, url)
+        cached = self._cached_page(url)
+        if cached and cached[0].get("expires", 0) > time.time():
+            return self._parse(*cached, url, keep)
         headers = {"Accept": _ACCEPT, "Accept-Encoding": "gzip"}
         if cached:
-            if cached.get("etag"):
-                headers["If-None-Match"] = cached["etag"]
-            if cached.get("last_modified"):
-                headers["If-Modified-Since"] = cached["last_modified"]
+            if cached[0].get("etag"):
+                headers["If-None-Match"] = cached[0]["etag"]
+            if cached[0].get("last_modified"):
+                headers["If-Modified-Since"] = cached[0]["last_modified"]
         response = self.http.get(url, headers)
         if response.status == 304 and cached:
             self.pages_revalidated += 1
-            cached["expires"] = _expiry(response.headers)
-            self.cache.put_json("pages", url, cached)
-            return self._parse(cached, url)
+            cached[0]["expires"] = _expiry(response.headers)
+            self._store_page(url, *cached)
+            return self._parse(*cached, url, keep)
         if response.status == 404:
-            return []
+            return Listing()
         if response.status in (401, 403):
             raise FetchError(f"index {redact(self.url)} refused access to '{name}' "
                              f"(HTTP {response.status}); check the credentials in its URL")
@@ -215,26 +217,50 @@ class Index:
             raise FetchError(f"index {redact(self.url)} answered HTTP {response.status} "
                              f"for '{name}'")
         self.pages_fetched += 1
-        entry = {
+        head = {
             "url": response.url,
             "content_type": response.headers.get("content-type", ""),
             "etag": response.headers.get("etag"),
             "last_modified": response.headers.get("last-modified"),
             "expires": _expiry(response.headers),
-            "body": response.body.decode("utf-8", "replace"),
         }
-        self.cache.put_json("pages", url, entry)
-        return self._parse(entry, url)
+        self._store_page(url, head, response.body)
+        return self._parse(head, response.body, url, keep)
 
-    def _parse(self, entry: dict[str, str], url: str) -> list[DistFile]:
-        page_url = entry.get("url") or url
+    def _cached_page(self, url: str) -> tuple[dict[str, Any], bytes] | None:
+        # One JSON line of HTTP facts, then the body as served: no re-escaping of
+        # megabytes of JSON on every store.
+        raw = self.cache.get_bytes("pages", url)
+        if raw is None or b"\n" not in raw:
+            return None
+        head, _, body = raw.partition(b"\n")
         try:
-            if "json" in entry["content_type"]:
-                return parse_json(entry["body"].encode(), page_url, self.url)
-            return parse_html(entry["body"], page_url, self.url)
+            return json.loads(head), body
+        except ValueError:
+            return None
+
+    def _store_page(self, url: str, head: dict[str, Any], body: bytes) -> None:
+        self.cache.put_bytes("pages", url, json.dumps(head).encode() + b"\n" + body)
+
+    def _parse(self, head: dict[str, Any], body: bytes, url: str, keep: Keep | None
+               ) -> Listing:
+        page_url = head.get("url") or url
+        try:
+            if "json" in head.get("content_type", ""):
+                return parse_json(body, page_url, self.url, keep)
+            return parse_html(body.decode("utf-8", "replace"), page_url, self.url, keep)
         except (ValueError, KeyError) as exc:
             raise FetchError(f"index {redact(self.url)} served an unreadable page for "
                              f"{url}: {exc}") from None
+
+
+def _project_of(filename: str) -> str | None:
+    try:
+        if filename.endswith(".whl"):
+            return canonicalize_name(filename.split("-", 1)[0])
+        return parse_sdist_filename(filename)[0]
+    except (InvalidSdistFilename, InvalidVersion):
+        return None
 
 
 def _expiry(headers: dict[str, str]) -> float:

@@ -112,7 +112,8 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
 
     metadata = MetadataSource(http, cache)
     finder = IndexFinder(target, index(manifest.project.index), routed, metadata, builders,
-                         Builder(target.python), preferred=preferred, workers=workers)
+                         Builder(target.python), preferred=preferred, no_deps=no_deps,
+                         workers=workers)
     try:
         resolution = resolve(roots, finder, target.marker_environment, no_deps=no_deps,
                              preferred=preferred, target=target.describe())

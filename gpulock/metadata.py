@@ -11,16 +11,18 @@ are built once with uv. Results are cached by URL and hash: an index file never 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from pathlib import Path
@@ -34,6 +36,7 @@ from gpulock.http import Http, redact
 from gpulock.index import DistFile
 
 _TAIL = 64 * 1024
+_BEHIND = 64 * 1024
 _CHUNK = 1024 * 1024
 
 
@@ -66,57 +69,91 @@ def parse_core_metadata(raw: bytes) -> CoreMetadata:
     )
 
 
-class RangeFile(io.RawIOBase):
-    """A read-only, seekable view of a remote file that fetches only the bytes read.
+class _Ranges:
+    """Byte ranges of one file, fetched on demand and kept.
 
-    zipfile seeks to the end-of-central-directory, reads the central directory, then one
-    member: with the tail prefetched that is two or three small requests.
+    A miss also takes the bytes just before it: wheels end with their .dist-info members
+    followed by the central directory, so reading the directory brings METADATA along.
     """
 
-    def __init__(self, http: Http, url: str, size: int, tail: bytes) -> None:
-        super().__init__()
-        self.http, self.url, self.size = http, url, size
-        self.pos = 0
-        self.blocks: dict[int, bytes] = {size - len(tail): tail}
-        self.bytes_fetched = len(tail)
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int, tail: bytes) -> None:
+        self.fetch, self.size = fetch, size
+        self.blocks: list[tuple[int, bytes]] = [(size - len(tail), tail)]
+        self.fetched = len(tail)
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
-        if self.pos >= end:
-            return b""
-        data = self._cached(self.pos, end)
-        if data is None:
-            # Read ahead a little: the local header is followed by the member's data.
-            fetch_end = min(self.size, max(end, self.pos + 16 * 1024))
-            response = self.http.get(self.url, {"Range": f"bytes={self.pos}-{fetch_end - 1}"})
-            if response.status != 206:
-                raise FetchError(f"{redact(self.url)} stopped answering range requests "
-                                 f"(HTTP {response.status})")
-            self.blocks[self.pos] = response.body
-            self.bytes_fetched += len(response.body)
-            data = response.body[: end - self.pos]
-        self.pos += len(data)
-        return data
-
-    def _cached(self, start: int, end: int) -> bytes | None:
-        for offset, block in self.blocks.items():
+    def get(self, start: int, end: int) -> bytes:
+        end = min(end, self.size)
+        for offset, block in self.blocks:
             if offset <= start and end <= offset + len(block):
                 return block[start - offset: end - offset]
-        return None
+        first = max(0, start - _BEHIND)
+        block = self.fetch(first, min(self.size, max(end, start + 16 * 1024)))
+        self.blocks.append((first, block))
+        self.fetched += len(block)
+        return block[start - first: end - first]
+
+
+def _zip_metadata(ranges: _Ranges, where: str) -> bytes:
+    """The top-level `*.dist-info/METADATA` member, reading only the bytes it needs.
+
+    zipfile would build an object per member (12,000 for torch) just to read one; this
+    walks the central directory records with struct and decompresses the one it wants.
+    """
+    tail = ranges.blocks[0][1]
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0:
+        raise FetchError(f"{where} is not a valid wheel: no zip end record")
+    cd_size, cd_offset = struct.unpack_from("<II", tail, at + 12)
+    if 0xFFFFFFFF in (cd_size, cd_offset):
+        locator = tail[at - 20: at]
+        if len(locator) != 20 or locator[:4] != b"PK\x06\x07":
+            raise FetchError(f"{where} is not a valid wheel: broken zip64 end record")
+        (record_at,) = struct.unpack_from("<Q", locator, 8)
+        record = ranges.get(record_at, record_at + 56)
+        cd_size, cd_offset = struct.unpack_from("<QQ", record, 40)
+    directory = ranges.get(cd_offset, cd_offset + cd_size)
+    pos = 0
+    while pos + 46 <= len(directory):
+        if directory[pos: pos + 4] != b"PK\x01\x02":
+            raise FetchError(f"{where} is not a valid wheel: corrupt central directory")
+        method = struct.unpack_from("<H", directory, pos + 10)[0]
+        csize, usize = struct.unpack_from("<II", directory, pos + 20)
+        nlen, elen, clen = struct.unpack_from("<HHH", directory, pos + 28)
+        offset = struct.unpack_from("<I", directory, pos + 42)[0]
+        name = directory[pos + 46: pos + 46 + nlen]
+        if name.endswith(b".dist-info/METADATA") and name.count(b"/") == 1:
+            extra = directory[pos + 46 + nlen: pos + 46 + nlen + elen]
+            csize, offset = _zip64_sizes(extra, usize, csize, offset)
+            header = ranges.get(offset, offset + 30 + 1024 + csize)
+            if header[:4] != b"PK\x03\x04":
+                raise FetchError(f"{where} is not a valid wheel: bad local header")
+            lnlen, lelen = struct.unpack_from("<HH", header, 26)
+            start = offset + 30 + lnlen + lelen
+            data = ranges.get(start, start + csize)
+            if method == 0:
+                return data
+            if method == 8:
+                return zlib.decompress(data, -15)
+            raise FetchError(f"{where}: METADATA uses unsupported zip compression {method}")
+        pos += 46 + nlen + elen + clen
+    raise FetchError(f"{where} is not a valid wheel: it has no .dist-info/METADATA")
+
+
+def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, pos)
+        if kind == 1:
+            fields = iter(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
+            if usize == 0xFFFFFFFF:
+                next(fields)
+            if csize == 0xFFFFFFFF:
+                csize = next(fields)
+            if offset == 0xFFFFFFFF:
+                offset = next(fields)
+            break
+        pos += 4 + length
+    return csize, offset
 
 
 def _metadata_member(archive: zipfile.ZipFile, where: str) -> bytes:
@@ -152,9 +189,17 @@ class MetadataSource:
     def _fetch_wheel_metadata(self, dist: DistFile) -> bytes:
         if dist.local_path is not None:
             try:
-                with zipfile.ZipFile(dist.local_path) as archive:
-                    return _metadata_member(archive, str(dist.local_path))
-            except (OSError, zipfile.BadZipFile) as exc:
+                with dist.local_path.open("rb") as handle:
+                    size = handle.seek(0, os.SEEK_END)
+                    handle.seek(max(0, size - _TAIL))
+
+                    def read(start: int, end: int) -> bytes:
+                        handle.seek(start)
+                        return handle.read(end - start)
+
+                    ranges = _Ranges(read, size, handle.read())
+                    return _zip_metadata(ranges, str(dist.local_path))
+            except (OSError, struct.error) as exc:
                 raise FetchError(f"cannot read {dist.local_path}: {exc}") from None
         host = urlsplit(dist.url).netloc
         if dist.metadata_sha256 is not None or host not in self._no_probe_hosts:
@@ -200,14 +245,21 @@ class MetadataSource:
                                  f"{response.status} from {redact(dist.url)}")
             tail = body.read()
             total = int(response.headers.get("content-range", "*/0").rsplit("/", 1)[1])
-        remote = RangeFile(self.http, dist.url, total, tail)
+
+        def fetch(start: int, end: int) -> bytes:
+            response = self.http.get(dist.url, {"Range": f"bytes={start}-{end - 1}"})
+            if response.status != 206:
+                raise FetchError(f"{redact(dist.url)} stopped answering range requests "
+                                 f"(HTTP {response.status})")
+            return response.body
+
+        ranges = _Ranges(fetch, total, tail)
         try:
-            with zipfile.ZipFile(remote) as archive:
-                raw = _metadata_member(archive, redact(dist.url))
-        except zipfile.BadZipFile as exc:
+            raw = _zip_metadata(ranges, redact(dist.url))
+        except (struct.error, zlib.error) as exc:
             raise FetchError(f"{redact(dist.url)} is not a valid wheel: {exc}") from None
         with self._lock:
-            self.range_bytes += remote.bytes_fetched
+            self.range_bytes += ranges.fetched
         return raw
 
     # -- file facts -----------------------------------------------------------------------

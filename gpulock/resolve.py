@@ -73,8 +73,8 @@ class Finder(Protocol):
     def dependencies(self, candidate: Candidate) -> Sequence[Requirement]:
         """Requires-Dist of the candidate, markers not yet evaluated."""
 
-    def prefetch(self, names: Iterable[NormalizedName]) -> None:
-        """A hint that these names will be asked for soon."""
+    def prefetch(self, requirements: Iterable[Req]) -> None:
+        """A hint that these requirements' names will be asked for soon."""
 
     def why_unusable(self, name: NormalizedName) -> list[str]:
         """Why files of this name were not offered as candidates, in words."""
@@ -182,7 +182,7 @@ class _Provider(AbstractProvider):  # type: ignore[misc]
             if not self._applies(requirement.marker, candidate.extras):
                 continue
             deps.append(Req.parse(requirement, origin))
-        self.finder.prefetch(r.name for r in deps)
+        self.finder.prefetch(deps)
         return self._record(deps, candidate)
 
     def _applies(self, marker: Marker | None, extras: frozenset[str]) -> bool:
@@ -215,7 +215,7 @@ def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
         req = Req.parse(requirement, f"group '{group}'")
         provider.origins.setdefault(provider.identify(req), []).append((req, None))
         requirements.append(req)
-    finder.prefetch(r.name for r in requirements)
+    finder.prefetch(requirements)
     try:
         result = Resolver(provider, BaseReporter()).resolve(requirements, max_rounds=20000)
     except ResolutionImpossible as exc:

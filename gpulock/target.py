@@ -107,6 +107,27 @@ class Target:
             priority.setdefault(str(tag), len(priority))
         return priority
 
+    @cached_property
+    def _ranks(self) -> dict[str, int | None]:
+        return {}
+
+    def wheel_rank(self, filename: str) -> int | None:
+        """How well a wheel fits the target (0 is best), or None when it cannot be installed.
+
+        Memoised by the filename's tag part: an index page repeats a few tag strings over
+        thousands of files.
+        """
+        part = filename[:-4].lower().rsplit("-", 3)[1:]
+        key = "-".join(part)
+        ranks = self._ranks
+        if key not in ranks:
+            priority = self.tag_priority
+            found = [priority[tag] for x in part[0].split(".") for y in part[1].split(".")
+                     for z in part[2].split(".") if (tag := f"{x}-{y}-{z}") in priority
+                     ] if len(part) == 3 else []
+            ranks[key] = min(found) if found else None
+        return ranks[key]
+
     def python_matches(self, requires_python: str | None) -> bool:
         return not requires_python or _python_matches(requires_python, self.python_full_version)
 

@@ -12,7 +12,7 @@ from packaging.utils import NormalizedName
 from packaging.version import Version
 
 from gpulock.errors import ResolutionError
-from gpulock.resolve import Candidate, resolve
+from gpulock.resolve import Candidate, Req, resolve
 from gpulock.target import Target
 
 NAMES = ["a", "b", "c", "d"]
@@ -39,7 +39,7 @@ class GraphFinder:
     def dependencies(self, candidate: Candidate) -> Sequence[Requirement]:
         return [Requirement(r) for r in self.graph[candidate.name][str(candidate.version)]]
 
-    def prefetch(self, names: Iterable[NormalizedName]) -> None:
+    def prefetch(self, requirements: Iterable[Req]) -> None:
         pass
 
     def why_unusable(self, name: NormalizedName) -> list[str]:
