@@ -13,15 +13,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpulock import __version__
 from gpulock.errors import GpulockError
 
+if TYPE_CHECKING:
+    from gpulock.manifest import Manifest
+    from gpulock.store import Store
+
+FORMATS = ("sh", "dotenv", "dockerfile", "json")
+
 _LATER = {
-    "sync": "fill the store and switch the environment to the lock",
-    "env": "print PYTHONPATH, PATH and model cache exports",
-    "run": "run a command inside the synced environment",
-    "status": "show generations and what the store holds",
     "verify": "re-check store entries against their hashes",
     "gc": "remove store entries nothing references",
     "rollback": "switch back to an earlier generation",
@@ -98,6 +101,96 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
+    from gpulock import lock, manifest
+    from gpulock.store import Store, default_store
+
+    given = args.manifest or (str(Path(args.project) / "gpu.toml") if args.project else None)
+    spec = manifest.load(_find_manifest(given))
+    path = Path(args.lock) if args.lock else lock.default_lock_path(spec)
+    root = Path(args.store) if args.store else default_store(spec.path.parent)
+    return spec, path, Store(root)
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from gpulock import lock, lockfile
+    from gpulock.sync import sync
+
+    spec, path, store = _project_paths(args)
+    if args.frozen:
+        locked = lock.check(spec, path)
+    else:
+        try:
+            locked = lock.check(spec, path)
+        except GpulockError:
+            result = lock.lock(spec, path)
+            for line in result.changes:
+                print(line, file=sys.stderr)
+            print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
+            locked = lockfile.read(path)
+    outcome = sync(spec, locked, store.open(), jobs=args.jobs)
+    gen = outcome.generation
+    if outcome.nothing_to_do:
+        print(f"'{spec.project.name}' is up to date: generation {gen.number}, "
+              f"{len(gen.packages)} packages [{outcome.seconds:.2f}s]", file=sys.stderr)
+        return 0
+    print(f"Added {len(outcome.added)}, reused {outcome.reused}; generation {gen.number} of "
+          f"'{spec.project.name}' is current [{outcome.seconds:.2f}s]", file=sys.stderr)
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from gpulock.envexport import exports, render
+    from gpulock.generation import current
+
+    spec, _, store = _project_paths(args)
+    if current(store, spec.project.name) is None:
+        print(f"warning: '{spec.project.name}' has no synced environment in {store.root} yet; "
+              "run 'gpulock sync'", file=sys.stderr)
+    print(render(exports(store, spec.project.name, spec.project.python), args.format))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gpulock.generation import current, project_dir
+
+    spec, _, store = _project_paths(args)
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise GpulockError("nothing to run: use 'gpulock run -- COMMAND [ARGS]'")
+    if current(store, spec.project.name) is None:
+        raise GpulockError(f"'{spec.project.name}' has no synced environment in {store.root}; "
+                           "run 'gpulock sync' first")
+    env_root = project_dir(store, spec.project.name).absolute() / "current"
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    environ["VIRTUAL_ENV"] = str(env_root)
+    environ["PATH"] = f"{env_root / 'bin'}{os.pathsep}{environ.get('PATH', '')}"
+    try:
+        os.execvpe(command[0], command, environ)
+    except OSError as exc:
+        raise GpulockError(f"cannot run {command[0]!r}: {exc.strerror}") from None
+    return 1  # execvpe does not return
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from gpulock.generation import all_generations, current
+
+    spec, _, store = _project_paths(args)
+    now = current(store, spec.project.name)
+    generations = all_generations(store, spec.project.name)
+    print(f"store: {store.root}")
+    entries = list((store.base / "pkgs").iterdir()) if (store.base / "pkgs").is_dir() else []
+    print(f"packages in the store: {len(entries)}")
+    if not generations:
+        print(f"'{spec.project.name}' has no generations; run 'gpulock sync'")
+    for gen in generations:
+        mark = "*" if now and gen.number == now.number else " "
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(gen.created))
+        print(f"{mark} gen-{gen.number}  {stamp}  {len(gen.packages)} packages  "
+              f"Python {gen.python_version}")
+    return 0
+
+
 def _cmd_diff(args: argparse.Namespace) -> int:
     from gpulock import lockfile
     from gpulock.lock import diff
@@ -136,6 +229,34 @@ def build_parser() -> argparse.ArgumentParser:
     lock.add_argument("--check", action="store_true",
                       help="exit non-zero unless the lock matches the manifest; write nothing")
     lock.set_defaults(func=_cmd_lock)
+
+    def project_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--manifest", help="the manifest (default: gpu.toml here or above)")
+        command.add_argument("--project", help="the folder of the project's gpu.toml")
+        command.add_argument("--lock", help="the lock file (default: pylock.gpu.toml beside it)")
+        command.add_argument("--store", help="the store (default: $GPULOCK_STORE, else "
+                             "/workspace/.gpulock when writable, else ./store)")
+
+    sync = sub.add_parser("sync", help="fill the store and switch the environment to the lock")
+    project_options(sync)
+    sync.add_argument("--frozen", action="store_true",
+                      help="refuse a lock that does not match the manifest (never re-lock)")
+    sync.add_argument("--jobs", type=int, default=8, help="parallel downloads (default 8)")
+    sync.set_defaults(func=_cmd_sync)
+
+    env = sub.add_parser("env", help="print PYTHONPATH and PATH exports for the environment")
+    project_options(env)
+    env.add_argument("--format", choices=FORMATS, default="sh")
+    env.set_defaults(func=_cmd_env)
+
+    run = sub.add_parser("run", help="run a command inside the synced environment")
+    project_options(run)
+    run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="show generations and what the store holds")
+    project_options(status)
+    status.set_defaults(func=_cmd_status)
 
     diff = sub.add_parser("diff", help="what changes between two locks, in words")
     diff.add_argument("old")

@@ -1,0 +1,86 @@
+"""The symlink farm: one site-packages made of links into store entries.
+
+A folder owned by one wheel becomes a single link (a torch env is a few hundred links, not
+25,000 hardlinks), except where an ELF file below it has an $ORIGIN path climbing out of
+it: then it is a real folder whose children are linked. Folders several wheels share
+(`nvidia/`, namespace packages) are real and merged. The same path in two wheels is fine
+when the bytes are equal and an error naming both wheels otherwise. Links are relative,
+so a volume mounted elsewhere keeps working.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpulock.errors import GpulockError
+from gpulock.store import Entry
+
+
+@dataclass
+class FarmStats:
+    links: int = 0
+    folders: int = 0
+
+
+@dataclass(frozen=True)
+class _Source:
+    entry: Entry
+    path: Path
+    is_dir: bool
+
+
+def build(target: Path, entries: Sequence[Entry]) -> FarmStats:
+    """Fill the (new, empty) folder `target` with the merged site trees of `entries`."""
+    stats = FarmStats()
+    target.mkdir(parents=True, exist_ok=True)
+    roots = [_Source(e, e.site, True) for e in entries if e.site.is_dir()]
+    _merge(target, "", roots, stats)
+    return stats
+
+
+def _merge(folder: Path, relative: str, sources: list[_Source], stats: FarmStats) -> None:
+    children: dict[str, list[_Source]] = {}
+    for source in sources:
+        with os.scandir(source.path) as listing:
+            for item in listing:
+                children.setdefault(item.name, []).append(
+                    _Source(source.entry, Path(item.path), item.is_dir(follow_symlinks=False)))
+    for name in sorted(children):
+        owners = children[name]
+        child = f"{relative}/{name}" if relative else name
+        dest = folder / name
+        dirs = [o for o in owners if o.is_dir]
+        files = [o for o in owners if not o.is_dir]
+        if dirs and files:
+            raise GpulockError(f"{child} is a folder in {_label(dirs[0])} but a file in "
+                               f"{_label(files[0])}; these wheels cannot share an environment")
+        if files:
+            first = files[0]
+            if name.endswith(".pyc") and relative.endswith("__pycache__"):
+                pass  # compiled in different temporary folders: equal sources, other bytes
+            else:
+                for other in files[1:]:
+                    if not filecmp.cmp(first.path, other.path, shallow=False):
+                        raise GpulockError(f"{child} differs between {_label(first)} and "
+                                           f"{_label(other)}; these wheels cannot share an "
+                                           "environment")
+            _link(first.path, dest, stats)
+        elif len(dirs) == 1 and child not in dirs[0].entry.real_dirs:
+            _link(dirs[0].path, dest, stats)
+        else:
+            dest.mkdir()
+            stats.folders += 1
+            _merge(dest, child, dirs, stats)
+
+
+def _link(source: Path, dest: Path, stats: FarmStats) -> None:
+    os.symlink(os.path.relpath(source, dest.parent), dest)
+    stats.links += 1
+
+
+def _label(source: _Source) -> str:
+    return f"{source.entry.name} {source.entry.version}"

@@ -1,0 +1,88 @@
+"""Downloading locked files: streamed, verified, resumable, in parallel.
+
+A download is written to `tmp/downloads/<sha256>.part`; a killed sync leaves the part,
+and the next one continues it with a Range request after re-hashing what is there.
+Only a file whose size and sha256 match the lock is ever handed on; a mismatch deletes
+the part and says package, URL, expected and actual hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from gpulock.errors import FetchError, GpulockError
+from gpulock.http import Http, redact
+from gpulock.lockfile import FileRef
+
+_CHUNK = 1 << 20
+Progress = Callable[[int], None]
+
+
+def _hash_file(path: Path, digest: hashlib._Hash) -> int:
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size
+
+
+def fetch(ref: FileRef, label: str, folder: Path, http: Http,
+          progress: Progress | None = None) -> Path:
+    """A local path holding exactly the locked file."""
+    if ref.url.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        path = Path(unquote(urlsplit(ref.url).path))
+        if not path.is_file():
+            raise GpulockError(f"{label}: {path} is missing; the lock names it as the file "
+                               "to install")
+        digest = hashlib.sha256()
+        size = _hash_file(path, digest)
+        _check(ref, label, digest.hexdigest(), size, path)
+        if progress:
+            progress(size)
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{ref.sha256}-{ref.name}"
+    if final.is_file():
+        return final
+    part = folder / f"{ref.sha256}.part"
+    digest = hashlib.sha256()
+    have = _hash_file(part, digest) if part.is_file() else 0
+    if have > ref.size:
+        part.unlink()
+        digest, have = hashlib.sha256(), 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    if have < ref.size or not have:
+        with http.stream(ref.url, headers) as (response, body):
+            if response.status == 200 and have:
+                digest, have = hashlib.sha256(), 0  # the server ignored the Range
+                part.unlink()
+            elif response.status not in (200, 206):
+                raise FetchError(f"{label}: cannot download {redact(ref.url)}: HTTP "
+                                 f"{response.status}")
+            with part.open("ab") as out:
+                while chunk := body.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    have += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+    try:
+        _check(ref, label, digest.hexdigest(), have, None)
+    except GpulockError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, final)
+    return final
+
+
+def _check(ref: FileRef, label: str, sha256: str, size: int, path: Path | None) -> None:
+    where = str(path) if path else redact(ref.url)
+    if size != ref.size or sha256 != ref.sha256:
+        raise GpulockError(f"{label}: {where} has sha256 {sha256} ({size} bytes), but the "
+                           f"lock says {ref.sha256} ({ref.size} bytes); it was not stored")

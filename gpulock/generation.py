@@ -1,0 +1,197 @@
+"""Generations: immutable, venv-like environments, and the `current` link between them.
+
+`envs/<project>/gen-<N>/` holds `pyvenv.cfg`, `bin/` (the target interpreter's links, the
+console scripts written for this generation) and `lib/pythonX.Y/site-packages/` (the farm
+plus a `sitecustomize` that makes `.pth` files work through PYTHONPATH). A generation is
+built in the store's `tmp/`, renamed into place, and only then made current by renaming a
+new `current` link over the old one: a reader sees the old environment or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpulock.errors import GpulockError
+from gpulock.farm import FarmStats, build
+from gpulock.store import Entry, Store
+
+RECORD = "gpulock-generation.json"
+_SITECUSTOMIZE = '''\
+"""Written by gpulock: makes this environment's .pth files work through PYTHONPATH."""
+import os as _os
+import site as _site
+import sys as _sys
+
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if "%d.%d" % _sys.version_info[:2] != {python!r}:
+    _sys.stderr.write("gpulock: this environment was built for Python {python}, but Python "
+                      + _sys.version.split()[0] + " is running it\\n")
+if _os.path.realpath(_sys.prefix) != _os.path.realpath(_os.path.join(_here, "..", "..", "..")):
+    # Not started through the environment's own interpreter: add it as a site directory.
+    _site.addsitedir(_here)
+for _entry in list(_sys.path):
+    _candidate = _os.path.join(_entry or ".", "sitecustomize.py")
+    if _os.path.realpath(_entry or ".") != _os.path.realpath(_here) and _os.path.isfile(
+            _candidate):
+        with open(_candidate, "rb") as _handle:
+            exec(compile(_handle.read(), _candidate, "exec"),
+                 {{"__name__": "sitecustomize", "__file__": _candidate}})
+        break
+'''
+
+
+@dataclass(frozen=True)
+class Generation:
+    path: Path
+    number: int
+    lock_digest: str
+    packages: dict[str, str]  # name -> store key
+    python: str
+    python_version: str
+    created: float
+
+    @property
+    def python_minor(self) -> str:
+        return ".".join(self.python_version.split(".")[:2])
+
+    @property
+    def site_packages(self) -> Path:
+        return site_packages(self.path, self.python_minor)
+
+
+def site_packages(root: Path, python_minor: str) -> Path:
+    return root / "lib" / f"python{python_minor}" / "site-packages"
+
+
+def project_dir(store: Store, project: str) -> Path:
+    return store.base / "envs" / project
+
+
+def read(path: Path) -> Generation | None:
+    try:
+        data = json.loads((path / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return Generation(path=path, number=int(data["number"]), lock_digest=data["lock_digest"],
+                      packages=data["packages"], python=data["python"],
+                      python_version=data["python_version"], created=data["created"])
+
+
+def current(store: Store, project: str) -> Generation | None:
+    link = project_dir(store, project) / "current"
+    return read(link) if link.is_symlink() else None
+
+
+def all_generations(store: Store, project: str) -> list[Generation]:
+    folder = project_dir(store, project)
+    found = [read(p) for p in folder.glob("gen-*")] if folder.is_dir() else []
+    return sorted((g for g in found if g), key=lambda g: g.number)
+
+
+@dataclass
+class Built:
+    generation: Generation
+    farm: FarmStats
+    scripts: int
+
+
+def create(store: Store, project: str, entries: Mapping[str, Entry], python: str,
+           python_version: str, lock_digest: str, lock_text: str,
+           verify_imports: Sequence[str]) -> Built:
+    """Build a complete generation and publish it (not yet current)."""
+    envs = project_dir(store, project)
+    envs.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[4:]) for p in envs.glob("gen-*") if p.name[4:].isdigit()]
+    number = max(numbers, default=0) + 1
+    final = envs / f"gen-{number}"
+    minor = ".".join(python_version.split(".")[:2])
+    # Built beside its final place: the farm's relative links must not change depth.
+    work = Path(tempfile.mkdtemp(prefix=".building-", dir=envs))
+    work.chmod(0o755)
+    try:
+        bin_dir = work / "bin"
+        bin_dir.mkdir()
+        for name in ("python", "python3", f"python{minor}"):
+            os.symlink(python, bin_dir / name)
+        (work / "pyvenv.cfg").write_text(
+            f"home = {Path(python).parent}\ninclude-system-site-packages = false\n"
+            f"version = {python_version}\nexecutable = {python}\n"
+            f"command = gpulock sync (generation {number})\n")
+        site = site_packages(work, minor)
+        stats = build(site, list(entries.values()))
+        if not (site / "sitecustomize.py").exists():
+            (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(python=minor))
+        scripts = _write_scripts(bin_dir, final / "bin" / "python", entries.values())
+        (work / "pylock.gpu.toml").write_text(lock_text)
+        generation = Generation(path=final, number=number, lock_digest=lock_digest,
+                                packages={n: e.key for n, e in entries.items()},
+                                python=python, python_version=python_version,
+                                created=time.time())
+        (work / RECORD).write_text(json.dumps({
+            "number": number, "lock_digest": lock_digest, "packages": generation.packages,
+            "python": python, "python_version": python_version,
+            "created": generation.created}, sort_keys=True, indent=1))
+        _verify(work, minor, verify_imports)
+        try:
+            os.rename(work, final)
+        except OSError:
+            raise GpulockError(f"another sync published {final.name} of '{project}' at the "
+                               "same time; run 'gpulock sync' again") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Built(generation, stats, scripts)
+
+
+def _write_scripts(bin_dir: Path, interpreter: Path, entries: Sequence[Entry] | object) -> int:
+    from installer.scripts import Script
+
+    count = 0
+    for entry in entries:  # type: ignore[attr-defined]
+        for name, module, attr, section in entry.scripts:
+            _, data = Script(name, module, attr, section).generate(str(interpreter), "posix")
+            target = bin_dir / name
+            target.write_bytes(data)
+            target.chmod(0o755)
+            count += 1
+        scripts = entry.path / "scripts"
+        if scripts.is_dir():
+            for source in scripts.iterdir():
+                data = source.read_bytes()
+                # `#!python` in .data/scripts means "the interpreter that installs me".
+                if re.match(rb"#!pythonw?(\r?\n)", data):
+                    data = b"#!" + str(interpreter).encode() + data[data.index(b"\n"):]
+                target = bin_dir / source.name
+                target.write_bytes(data)
+                target.chmod(0o755)
+                count += 1
+    return count
+
+
+def _verify(root: Path, minor: str, imports: Sequence[str]) -> None:
+    if not imports:
+        return
+    code = "\n".join(f"import {name}" for name in imports)
+    result = subprocess.run([str(root / "bin" / "python"), "-c", code], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise GpulockError(f"[verify] imports failed in the new environment, which was not "
+                           f"made current: {last}")
+
+
+def switch(store: Store, project: str, generation: Generation) -> None:
+    """Make `generation` current by renaming a fresh link over `current` (atomic)."""
+    envs = project_dir(store, project)
+    temporary = envs / f".current-{os.getpid()}-{time.monotonic_ns()}"
+    os.symlink(generation.path.name, temporary)
+    os.replace(temporary, envs / "current")

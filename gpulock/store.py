@@ -1,0 +1,208 @@
+"""The content-addressed store on the volume: immutable entries, published atomically.
+
+Layout (under `<store>/v1/`): `pkgs/<key>/` one unpacked wheel per entry, each scheme in its
+own folder (`site/` for purelib and platlib, `scripts/`, `headers/`, `data/`) beside a
+`gpulock-entry.json` manifest; `tmp/` work in progress; `envs/<project>/` generations.
+An entry is built in `tmp/`, then renamed into place: a reader sees a complete entry or
+none, and when two writers race the first rename wins and the other copy is discarded.
+Correctness never rests on a lock file (network volumes ignore flock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gpulock.elf import climbing_dirs, is_elf, search_paths
+from gpulock.errors import GpulockError
+
+LAYOUT_VERSION = 1
+_SCHEME_DIRS = {"purelib": "site", "platlib": "site", "scripts": "scripts",
+                "headers": "headers", "data": "data"}
+ENTRY_MANIFEST = "gpulock-entry.json"
+
+
+def default_store(project_dir: Path) -> Path:
+    """--store, else $GPULOCK_STORE, else /workspace/.gpulock on a pod's volume, else ./store."""
+    if env := os.environ.get("GPULOCK_STORE"):
+        return Path(env)
+    workspace = Path("/workspace")
+    if workspace.is_dir() and os.access(workspace, os.W_OK):
+        return workspace / ".gpulock"
+    return project_dir / "store"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    path: Path
+    name: str
+    version: str
+    scripts: tuple[tuple[str, str, str, str], ...]  # entry points: name, module, attr, section
+    real_dirs: frozenset[str]  # site-relative folders the farm must not link whole
+
+    @property
+    def site(self) -> Path:
+        return self.path / "site"
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.base = root / f"v{LAYOUT_VERSION}"
+
+    def open(self) -> Store:
+        """Create the layout if needed; refuse a store written by a newer gpulock."""
+        newer = sorted(p.name for p in self.root.glob("v*")
+                       if p.name[1:].isdigit() and int(p.name[1:]) > LAYOUT_VERSION
+                       ) if self.root.is_dir() else []
+        if newer:
+            raise GpulockError(f"the store {self.root} has layout {newer[-1]}, newer than this "
+                               f"gpulock's v{LAYOUT_VERSION}: upgrade gpulock")
+        try:
+            for sub in ("pkgs", "tmp", "envs"):
+                (self.base / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GpulockError(f"cannot create the store at {self.root}: {exc.strerror}"
+                               ) from None
+        return self
+
+    @property
+    def tmp(self) -> Path:
+        return self.base / "tmp"
+
+    def entry_path(self, key: str) -> Path:
+        return self.base / "pkgs" / key
+
+    def has(self, key: str) -> bool:
+        return (self.entry_path(key) / ENTRY_MANIFEST).is_file()
+
+    def entry(self, key: str) -> Entry:
+        path = self.entry_path(key)
+        try:
+            data = json.loads((path / ENTRY_MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise GpulockError(f"store entry {path} is damaged ({exc}); run 'gpulock sync' "
+                               "again after removing it") from None
+        return Entry(key=key, path=path, name=data["name"], version=data["version"],
+                     scripts=tuple(tuple(s) for s in data["scripts"]),  # type: ignore[misc]
+                     real_dirs=frozenset(data["real_dirs"]))
+
+    def work_dir(self, label: str) -> Path:
+        work = Path(tempfile.mkdtemp(prefix=f"{label}.", dir=self.tmp))
+        work.chmod(0o755)  # entries are shared: readable by every user of the volume
+        return work
+
+    def publish(self, work: Path, key: str) -> None:
+        """Rename a finished entry into place; a racing writer's identical entry wins."""
+        target = self.entry_path(key)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not self.has(key):
+                raise
+            shutil.rmtree(work, ignore_errors=True)
+
+    def add_wheel(self, wheel: Path, key: str, name: str, version: str,
+                  python: str | None) -> Entry:
+        """Unpack a verified wheel into a new entry (a no-op when the entry exists)."""
+        if self.has(key):
+            return self.entry(key)
+        from installer import install
+        from installer.exceptions import InstallerError
+        from installer.sources import WheelFile
+
+        label = f"{name} {version}"
+        work = self.work_dir(key)
+        try:
+            destination = _EntryDestination(work)
+            try:
+                with WheelFile.open(wheel) as source:
+                    # The wheel's sha256 was checked against the lock; names still matter.
+                    source.validate_record(validate_contents=False)
+                    install(source, destination, {"INSTALLER": b"gpulock\n"})
+            except (InstallerError, ValueError, KeyError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno == 28:
+                    raise
+                raise GpulockError(f"{label}: the wheel {wheel.name} cannot be installed: "
+                                   f"{exc}") from None
+            real_dirs = _real_dirs(work / "site")
+            if python:
+                _compile(work / "site", python)
+            (work / ENTRY_MANIFEST).write_text(json.dumps({
+                "name": name, "version": version,
+                "scripts": destination.scripts, "real_dirs": sorted(real_dirs),
+                "records": destination.records,
+            }, sort_keys=True))
+            self.publish(work, key)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return self.entry(key)
+
+
+class _EntryDestination:
+    """An installer destination that writes each scheme into its own folder of an entry.
+
+    Console scripts are not written here: an entry is shared by environments, and each
+    environment writes scripts for its own interpreter. RECORD is not written either, so a
+    `pip uninstall` aimed at an environment refuses instead of deleting store files.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.scripts: list[tuple[str, str, str, str]] = []
+        self.records: list[tuple[str, str, str, int]] = []
+
+    def write_file(self, scheme: str, path: str | os.PathLike[str], stream: BinaryIO,
+                   is_executable: bool) -> Any:
+        from installer.records import Hash, RecordEntry
+        from installer.utils import copyfileobj_with_hashing
+
+        relative = posixpath.normpath(os.fspath(path))
+        if relative.startswith(("/", "../")) or relative in ("..", ".") or "\\" in relative:
+            raise ValueError(f"it holds a file outside its tree: {os.fspath(path)!r}")
+        target = self.root / _SCHEME_DIRS[scheme] / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as handle:
+            digest, size = copyfileobj_with_hashing(stream, handle, "sha256")
+        if is_executable:
+            target.chmod(0o755)
+        self.records.append((scheme, relative, digest, size))
+        return RecordEntry(relative, Hash("sha256", digest), size)
+
+    def write_script(self, name: str, module: str, attr: str, section: str) -> Any:
+        from installer.records import RecordEntry
+
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"it declares an unsafe script name {name!r}")
+        self.scripts.append((name, module, attr, section))
+        return RecordEntry(f"bin/{name}", None, None)
+
+    def finalize_installation(self, scheme: str, record_file_path: str,
+                              records: Any) -> None:
+        return None
+
+
+def _real_dirs(site: Path) -> set[str]:
+    real: set[str] = set()
+    for folder, _dirs, files in os.walk(site):
+        for name in files:
+            path = Path(folder) / name
+            if (".so" in name or os.access(path, os.X_OK)) and is_elf(path):
+                relative = path.relative_to(site).as_posix()
+                real |= climbing_dirs(relative, search_paths(path))
+    return real
+
+
+def _compile(site: Path, python: str) -> None:
+    """Hash-based pycs, so a shared store is never rewritten at import time (PEP 552)."""
+    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                    "unchecked-hash", str(site)], capture_output=True, check=False)

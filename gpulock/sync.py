@@ -1,0 +1,176 @@
+"""`gpulock sync`: make the store hold the lock, build a generation, switch to it.
+
+The plan is a diff of hashes: each locked package names a store key (the wheel's sha256,
+or for sources the hash of source, interpreter and build settings); keys the store lacks
+are fetched and unpacked in parallel, the rest are reused untouched. When the current
+generation was built from the same lock on the same interpreter, nothing is done at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from gpulock import generation, lockfile
+from gpulock.errors import GpulockError
+from gpulock.fetch import fetch
+from gpulock.http import Http
+from gpulock.lockfile import Lock, LockedPackage
+from gpulock.manifest import Manifest
+from gpulock.metadata import Builder
+from gpulock.store import Entry, Store
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SyncResult:
+    generation: generation.Generation
+    added: list[str] = field(default_factory=list)
+    reused: int = 0
+    changes: list[str] = field(default_factory=list)
+    nothing_to_do: bool = False
+    downloaded_bytes: int = 0
+    seconds: float = 0.0
+
+
+def lock_digest(lock: Lock, python: str) -> str:
+    return hashlib.sha256((lockfile.dumps(lock) + python).encode()).hexdigest()
+
+
+def builder_for(manifest: Manifest, package: LockedPackage, python: str) -> Builder:
+    for group in manifest.groups:
+        if any(canonicalize_name(r.name) == package.name for r in group.packages):
+            return Builder(python, isolation=not group.no_build_isolation, env=group.env)
+    return Builder(python)
+
+
+def entry_key(package: LockedPackage, builder: Builder) -> str:
+    if package.wheel:
+        digest = package.wheel.sha256
+    else:
+        # A built wheel depends on the source, the interpreter and the build settings.
+        digest = hashlib.sha256(f"{package.artifact}|{builder.python}|{builder.key}"
+                                .encode()).hexdigest()
+    return f"{digest}-{package.name}-{package.version}"
+
+
+def find_interpreter(version: str) -> tuple[str, str]:
+    from gpulock.interpreter import find_python
+
+    python = find_python(version)
+    if python is None:
+        raise GpulockError(f"CPython {version}, the lock's target, is not installed on this "
+                           f"machine: install it with 'uv python install {version}'")
+    import subprocess
+
+    full = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    return python, full
+
+
+def sync(manifest: Manifest, lock: Lock, store: Store, *, jobs: int = 8,
+         log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
+    started = time.perf_counter()
+    project = manifest.project.name
+    python, python_version = find_interpreter(lock.target.python)
+    digest = lock_digest(lock, python)
+    previous = generation.current(store, project)
+    if previous is not None and previous.lock_digest == digest:
+        return SyncResult(previous, reused=len(previous.packages), nothing_to_do=True,
+                          seconds=time.perf_counter() - started)
+
+    plan = {p.name: (p, entry_key(p, builder_for(manifest, p, python))) for p in lock.packages}
+    missing = [(p, key) for p, key in plan.values() if not store.has(key)]
+    old_lock = _lock_of(previous)
+    from gpulock.lock import diff
+
+    changes = diff(old_lock, lock) if old_lock else [f"+ {p.name} {p.version}"
+                                                     for p in lock.packages]
+    for line in changes:
+        log(line)
+    http = Http()
+    downloads = store.tmp / "downloads"
+    downloaded = [0]
+
+    def add(item: tuple[LockedPackage, str]) -> str:
+        package, key = item
+        label = f"{package.name} {package.version}"
+        wheel = _wheel_for(package, key, store, downloads, http, manifest, python, downloaded)
+        store.add_wheel(wheel, key, package.name, package.version, python)
+        if wheel.parent == downloads:
+            wheel.unlink(missing_ok=True)
+        return label
+
+    added: list[str] = []
+    if missing:
+        total = sum((p.wheel or p.sdist).size for p, _ in missing if p.wheel or p.sdist)
+        log(f"Fetching {len(missing)} of {len(plan)} packages ({_size(total)})")
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for label in pool.map(add, missing):
+                added.append(label)
+    entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
+    built = generation.create(store, project, entries, python, python_version, digest,
+                              lockfile.dumps(lock), manifest.verify_imports)
+    generation.switch(store, project, built.generation)
+    return SyncResult(built.generation, added=added, reused=len(plan) - len(missing),
+                      changes=changes, downloaded_bytes=downloaded[0],
+                      seconds=time.perf_counter() - started)
+
+
+def _wheel_for(package: LockedPackage, key: str, store: Store, downloads: Path, http: Http,
+               manifest: Manifest, python: str, counter: list[int]) -> Path:
+    label = f"{package.name} {package.version}"
+
+    def progress(n: int) -> None:
+        counter[0] += n
+
+    if package.wheel:
+        return fetch(package.wheel, label, downloads, http, progress)
+    builder = builder_for(manifest, package, python)
+    out = store.work_dir(f"build-{package.name}")
+    try:
+        if package.sdist:
+            source = fetch(package.sdist, label, downloads, http, progress)
+        else:
+            from gpulock.vcs import GitSource, checkout
+
+            assert package.vcs is not None
+            from gpulock.cache import Cache
+
+            source = checkout(GitSource(package.vcs.url, package.vcs.requested_revision,
+                                        package.vcs.commit_id, package.vcs.subdirectory),
+                              Cache().root)
+        wheel = builder.build(source, out, label)
+        moved = downloads / wheel.name
+        downloads.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(wheel), moved)
+        return moved
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _lock_of(previous: generation.Generation | None) -> Lock | None:
+    if previous is None:
+        return None
+    try:
+        return lockfile.read(previous.path / "pylock.gpu.toml")
+    except GpulockError:
+        return None
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
