@@ -124,8 +124,6 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             locked = lock.check(spec, path)
         except GpulockError:
             result = lock.lock(spec, path)
-            for line in result.changes:
-                print(line, file=sys.stderr)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
     outcome = sync(spec, locked, store.open(), jobs=args.jobs)

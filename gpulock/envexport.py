@@ -14,7 +14,6 @@ from gpulock.generation import project_dir, site_packages
 from gpulock.store import Store
 
 
-
 def exports(store: Store, project: str, python: str) -> dict[str, str]:
     minor = ".".join(python.split(".")[:2])
     current = project_dir(store, project).absolute() / "current"

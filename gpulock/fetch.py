@@ -1,6 +1,6 @@
 """Downloading locked files: streamed, verified, resumable, in parallel.
 
-A download is written to `tmp/downloads/<sha256>.part`; a killed sync leaves the part,
+A download is written to `tmp/downloads/<sha256>/.part`; a killed sync leaves the part,
 and the next one continues it with a Range request after re-hashing what is there.
 Only a file whose size and sha256 match the lock is ever handed on; a mismatch deletes
 the part and says package, URL, expected and actual hash.
@@ -46,11 +46,12 @@ def fetch(ref: FileRef, label: str, folder: Path, http: Http,
         if progress:
             progress(size)
         return path
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{ref.sha256}-{ref.name}"
+    # The wheel keeps its own filename (installers read name and tags from it).
+    final = folder / ref.sha256 / ref.name
     if final.is_file():
         return final
-    part = folder / f"{ref.sha256}.part"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = folder / ref.sha256 / ".part"
     digest = hashlib.sha256()
     have = _hash_file(part, digest) if part.is_file() else 0
     if have > ref.size:

@@ -106,8 +106,8 @@ def sync(manifest: Manifest, lock: Lock, store: Store, *, jobs: int = 8,
         label = f"{package.name} {package.version}"
         wheel = _wheel_for(package, key, store, downloads, http, manifest, python, downloaded)
         store.add_wheel(wheel, key, package.name, package.version, python)
-        if wheel.parent == downloads:
-            wheel.unlink(missing_ok=True)
+        if downloads in wheel.parents:
+            shutil.rmtree(wheel.parent, ignore_errors=True)
         return label
 
     added: list[str] = []
@@ -150,8 +150,8 @@ def _wheel_for(package: LockedPackage, key: str, store: Store, downloads: Path, 
                                         package.vcs.commit_id, package.vcs.subdirectory),
                               Cache().root)
         wheel = builder.build(source, out, label)
-        moved = downloads / wheel.name
-        downloads.mkdir(parents=True, exist_ok=True)
+        moved = downloads / key / wheel.name
+        moved.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(wheel), moved)
         return moved
     finally:

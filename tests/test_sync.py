@@ -1,0 +1,277 @@
+"""`gpulock sync`, `run` and `env`: wheels into the store, a farm into a generation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpulock.cli import main
+from tests.conftest import Project
+from tests.support.dists import make_wheel
+
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the ELF fixtures")
+
+
+def write_manifest(project: Project, index: str, packages: list[str], *, verify: str = "",
+                   extra_groups: str = "") -> None:
+    listed = ", ".join(f'"{p}"' for p in packages)
+    project.write(f'[project]\nname = "demo"\npython = "{HOST_PYTHON}"\nindex = "{index}"\n'
+                  f'[groups.main]\npackages = [{listed}]\n{extra_groups}'
+                  + (f'[verify]\nimports = [{verify}]\n' if verify else ""))
+
+
+def sync(project: Project, *args: str) -> tuple[int, str]:
+    result = project.gpulock("sync", "--store", str(project.root / "store"), *args)
+    return result.code, result.err
+
+
+def env_root(project: Project) -> Path:
+    return project.root / "store" / "v1" / "envs" / "demo" / "current"
+
+
+def site(project: Project) -> Path:
+    return env_root(project) / "lib" / f"python{HOST_PYTHON}" / "site-packages"
+
+
+def entries(project: Project) -> set[str]:
+    return {p.name for p in (project.root / "store" / "v1" / "pkgs").iterdir()}
+
+
+def compile_so(folder: Path, name: str, source: str, *flags: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.c").write_text(source)
+    out = folder / f"lib{name}.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(folder / f"{name}.c"),
+                    *flags], check=True)
+    return out
+
+
+PROBE = """
+import ctypes, importlib, json, os, subprocess, sys
+result = {}
+import torchy; result["torchy"] = torchy.value()
+import nvother; result["nvother"] = nvother.value()
+import nspkg.a, nspkg.b; result["ns"] = [nspkg.a.NAME, nspkg.b.NAME]
+import pthhook; result["pth"] = pthhook.HOOKED
+import extra_mod; result["extra"] = extra_mod.NAME
+print(json.dumps(result, sort_keys=True))
+"""
+
+
+@pytest.fixture
+def native_wheels(tmp_path: Path, make_index):
+    """Wheels shaped like torch + nvidia: climbing $ORIGIN RPATHs, shared folders, .pth."""
+    index = make_index()
+    build = tmp_path / "build"
+    helper = compile_so(build / "helper", "helper", "int helper(void){return 41;}")
+    other = compile_so(build / "other", "other", "int other(void){return 7;}")
+    torchy = compile_so(build / "torchy", "torchy",
+                        "int helper(void); int torchy_value(void){return helper()+1;}",
+                        f"-L{helper.parent}", "-lhelper",
+                        "-Wl,-rpath,$ORIGIN/../../nvidia_fake/helper/lib")
+    loader = ("import ctypes, os\n"
+              "_lib = ctypes.CDLL(os.path.join(os.path.dirname(__file__), {path!r}))\n"
+              "def value():\n    return _lib.{func}()\n")
+    make_wheel(index.folder, "torchy", "1.0", requires=["nvhelper", "nvother"], files={
+        "torchy/__init__.py": loader.format(path="lib/libtorchy.so",
+                                            func="torchy_value").encode(),
+        "torchy/lib/libtorchy.so": torchy.read_bytes()})
+    make_wheel(index.folder, "nvhelper", "1.0", files={
+        "nvidia_fake/helper/lib/libhelper.so": helper.read_bytes(),
+        "nvidia_fake/helper/__init__.py": b""})
+    make_wheel(index.folder, "nvother", "1.0", files={
+        "nvidia_fake/other/lib/libother.so": other.read_bytes(),
+        "nvidia_fake/other/__init__.py": b"",
+        "nvother/__init__.py": loader.format(path="../nvidia_fake/other/lib/libother.so",
+                                             func="other").encode()})
+    make_wheel(index.folder, "ns-a", "1.0", files={"nspkg/a/__init__.py": b"NAME = 'a'\n"})
+    make_wheel(index.folder, "ns-b", "1.0", files={"nspkg/b/__init__.py": b"NAME = 'b'\n"})
+    make_wheel(index.folder, "pthpkg", "1.0", files={
+        "pthpkg.pth": b"extra_dir\nimport pthhook; pthhook.HOOKED = True\n",
+        "pthhook.py": b"HOOKED = False\n",
+        "extra_dir/extra_mod.py": b"NAME = 'extra'\n",
+        "pthpkg-1.0.data/scripts/pth-tool": b"#!python\nimport sys\nprint('tool', sys.prefix)\n",
+    }, entry_points="[console_scripts]\nhello-cli = pthhook:main\n")
+    return index
+
+
+@needs_gcc
+def test_a_farm_imports_and_runs_like_a_plain_install(native_wheels, project: Project,
+                                                       tmp_path: Path):
+    write_manifest(project, native_wheels.url, ["torchy", "ns-a", "ns-b", "pthpkg"],
+                   verify='"torchy", "nspkg.a"')
+    code, err = sync(project)
+    assert code == 0, err
+    farm = site(project)
+    # $ORIGIN climbs out of torchy/lib: both folders are real, the library itself a link.
+    assert not (farm / "torchy").is_symlink() and not (farm / "torchy" / "lib").is_symlink()
+    assert (farm / "torchy" / "lib" / "libtorchy.so").is_symlink()
+    # Folders shared by wheels are real and merged; single-owner folders are one link.
+    assert not (farm / "nvidia_fake").is_symlink()
+    assert (farm / "nvidia_fake" / "helper").is_symlink()
+    assert not (farm / "nspkg").is_symlink() and (farm / "nspkg" / "a").is_symlink()
+
+    expected = {"extra": "extra", "ns": ["a", "b"], "nvother": 7, "pth": True, "torchy": 42}
+    env_python = env_root(project) / "bin" / "python"
+    through_venv = subprocess.run([str(env_python), "-c", PROBE], capture_output=True,
+                                  text=True, check=True)
+    assert json.loads(through_venv.stdout) == expected
+    through_pythonpath = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(farm)})
+    assert json.loads(through_pythonpath.stdout) == expected
+
+    plain = tmp_path / "plain"
+    wheels = sorted(native_wheels.folder.glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--target", str(plain), *map(str, wheels)], check=True)
+    copy = subprocess.run([sys.executable, "-c", f"import site; site.addsitedir({str(plain)!r})"
+                           + PROBE], capture_output=True, text=True, check=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert json.loads(copy.stdout) == expected
+
+    tool = subprocess.run([str(env_root(project) / "bin" / "pth-tool")], capture_output=True,
+                          text=True, check=True)
+    assert tool.stdout.split() == ["tool", str(env_root(project).resolve())]
+    hello = (env_root(project) / "bin" / "hello-cli").read_text()
+    assert hello.startswith(f"#!{env_root(project).resolve()}/bin/python")
+
+
+def test_sync_is_incremental_and_a_rerun_is_a_no_op(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", requires=["lib"])
+    make_wheel(index.folder, "lib", "1.0")
+    make_wheel(index.folder, "lib", "2.0")
+    write_manifest(project, index.url, ["app", "lib==1.0"])
+    assert sync(project)[0] == 0
+    before = entries(project)
+    assert len(before) == 2
+    first = env_root(project).resolve()
+
+    write_manifest(project, index.url, ["app", "lib==2.0"])
+    index.requests.clear()
+    code, err = sync(project)
+    assert code == 0, err
+    assert "~ lib 1.0 -> 2.0 (upgrade)" in err
+    assert len(entries(project) - before) == 1
+    downloads = [p for p, _ in index.requests if p.startswith("/files/") and
+                 not p.endswith(".metadata")]
+    assert downloads == ["/files/lib-2.0-py3-none-any.whl"] or set(downloads) == {
+        "/files/lib-2.0-py3-none-any.whl"}
+    assert env_root(project).resolve() != first and first.is_dir()  # previous gen kept
+
+    index.requests.clear()
+    code, err = sync(project)
+    assert code == 0 and "is up to date" in err
+    assert index.requests == []
+
+
+def test_a_wheel_that_differs_from_the_lock_is_rejected_and_not_stored(make_index,
+                                                                       project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    write_manifest(project, index.url, ["app"])
+    project.lock()
+    tampered = index.folder / "app-1.0-py3-none-any.whl"
+    make_wheel(index.folder / "other", "app", "1.0", files={"app/__init__.py": b"EVIL = 1\n"})
+    shutil.copy(index.folder / "other" / tampered.name, tampered)
+    code, err = sync(project, "--frozen")
+    assert code == 1
+    assert "app 1.0:" in err and "but the lock says" in err and "it was not stored" in err
+    assert entries(project) == set()
+    assert not env_root(project).exists()
+
+
+def test_frozen_refuses_a_stale_lock_and_plain_sync_relocks(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "other", "1.0")
+    write_manifest(project, index.url, ["app"])
+    assert sync(project)[0] == 0
+    write_manifest(project, index.url, ["app", "other"])
+    code, err = sync(project, "--frozen")
+    assert code == 1 and "stale" in err
+    code, err = sync(project)
+    assert code == 0 and "+ other 1.0" in err
+
+
+def test_failed_verify_leaves_the_current_generation(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "broken", "1.0",
+               files={"broken/__init__.py": b"raise ImportError('no')\n"})
+    write_manifest(project, index.url, ["app"], verify='"app"')
+    assert sync(project)[0] == 0
+    good = env_root(project).resolve()
+    write_manifest(project, index.url, ["app", "broken"], verify='"app", "broken"')
+    code, err = sync(project)
+    assert code == 1 and "[verify] imports failed" in err and "ImportError: no" in err
+    assert env_root(project).resolve() == good
+
+
+def test_two_wheels_with_different_bytes_at_one_path_are_named(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "one", "1.0", files={"shared/util.py": b"A = 1\n"})
+    make_wheel(index.folder, "two", "1.0", files={"shared/util.py": b"A = 2\n"})
+    write_manifest(project, index.url, ["one", "two"])
+    code, err = sync(project)
+    assert code == 1
+    assert "shared/util.py differs between one 1.0 and two 1.0" in err
+
+
+def test_pip_uninstall_in_the_env_does_not_delete_store_files(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    write_manifest(project, index.url, ["app"])
+    assert sync(project)[0] == 0
+    stored = list((project.root / "store" / "v1" / "pkgs").rglob("__init__.py"))
+    result = subprocess.run([sys.executable, "-m", "pip", "--python",
+                             str(env_root(project) / "bin" / "python"), "uninstall", "-y", "app"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "installed by gpulock" in result.stdout + result.stderr
+    assert all(p.exists() for p in stored)
+
+
+def test_env_prints_exports_through_the_current_link(make_index, project: Project, capsys):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    write_manifest(project, index.url, ["app"])
+    assert sync(project)[0] == 0
+    store = str(project.root / "store")
+    capsys.readouterr()
+    main(["env", "--manifest", str(project.manifest), "--store", store, "--format", "json"])
+    values = json.loads(capsys.readouterr().out)
+    assert values["PYTHONPATH"] == str(site(project))
+    main(["env", "--manifest", str(project.manifest), "--store", store, "--format",
+          "dockerfile"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f'ENV PYTHONPATH="{site(project)}"',
+                     f'ENV PATH="{env_root(project)}/bin:$PATH"']
+    result = subprocess.run([sys.executable, "-c", "import app; print(app.VERSION)"],
+                            env={**os.environ, "PYTHONPATH": values["PYTHONPATH"]},
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "1.0"
+
+
+def test_an_sdist_is_built_once_and_installed_like_a_wheel(make_index, project: Project):
+    from tests.support.dists import make_sdist
+
+    index = make_index()
+    make_sdist(index.folder, "srconly", "0.5")
+    write_manifest(project, index.url, ["srconly"], verify='"srconly"')
+    code, err = sync(project)
+    assert code == 0, err
+    (key,) = entries(project)
+    assert key.endswith("-srconly-0.5")
+    built = subprocess.run([str(env_root(project) / "bin" / "python"), "-c",
+                            "import srconly; print(srconly.BUILT)"], capture_output=True,
+                           text=True, check=True)
+    assert built.stdout.strip() == "True"
