@@ -77,12 +77,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from gpulock import lock, manifest
+    from gpulock import lock, lockfile, manifest
 
     spec = manifest.load(_find_manifest(args.manifest))
-    path = Path(args.lock) if args.lock else lock.default_lock_path(spec)
+    path = Path(args.lock) if args.lock else lockfile.default_path(spec)
     if args.check:
-        locked = lock.check(spec, path)
+        locked = lockfile.check(spec, path)
         print(f"{path} is up to date ({len(locked.packages)} packages)", file=sys.stderr)
         return 0
     started = time.perf_counter()
@@ -102,31 +102,33 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
-    from gpulock import lock, manifest
+    from gpulock import lockfile, manifest
     from gpulock.store import Store, default_store
 
     given = args.manifest or (str(Path(args.project) / "gpu.toml") if args.project else None)
     spec = manifest.load(_find_manifest(given))
-    path = Path(args.lock) if args.lock else lock.default_lock_path(spec)
+    path = Path(args.lock) if args.lock else lockfile.default_path(spec)
     root = Path(args.store) if args.store else default_store(spec.path.parent)
     return spec, path, Store(root)
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from gpulock import lock, lockfile
+    from gpulock import lockfile
     from gpulock.sync import sync
 
     spec, path, store = _project_paths(args)
     if args.frozen:
-        locked = lock.check(spec, path)
+        locked = lockfile.check(spec, path)
     else:
         try:
-            locked = lock.check(spec, path)
+            locked = lockfile.check(spec, path)
         except GpulockError:
+            from gpulock import lock
+
             result = lock.lock(spec, path)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
-    outcome = sync(spec, locked, store.open(), jobs=args.jobs)
+    outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), jobs=args.jobs)
     gen = outcome.generation
     if outcome.nothing_to_do:
         print(f"'{spec.project.name}' is up to date: generation {gen.number}, "

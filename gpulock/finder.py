@@ -21,9 +21,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
+from gpulock.build import Builder
 from gpulock.errors import GpulockError
 from gpulock.index import DistFile, Index, Listing
-from gpulock.metadata import Builder, CoreMetadata, MetadataSource
+from gpulock.metadata import CoreMetadata, MetadataSource
 from gpulock.resolve import Candidate, Req
 from gpulock.target import Target
 from gpulock.vcs import GitSource, checkout

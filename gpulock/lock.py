@@ -16,6 +16,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
 from gpulock import lockfile
+from gpulock.build import Builder
 from gpulock.cache import Cache
 from gpulock.errors import LockfileError
 from gpulock.finder import IndexFinder
@@ -23,20 +24,9 @@ from gpulock.http import Http
 from gpulock.index import DistFile, Index
 from gpulock.lockfile import FileRef, Lock, LockedPackage, VcsRef
 from gpulock.manifest import Manifest
-from gpulock.metadata import Builder, MetadataSource
+from gpulock.metadata import MetadataSource
 from gpulock.resolve import resolve
-from gpulock.target import Target
 from gpulock.vcs import GitSource
-
-
-def target_of(manifest: Manifest) -> Target:
-    project = manifest.project
-    return Target(python=project.python, platform=project.platform, glibc=project.glibc,
-                  cuda=project.cuda)
-
-
-def default_lock_path(manifest: Manifest) -> Path:
-    return manifest.path.parent / lockfile.DEFAULT_NAME
 
 
 @dataclass
@@ -58,18 +48,6 @@ def read_previous(path: Path) -> Lock | None:
         return None
 
 
-def check(manifest: Manifest, path: Path) -> Lock:
-    """Raise LockfileError unless the lock exists and was made from this manifest."""
-    lock = lockfile.read(path)
-    if lock.manifest_hash != manifest.content_hash:
-        raise LockfileError(f"{path} is stale: {manifest.path.name} changed since it was "
-                            "locked; run 'gpulock lock'")
-    if lock.target != target_of(manifest):
-        raise LockfileError(f"{path} was locked for {lock.target.describe()}, but the manifest "
-                            f"targets {target_of(manifest).describe()}; run 'gpulock lock'")
-    return lock
-
-
 def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
          upgrade_packages: Iterable[str] = (), cache: Cache | None = None,
          workers: int = 16) -> LockResult:
@@ -77,7 +55,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     previous = read_previous(path)
     if (previous is not None and not upgrade and not upgrade_names
             and previous.manifest_hash == manifest.content_hash
-            and previous.target == target_of(manifest)):
+            and previous.target == manifest.target):
         return LockResult(lock=previous, up_to_date=True)
 
     preferred: dict[NormalizedName, Version] = {}
@@ -86,7 +64,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
             if package.name not in upgrade_names:
                 preferred[canonicalize_name(package.name)] = Version(package.version)
 
-    target = target_of(manifest)
+    target = manifest.target
     cache = cache or Cache()
     http = Http()
     indexes: dict[str, Index] = {}

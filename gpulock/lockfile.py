@@ -14,12 +14,15 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
 from gpulock.errors import LockfileError
 from gpulock.target import Target
+
+if TYPE_CHECKING:
+    from gpulock.manifest import Manifest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,6 +166,22 @@ def write(path: Path, lock: Lock) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def default_path(manifest: Manifest) -> Path:
+    return manifest.path.parent / DEFAULT_NAME
+
+
+def check(manifest: Manifest, path: Path) -> Lock:
+    """Raise LockfileError unless the lock exists and was made from this manifest."""
+    lock = read(path)
+    if lock.manifest_hash != manifest.content_hash:
+        raise LockfileError(f"{path} is stale: {manifest.path.name} changed since it was "
+                            "locked; run 'gpulock lock'")
+    if lock.target != manifest.target:
+        raise LockfileError(f"{path} was locked for {lock.target.describe()}, but the manifest "
+                            f"targets {manifest.target.describe()}; run 'gpulock lock'")
+    return lock
 
 
 def read(path: Path) -> Lock:

@@ -21,6 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from gpulock.errors import ManifestError
+from gpulock.target import Target
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -70,6 +71,12 @@ class Manifest:
     models: tuple[Model, ...] = ()
     verify_imports: tuple[str, ...] = ()
     content_hash: str = field(default="", compare=False)
+
+    @property
+    def target(self) -> Target:
+        project = self.project
+        return Target(python=project.python, platform=project.platform, glibc=project.glibc,
+                      cuda=project.cuda)
 
     def index_for(self, name: str) -> str:
         """The one index a package may come from (explicit-index semantics)."""

@@ -15,8 +15,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -30,8 +28,9 @@ from urllib.parse import urlsplit
 
 from packaging.version import Version
 
+from gpulock.build import Builder
 from gpulock.cache import Cache
-from gpulock.errors import FetchError, GpulockError
+from gpulock.errors import FetchError
 from gpulock.http import Http, redact
 from gpulock.index import DistFile
 
@@ -362,54 +361,3 @@ def _pkg_info(sdist: Path) -> bytes | None:
     except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
         raise FetchError(f"cannot read {sdist.name}: {exc}") from None
     return None
-
-
-@dataclass(frozen=True)
-class Builder:
-    """Builds a wheel from source with uv, for the target's interpreter and a group's settings."""
-
-    python: str
-    isolation: bool = True
-    env: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(repr((self.python, self.isolation, self.env)).encode()).hexdigest()
-
-    def interpreter(self) -> str:
-        """The target's CPython when this machine has it, else the running one.
-
-        Metadata rarely depends on the minor version; when the target interpreter is absent
-        (a lock made on a laptop) the running interpreter is the honest fallback.
-        """
-        from gpulock.interpreter import find_python
-
-        return find_python(self.python) or sys.executable
-
-    def metadata(self, source: Path, label: str) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="gpulock-build-") as out:
-            wheel = self.build(source, Path(out), label)
-            with zipfile.ZipFile(wheel) as archive:
-                return _metadata_member(archive, wheel.name)
-
-    def build(self, source: Path, out: Path, label: str) -> Path:
-        command = [_uv(), "build", "--wheel", "--out-dir", str(out), "--python",
-                   self.interpreter(), "--no-python-downloads"]
-        if not self.isolation:
-            command.append("--no-build-isolation")
-        command.append(str(source))
-        env = {**os.environ, **dict(self.env)}
-        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        wheels = sorted(out.glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-15:]
-            raise GpulockError(f"building {label} failed (uv build exited "
-                               f"{result.returncode}); its last lines:",
-                               details=["  " + line for line in tail])
-        return wheels[0]
-
-
-def _uv() -> str:
-    from uv import find_uv_bin
-
-    return find_uv_bin()

@@ -9,24 +9,29 @@ generation was built from the same lock on the same interpreter, nothing is done
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.utils import canonicalize_name
 
 from gpulock import generation, lockfile
 from gpulock.errors import GpulockError
-from gpulock.fetch import fetch
-from gpulock.http import Http
 from gpulock.lockfile import Lock, LockedPackage
 from gpulock.manifest import Manifest
-from gpulock.metadata import Builder
 from gpulock.store import Entry, Store
+
+if TYPE_CHECKING:
+    from gpulock.build import Builder
+    from gpulock.http import Http
 
 Log = Callable[[str], None]
 
@@ -42,11 +47,13 @@ class SyncResult:
     seconds: float = 0.0
 
 
-def lock_digest(lock: Lock, python: str) -> str:
-    return hashlib.sha256((lockfile.dumps(lock) + python).encode()).hexdigest()
+def lock_digest(lock_text: str, python: str) -> str:
+    return hashlib.sha256((lock_text + "\0" + python).encode()).hexdigest()
 
 
 def builder_for(manifest: Manifest, package: LockedPackage, python: str) -> Builder:
+    from gpulock.build import Builder
+
     for group in manifest.groups:
         if any(canonicalize_name(r.name) == package.name for r in group.packages):
             return Builder(python, isolation=not group.no_build_isolation, env=group.env)
@@ -63,26 +70,45 @@ def entry_key(package: LockedPackage, builder: Builder) -> str:
     return f"{digest}-{package.name}-{package.version}"
 
 
-def find_interpreter(version: str) -> tuple[str, str]:
+def find_interpreter(store: Store, version: str) -> tuple[str, str]:
+    """The target's CPython and its full version, remembered in the store.
+
+    Discovery runs subprocesses (hundreds of execs through pyenv shims); a no-op sync must
+    not pay that, so the answer is kept and trusted while the binary's mtime is unchanged.
+    """
+    remembered = store.base / "interpreters.json"
+    try:
+        known = json.loads(remembered.read_text())
+    except (OSError, ValueError):
+        known = {}
+    hit = known.get(version)
+    if hit:
+        try:
+            if os.stat(hit["path"]).st_mtime_ns == hit["mtime_ns"]:
+                return hit["path"], hit["version"]
+        except (OSError, KeyError, TypeError):
+            pass
     from gpulock.interpreter import find_python
 
     python = find_python(version)
     if python is None:
         raise GpulockError(f"CPython {version}, the lock's target, is not installed on this "
                            f"machine: install it with 'uv python install {version}'")
-    import subprocess
-
     full = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                           capture_output=True, text=True, check=True).stdout.strip()
+    known[version] = {"path": python, "version": full, "mtime_ns": os.stat(python).st_mtime_ns}
+    temporary = store.tmp / f"interpreters.{os.getpid()}.json"
+    temporary.write_text(json.dumps(known, indent=1, sort_keys=True))
+    os.replace(temporary, remembered)
     return python, full
 
 
-def sync(manifest: Manifest, lock: Lock, store: Store, *, jobs: int = 8,
+def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: int = 8,
          log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
     started = time.perf_counter()
     project = manifest.project.name
-    python, python_version = find_interpreter(lock.target.python)
-    digest = lock_digest(lock, python)
+    python, python_version = find_interpreter(store, lock.target.python)
+    digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)
     if previous is not None and previous.lock_digest == digest:
         return SyncResult(previous, reused=len(previous.packages), nothing_to_do=True,
@@ -97,6 +123,8 @@ def sync(manifest: Manifest, lock: Lock, store: Store, *, jobs: int = 8,
                                                      for p in lock.packages]
     for line in changes:
         log(line)
+    from gpulock.http import Http
+
     http = Http()
     downloads = store.tmp / "downloads"
     downloaded = [0]
@@ -119,7 +147,7 @@ def sync(manifest: Manifest, lock: Lock, store: Store, *, jobs: int = 8,
                 added.append(label)
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
     built = generation.create(store, project, entries, python, python_version, digest,
-                              lockfile.dumps(lock), manifest.verify_imports)
+                              lock_text, manifest.verify_imports)
     generation.switch(store, project, built.generation)
     return SyncResult(built.generation, added=added, reused=len(plan) - len(missing),
                       changes=changes, downloaded_bytes=downloaded[0],
@@ -128,6 +156,8 @@ def sync(manifest: Manifest, lock: Lock, store: Store, *, jobs: int = 8,
 
 def _wheel_for(package: LockedPackage, key: str, store: Store, downloads: Path, http: Http,
                manifest: Manifest, python: str, counter: list[int]) -> Path:
+    from gpulock.fetch import fetch
+
     label = f"{package.name} {package.version}"
 
     def progress(n: int) -> None:
