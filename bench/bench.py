@@ -1,12 +1,19 @@
-"""gpulock vs uv, side by side, in one run, on the same manifest.
+"""gpulock vs uv, side by side, in one run, on the same manifests.
 
-    .venv/bin/python bench/bench.py [--manifest gpu.toml.example] [--runs 3]
+    .venv/bin/python bench/bench.py [--runs 3] [--only lock|sync]
 
 Each step runs as a child process; wall time is the median of --runs runs, peak memory
-is the child's maximum RSS (wait4). Cold steps start from empty caches. uv is given the
-same requirements (the manifest's groups that uv can express: no_deps groups and non-PyPI
-group indexes are left out of both sides) and the same target (x86_64-manylinux_2_28,
-the manifest's Python). Benchmarks are not tests: nothing here asserts a timing.
+is the child's maximum RSS (wait4), filesystem operations are the syscalls strace counts
+in its `%file` class (open, stat, link, symlink, mkdir, rename, unlink...), children
+included. Cold steps start from empty caches and stores.
+
+lock: `gpulock lock` vs `uv pip compile` on the requirements of --manifest (the groups uv
+can express: no_deps groups and non-PyPI group indexes are left out of both sides), same
+target (x86_64-manylinux, the manifest's Python).
+
+sync: `gpulock sync` vs `uv pip sync` of the same PEP 751 lock, made from --sync-manifest
+(default: the real torch 2.13.0+cpu wheel and transformers from the local mirror, which
+needs no network). Benchmarks are not tests: nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -61,12 +69,21 @@ def repeat(runs: int, prepare: Callable[[], None], command: list[str], env: dict
                   max(s.peak_mib for s in samples))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--manifest", default=str(ROOT / "gpu.toml.example"))
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+def fs_operations(command: list[str], env: dict[str, str], cwd: Path) -> int | None:
+    """File-class syscalls of the command and its children, or None without strace."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".strace") as out:
+        subprocess.run([strace, "-f", "-c", "-e", "trace=%file", "-o", out.name, *command],
+                       cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       check=True)
+        lines = Path(out.name).read_text().splitlines()
+    total = next((line for line in reversed(lines) if line.rstrip().endswith("total")), "")
+    return int(total.split()[2]) if total else None
 
+
+def lock_table(args: argparse.Namespace) -> None:
     manifest = load(Path(args.manifest))
     groups = [g for g in manifest.groups if not g.no_deps and g.index in (None, DEFAULT_INDEX)]
     requirements = [str(r) for g in groups for r in g.packages]
@@ -116,13 +133,9 @@ def main() -> None:
          repeat(args.runs, nothing, [*gpulock, "--upgrade"], env_py, work),
          repeat(args.runs, nothing, [*uv, "--upgrade"], env, work)),
     ]
-    uv_version = subprocess.run([find_uv_bin(), "--version"], capture_output=True,
-                                text=True).stdout.strip()
-    print(f"# {len(requirements)} requirements from {Path(args.manifest).name} "
+    print(f"# lock: {len(requirements)} requirements from {Path(args.manifest).name} "
           f"({len(lock_file.read_text().split('[[packages]]')) - 1} pinned), target "
           f"CPython {project.python} manylinux_{project.glibc} x86_64")
-    print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{uv_version}, median of {args.runs} runs")
     print()
     print("| step | gpulock | uv | ratio (time) | gpulock peak MiB | uv peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -131,6 +144,119 @@ def main() -> None:
               f"{ours.seconds / theirs.seconds:.2f}x | {ours.peak_mib:.0f} | "
               f"{theirs.peak_mib:.0f} |")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def sync_table(args: argparse.Namespace) -> None:
+    manifest = load(Path(args.sync_manifest))
+    python = find_python(manifest.project.python)
+    if python is None:
+        raise SystemExit(f"the sync benchmark needs CPython {manifest.project.python}")
+    work = Path(tempfile.mkdtemp(prefix="gpulock-bench-sync-"))
+    shutil.copy(args.sync_manifest, work / "gpu.toml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPULOCK_CACHE": str(work / "gp-cache"),
+           "UV_CACHE_DIR": str(work / "uv-cache"), "UV_NO_CONFIG": "1",
+           "UV_PYTHON_DOWNLOADS": "never"}
+    subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env, check=True,
+                   stderr=subprocess.DEVNULL)
+    lock_text = (work / "pylock.gpu.toml").read_text()
+    store, venv, uv_cache = work / "store", work / "venv", work / "uv-cache"
+    envs = store / "v1" / "envs"
+    gp = [sys.executable, "-m", "gpulock", "sync", "--store", str(store), "--frozen"]
+    uv = [find_uv_bin(), "pip", "sync", "-q", "--python", str(venv / "bin" / "python"),
+          str(work / "pylock.gpu.toml")]
+    uv_compiled = [*uv, "--compile-bytecode"]
+
+    def fresh_venv() -> None:
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([find_uv_bin(), "venv", "-q", "--python", python, str(venv)], env=env,
+                       check=True)
+
+    def cold_gp() -> None:
+        shutil.rmtree(store, ignore_errors=True)
+
+    def cold_uv() -> None:
+        shutil.rmtree(uv_cache, ignore_errors=True)
+        fresh_venv()
+
+    def drop_envs() -> None:
+        shutil.rmtree(envs, ignore_errors=True)
+
+    def nothing() -> None:
+        return None
+
+    rows = []
+    rows.append(("cold sync (gpulock compiles bytecode; uv does not)",
+                 repeat(args.runs, cold_gp, gp, env, work),
+                 repeat(args.runs, cold_uv, uv, env, work), None, None))
+    rows.append(("cold sync, uv --compile-bytecode",
+                 repeat(args.runs, cold_gp, gp, env, work),
+                 repeat(args.runs, cold_uv, uv_compiled, env, work), None, None))
+    # Caches are warm now: a new environment from the store / from uv's cache.
+    ops_gp = (drop_envs(), fs_operations(gp, env, work))[1]
+    ops_uv = (fresh_venv(), fs_operations(uv, env, work))[1]
+    rows.append(("env build, warm store / warm cache, fresh env",
+                 repeat(args.runs, drop_envs, gp, env, work),
+                 repeat(args.runs, fresh_venv, uv, env, work), ops_gp, ops_uv))
+    rows.append(("no-op sync", repeat(args.runs, nothing, gp, env, work),
+                 repeat(args.runs, nothing, uv, env, work),
+                 fs_operations(gp, env, work), fs_operations(uv, env, work)))
+
+    # One package moves: the lock of a manifest that pins numpy elsewhere.
+    old = re.search(r'name = "numpy"\nversion = "([^"]+)"', lock_text)
+    if old:
+        text = (work / "gpu.toml").read_text().replace('"numpy"', '"numpy!=' + old.group(1)
+                                                       + '"')
+        (work / "gpu.toml").write_text(text)
+        subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env,
+                       check=True, stderr=subprocess.DEVNULL)
+        new_lock = (work / "pylock.gpu.toml").read_text()
+
+        def back_to_old() -> None:
+            (work / "pylock.gpu.toml").write_text(lock_text)
+            (work / "gpu.toml").write_text(text.replace('"numpy!=' + old.group(1) + '"',
+                                                        '"numpy"'))
+            subprocess.run([*gp[:-1]], cwd=work, env=env, check=True,
+                           stderr=subprocess.DEVNULL)
+            subprocess.run(uv, cwd=work, env=env, check=True)
+            (work / "gpu.toml").write_text(text)
+            (work / "pylock.gpu.toml").write_text(new_lock)
+
+        rows.append(("one-package update (numpy), warm",
+                     repeat(args.runs, back_to_old, gp, env, work),
+                     repeat(args.runs, back_to_old, uv, env, work), None, None))
+
+    packages = lock_text.count("[[packages]]")
+    print(f"# sync: {packages} packages from {Path(args.sync_manifest).name}, CPython "
+          f"{manifest.project.python}; fs ops = strace %file syscalls, children included")
+    print()
+    print("| step | gpulock | uv | ratio (time) | gpulock fs ops | uv fs ops | ratio (ops) "
+          "| gpulock peak MiB | uv peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, ours, theirs, ops_ours, ops_theirs in rows:
+        ops = (f"{ops_ours} | {ops_theirs} | {ops_ours / ops_theirs:.3f}x"
+               if ops_ours and ops_theirs else "- | - | -")
+        print(f"| {name} | {ours.seconds:.2f}s | {theirs.seconds:.2f}s | "
+              f"{ours.seconds / theirs.seconds:.2f}x | {ops} | {ours.peak_mib:.0f} | "
+              f"{theirs.peak_mib:.0f} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--manifest", default=str(ROOT / "gpu.toml.example"))
+    parser.add_argument("--sync-manifest", default=str(ROOT / "bench" / "torch-cpu.gpu.toml"))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=["lock", "sync"])
+    args = parser.parse_args()
+    uv_version = subprocess.run([find_uv_bin(), "--version"], capture_output=True,
+                                text=True).stdout.strip()
+    print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{uv_version}, median of {args.runs} runs")
+    if args.only != "sync":
+        lock_table(args)
+        print()
+    if args.only != "lock":
+        sync_table(args)
 
 
 if __name__ == "__main__":

@@ -275,3 +275,46 @@ def test_an_sdist_is_built_once_and_installed_like_a_wheel(make_index, project: 
                             "import srconly; print(srconly.BUILT)"], capture_output=True,
                            text=True, check=True)
     assert built.stdout.strip() == "True"
+
+
+def test_a_partial_download_is_resumed_with_a_range_request(make_index, project: Project):
+    index = make_index()
+    wheel = make_wheel(index.folder, "big", "1.0", files={"big/blob.bin": os.urandom(400_000)})
+    write_manifest(project, index.url, ["big"])
+    lock = project.lock()
+    ref = lock.package("big").wheel
+    # What a sync killed mid-download leaves behind: the first half, under its hash.
+    part = project.root / "store" / "v1" / "tmp" / "downloads" / ref.sha256 / ".part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(wheel.read_bytes()[: ref.size // 2])
+    index.requests.clear()
+    code, err = sync(project, "--frozen")
+    assert code == 0, err
+    assert index.file_requests(wheel.name) == [f"bytes={ref.size // 2}-"]
+    assert not part.exists()
+
+
+def test_entries_carry_hash_based_bytecode(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    write_manifest(project, index.url, ["app"])
+    assert sync(project)[0] == 0
+    (pyc,) = (project.root / "store" / "v1" / "pkgs").rglob("__init__.*.pyc")
+    flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+    assert flags & 0b1  # PEP 552: validated by source hash, never by mtime
+
+
+def test_pythonpath_mode_warns_when_the_python_version_differs(make_index, project: Project):
+    other = next((v for v in ("3.10", "3.12", "3.13") if v != HOST_PYTHON), None)
+    from gpulock.interpreter import find_python
+
+    python = find_python(other) if other else None
+    if python is None:
+        pytest.skip("no second CPython version on this machine")
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    write_manifest(project, index.url, ["app"])
+    assert sync(project)[0] == 0
+    result = subprocess.run([python, "-c", "import app"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(site(project))})
+    assert f"this environment was built for Python {HOST_PYTHON}" in result.stderr
