@@ -162,5 +162,5 @@ def diff(old: Lock | None, new: Lock) -> list[str]:
                 verb = "upgrade" if Version(b.version) > Version(a.version) else "downgrade"
                 lines.append(f"~ {name} {a.version} -> {b.version} ({verb})")
             elif a.artifact != b.artifact:
-                lines.append(f"~ {name} {b.version} (different file: {b.artifact})")
+                lines.append(f"~ {name} {b.version} (rebuilt: {a.artifact} -> {b.artifact})")
     return lines

@@ -10,10 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.tags import compatible_tags, cpython_tags
-from packaging.version import Version
-
 # The oldest manylinux level each architecture ever had (PEP 600 and its predecessors).
 _MANYLINUX_FLOOR = {"x86_64": 5, "aarch64": 17}
 _LEGACY_ALIASES = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
@@ -97,6 +93,8 @@ class Target:
     @cached_property
     def tag_priority(self) -> dict[str, int]:
         """Every wheel tag the target accepts (as `py-abi-platform`), mapped to its rank."""
+        from packaging.tags import compatible_tags, cpython_tags
+
         version = self.python_minor
         ordered = [*cpython_tags(version, abis=[self.python_tag, "abi3", "none"],
                                  platforms=self.platform_tags),
@@ -135,6 +133,9 @@ class Target:
 @lru_cache(maxsize=4096)
 def _python_matches(requires_python: str, python: str) -> bool:
     # Indexes repeat a handful of requires-python strings over thousands of files.
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import Version
+
     try:
         return SpecifierSet(requires_python).contains(Version(python), prereleases=True)
     except InvalidSpecifier:
