@@ -38,6 +38,19 @@ if "%d.%d" % _sys.version_info[:2] != {python!r}:
 if _os.path.realpath(_sys.prefix) != _os.path.realpath(_os.path.join(_here, "..", "..", "..")):
     # Not started through the environment's own interpreter: add it as a site directory.
     _site.addsitedir(_here)
+else:
+    # pip aimed at this environment (`python -m pip`, `pip --python`) would write through
+    # links into the shared store: refuse, and say where packages are declared.
+    _argv = getattr(_sys, "orig_argv", _sys.argv)
+    _pip = (_argv[1:3] == ["-m", "pip"] or "_PIP_RUNNING_IN_SUBPROCESS" in _os.environ
+            or _os.path.basename((_argv[1:2] or [""])[0].rstrip("/"))
+            in ("pip", "pip3", "pip.pyz", "__pip-runner__.py"))
+    if _pip and {{"install", "uninstall"}} & set(_argv):
+        _sys.stderr.write("gpulock: this environment is built from gpu.toml and shared "
+                          "through the store; add or remove packages in gpu.toml and run "
+                          "'gpulock sync'\\n")
+        _sys.stderr.flush()
+        _os._exit(1)
 for _entry in list(_sys.path):
     _candidate = _os.path.join(_entry or ".", "sitecustomize.py")
     if _os.path.realpath(_entry or ".") != _os.path.realpath(_here) and _os.path.isfile(

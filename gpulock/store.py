@@ -2,7 +2,8 @@
 
 Layout (under `<store>/v1/`): `pkgs/<key>/` one unpacked wheel per entry, each scheme in its
 own folder (`site/` for purelib and platlib, `scripts/`, `headers/`, `data/`) beside a
-`gpulock-entry.json` manifest; `tmp/` work in progress; `envs/<project>/` generations.
+`gpulock-entry.json` manifest and `gpulock-records.json` (every file's sha256 and size);
+`tmp/` work in progress; `envs/<project>/` generations.
 An entry is built in `tmp/`, then renamed into place: a reader sees a complete entry or
 none, and when two writers race the first rename wins and the other copy is discarded.
 Correctness never rests on a lock file (network volumes ignore flock).
@@ -27,6 +28,7 @@ LAYOUT_VERSION = 1
 _SCHEME_DIRS = {"purelib": "site", "platlib": "site", "scripts": "scripts",
                 "headers": "headers", "data": "data"}
 ENTRY_MANIFEST = "gpulock-entry.json"
+ENTRY_RECORDS = "gpulock-records.json"
 
 
 def default_store(project_dir: Path) -> Path:
@@ -136,10 +138,12 @@ class Store:
             real_dirs = _real_dirs(work / "site")
             if python:
                 _compile(work / "site", python)
+            # Every file's hash for `verify`, apart from the small manifest that each
+            # environment build reads (torch's records alone are 1.5 MB of JSON).
+            (work / ENTRY_RECORDS).write_text(json.dumps(destination.records))
             (work / ENTRY_MANIFEST).write_text(json.dumps({
                 "name": name, "version": version,
                 "scripts": destination.scripts, "real_dirs": sorted(real_dirs),
-                "records": destination.records,
             }, sort_keys=True))
             self.publish(work, key)
         except BaseException:

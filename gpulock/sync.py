@@ -14,9 +14,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,42 +127,44 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
 
     http = Http()
     downloads = store.tmp / "downloads"
-    downloaded = [0]
-
-    def add(item: tuple[LockedPackage, str]) -> str:
-        package, key = item
-        label = f"{package.name} {package.version}"
-        wheel = _wheel_for(package, key, store, downloads, http, manifest, python, downloaded)
-        store.add_wheel(wheel, key, package.name, package.version, python)
-        if downloads in wheel.parents:
-            shutil.rmtree(wheel.parent, ignore_errors=True)
-        return label
-
     added: list[str] = []
+    progress = Progress(log)
     if missing:
         total = sum((p.wheel or p.sdist).size for p, _ in missing if p.wheel or p.sdist)
         log(f"Fetching {len(missing)} of {len(plan)} packages ({_size(total)})")
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for label in pool.map(add, missing):
-                added.append(label)
+        progress.start(total)
+
+        def add(item: tuple[LockedPackage, str]) -> str:
+            package, key = item
+            wheel = _wheel_for(package, key, store, downloads, http, manifest, python,
+                               progress.advance)
+            store.add_wheel(wheel, key, package.name, package.version, python)
+            if downloads in wheel.parents:
+                shutil.rmtree(wheel.parent, ignore_errors=True)
+            progress.finished(f"{package.name} {package.version}")
+            return f"{package.name} {package.version}"
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                added.extend(pool.map(add, missing))
+        finally:
+            progress.stop()
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
     built = generation.create(store, project, entries, python, python_version, digest,
                               lock_text, manifest.verify_imports)
     generation.switch(store, project, built.generation)
     return SyncResult(built.generation, added=added, reused=len(plan) - len(missing),
-                      changes=changes, downloaded_bytes=downloaded[0],
+                      changes=changes, downloaded_bytes=progress.bytes,
                       seconds=time.perf_counter() - started)
 
 
 def _wheel_for(package: LockedPackage, key: str, store: Store, downloads: Path, http: Http,
-               manifest: Manifest, python: str, counter: list[int]) -> Path:
+               manifest: Manifest, python: str, progress: Callable[[int], None]) -> Path:
     from gpulock.fetch import fetch
 
     label = f"{package.name} {package.version}"
-
-    def progress(n: int) -> None:
-        counter[0] += n
-
     if package.wheel:
         return fetch(package.wheel, label, downloads, http, progress)
     builder = builder_for(manifest, package, python)
@@ -186,6 +188,53 @@ def _wheel_for(package: LockedPackage, key: str, store: Store, downloads: Path, 
         return moved
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+class Progress:
+    """Bytes, packages, rate and ETA: one redrawn line on a terminal, plain lines in logs."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.bytes = 0
+        self.total = 0
+        self.done = 0
+        self.started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.tty = sys.stderr.isatty()
+
+    def start(self, total: int) -> None:
+        self.total, self.started = total, time.perf_counter()
+        if self.tty:
+            self._thread = threading.Thread(target=self._draw, daemon=True)
+            self._thread.start()
+
+    def advance(self, count: int) -> None:
+        with self._lock:
+            self.bytes += count
+
+    def finished(self, label: str) -> None:
+        with self._lock:
+            self.done += 1
+        if not self.tty:
+            self.log(f"  added {label}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            sys.stderr.write("\r\033[K")
+
+    def _draw(self) -> None:
+        while not self._stop.wait(0.2):
+            elapsed = max(time.perf_counter() - self.started, 1e-6)
+            rate = self.bytes / elapsed
+            eta = (self.total - self.bytes) / rate if rate else 0
+            sys.stderr.write(f"\r\033[K  {_size(self.bytes)} / {_size(self.total)}, "
+                             f"{self.done} packages unpacked, {_size(int(rate))}/s, "
+                             f"ETA {eta:.0f}s")
+            sys.stderr.flush()
 
 
 def _lock_of(previous: generation.Generation | None) -> Lock | None:

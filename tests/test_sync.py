@@ -226,7 +226,7 @@ def test_two_wheels_with_different_bytes_at_one_path_are_named(make_index, proje
     assert "shared/util.py differs between one 1.0 and two 1.0" in err
 
 
-def test_pip_uninstall_in_the_env_does_not_delete_store_files(make_index, project: Project):
+def test_pip_aimed_at_the_env_points_to_gpu_toml_and_leaves_the_store(make_index, project: Project):
     index = make_index()
     make_wheel(index.folder, "app", "1.0")
     write_manifest(project, index.url, ["app"])
@@ -236,8 +236,15 @@ def test_pip_uninstall_in_the_env_does_not_delete_store_files(make_index, projec
                              str(env_root(project) / "bin" / "python"), "uninstall", "-y", "app"],
                             capture_output=True, text=True)
     assert result.returncode != 0
-    assert "installed by gpulock" in result.stdout + result.stderr
+    assert "add or remove packages in gpu.toml and run 'gpulock sync'" in result.stderr
     assert all(p.exists() for p in stored)
+    install = subprocess.run([sys.executable, "-m", "pip", "--python",
+                              str(env_root(project) / "bin" / "python"), "install", "--no-index",
+                              str(next(index.folder.glob("*.whl")))], capture_output=True,
+                             text=True)
+    assert install.returncode != 0 and "gpu.toml" in install.stderr
+    # Without the guard, pip still finds no RECORD and refuses to delete store files.
+    assert not list((project.root / "store" / "v1" / "pkgs").rglob("RECORD"))
 
 
 def test_env_prints_exports_through_the_current_link(make_index, project: Project, capsys):
