@@ -85,3 +85,35 @@ def test_diff_says_what_changes_between_two_locks(tmp_path: Path, make_index):
     assert gpulock("lock", "--lock", "pylock.new.toml", cwd=tmp_path).returncode == 0
     result = gpulock("diff", "pylock.old.toml", "pylock.new.toml", cwd=tmp_path)
     assert result.stdout.splitlines() == ["~ a 1.0 -> 2.0 (upgrade)", "- b 1.0", "+ c 1.0"]
+
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_current(tmp_path: Path, make_index,
+                                                        monkeypatch, capsys):
+    """ENOSPC while unpacking: a clear error, no partial entry, no generation switched."""
+    import errno
+
+    from gpulock import store as store_module
+    from gpulock.cli import main
+
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    manifest = tmp_path / "gpu.toml"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    manifest.write_text(f'[project]\nname = "x"\npython = "{python}"\nindex = "{index.url}"\n'
+                        '[groups.a]\npackages = ["app"]\n')
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "store"))
+
+    monkeypatch.setattr(store_module, "_real_dirs", full)
+    code = main(["sync", "--manifest", str(manifest), "--store", str(tmp_path / "store")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: No space left on device: {tmp_path / 'store'}; nothing was switched" in err
+    assert "Traceback" not in err
+    pkgs = tmp_path / "store" / "v1" / "pkgs"
+    assert list(pkgs.iterdir()) == []
+    assert list((tmp_path / "store" / "v1" / "tmp").glob("*")) in ([], [
+        tmp_path / "store" / "v1" / "tmp" / "downloads"])
+    assert not (tmp_path / "store" / "v1" / "envs" / "x" / "current").exists()
