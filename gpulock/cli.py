@@ -95,6 +95,11 @@ def _cmd_lock(args: argparse.Namespace) -> int:
         return 0
     print(f"Resolved {count} packages for {result.lock.target.describe()} in {elapsed:.2f}s",
           file=sys.stderr)
+    for model in result.lock.models:
+        size = sum(f["size"] for f in model["files"]) / 2**20
+        at = f"@{model['commit'][:12]}" if model.get("commit") else ""
+        print(f"model {model['name']}: {model['source']}{at}, {len(model['files'])} files, "
+              f"{size:.1f} MiB", file=sys.stderr)
     for line in result.changes:
         print(line, file=sys.stderr)
     print(f"Wrote {path}" if result.written else f"{path} unchanged", file=sys.stderr)

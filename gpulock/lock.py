@@ -23,8 +23,9 @@ from gpulock.finder import IndexFinder
 from gpulock.http import Http
 from gpulock.index import DistFile, Index
 from gpulock.lockfile import FileRef, Lock, LockedPackage, VcsRef
-from gpulock.manifest import Manifest
+from gpulock.manifest import Manifest, Model
 from gpulock.metadata import MetadataSource
+from gpulock.models import PinnedModel
 from gpulock.resolve import resolve
 from gpulock.vcs import GitSource
 
@@ -55,7 +56,8 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     previous = read_previous(path)
     if (previous is not None and not upgrade and not upgrade_names
             and previous.manifest_hash == manifest.content_hash
-            and previous.target == manifest.target):
+            and previous.target == manifest.target
+            and {m.get("name") for m in previous.models} == {m.name for m in manifest.models}):
         return LockResult(lock=previous, up_to_date=True)
 
     preferred: dict[NormalizedName, Version] = {}
@@ -107,8 +109,9 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     finally:
         finder.close()
 
+    models = pin_models(manifest, previous, upgrade, upgrade_names)
     new = Lock(target=target, manifest_hash=manifest.content_hash, packages=tuple(packages),
-               models=previous.models if previous else ())
+               models=tuple(m.as_dict() for m in models))
     result = LockResult(lock=new, changes=diff(previous, new))
     result.written = lockfile.write(path, new)
     result.stats = {
@@ -146,6 +149,26 @@ def _locked(source: object, name: str, version: Version, dependencies: list[str]
                          dependencies=tuple(dependencies), groups=tuple(groups))
 
 
+def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
+               upgrade_names: set[str]) -> list[PinnedModel]:
+    """Each model's pin: kept from the previous lock while its request is unchanged."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpulock.models import from_dict, pin
+
+    kept = {m["name"]: from_dict(m) for m in (previous.models if previous else ())}
+
+    def one(model: Model) -> PinnedModel:
+        old = kept.get(model.name)
+        if old is not None and old.matches(model) and not upgrade and (
+                canonicalize_name(model.name) not in upgrade_names):
+            return old
+        return pin(model)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, manifest.models))
+
+
 def diff(old: Lock | None, new: Lock) -> list[str]:
     """What changes between two locks, one line per package, in words."""
     before = {p.name: p for p in (old.packages if old else ())}
@@ -163,4 +186,28 @@ def diff(old: Lock | None, new: Lock) -> list[str]:
                 lines.append(f"~ {name} {a.version} -> {b.version} ({verb})")
             elif a.artifact != b.artifact:
                 lines.append(f"~ {name} {b.version} (rebuilt: {a.artifact} -> {b.artifact})")
+    return lines + _model_diff(old, new)
+
+
+def _model_diff(old: Lock | None, new: Lock) -> list[str]:
+    from gpulock.models import from_dict
+
+    before = {m["name"]: from_dict(m) for m in (old.models if old else ())}
+    after = {m["name"]: from_dict(m) for m in new.models}
+    lines = []
+    for name in sorted(before.keys() | after.keys()):
+        a, b = before.get(name), after.get(name)
+        if b is None and a is not None:
+            lines.append(f"- model {name}")
+        elif b is not None and a is None:
+            lines.append(f"+ model {name} {b.source}@{(b.commit or '')[:12]} "
+                         f"({len(b.files)} files, {b.size / 2**20:.1f} MiB)")
+        elif a is not None and b is not None and a.files != b.files:
+            ours = {f.path: f for f in a.files}
+            theirs = {f.path: f for f in b.files}
+            added = len(theirs.keys() - ours.keys())
+            removed = len(ours.keys() - theirs.keys())
+            changed = sum(1 for p in ours.keys() & theirs.keys() if ours[p] != theirs[p])
+            lines.append(f"~ model {name} {(a.commit or '')[:12]} -> {(b.commit or '')[:12]} "
+                         f"({added} added, {removed} removed, {changed} changed)")
     return lines

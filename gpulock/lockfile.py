@@ -178,6 +178,10 @@ def check(manifest: Manifest, path: Path) -> Lock:
     if lock.manifest_hash != manifest.content_hash:
         raise LockfileError(f"{path} is stale: {manifest.path.name} changed since it was "
                             "locked; run 'gpulock lock'")
+    missing = {m.name for m in manifest.models} - {m.get("name") for m in lock.models}
+    if missing:
+        raise LockfileError(f"{path} pins no model {', '.join(sorted(missing))}; run "
+                            "'gpulock lock'")
     if lock.target != manifest.target:
         raise LockfileError(f"{path} was locked for {lock.target.describe()}, but the manifest "
                             f"targets {manifest.target.describe()}; run 'gpulock lock'")

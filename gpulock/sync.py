@@ -107,6 +107,9 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
          log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
     started = time.perf_counter()
     project = manifest.project.name
+    if lock.models:
+        log(f"note: {len(lock.models)} pinned model(s) are not downloaded: this gpulock syncs "
+            "packages only")
     python, python_version = find_interpreter(store, lock.target.python)
     digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)

@@ -1,0 +1,158 @@
+"""Models and data in the lock: each source pinned to exact bytes.
+
+`hf://org/name` (and `hf://datasets/org/name`) goes through the real huggingface_hub client:
+the requested revision is resolved to a commit, and the commit's tree gives every file's
+path, size and hash (LFS files by sha256, small files by their git blob sha1), filtered by
+the manifest's include/exclude globs. `https://` sources are one file hashed at lock time.
+Tokens are read from the environment when a call is made and never stored or printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from gpulock.errors import GpulockError
+from gpulock.manifest import Model
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str
+    size: int
+    sha256: str | None = None  # LFS files and https:// downloads
+    git_sha1: str | None = None  # small files in the git repository
+
+    def as_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"path": self.path, "size": self.size}
+        if self.sha256:
+            entry["sha256"] = self.sha256
+        if self.git_sha1:
+            entry["git-sha1"] = self.git_sha1
+        return entry
+
+
+@dataclass(frozen=True)
+class PinnedModel:
+    name: str
+    source: str
+    revision: str | None
+    commit: str | None
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    files: tuple[ModelFile, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def as_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "source": self.source}
+        if self.revision:
+            entry["revision"] = self.revision
+        if self.commit:
+            entry["commit"] = self.commit
+        if self.include:
+            entry["include"] = list(self.include)
+        if self.exclude:
+            entry["exclude"] = list(self.exclude)
+        entry["files"] = [f.as_dict() for f in sorted(self.files, key=lambda f: f.path)]
+        return entry
+
+    def matches(self, model: Model) -> bool:
+        """Whether this pin was made for the same request (source, revision, filters)."""
+        return (self.source, self.revision, self.include, self.exclude) == (
+            model.source, requested_revision(model), model.include, model.exclude)
+
+
+def requested_revision(model: Model) -> str | None:
+    """The revision a model asks for; a hub repository without one follows `main`."""
+    return model.revision or ("main" if model.source.startswith("hf://") else None)
+
+
+def from_dict(entry: dict[str, Any]) -> PinnedModel:
+    return PinnedModel(
+        name=entry["name"], source=entry["source"], revision=entry.get("revision"),
+        commit=entry.get("commit"), include=tuple(entry.get("include", ())),
+        exclude=tuple(entry.get("exclude", ())),
+        files=tuple(ModelFile(f["path"], f["size"], f.get("sha256"), f.get("git-sha1"))
+                    for f in entry.get("files", ())))
+
+
+def pin(model: Model) -> PinnedModel:
+    if model.source.startswith("hf://"):
+        return _pin_hf(model)
+    if model.source.startswith(("https://", "http://")):
+        return _pin_url(model)
+    raise GpulockError(f"model '{model.name}': {model.source.split('://')[0]}:// sources are "
+                       "not supported by this gpulock yet; use hf:// or https://")
+
+
+def _pin_hf(model: Model) -> PinnedModel:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo_id = model.source.removeprefix("hf://")
+    repo_type = "model"
+    if repo_id.startswith("datasets/"):
+        repo_id, repo_type = repo_id.removeprefix("datasets/"), "dataset"
+    revision = requested_revision(model) or "main"
+    where = f"model '{model.name}' ({model.source}@{revision})"
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None,
+                token=os.environ.get("HF_TOKEN") or False)
+    try:
+        commit = api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+        tree = [f for f in api.list_repo_tree(repo_id, recursive=True, revision=commit,
+                                              repo_type=repo_type) if isinstance(f, RepoFile)]
+    except GatedRepoError:
+        raise GpulockError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN"
+                           ) from None
+    except RevisionNotFoundError:
+        raise GpulockError(f"{where}: the repository has no revision '{revision}'") from None
+    except RepositoryNotFoundError:
+        raise GpulockError(f"{where} does not exist, or is private and HF_TOKEN does not "
+                           "grant access to it") from None
+    except (HfHubHTTPError, OSError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise GpulockError(f"{where}: the Hub answered: {reason}") from None
+    if commit is None:
+        raise GpulockError(f"{where}: the Hub did not say which commit it is")
+    chosen = list(filter_repo_objects(tree, allow_patterns=list(model.include) or None,
+                                      ignore_patterns=list(model.exclude) or None,
+                                      key=lambda f: f.path))
+    if not chosen:
+        raise GpulockError(f"{where}: no file matches include={list(model.include)} "
+                           f"exclude={list(model.exclude)}")
+    files = tuple(ModelFile(path=f.path, size=f.size,
+                            sha256=f.lfs.sha256 if f.lfs else None,
+                            git_sha1=None if f.lfs else f.blob_id) for f in chosen)
+    return PinnedModel(name=model.name, source=model.source, revision=revision, commit=commit,
+                       include=model.include, exclude=model.exclude, files=files)
+
+
+def _pin_url(model: Model) -> PinnedModel:
+    from urllib.parse import unquote, urlsplit
+
+    from gpulock.http import Http, redact
+
+    digest, size = hashlib.sha256(), 0
+    with Http().stream(model.source) as (response, body):
+        if response.status != 200:
+            raise GpulockError(f"model '{model.name}': {redact(model.source)} answered HTTP "
+                               f"{response.status}")
+        while chunk := body.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    name = unquote(urlsplit(model.source).path.rsplit("/", 1)[-1]) or "download"
+    return PinnedModel(name=model.name, source=model.source, revision=None, commit=None,
+                       include=(), exclude=(),
+                       files=(ModelFile(path=name, size=size, sha256=digest.hexdigest()),))

@@ -1,0 +1,154 @@
+"""A fake Hugging Face Hub on 127.0.0.1 that the real huggingface_hub client talks to.
+
+Repositories are commits of files; a branch points at a commit and can move. Serves the API
+calls a lock makes (`/api/{models,datasets}/{repo}/revision/{rev}`, `/tree/{rev}` paginated
+with `Link: rel="next"`), answers with the `X-Error-Code` headers the client turns into
+RepositoryNotFound / RevisionNotFound / GatedRepo errors, and keeps a request log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Repo:
+    kind: str = "model"  # or "dataset"
+    branches: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    lfs: set[str] = field(default_factory=set)  # paths stored in LFS
+    gated: bool = False
+
+    def commit(self, files: dict[str, bytes], branch: str = "main", lfs: set[str] = frozenset()
+               ) -> str:
+        sha = hashlib.sha1(json.dumps(sorted((p, hashlib.sha256(d).hexdigest())
+                                             for p, d in files.items())).encode()
+                           + str(len(self.commits)).encode()).hexdigest()
+        self.commits[sha] = dict(files)
+        self.branches[branch] = sha
+        self.lfs |= set(lfs) | {p for p, d in files.items() if len(d) > 1024}
+        return sha
+
+
+@dataclass
+class FakeHub:
+    repos: dict[str, Repo] = field(default_factory=dict)
+    token: str = "hf_secret_token"
+    page_size: int = 1000
+    requests: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                hub._handle(self)
+
+            def do_HEAD(self) -> None:
+                hub._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def repo(self, repo_id: str, kind: str = "model", gated: bool = False) -> Repo:
+        return self.repos.setdefault(f"{kind}:{repo_id}", Repo(kind=kind, gated=gated))
+
+    # -- serving --------------------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(handler.path)
+        path = unquote(parts.path)
+        self.requests.append(handler.path)
+        query = parse_qs(parts.query)
+        for kind in ("model", "dataset"):
+            prefix = f"/api/{kind}s/"
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix):].split("/")
+            repo_id, action, revision = "/".join(rest[:2]), rest[2:3], "/".join(rest[3:])
+            repo = self.repos.get(f"{kind}:{repo_id}")
+            if repo is None:
+                return self._error(handler, 404, "RepoNotFound", "Repository not found")
+            if repo.gated and handler.headers.get("Authorization") != f"Bearer {self.token}":
+                return self._error(handler, 403, "GatedRepo", "Access to this repo is gated")
+            commit = repo.branches.get(revision, revision if revision in repo.commits else None)
+            if commit is None:
+                return self._error(handler, 404, "RevisionNotFound", "Invalid rev id")
+            files = repo.commits[commit]
+            if action == ["revision"]:
+                return self._json(handler, {"id": repo_id, "sha": commit, "private": False,
+                                            "siblings": [{"rfilename": p} for p in files]})
+            if action == ["tree"]:
+                return self._tree(handler, repo, files, query)
+        return self._error(handler, 404, "EntryNotFound", "not found")
+
+    def _tree(self, handler: BaseHTTPRequestHandler, repo: Repo, files: dict[str, bytes],
+              query: dict[str, list[str]]) -> None:
+        entries: list[dict[str, object]] = []
+        folders = sorted({"/".join(p.split("/")[:i]) for p in files
+                          for i in range(1, p.count("/") + 1)})
+        entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f}
+                    for f in folders]
+        for path in sorted(files):
+            data = files[path]
+            entry: dict[str, object] = {"type": "file", "oid": git_blob_sha1(data),
+                                        "size": len(data), "path": path}
+            if path in repo.lfs:
+                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                "pointerSize": 134}
+            entries.append(entry)
+        start = int(query.get("cursor", ["0"])[0])
+        page = entries[start: start + self.page_size]
+        headers = {}
+        if start + self.page_size < len(entries):
+            base = handler.path.split("?", 1)[0]
+            headers["Link"] = (f'<{self.url}{base}?recursive=True&cursor='
+                               f'{start + self.page_size}>; rel="next"')
+        self._json(handler, page, headers)
+
+    def _json(self, handler: BaseHTTPRequestHandler, value: object,
+              headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(value).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        for key, item in (headers or {}).items():
+            handler.send_header(key, item)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+    def _error(self, handler: BaseHTTPRequestHandler, status: int, code: str,
+               message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("X-Error-Code", code)
+        handler.send_header("X-Error-Message", message)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)

@@ -1,0 +1,118 @@
+"""Models in the lock: the real huggingface_hub client against a fake hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Project
+from tests.support.hf_hub import FakeHub, git_blob_sha1
+from tests.support.index_server import IndexServer
+
+WEIGHTS = bytes(range(256)) * 20  # 5 KiB: stored in LFS by the fake hub
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    fake = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    fake.close()
+
+
+def write(project: Project, index: IndexServer, models: str) -> None:
+    project.write(f'[project]\nname = "m"\npython = "3.10"\nindex = "{index.url}"\n'
+                  f'[groups.main]\npackages = []\n{models}')
+
+
+def model_entry(project: Project, name: str) -> dict:
+    return next(m for m in project.lock().models if m["name"] == name)
+
+
+def test_a_model_is_pinned_to_its_commit_with_every_files_hash(hub, make_index, project):
+    repo = hub.repo("Qwen/Tiny")
+    commit = repo.commit({"config.json": b'{"a": 1}', "model.safetensors": WEIGHTS,
+                          "sub/dir/tokenizer.json": b"{}", "README.md": b"# tiny"})
+    write(project, make_index(), '[models.qwen]\nsource = "hf://Qwen/Tiny"\n'
+                                 'include = ["*.json", "*.safetensors"]\n')
+    entry = model_entry(project, "qwen")
+    assert entry["commit"] == commit and entry["revision"] == "main"
+    files = {f["path"]: f for f in entry["files"]}
+    assert set(files) == {"config.json", "model.safetensors", "sub/dir/tokenizer.json"}
+    assert files["model.safetensors"] == {"path": "model.safetensors", "size": len(WEIGHTS),
+                                          "sha256": hashlib.sha256(WEIGHTS).hexdigest()}
+    assert files["config.json"]["git-sha1"] == git_blob_sha1(b'{"a": 1}')
+
+
+def test_a_moved_branch_is_followed_only_when_upgraded(hub, make_index, project):
+    repo = hub.repo("org/model")
+    first = repo.commit({"config.json": b"1"})
+    index = make_index()
+    write(project, index, '[models.m]\nsource = "hf://org/model"\n')
+    assert model_entry(project, "m")["commit"] == first
+    second = repo.commit({"config.json": b"2", "extra.json": b"x"})
+    hub.repo("org/other").commit({"a.json": b"{}"})
+    # The manifest changes elsewhere (a second model): m's request did not, so its pin stays.
+    write(project, index, '[models.m]\nsource = "hf://org/model"\n'
+                          '[models.o]\nsource = "hf://org/other"\n')
+    hub.requests.clear()
+    assert model_entry(project, "m")["commit"] == first
+    assert not any("org/model" in r for r in hub.requests)
+    result = project.gpulock("lock", "--upgrade-package", "m")
+    assert result.code == 0, result.err
+    assert "~ model m" in result.err and "(1 added, 0 removed, 1 changed)" in result.err
+    assert model_entry(project, "m")["commit"] == second
+
+
+def test_tree_pages_are_followed(hub, make_index, project):
+    hub.page_size = 2
+    hub.repo("org/many").commit({f"shard-{i}.json": b"%d" % i for i in range(7)})
+    write(project, make_index(), '[models.many]\nsource = "hf://org/many"\n')
+    assert len(model_entry(project, "many")["files"]) == 7
+
+
+def test_datasets_are_pinned_like_models(hub, make_index, project):
+    commit = hub.repo("org/data", kind="dataset").commit({"train.parquet": WEIGHTS})
+    write(project, make_index(), '[models.data]\nsource = "hf://datasets/org/data"\n')
+    assert model_entry(project, "data")["commit"] == commit
+
+
+def test_a_gated_repo_needs_a_token_that_never_reaches_the_lock(hub, make_index, project,
+                                                                monkeypatch):
+    hub.repo("meta/gated", gated=True).commit({"config.json": b"{}"})
+    write(project, make_index(), '[models.g]\nsource = "hf://meta/gated"\n')
+    refused = project.gpulock("lock")
+    assert refused.code == 1
+    assert "model 'g' (hf://meta/gated@main) is gated: accept its terms on the Hub and set " \
+           "HF_TOKEN" in refused.err
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    result = project.gpulock("lock")
+    assert result.code == 0, result.err
+    assert hub.token not in project.lock_path.read_text() + result.err
+
+
+@pytest.mark.parametrize(("source", "revision", "message"), [
+    ("hf://org/missing", "main", "does not exist, or is private"),
+    ("hf://org/present", "v9", "the repository has no revision 'v9'"),
+])
+def test_missing_repos_and_revisions_are_one_sentence(hub, make_index, project, source,
+                                                      revision, message):
+    hub.repo("org/present").commit({"a.json": b"{}"})
+    write(project, make_index(), f'[models.x]\nsource = "{source}"\nrevision = "{revision}"\n')
+    result = project.gpulock("lock")
+    assert result.code == 1 and message in result.err
+    assert "Traceback" not in result.err
+
+
+def test_an_https_file_is_pinned_by_its_sha256(make_index, project):
+    index = make_index()
+    (index.folder / "weights.bin").write_bytes(WEIGHTS)
+    url = index.url.replace("/simple", "/files/weights.bin")
+    write(project, index, f'[models.w]\nsource = "{url}"\n')
+    entry = model_entry(project, "w")
+    assert entry["files"] == [{"path": "weights.bin", "size": len(WEIGHTS),
+                               "sha256": hashlib.sha256(WEIGHTS).hexdigest()}]
