@@ -198,7 +198,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     from gpulock import lockfile
-    from gpulock.lock import diff
+    from gpulock.diff import diff
 
     old, new = lockfile.read(Path(args.old)), lockfile.read(Path(args.new))
     lines = diff(old, new)

@@ -18,6 +18,7 @@ from packaging.version import Version
 from gpulock import lockfile
 from gpulock.build import Builder
 from gpulock.cache import Cache
+from gpulock.diff import diff
 from gpulock.errors import LockfileError
 from gpulock.finder import IndexFinder
 from gpulock.http import Http
@@ -167,47 +168,3 @@ def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, manifest.models))
-
-
-def diff(old: Lock | None, new: Lock) -> list[str]:
-    """What changes between two locks, one line per package, in words."""
-    before = {p.name: p for p in (old.packages if old else ())}
-    after = {p.name: p for p in new.packages}
-    lines = []
-    for name in sorted(before.keys() | after.keys()):
-        a, b = before.get(name), after.get(name)
-        if a is None and b is not None:
-            lines.append(f"+ {name} {b.version}")
-        elif b is None and a is not None:
-            lines.append(f"- {name} {a.version}")
-        elif a is not None and b is not None:
-            if a.version != b.version:
-                verb = "upgrade" if Version(b.version) > Version(a.version) else "downgrade"
-                lines.append(f"~ {name} {a.version} -> {b.version} ({verb})")
-            elif a.artifact != b.artifact:
-                lines.append(f"~ {name} {b.version} (rebuilt: {a.artifact} -> {b.artifact})")
-    return lines + _model_diff(old, new)
-
-
-def _model_diff(old: Lock | None, new: Lock) -> list[str]:
-    from gpulock.models import from_dict
-
-    before = {m["name"]: from_dict(m) for m in (old.models if old else ())}
-    after = {m["name"]: from_dict(m) for m in new.models}
-    lines = []
-    for name in sorted(before.keys() | after.keys()):
-        a, b = before.get(name), after.get(name)
-        if b is None and a is not None:
-            lines.append(f"- model {name}")
-        elif b is not None and a is None:
-            lines.append(f"+ model {name} {b.source}@{(b.commit or '')[:12]} "
-                         f"({len(b.files)} files, {b.size / 2**20:.1f} MiB)")
-        elif a is not None and b is not None and a.files != b.files:
-            ours = {f.path: f for f in a.files}
-            theirs = {f.path: f for f in b.files}
-            added = len(theirs.keys() - ours.keys())
-            removed = len(ours.keys() - theirs.keys())
-            changed = sum(1 for p in ours.keys() & theirs.keys() if ours[p] != theirs[p])
-            lines.append(f"~ model {name} {(a.commit or '')[:12]} -> {(b.commit or '')[:12]} "
-                         f"({added} added, {removed} removed, {changed} changed)")
-    return lines

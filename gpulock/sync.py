@@ -120,7 +120,7 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
     plan = {p.name: (p, entry_key(p, builder_for(manifest, p, python))) for p in lock.packages}
     missing = [(p, key) for p, key in plan.values() if not store.has(key)]
     old_lock = _lock_of(previous)
-    from gpulock.lock import diff
+    from gpulock.diff import diff
 
     changes = diff(old_lock, lock) if old_lock else [f"+ {p.name} {p.version}"
                                                      for p in lock.packages]
