@@ -133,14 +133,22 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             result = lock.lock(spec, path)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
-    outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), jobs=args.jobs)
+    outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), jobs=args.jobs,
+                   packages=not args.models_only, models=not args.no_models)
     gen = outcome.generation
+    models = (f", {len(locked.models)} model(s) in {store.base / 'hf'}"
+              if locked.models and not args.no_models else "")
     if outcome.nothing_to_do:
-        print(f"'{spec.project.name}' is up to date: generation {gen.number}, "
-              f"{len(gen.packages)} packages [{outcome.seconds:.2f}s]", file=sys.stderr)
+        where = f"generation {gen.number}, {len(gen.packages)} packages" if gen else "models"
+        print(f"'{spec.project.name}' is up to date: {where}{models} [{outcome.seconds:.2f}s]",
+              file=sys.stderr)
         return 0
-    print(f"Added {len(outcome.added)}, reused {outcome.reused}; generation {gen.number} of "
-          f"'{spec.project.name}' is current [{outcome.seconds:.2f}s]", file=sys.stderr)
+    fetched = (f"; fetched {outcome.model_files} model files "
+               f"({outcome.model_bytes / 2**20:.1f} MiB)" if outcome.model_files else "")
+    packages = (f"Added {len(outcome.added)}, reused {outcome.reused}; generation "
+                f"{gen.number} of '{spec.project.name}' is current" if gen
+                else f"'{spec.project.name}' models synced")
+    print(f"{packages}{fetched}{models} [{outcome.seconds:.2f}s]", file=sys.stderr)
     return 0
 
 
@@ -152,7 +160,9 @@ def _cmd_env(args: argparse.Namespace) -> int:
     if current(store, spec.project.name) is None:
         print(f"warning: '{spec.project.name}' has no synced environment in {store.root} yet; "
               "run 'gpulock sync'", file=sys.stderr)
-    print(render(exports(store, spec.project.name, spec.project.python), args.format))
+    hub_models = any(m.source.startswith("hf://") for m in spec.models)
+    print(render(exports(store, spec.project.name, spec.project.python, hub_models),
+                 args.format))
     return 0
 
 
@@ -247,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--frozen", action="store_true",
                       help="refuse a lock that does not match the manifest (never re-lock)")
     sync.add_argument("--jobs", type=int, default=8, help="parallel downloads (default 8)")
+    which = sync.add_mutually_exclusive_group()
+    which.add_argument("--no-models", action="store_true", help="sync packages only")
+    which.add_argument("--models-only", action="store_true", help="sync models only")
     sync.set_defaults(func=_cmd_sync)
 
     env = sub.add_parser("env", help="print PYTHONPATH and PATH exports for the environment")

@@ -14,13 +14,19 @@ from gpulock.generation import project_dir, site_packages
 from gpulock.store import Store
 
 
-def exports(store: Store, project: str, python: str) -> dict[str, str]:
+def exports(store: Store, project: str, python: str, hub_models: bool = False
+            ) -> dict[str, str]:
     minor = ".".join(python.split(".")[:2])
     current = project_dir(store, project).absolute() / "current"
-    return {
+    values = {
         "PYTHONPATH": str(site_packages(current, minor)),
         "PATH": f"{current / 'bin'}:$PATH",
     }
+    if hub_models:
+        # huggingface_hub reads HF_HUB_OFFLINE at import: the pinned snapshots are complete.
+        values["HF_HUB_CACHE"] = str((store.base / "hf").absolute())
+        values["HF_HUB_OFFLINE"] = "1"
+    return values
 
 
 def render(values: dict[str, str], form: str) -> str:

@@ -77,11 +77,16 @@ class Http:
     def stream(self, url: str, headers: dict[str, str] | None = None
                ) -> Iterator[tuple[Response, http.client.HTTPResponse]]:
         """Send GET and yield (status and headers, the open body), following redirects."""
+        headers = dict(headers or {})
         for _ in range(10):
-            response, raw = self._send(url, headers or {})
+            response, raw = self._send(url, headers)
             if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:
                 raw.read()
-                url = urljoin(url, response.headers["location"])
+                target = urljoin(url, response.headers["location"])
+                if urlsplit(target).netloc != urlsplit(url).netloc:
+                    # A token for the hub must not travel to its CDN or anywhere else.
+                    headers.pop("Authorization", None)
+                url = target
                 continue
             try:
                 yield response, raw

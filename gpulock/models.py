@@ -22,8 +22,13 @@ from gpulock.manifest import Model
 class ModelFile:
     path: str
     size: int
-    sha256: str | None = None  # LFS files and https:// downloads
-    git_sha1: str | None = None  # small files in the git repository
+    sha256: str | None = None  # LFS files and https:// downloads: the content's sha256
+    git_sha1: str | None = None  # hub files: the git blob id (of the LFS pointer for LFS)
+
+    @property
+    def etag(self) -> str | None:
+        """The name the Hugging Face cache gives this file's blob."""
+        return self.sha256 or self.git_sha1
 
     def as_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": self.path, "size": self.size}
@@ -132,9 +137,11 @@ def _pin_hf(model: Model) -> PinnedModel:
     if not chosen:
         raise GpulockError(f"{where}: no file matches include={list(model.include)} "
                            f"exclude={list(model.exclude)}")
+    # git-sha1 is the blob id (for LFS files, the pointer's): the Hub cache's tree listing
+    # and non-LFS etags use it; sha256 is the content hash of LFS files.
     files = tuple(ModelFile(path=f.path, size=f.size,
                             sha256=f.lfs.sha256 if f.lfs else None,
-                            git_sha1=None if f.lfs else f.blob_id) for f in chosen)
+                            git_sha1=f.blob_id) for f in chosen)
     return PinnedModel(name=model.name, source=model.source, revision=revision, commit=commit,
                        include=model.include, exclude=model.exclude, files=files)
 

@@ -38,12 +38,14 @@ Log = Callable[[str], None]
 
 @dataclass
 class SyncResult:
-    generation: generation.Generation
+    generation: generation.Generation | None
     added: list[str] = field(default_factory=list)
     reused: int = 0
     changes: list[str] = field(default_factory=list)
     nothing_to_do: bool = False
     downloaded_bytes: int = 0
+    model_files: int = 0
+    model_bytes: int = 0
     seconds: float = 0.0
 
 
@@ -104,12 +106,30 @@ def find_interpreter(store: Store, version: str) -> tuple[str, str]:
 
 
 def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: int = 8,
+         packages: bool = True, models: bool = True,
          log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
     started = time.perf_counter()
+    result = _sync_packages(manifest, lock, lock_text, store, jobs, log) if packages else None
+    if models and lock.models:
+        from gpulock.models import from_dict
+        from gpulock.views import sync_models
+
+        fetched, size = sync_models(store, [from_dict(m) for m in lock.models], log, jobs)
+        if result is not None and fetched:
+            result.nothing_to_do = False
+        if result is None:
+            result = SyncResult(None, nothing_to_do=not fetched)
+        result.model_files, result.model_bytes = fetched, size
+    if result is None:
+        result = SyncResult(None, nothing_to_do=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int,
+                   log: Log) -> SyncResult:
+    started = time.perf_counter()
     project = manifest.project.name
-    if lock.models:
-        log(f"note: {len(lock.models)} pinned model(s) are not downloaded: this gpulock syncs "
-            "packages only")
     python, python_version = find_interpreter(store, lock.target.python)
     digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)

@@ -45,6 +45,7 @@ class FakeHub:
     token: str = "hf_secret_token"
     page_size: int = 1000
     requests: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)  # files served by /resolve/
 
     def __post_init__(self) -> None:
         hub = self
@@ -103,7 +104,46 @@ class FakeHub:
                                             "siblings": [{"rfilename": p} for p in files]})
             if action == ["tree"]:
                 return self._tree(handler, repo, files, query)
-        return self._error(handler, 404, "EntryNotFound", "not found")
+        return self._resolve(handler, path)
+
+    def _resolve(self, handler: BaseHTTPRequestHandler, path: str) -> None:
+        """`/{repo}/resolve/{rev}/{file}` (models) and `/datasets/{repo}/resolve/...`."""
+        kind = "model"
+        if path.startswith("/datasets/"):
+            kind, path = "dataset", path[len("/datasets"):]
+        parts = path.lstrip("/").split("/")
+        if len(parts) < 5 or parts[2] != "resolve":
+            return self._error(handler, 404, "EntryNotFound", "not found")
+        repo = self.repos.get(f"{kind}:{parts[0]}/{parts[1]}")
+        if repo is None:
+            return self._error(handler, 404, "RepoNotFound", "Repository not found")
+        if repo.gated and handler.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._error(handler, 403, "GatedRepo", "Access to this repo is gated")
+        commit = repo.branches.get(parts[3], parts[3] if parts[3] in repo.commits else None)
+        file = "/".join(parts[4:])
+        if commit is None or file not in repo.commits[commit]:
+            return self._error(handler, 404, "EntryNotFound", "Entry not found")
+        data = repo.commits[commit][file]
+        etag = (hashlib.sha256(data).hexdigest() if file in repo.lfs else git_blob_sha1(data))
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        if file in repo.lfs:
+            headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
+        status, body = 200, data
+        wanted = handler.headers.get("Range")
+        if wanted and wanted.startswith("bytes="):
+            first, _, last = wanted[len("bytes="):].partition("-")
+            start = int(first or 0)
+            end = int(last) if last else len(data) - 1
+            status, body = 206, data[start:end + 1]
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        self.resolved.append(file)
+        handler.send_response(status)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
 
     def _tree(self, handler: BaseHTTPRequestHandler, repo: Repo, files: dict[str, bytes],
               query: dict[str, list[str]]) -> None:

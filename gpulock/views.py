@@ -1,0 +1,204 @@
+"""Models on the volume: verified blobs, laid out as the Hugging Face cache reads them.
+
+Every pinned file lands once in `blobs/sha256/<aa>/<rest>` (a file shared by two repos or
+projects is stored once; small git files, pinned by their blob sha1, are indexed under
+`blobs/git-sha1/` after their first download). The view `hf/` is a real HF_HUB_CACHE:
+`models--org--name/blobs/<etag>` links into the store, `snapshots/<commit>/<path>` are
+relative links `../../blobs/<etag>`, `refs/<revision>` holds the commit and
+`trees/<commit>.json` lists the files, so huggingface_hub finds a complete snapshot with
+HF_HUB_OFFLINE=1. A snapshot folder is built aside and renamed into place: it is complete
+or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from gpulock.errors import GpulockError
+from gpulock.models import ModelFile, PinnedModel
+from gpulock.store import Store
+
+_CHUNK = 1 << 20
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    repo_id: str
+    kind: str  # "model" or "dataset"
+
+    @classmethod
+    def of(cls, source: str) -> HubRepo:
+        repo = source.removeprefix("hf://")
+        if repo.startswith("datasets/"):
+            return cls(repo.removeprefix("datasets/"), "dataset")
+        return cls(repo, "model")
+
+    @property
+    def folder(self) -> str:
+        return f"{self.kind}s--" + self.repo_id.replace("/", "--")
+
+    def url(self, endpoint: str, commit: str, path: str) -> str:
+        prefix = "datasets/" if self.kind == "dataset" else ""
+        return f"{endpoint}/{prefix}{self.repo_id}/resolve/{commit}/{quote(path)}"
+
+
+def hf_cache(store: Store) -> Path:
+    return store.base / "hf"
+
+
+def _blob(store: Store, sha256: str) -> Path:
+    return store.base / "blobs" / "sha256" / sha256[:2] / sha256[2:]
+
+
+def _git_index(store: Store, git_sha1: str) -> Path:
+    return store.base / "blobs" / "git-sha1" / git_sha1[:2] / git_sha1[2:]
+
+
+def stored_blob(store: Store, file: ModelFile) -> Path | None:
+    if file.sha256:
+        path = _blob(store, file.sha256)
+        return path if path.is_file() else None
+    if file.git_sha1:
+        index = _git_index(store, file.git_sha1)
+        return index.resolve() if index.is_symlink() and index.resolve().is_file() else None
+    return None
+
+
+def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
+              headers: dict[str, str]) -> Path:
+    """Stream one file into the blob store, verifying size and hash; return its blob."""
+    from gpulock.http import Http, redact
+
+    work = Path(tempfile.mkstemp(prefix="blob.", dir=store.tmp)[1])
+    sha256, git = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % file.size)
+    size = 0
+    try:
+        with Http().stream(url, headers) as (response, body), work.open("wb") as out:
+            if response.status != 200:
+                raise GpulockError(f"model '{model.name}': {file.path} could not be downloaded "
+                                   f"from {redact(url)} (HTTP {response.status})")
+            while chunk := body.read(_CHUNK):
+                out.write(chunk)
+                sha256.update(chunk)
+                git.update(chunk)
+                size += len(chunk)
+        if file.sha256:
+            expected, actual = file.sha256, sha256.hexdigest()
+        else:
+            expected, actual = file.git_sha1, git.hexdigest()
+        if size != file.size or actual != expected:
+            raise GpulockError(f"model '{model.name}': {file.path} from {redact(url)} has "
+                               f"{'sha256' if file.sha256 else 'git sha1'} {actual} ({size} "
+                               f"bytes), but the lock says {expected} ({file.size} bytes): it "
+                               "changed upstream since the lock; nothing was stored")
+        blob = _blob(store, sha256.hexdigest())
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o444)
+        os.replace(work, blob)
+    finally:
+        work.unlink(missing_ok=True)
+    if not file.sha256 and file.git_sha1:
+        _link(_git_index(store, file.git_sha1), blob)
+    return blob
+
+
+def _link(link: Path, target: Path, relative: bool = True) -> None:
+    """Create or replace a symlink atomically."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    value = os.path.relpath(target, link.parent) if relative else str(target)
+    temporary = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    temporary.unlink(missing_ok=True)
+    os.symlink(value, temporary)
+    os.replace(temporary, link)
+
+
+def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
+    repo = HubRepo.of(model.source)
+    root = hf_cache(store) / repo.folder
+    commit = model.commit or ""
+    for file in model.files:
+        _link(root / "blobs" / str(file.etag), blobs[file.path])
+    snapshot = root / "snapshots" / commit
+    if not snapshot.is_dir():
+        (root / "snapshots").mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".building-", dir=root / "snapshots"))
+        try:
+            for file in model.files:
+                link = work / file.path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                depth = file.path.count("/")
+                os.symlink("../" * (depth + 2) + f"blobs/{file.etag}", link)
+            work.chmod(0o755)
+            try:
+                os.rename(work, snapshot)
+            except OSError:
+                if not snapshot.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    trees = root / "trees" / f"{commit}.json"
+    if not trees.exists():
+        entries = {}
+        for file in model.files:
+            entry: dict[str, object] = {"size": file.size, "blob_id": file.git_sha1 or ""}
+            if file.sha256:
+                entry["lfs_sha256"], entry["lfs_size"] = file.sha256, file.size
+            entries[file.path] = entry
+        trees.parent.mkdir(parents=True, exist_ok=True)
+        temporary = trees.parent / f".{trees.name}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps({"format_version": 1, "files": entries}, indent=1,
+                                        sort_keys=True))
+        os.replace(temporary, trees)
+    if model.revision and model.revision != commit:
+        ref = root / "refs" / model.revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        temporary = ref.parent / f".{ref.name}.{os.getpid()}.tmp"
+        temporary.write_text(commit)  # no newline: huggingface_hub reads it verbatim
+        os.replace(temporary, ref)
+    return snapshot
+
+
+def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
+                ) -> tuple[int, int]:
+    """Fetch what the store lacks and lay out the views; return (files fetched, bytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    work: list[tuple[PinnedModel, ModelFile, str]] = []
+    found: dict[tuple[str, str], Path] = {}
+    for model in models:
+        for file in model.files:
+            blob = stored_blob(store, file)
+            if blob is not None:
+                found[(model.name, file.path)] = blob
+            elif model.source.startswith("hf://"):
+                url = HubRepo.of(model.source).url(endpoint, model.commit or "", file.path)
+                work.append((model, file, url))
+            else:
+                work.append((model, file, model.source))
+    if work:
+        total = sum(f.size for _, f, _ in work)
+        log(f"Fetching {len(work)} model files ({total / 2**20:.1f} MiB)")
+
+        def fetch(item: tuple[PinnedModel, ModelFile, str]) -> None:
+            model, file, url = item
+            found[(model.name, file.path)] = _download(
+                store, model, file, url, headers if model.source.startswith("hf://") else {})
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(fetch, work))
+    for model in models:
+        if model.source.startswith("hf://"):
+            _hf_view(store, model, {f.path: found[(model.name, f.path)] for f in model.files})
+    return len(work), sum(f.size for _, f, _ in work)

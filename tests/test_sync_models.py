@@ -1,0 +1,119 @@
+"""Models on the volume: the lock's files in the store, seen through the Hugging Face cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Project
+from tests.support.hf_hub import FakeHub
+
+WEIGHTS = os.urandom(300_000)
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+FILES = {"config.json": b'{"hidden": 8}', "model.safetensors": WEIGHTS,
+         "tokenizer/vocab.json": b'{"a": 0}', "README.md": b"# hi"}
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    fake = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    fake.close()
+
+
+def setup(project: Project, index_url: str, models: str) -> None:
+    project.write(f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\nindex = "{index_url}"\n'
+                  f'[groups.main]\npackages = []\n{models}')
+
+
+def sync(project: Project, *args: str) -> tuple[int, str]:
+    result = project.gpulock("sync", "--store", str(project.root / "store"), *args)
+    return result.code, result.err
+
+
+def exports(project: Project) -> dict[str, str]:
+    result = project.gpulock("env", "--store", str(project.root / "store"), "--format", "json")
+    return json.loads(result.out)
+
+
+def test_synced_models_load_offline_through_the_real_client(hub, make_index, project):
+    commit = hub.repo("org/tiny").commit(FILES)
+    setup(project, make_index().url, '[models.tiny]\nsource = "hf://org/tiny"\n'
+                                     'exclude = ["*.md"]\n')
+    code, err = sync(project)
+    assert code == 0, err
+    values = exports(project)
+    assert values["HF_HUB_OFFLINE"] == "1"
+    hub.close()  # from here on the network is gone
+    probe = ("import json, os, sys; from huggingface_hub import snapshot_download, "
+             "hf_hub_download\n"
+             "folder = snapshot_download('org/tiny')\n"
+             "files = {}\n"
+             "for root, _, names in os.walk(folder):\n"
+             "    for n in names:\n"
+             "        p = os.path.join(root, n)\n"
+             "        files[os.path.relpath(p, folder)] = open(p, 'rb').read().hex()\n"
+             "config = hf_hub_download('org/tiny', 'config.json')\n"
+             "print(json.dumps({'folder': folder, 'files': files, 'config': config}))\n")
+    env = {**os.environ, **{k: v for k, v in values.items() if k.startswith("HF_")}}
+    env.pop("HF_ENDPOINT")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["folder"].endswith(f"models--org--tiny/snapshots/{commit}")
+    assert seen["files"] == {p: d.hex() for p, d in FILES.items() if p != "README.md"}
+    assert Path(seen["config"]).read_bytes() == FILES["config.json"]
+
+
+def test_a_file_shared_by_two_repos_is_stored_once_and_a_rerun_fetches_nothing(hub,
+                                                                             make_index,
+                                                                             project):
+    hub.repo("org/a").commit({"model.safetensors": WEIGHTS, "config.json": b"a"})
+    hub.repo("org/b").commit({"model.safetensors": WEIGHTS, "config.json": b"b"})
+    setup(project, make_index().url, '[models.a]\nsource = "hf://org/a"\n'
+                                     '[models.b]\nsource = "hf://org/b"\n')
+    assert sync(project)[0] == 0
+    blobs = [p for p in (project.root / "store" / "v1" / "blobs" / "sha256").rglob("*")
+             if p.is_file()]
+    digest = hashlib.sha256(WEIGHTS).hexdigest()
+    assert sum(1 for p in blobs if p.parent.name + p.name == digest) == 1
+    assert len(blobs) == 3
+    hub.resolved.clear()
+    code, err = sync(project)
+    assert code == 0 and "is up to date" in err
+    assert hub.resolved == []
+
+
+def test_a_file_changed_upstream_is_an_error_and_no_snapshot_appears(hub, make_index, project):
+    repo = hub.repo("org/moving")
+    commit = repo.commit({"model.safetensors": WEIGHTS, "config.json": b"{}"})
+    setup(project, make_index().url, '[models.m]\nsource = "hf://org/moving"\n')
+    project.lock()
+    repo.commits[commit]["model.safetensors"] = b"tampered" + WEIGHTS[8:]
+    code, err = sync(project, "--frozen")
+    assert code == 1
+    assert "model 'm': model.safetensors from" in err and "changed upstream" in err
+    hf = project.root / "store" / "v1" / "hf" / "models--org--moving"
+    assert not (hf / "snapshots" / commit).exists()
+
+
+def test_models_only_and_no_models(hub, make_index, project):
+    hub.repo("org/tiny").commit({"config.json": b"{}"})
+    setup(project, make_index().url, '[models.tiny]\nsource = "hf://org/tiny"\n')
+    code, err = sync(project, "--no-models")
+    assert code == 0, err
+    assert hub.resolved == []
+    code, err = sync(project, "--models-only")
+    assert code == 0, err
+    assert hub.resolved == ["config.json"]
