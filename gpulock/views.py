@@ -12,6 +12,7 @@ or absent.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -75,37 +76,65 @@ def stored_blob(store: Store, file: ModelFile) -> Path | None:
 
 def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
               headers: dict[str, str]) -> Path:
-    """Stream one file into the blob store, verifying size and hash; return its blob."""
+    """Stream one file into the blob store, verifying size and hash; return its blob.
+
+    The partial file is kept as `tmp/models/<expected hash>.part`: a sync killed mid-file
+    continues it with a Range request after re-hashing what is already there.
+    """
+    expected = file.sha256 or file.git_sha1 or ""
+    part = store.tmp / "models" / f"{expected}.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    # Another sync may be writing this part: wait for it rather than repeat its download
+    # (flock only saves work; the hash check in _continue is what guarantees the bytes).
+    with part.with_suffix(".lock").open("a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        blob = stored_blob(store, file)
+        if blob is not None:
+            return blob
+        return _continue(store, model, file, url, headers, part, expected)
+
+
+def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
+              headers: dict[str, str], part: Path, expected: str) -> Path:
     from gpulock.http import Http, redact
 
-    work = Path(tempfile.mkstemp(prefix="blob.", dir=store.tmp)[1])
     sha256, git = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % file.size)
     size = 0
-    try:
-        with Http().stream(url, headers) as (response, body), work.open("wb") as out:
-            if response.status != 200:
-                raise GpulockError(f"model '{model.name}': {file.path} could not be downloaded "
-                                   f"from {redact(url)} (HTTP {response.status})")
-            while chunk := body.read(_CHUNK):
-                out.write(chunk)
+    if part.is_file() and part.stat().st_size <= file.size:
+        with part.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
                 sha256.update(chunk)
                 git.update(chunk)
                 size += len(chunk)
-        if file.sha256:
-            expected, actual = file.sha256, sha256.hexdigest()
-        else:
-            expected, actual = file.git_sha1, git.hexdigest()
-        if size != file.size or actual != expected:
-            raise GpulockError(f"model '{model.name}': {file.path} from {redact(url)} has "
-                               f"{'sha256' if file.sha256 else 'git sha1'} {actual} ({size} "
-                               f"bytes), but the lock says {expected} ({file.size} bytes): it "
-                               "changed upstream since the lock; nothing was stored")
-        blob = _blob(store, sha256.hexdigest())
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        work.chmod(0o444)
-        os.replace(work, blob)
-    finally:
-        work.unlink(missing_ok=True)
+    else:
+        part.unlink(missing_ok=True)
+    wanted = {**headers, "Range": f"bytes={size}-"} if size else dict(headers)
+    if size < file.size or not size:
+        with Http().stream(url, wanted) as (response, body):
+            if response.status == 200 and size:
+                sha256, git = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % file.size)
+                size = 0  # the server ignored the Range: start over
+                part.unlink(missing_ok=True)
+            elif response.status not in (200, 206):
+                raise GpulockError(f"model '{model.name}': {file.path} could not be downloaded "
+                                   f"from {redact(url)} (HTTP {response.status})")
+            with part.open("ab") as out:
+                while chunk := body.read(_CHUNK):
+                    out.write(chunk)
+                    sha256.update(chunk)
+                    git.update(chunk)
+                    size += len(chunk)
+    actual = sha256.hexdigest() if file.sha256 else git.hexdigest()
+    if size != file.size or actual != expected:
+        part.unlink(missing_ok=True)
+        raise GpulockError(f"model '{model.name}': {file.path} from {redact(url)} has "
+                           f"{'sha256' if file.sha256 else 'git sha1'} {actual} ({size} "
+                           f"bytes), but the lock says {expected} ({file.size} bytes): it "
+                           "changed upstream since the lock; nothing was stored")
+    blob = _blob(store, sha256.hexdigest())
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    part.chmod(0o444)
+    os.replace(part, blob)
     if not file.sha256 and file.git_sha1:
         _link(_git_index(store, file.git_sha1), blob)
     return blob
@@ -175,30 +204,31 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
     endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     token = os.environ.get("HF_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    work: list[tuple[PinnedModel, ModelFile, str]] = []
-    found: dict[tuple[str, str], Path] = {}
+    # One download per distinct content: a file two repos share is fetched once.
+    work: dict[str, tuple[PinnedModel, ModelFile, str]] = {}
+    found: dict[str, Path] = {}
     for model in models:
         for file in model.files:
+            key = str(file.etag)
             blob = stored_blob(store, file)
             if blob is not None:
-                found[(model.name, file.path)] = blob
-            elif model.source.startswith("hf://"):
-                url = HubRepo.of(model.source).url(endpoint, model.commit or "", file.path)
-                work.append((model, file, url))
-            else:
-                work.append((model, file, model.source))
+                found[key] = blob
+            elif key not in work:
+                url = (HubRepo.of(model.source).url(endpoint, model.commit or "", file.path)
+                       if model.source.startswith("hf://") else model.source)
+                work[key] = (model, file, url)
     if work:
-        total = sum(f.size for _, f, _ in work)
+        total = sum(f.size for _, f, _ in work.values())
         log(f"Fetching {len(work)} model files ({total / 2**20:.1f} MiB)")
 
-        def fetch(item: tuple[PinnedModel, ModelFile, str]) -> None:
-            model, file, url = item
-            found[(model.name, file.path)] = _download(
-                store, model, file, url, headers if model.source.startswith("hf://") else {})
+        def fetch(key: str) -> None:
+            model, file, url = work[key]
+            found[key] = _download(store, model, file, url,
+                                   headers if model.source.startswith("hf://") else {})
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            list(pool.map(fetch, work))
+            list(pool.map(fetch, list(work)))
     for model in models:
         if model.source.startswith("hf://"):
-            _hf_view(store, model, {f.path: found[(model.name, f.path)] for f in model.files})
-    return len(work), sum(f.size for _, f, _ in work)
+            _hf_view(store, model, {f.path: found[str(f.etag)] for f in model.files})
+    return len(work), sum(f.size for _, f, _ in work.values())

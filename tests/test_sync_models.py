@@ -117,3 +117,38 @@ def test_models_only_and_no_models(hub, make_index, project):
     code, err = sync(project, "--models-only")
     assert code == 0, err
     assert hub.resolved == ["config.json"]
+
+
+def test_a_killed_sync_resumes_the_large_file_it_was_fetching(hub, make_index, project):
+    import signal
+    import time
+
+    big = os.urandom(30 * 2**20)
+    hub.repo("org/big").commit({"model.safetensors": big})
+    setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
+    project.lock()
+    hub.slow = 0.05  # 30 MiB at ~5 MiB/s: about six seconds
+    part = (project.root / "store" / "v1" / "tmp" / "models"
+            / f"{hashlib.sha256(big).hexdigest()}.part")
+    child = subprocess.Popen([sys.executable, "-m", "gpulock", "sync", "--models-only",
+                              "--frozen", "--manifest", str(project.manifest), "--store",
+                              str(project.root / "store")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if part.is_file() and part.stat().st_size > 4 * 2**20:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    have = part.stat().st_size
+    assert 0 < have < len(big)
+    hf = project.root / "store" / "v1" / "hf" / "models--org--big"
+    assert not (hf / "snapshots").exists()  # nothing partial is visible in the cache
+
+    hub.slow = 0.0
+    code, err = sync(project, "--models-only", "--frozen")
+    assert code == 0, err
+    resumed = [r for f, r in hub.ranges if f == "model.safetensors"][-1]
+    assert resumed.startswith("bytes=") and int(resumed[6:].rstrip("-")) >= have
+    (link,) = (hf / "snapshots").glob("*/model.safetensors")
+    assert hashlib.sha256(link.read_bytes()).hexdigest() == hashlib.sha256(big).hexdigest()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -46,6 +47,8 @@ class FakeHub:
     page_size: int = 1000
     requests: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)  # files served by /resolve/
+    ranges: list[tuple[str, str]] = field(default_factory=list)  # (file, Range header)
+    slow: float = 0.0  # seconds of sleep per 256 KiB sent by /resolve/
 
     def __post_init__(self) -> None:
         hub = self
@@ -137,13 +140,22 @@ class FakeHub:
             status, body = 206, data[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         self.resolved.append(file)
+        self.ranges.append((file, wanted or ""))
         handler.send_response(status)
         for key, value in headers.items():
             handler.send_header(key, value)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(body)
+        if handler.command == "HEAD":
+            return
+        step = 256 * 1024
+        for start in range(0, len(body), step):
+            if self.slow:
+                time.sleep(self.slow)  # per 256 KiB: a large file takes seconds
+            try:
+                handler.wfile.write(body[start:start + step])
+            except (BrokenPipeError, ConnectionResetError):
+                return
 
     def _tree(self, handler: BaseHTTPRequestHandler, repo: Repo, files: dict[str, bytes],
               query: dict[str, list[str]]) -> None:
