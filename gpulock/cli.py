@@ -98,8 +98,12 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     for model in result.lock.models:
         size = sum(f["size"] for f in model["files"]) / 2**20
         at = f"@{model['commit'][:12]}" if model.get("commit") else ""
+        weights = model.get("weights")
+        detail = (f"; {weights['parameters']:,} parameters ({', '.join(weights['dtypes'])}), "
+                  f"{weights['bytes'] / 2**30:.2f} GiB of GPU memory for the weights"
+                  if weights else "")
         print(f"model {model['name']}: {model['source']}{at}, {len(model['files'])} files, "
-              f"{size:.1f} MiB", file=sys.stderr)
+              f"{size:.1f} MiB{detail}", file=sys.stderr)
     for line in result.changes:
         print(line, file=sys.stderr)
     print(f"Wrote {path}" if result.written else f"{path} unchanged", file=sys.stderr)
@@ -190,7 +194,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from gpulock.generation import all_generations, current
 
-    spec, _, store = _project_paths(args)
+    spec, lock_path, store = _project_paths(args)
     now = current(store, spec.project.name)
     generations = all_generations(store, spec.project.name)
     print(f"store: {store.root}")
@@ -203,7 +207,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(gen.created))
         print(f"{mark} gen-{gen.number}  {stamp}  {len(gen.packages)} packages  "
               f"Python {gen.python_version}")
+    _print_models(store, lock_path)
     return 0
+
+
+def _print_models(store: Store, lock_path: Path) -> None:
+    from gpulock import lockfile
+    from gpulock.models import from_dict
+    from gpulock.views import stored_blob
+
+    try:
+        models = [from_dict(m) for m in lockfile.read(lock_path).models]
+    except GpulockError:
+        return
+    for model in models:
+        have = sum(1 for f in model.files if stored_blob(store, f) is not None)
+        state = "complete" if have == len(model.files) else f"{have}/{len(model.files)} files"
+        print(f"model {model.name}: {model.source}@{(model.commit or '')[:12]}  "
+              f"{model.size / 2**20:.1f} MiB  {state}")
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:

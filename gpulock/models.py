@@ -48,6 +48,8 @@ class PinnedModel:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     files: tuple[ModelFile, ...]
+    # From the safetensors headers: parameters, bytes of weights, dtypes.
+    weights: tuple[tuple[str, Any], ...] = ()
 
     @property
     def size(self) -> int:
@@ -63,6 +65,8 @@ class PinnedModel:
             entry["include"] = list(self.include)
         if self.exclude:
             entry["exclude"] = list(self.exclude)
+        if self.weights:
+            entry["weights"] = dict(self.weights)
         entry["files"] = [f.as_dict() for f in sorted(self.files, key=lambda f: f.path)]
         return entry
 
@@ -83,7 +87,8 @@ def from_dict(entry: dict[str, Any]) -> PinnedModel:
         commit=entry.get("commit"), include=tuple(entry.get("include", ())),
         exclude=tuple(entry.get("exclude", ())),
         files=tuple(ModelFile(f["path"], f["size"], f.get("sha256"), f.get("git-sha1"))
-                    for f in entry.get("files", ())))
+                    for f in entry.get("files", ())),
+        weights=tuple(sorted(entry.get("weights", {}).items())))
 
 
 def pin(model: Model) -> PinnedModel:
@@ -142,8 +147,72 @@ def _pin_hf(model: Model) -> PinnedModel:
     files = tuple(ModelFile(path=f.path, size=f.size,
                             sha256=f.lfs.sha256 if f.lfs else None,
                             git_sha1=f.blob_id) for f in chosen)
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    prefix = "datasets/" if repo_type == "dataset" else ""
+    urls = {f.path: f"{endpoint}/{prefix}{repo_id}/resolve/{commit}/{f.path}" for f in files}
+    weights = _weights(model, files, urls)
     return PinnedModel(name=model.name, source=model.source, revision=revision, commit=commit,
-                       include=model.include, exclude=model.exclude, files=files)
+                       include=model.include, exclude=model.exclude, files=files,
+                       weights=weights)
+
+
+# Bytes per element of each safetensors dtype.
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2,
+                "BF16": 2, "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1,
+                "BOOL": 1}
+
+
+def _weights(model: Model, files: tuple[ModelFile, ...], urls: dict[str, str]
+             ) -> tuple[tuple[str, Any], ...]:
+    """Parameters, bytes and dtypes of the safetensors files, from their headers alone.
+
+    A safetensors file starts with an 8-byte little-endian length N and N bytes of JSON
+    (dtype, shape, data_offsets per tensor): two small range requests per file, however
+    large the weights.
+    """
+    import json
+    import struct
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpulock.http import Http
+
+    shards = [f for f in files if f.path.endswith(".safetensors")]
+    if not shards:
+        return ()
+    http = Http()
+    token = os.environ.get("HF_TOKEN")
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def header(file: ModelFile) -> dict[str, Any]:
+        first = http.get(urls[file.path], {**auth, "Range": "bytes=0-7"})
+        if first.status != 206 or len(first.body) != 8:
+            return {}
+        (length,) = struct.unpack("<Q", first.body)
+        if length > 100 * 2**20:
+            return {}
+        second = http.get(urls[file.path], {**auth, "Range": f"bytes=8-{7 + length}"})
+        try:
+            return json.loads(second.body) if second.status == 206 else {}
+        except ValueError:
+            return {}
+
+    parameters = size = 0
+    dtypes: set[str] = set()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for tensors in pool.map(header, shards):
+            for name, tensor in tensors.items():
+                if name == "__metadata__" or not isinstance(tensor, dict):
+                    continue
+                count = 1
+                for dim in tensor.get("shape", []):
+                    count *= int(dim)
+                parameters += count
+                start, end = tensor.get("data_offsets", [0, 0])
+                size += int(end) - int(start)
+                dtypes.add(str(tensor.get("dtype")))
+    if not dtypes:
+        return ()
+    return (("bytes", size), ("dtypes", sorted(dtypes)), ("parameters", parameters))
 
 
 def _pin_url(model: Model) -> PinnedModel:

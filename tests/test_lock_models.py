@@ -117,3 +117,41 @@ def test_an_https_file_is_pinned_by_its_sha256(make_index, project):
     entry = model_entry(project, "w")
     assert entry["files"] == [{"path": "weights.bin", "size": len(WEIGHTS),
                                "sha256": hashlib.sha256(WEIGHTS).hexdigest()}]
+
+
+def safetensors(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
+    """A real safetensors file: 8-byte header length, JSON header, then the data."""
+    import json
+    import struct
+
+    header, offset, data = {}, 0, b""
+    for name, (dtype, shape, width) in tensors.items():
+        count = 1
+        for dim in shape:
+            count *= dim
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [offset, offset + count * width]}
+        offset += count * width
+        data += bytes(count * width)
+    raw = json.dumps({"__metadata__": {"format": "pt"}, **header}).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def test_lock_reports_parameters_dtypes_and_weight_memory_from_headers(hub, make_index,
+                                                                       project):
+    shard1 = safetensors({"a": ("BF16", [64, 128], 2), "b": ("BF16", [128], 2)})
+    shard2 = safetensors({"c": ("F32", [256, 256], 4)})
+    hub.repo("org/sharded").commit({"model-00001-of-00002.safetensors": shard1,
+                                    "model-00002-of-00002.safetensors": shard2,
+                                    "model.safetensors.index.json": b"{}"})
+    write(project, make_index(), '[models.s]\nsource = "hf://org/sharded"\n')
+    result = project.gpulock("lock")
+    assert result.code == 0, result.err
+    parameters = 64 * 128 + 128 + 256 * 256
+    assert f"{parameters:,} parameters (BF16, F32)" in result.err
+    entry = model_entry(project, "s")
+    assert entry["weights"] == {"parameters": parameters, "dtypes": ["BF16", "F32"],
+                                "bytes": (64 * 128 + 128) * 2 + 256 * 256 * 4}
+    # Only the headers were read: two small ranges per shard, never the tensors.
+    assert all(r.startswith("bytes=") for f, r in hub.ranges if f.endswith(".safetensors"))

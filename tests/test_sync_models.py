@@ -114,9 +114,13 @@ def test_models_only_and_no_models(hub, make_index, project):
     code, err = sync(project, "--no-models")
     assert code == 0, err
     assert hub.resolved == []
+    status = project.gpulock("status", "--store", str(project.root / "store"))
+    assert "model tiny: hf://org/tiny@" in status.out and "0/1 files" in status.out
     code, err = sync(project, "--models-only")
     assert code == 0, err
     assert hub.resolved == ["config.json"]
+    status = project.gpulock("status", "--store", str(project.root / "store"))
+    assert status.out.rstrip().endswith("complete")
 
 
 def test_a_killed_sync_resumes_the_large_file_it_was_fetching(hub, make_index, project):
