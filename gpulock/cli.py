@@ -165,7 +165,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
         print(f"warning: '{spec.project.name}' has no synced environment in {store.root} yet; "
               "run 'gpulock sync'", file=sys.stderr)
     hub_models = any(m.source.startswith("hf://") for m in spec.models)
-    print(render(exports(store, spec.project.name, spec.project.python, hub_models),
+    ms_models = any(m.source.startswith("ms://") for m in spec.models)
+    print(render(exports(store, spec.project.name, spec.project.python, hub_models, ms_models),
                  args.format))
     return 0
 

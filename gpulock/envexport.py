@@ -14,8 +14,8 @@ from gpulock.generation import project_dir, site_packages
 from gpulock.store import Store
 
 
-def exports(store: Store, project: str, python: str, hub_models: bool = False
-            ) -> dict[str, str]:
+def exports(store: Store, project: str, python: str, hub_models: bool = False,
+            modelscope_models: bool = False) -> dict[str, str]:
     minor = ".".join(python.split(".")[:2])
     current = project_dir(store, project).absolute() / "current"
     values = {
@@ -26,6 +26,9 @@ def exports(store: Store, project: str, python: str, hub_models: bool = False
         # huggingface_hub reads HF_HUB_OFFLINE at import: the pinned snapshots are complete.
         values["HF_HUB_CACHE"] = str((store.base / "hf").absolute())
         values["HF_HUB_OFFLINE"] = "1"
+    if modelscope_models:
+        # ModelScope loads offline with snapshot_download(repo, local_files_only=True).
+        values["MODELSCOPE_CACHE"] = str((store.base / "modelscope").absolute())
     return values
 
 

@@ -3,7 +3,9 @@
 `hf://org/name` (and `hf://datasets/org/name`) goes through the real huggingface_hub client:
 the requested revision is resolved to a commit, and the commit's tree gives every file's
 path, size and hash (LFS files by sha256, small files by their git blob sha1), filtered by
-the manifest's include/exclude globs. `https://` sources are one file hashed at lock time.
+the manifest's include/exclude globs. `ms://owner/name` goes through the real ModelScope
+client; ModelScope has no commit for a branch, so its files' sha256 are the pin and a file
+changed upstream fails the sync. `https://` sources are one file hashed at lock time.
 Tokens are read from the environment when a call is made and never stored or printed.
 """
 
@@ -77,8 +79,10 @@ class PinnedModel:
 
 
 def requested_revision(model: Model) -> str | None:
-    """The revision a model asks for; a hub repository without one follows `main`."""
-    return model.revision or ("main" if model.source.startswith("hf://") else None)
+    """The revision a model asks for; hub repositories follow their default branch."""
+    if model.revision:
+        return model.revision
+    return {"hf": "main", "ms": "master"}.get(model.source.split("://")[0])
 
 
 def from_dict(entry: dict[str, Any]) -> PinnedModel:
@@ -94,10 +98,45 @@ def from_dict(entry: dict[str, Any]) -> PinnedModel:
 def pin(model: Model) -> PinnedModel:
     if model.source.startswith("hf://"):
         return _pin_hf(model)
-    if model.source.startswith(("https://", "http://")):
-        return _pin_url(model)
-    raise GpulockError(f"model '{model.name}': {model.source.split('://')[0]}:// sources are "
-                       "not supported by this gpulock yet; use hf:// or https://")
+    if model.source.startswith("ms://"):
+        return _pin_ms(model)
+    return _pin_url(model)
+
+
+def modelscope_endpoint() -> str:
+    return (os.environ.get("MODELSCOPE_ENDPOINT") or "https://www.modelscope.cn").rstrip("/")
+
+
+def _pin_ms(model: Model) -> PinnedModel:
+    """ModelScope never resolves a branch to a commit: the files' sha256 are the pin."""
+    from huggingface_hub.utils import filter_repo_objects
+    from modelscope_hub.api import HubApi
+    from modelscope_hub.errors import HubError
+
+    repo_id = model.source.removeprefix("ms://")
+    revision = requested_revision(model) or "master"
+    where = f"model '{model.name}' ({model.source}@{revision})"
+    api = HubApi(endpoint=modelscope_endpoint(),
+                 token=os.environ.get("MODELSCOPE_API_TOKEN") or None)
+    try:
+        listing = api.list_repo_files(repo_id, "model", revision=revision, recursive=True)
+    except (HubError, OSError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise GpulockError(f"{where}: ModelScope answered: {reason}") from None
+    blobs = [f for f in listing if not f.is_dir and f.path]
+    chosen = list(filter_repo_objects(blobs, allow_patterns=list(model.include) or None,
+                                      ignore_patterns=list(model.exclude) or None,
+                                      key=lambda f: f.path))
+    if not chosen:
+        raise GpulockError(f"{where}: no file matches include={list(model.include)} "
+                           f"exclude={list(model.exclude)}")
+    missing = [f.path for f in chosen if not f.sha256]
+    if missing:
+        raise GpulockError(f"{where}: ModelScope gave no sha256 for {missing[0]}, so it cannot "
+                           "be pinned")
+    files = tuple(ModelFile(path=f.path, size=f.size, sha256=f.sha256) for f in chosen)
+    return PinnedModel(name=model.name, source=model.source, revision=revision, commit=None,
+                       include=model.include, exclude=model.exclude, files=files)
 
 
 def _pin_hf(model: Model) -> PinnedModel:

@@ -204,6 +204,8 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
     endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     token = os.environ.get("HF_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    ms_token = os.environ.get("MODELSCOPE_API_TOKEN")
+    ms_headers = {"Authorization": f"Bearer {ms_token}"} if ms_token else {}
     # One download per distinct content: a file two repos share is fetched once.
     work: dict[str, tuple[PinnedModel, ModelFile, str]] = {}
     found: dict[str, Path] = {}
@@ -214,21 +216,66 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
             if blob is not None:
                 found[key] = blob
             elif key not in work:
-                url = (HubRepo.of(model.source).url(endpoint, model.commit or "", file.path)
-                       if model.source.startswith("hf://") else model.source)
-                work[key] = (model, file, url)
+                work[key] = (model, file, _url(model, file, endpoint))
     if work:
         total = sum(f.size for _, f, _ in work.values())
         log(f"Fetching {len(work)} model files ({total / 2**20:.1f} MiB)")
 
         def fetch(key: str) -> None:
             model, file, url = work[key]
-            found[key] = _download(store, model, file, url,
-                                   headers if model.source.startswith("hf://") else {})
+            auth = (headers if model.source.startswith("hf://") else
+                    ms_headers if model.source.startswith("ms://") else {})
+            found[key] = _download(store, model, file, url, auth)
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(fetch, list(work)))
     for model in models:
+        blobs = {f.path: found[str(f.etag)] for f in model.files}
         if model.source.startswith("hf://"):
-            _hf_view(store, model, {f.path: found[str(f.etag)] for f in model.files})
+            _hf_view(store, model, blobs)
+        elif model.source.startswith("ms://"):
+            _ms_view(store, model, blobs)
     return len(work), sum(f.size for _, f, _ in work.values())
+
+
+def _url(model: PinnedModel, file: ModelFile, hf_endpoint: str) -> str:
+    if model.source.startswith("hf://"):
+        return HubRepo.of(model.source).url(hf_endpoint, model.commit or "", file.path)
+    if model.source.startswith("ms://"):
+        from gpulock.models import modelscope_endpoint
+
+        repo = model.source.removeprefix("ms://")
+        return (f"{modelscope_endpoint()}/api/v1/models/{repo}/repo?"
+                f"Revision={quote(model.revision or 'master')}&FilePath={quote(file.path)}")
+    return model.source
+
+
+def modelscope_cache(store: Store) -> Path:
+    return store.base / "modelscope"
+
+
+def _ms_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
+    """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it."""
+    root = modelscope_cache(store) / "models" / model.source.removeprefix("ms://").replace(
+        "/", "--")
+    snapshot = root / "snapshots" / (model.revision or "master")
+    (root / "snapshots").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".building-", dir=root / "snapshots"))
+    try:
+        for file in model.files:
+            link = work / file.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(blobs[file.path], link.parent), link)
+        work.chmod(0o755)
+        # A revision's files can change between locks (no commits on ModelScope): the new
+        # snapshot replaces the old one in two renames, never leaving it half written.
+        if snapshot.exists():
+            old = root / "snapshots" / f".old-{os.getpid()}"
+            os.rename(snapshot, old)
+            os.rename(work, snapshot)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(work, snapshot)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return snapshot

@@ -156,3 +156,55 @@ def test_a_killed_sync_resumes_the_large_file_it_was_fetching(hub, make_index, p
     assert resumed.startswith("bytes=") and int(resumed[6:].rstrip("-")) >= have
     (link,) = (hf / "snapshots").glob("*/model.safetensors")
     assert hashlib.sha256(link.read_bytes()).hexdigest() == hashlib.sha256(big).hexdigest()
+
+
+@pytest.fixture
+def modelscope(monkeypatch: pytest.MonkeyPatch):
+    from tests.support.ms_hub import FakeModelScope
+
+    fake = FakeModelScope()
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
+    monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
+    yield fake
+    fake.close()
+
+
+def test_modelscope_models_are_pinned_by_file_hashes_and_load_offline(modelscope, make_index,
+                                                                      project):
+    files = {"configuration.json": b'{"task": "asr"}', "model.pt": WEIGHTS,
+             "sub/am.mvn": b"mvn"}
+    modelscope.repos["iic/tiny-asr"] = {"master": dict(files)}
+    setup(project, make_index().url, '[models.asr]\nsource = "ms://iic/tiny-asr"\n')
+    lock = project.lock()
+    (entry,) = lock.models
+    assert entry["revision"] == "master" and "commit" not in entry
+    assert {f["path"]: f["sha256"] for f in entry["files"]} == {
+        p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
+    code, err = sync(project, "--frozen")
+    assert code == 0, err
+    values = exports(project)
+    modelscope.close()
+    probe = ("import json, os; from modelscope import snapshot_download\n"
+             "folder = snapshot_download('iic/tiny-asr', local_files_only=True)\n"
+             "found = {}\n"
+             "for root, _, names in os.walk(folder):\n"
+             "    for n in names:\n"
+             "        p = os.path.join(root, n)\n"
+             "        found[os.path.relpath(p, folder)] = open(p, 'rb').read().hex()\n"
+             "print(json.dumps(found))\n")
+    env = {**os.environ, "MODELSCOPE_CACHE": values["MODELSCOPE_CACHE"]}
+    env.pop("MODELSCOPE_ENDPOINT", None)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        p: d.hex() for p, d in files.items()}
+
+
+def test_a_modelscope_file_changed_upstream_fails_the_sync(modelscope, make_index, project):
+    modelscope.repos["iic/moving"] = {"master": {"model.pt": WEIGHTS}}
+    setup(project, make_index().url, '[models.m]\nsource = "ms://iic/moving"\n')
+    project.lock()
+    modelscope.repos["iic/moving"]["master"]["model.pt"] = b"new" + WEIGHTS[3:]
+    code, err = sync(project, "--frozen")
+    assert code == 1 and "model 'm': model.pt from" in err and "changed upstream" in err
