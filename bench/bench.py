@@ -1,6 +1,6 @@
 """gpulock vs uv, side by side, in one run, on the same manifests.
 
-    .venv/bin/python bench/bench.py [--runs 3] [--only lock|sync]
+    .venv/bin/python bench/bench.py [--runs 3] [--only lock|sync|models]
 
 Each step runs as a child process; wall time is the median of --runs runs, peak memory
 is the child's maximum RSS (wait4), filesystem operations are the syscalls strace counts
@@ -13,7 +13,11 @@ target (x86_64-manylinux, the manifest's Python).
 
 sync: `gpulock sync` vs `uv pip sync` of the same PEP 751 lock, made from --sync-manifest
 (default: the real torch 2.13.0+cpu wheel and transformers from the local mirror, which
-needs no network). Benchmarks are not tests: nothing here asserts a timing.
+needs no network).
+
+models: `gpulock sync --models-only` vs `huggingface_hub.snapshot_download` of the same
+repository (4 safetensors shards and a config, --model-mib in all) from one fake hub on
+127.0.0.1. Benchmarks are not tests: nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from uv import find_uv_bin
 
@@ -241,22 +246,85 @@ def sync_table(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def _serve_hub(mib: int, connection: Any) -> None:
+    import time
+
+    from tests.support.hf_hub import FakeHub
+
+    hub = FakeHub()
+    files = {f"model-0000{i}-of-00004.safetensors": os.urandom(mib // 4 * 2**20)
+             for i in range(1, 5)}
+    files["config.json"] = b'{"hidden_size": 8}'
+    hub.repo("bench/model").commit(files)
+    connection.send((hub.url, sum(len(d) for d in files.values()), len(files)))
+    while True:
+        time.sleep(3600)
+
+
+def models_table(args: argparse.Namespace) -> None:
+    """Model download throughput: gpulock vs huggingface_hub, same fake hub, same files."""
+    import multiprocessing
+
+    work = Path(tempfile.mkdtemp(prefix="gpulock-bench-models-"))
+    # The hub holds the files in its own process: children forked from a process holding
+    # them would report its memory as their peak.
+    parent, child = multiprocessing.Pipe()
+    server = multiprocessing.Process(target=_serve_hub, args=(args.model_mib, child),
+                                     daemon=True)
+    server.start()
+    url, total, count = parent.recv()
+    (work / "gpu.toml").write_text(
+        f'[project]\nname = "bench-models"\npython = "{platform.python_version()[:4]}"\n'
+        '[groups.main]\npackages = []\n[models.m]\nsource = "hf://bench/model"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": url,
+           "HF_HUB_DISABLE_XET": "1", "GPULOCK_CACHE": str(work / "gp-cache"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("HF_TOKEN", None)
+    subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env, check=True,
+                   stderr=subprocess.DEVNULL)
+    store, cache = work / "store", work / "hf-cache"
+    ours = repeat(args.runs, lambda: shutil.rmtree(store, ignore_errors=True),
+                  [sys.executable, "-m", "gpulock", "sync", "--models-only", "--frozen",
+                   "--store", str(store)], env, work)
+    theirs = repeat(args.runs, lambda: shutil.rmtree(cache, ignore_errors=True),
+                    [sys.executable, "-c", "from huggingface_hub import snapshot_download; "
+                     f"snapshot_download('bench/model', cache_dir={str(cache)!r})"], env, work)
+    server.terminate()
+    mib = total / 2**20
+    print(f"# models: {count} files, {mib:.0f} MiB from a fake hub on 127.0.0.1 "
+          "(one Python server process for both), sha256 checked by both")
+    print()
+    print("| step | gpulock | huggingface_hub | ratio (throughput) | gpulock peak MiB | "
+          "hf peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| cold model download | {mib / ours.seconds:.0f} MiB/s ({ours.seconds:.2f}s) | "
+          f"{mib / theirs.seconds:.0f} MiB/s ({theirs.seconds:.2f}s) | "
+          f"{theirs.seconds / ours.seconds:.2f}x | {ours.peak_mib:.0f} | "
+          f"{theirs.peak_mib:.0f} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", default=str(ROOT / "gpu.toml.example"))
     parser.add_argument("--sync-manifest", default=str(ROOT / "bench" / "torch-cpu.gpu.toml"))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", choices=["lock", "sync"])
+    parser.add_argument("--only", choices=["lock", "sync", "models"])
+    parser.add_argument("--model-mib", type=int, default=512,
+                        help="size of the benchmark model (default 512 MiB)")
     args = parser.parse_args()
     uv_version = subprocess.run([find_uv_bin(), "--version"], capture_output=True,
                                 text=True).stdout.strip()
     print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{uv_version}, median of {args.runs} runs")
-    if args.only != "sync":
+    if args.only in (None, "lock"):
         lock_table(args)
         print()
-    if args.only != "lock":
+    if args.only in (None, "sync"):
         sync_table(args)
+        print()
+    if args.only in (None, "models"):
+        models_table(args)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
               headers: dict[str, str], part: Path, expected: str) -> Path:
     from gpulock.http import Http, redact
 
-    sha256, git = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % file.size)
+    # Small git files are pinned by their blob sha1; LFS files need only the sha256.
+    sha256, git = hashlib.sha256(), _GitHash(file)
     size = 0
     if part.is_file() and part.stat().st_size <= file.size:
         with part.open("rb") as handle:
@@ -112,7 +113,7 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
     if size < file.size or not size:
         with Http().stream(url, wanted) as (response, body):
             if response.status == 200 and size:
-                sha256, git = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % file.size)
+                sha256, git = hashlib.sha256(), _GitHash(file)
                 size = 0  # the server ignored the Range: start over
                 part.unlink(missing_ok=True)
             elif response.status not in (200, 206):
@@ -138,6 +139,20 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
     if not file.sha256 and file.git_sha1:
         _link(_git_index(store, file.git_sha1), blob)
     return blob
+
+
+class _GitHash:
+    """A git blob sha1 that costs nothing for files that are not pinned by one."""
+
+    def __init__(self, file: ModelFile) -> None:
+        self.digest = None if file.sha256 else hashlib.sha1(b"blob %d\0" % file.size)
+
+    def update(self, chunk: bytes) -> None:
+        if self.digest is not None:
+            self.digest.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest() if self.digest is not None else ""
 
 
 def _link(link: Path, target: Path, relative: bool = True) -> None:
