@@ -250,6 +250,9 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
             _hf_view(store, model, blobs)
         elif model.source.startswith("ms://"):
             _ms_view(store, model, blobs)
+        else:
+            for file in model.files:  # a plain download: `files/<model>/<filename>`
+                _link(store.base / "files" / model.name / file.path, blobs[file.path])
     return len(work), sum(f.size for _, f, _ in work.values())
 
 

@@ -109,7 +109,7 @@ def test_missing_repos_and_revisions_are_one_sentence(hub, make_index, project, 
     assert "Traceback" not in result.err
 
 
-def test_an_https_file_is_pinned_by_its_sha256(make_index, project):
+def test_an_https_file_is_pinned_by_its_sha256_and_synced_as_a_file(make_index, project):
     index = make_index()
     (index.folder / "weights.bin").write_bytes(WEIGHTS)
     url = index.url.replace("/simple", "/files/weights.bin")
@@ -117,6 +117,10 @@ def test_an_https_file_is_pinned_by_its_sha256(make_index, project):
     entry = model_entry(project, "w")
     assert entry["files"] == [{"path": "weights.bin", "size": len(WEIGHTS),
                                "sha256": hashlib.sha256(WEIGHTS).hexdigest()}]
+    store = project.root / "store"
+    result = project.gpulock("sync", "--models-only", "--store", str(store))
+    assert result.code == 0, result.err
+    assert (store / "v1" / "files" / "w" / "weights.bin").read_bytes() == WEIGHTS
 
 
 def safetensors(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
