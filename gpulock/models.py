@@ -52,6 +52,7 @@ class PinnedModel:
     files: tuple[ModelFile, ...]
     # From the safetensors headers: parameters, bytes of weights, dtypes.
     weights: tuple[tuple[str, Any], ...] = ()
+    extract: bool = False
 
     @property
     def size(self) -> int:
@@ -69,13 +70,16 @@ class PinnedModel:
             entry["exclude"] = list(self.exclude)
         if self.weights:
             entry["weights"] = dict(self.weights)
+        if self.extract:
+            entry["extract"] = True
         entry["files"] = [f.as_dict() for f in sorted(self.files, key=lambda f: f.path)]
         return entry
 
     def matches(self, model: Model) -> bool:
         """Whether this pin was made for the same request (source, revision, filters)."""
-        return (self.source, self.revision, self.include, self.exclude) == (
-            model.source, requested_revision(model), model.include, model.exclude)
+        return (self.source, self.revision, self.include, self.exclude, self.extract) == (
+            model.source, requested_revision(model), model.include, model.exclude,
+            model.extract)
 
 
 def requested_revision(model: Model) -> str | None:
@@ -92,7 +96,8 @@ def from_dict(entry: dict[str, Any]) -> PinnedModel:
         exclude=tuple(entry.get("exclude", ())),
         files=tuple(ModelFile(f["path"], f["size"], f.get("sha256"), f.get("git-sha1"))
                     for f in entry.get("files", ())),
-        weights=tuple(sorted(entry.get("weights", {}).items())))
+        weights=tuple(sorted(entry.get("weights", {}).items())),
+        extract=bool(entry.get("extract", False)))
 
 
 def pin(model: Model) -> PinnedModel:
@@ -270,4 +275,5 @@ def _pin_url(model: Model) -> PinnedModel:
     name = unquote(urlsplit(model.source).path.rsplit("/", 1)[-1]) or "download"
     return PinnedModel(name=model.name, source=model.source, revision=None, commit=None,
                        include=(), exclude=(),
-                       files=(ModelFile(path=name, size=size, sha256=digest.hexdigest()),))
+                       files=(ModelFile(path=name, size=size, sha256=digest.hexdigest()),),
+                       extract=model.extract)

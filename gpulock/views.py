@@ -250,10 +250,60 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
             _hf_view(store, model, blobs)
         elif model.source.startswith("ms://"):
             _ms_view(store, model, blobs)
+        elif model.extract:
+            (file,) = model.files
+            tree = _extracted(store, model, file, blobs[file.path])
+            _link(store.base / "files" / model.name, tree)
         else:
             for file in model.files:  # a plain download: `files/<model>/<filename>`
                 _link(store.base / "files" / model.name / file.path, blobs[file.path])
     return len(work), sum(f.size for _, f, _ in work.values())
+
+
+def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) -> Path:
+    """The archive unpacked once into `trees/<archive sha256>/`, complete or absent."""
+    import tarfile
+    import zipfile
+
+    tree = store.base / "trees" / str(file.sha256)
+    if tree.is_dir():
+        return tree
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".building-", dir=tree.parent))
+    try:
+        if zipfile.is_zipfile(blob):
+            with zipfile.ZipFile(blob) as archive:
+                _refuse_escapes(model, [i.filename for i in archive.infolist()])
+                archive.extractall(work)
+        elif tarfile.is_tarfile(blob):
+            with tarfile.open(blob) as archive:
+                members = archive.getmembers()
+                _refuse_escapes(model, [m.name for m in members]
+                                + [m.linkname for m in members if m.issym() or m.islnk()])
+                archive.extractall(work, filter="data")
+        else:
+            raise GpulockError(f"model '{model.name}': {file.path} is not a zip or tar archive "
+                               "this gpulock can extract (7z and rar are not supported); set "
+                               "extract = false to keep it as one file")
+        work.chmod(0o755)
+        try:
+            os.rename(work, tree)
+        except OSError:
+            if not tree.is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tree
+
+
+def _refuse_escapes(model: PinnedModel, names: list[str]) -> None:
+    import posixpath
+
+    for name in names:
+        normal = posixpath.normpath(name)
+        if name.startswith("/") or normal == ".." or normal.startswith("../"):
+            raise GpulockError(f"model '{model.name}': the archive holds {name!r}, outside its "
+                               "own tree; nothing was extracted")
 
 
 def _url(model: PinnedModel, file: ModelFile, hf_endpoint: str) -> str:

@@ -159,3 +159,42 @@ def test_lock_reports_parameters_dtypes_and_weight_memory_from_headers(hub, make
                                 "bytes": (64 * 128 + 128) * 2 + 256 * 256 * 4}
     # Only the headers were read: two small ranges per shard, never the tensors.
     assert all(r.startswith("bytes=") for f, r in hub.ranges if f.endswith(".safetensors"))
+
+
+def test_an_archive_with_extract_is_unpacked_once_into_a_tree(make_index, project):
+    import io
+    import tarfile
+
+    index = make_index()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in {"scene/images/0.txt": b"zero", "scene/calib.txt": b"K"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    (index.folder / "scene.tar.gz").write_bytes(buffer.getvalue())
+    url = index.url.replace("/simple", "/files/scene.tar.gz")
+    write(project, index, f'[models.scene]\nsource = "{url}"\nextract = true\n')
+    assert model_entry(project, "scene")["extract"] is True
+    store = project.root / "store"
+    result = project.gpulock("sync", "--models-only", "--store", str(store))
+    assert result.code == 0, result.err
+    view = store / "v1" / "files" / "scene"
+    assert (view / "scene" / "images" / "0.txt").read_bytes() == b"zero"
+    assert (view / "scene" / "calib.txt").read_bytes() == b"K"
+
+
+def test_an_archive_escaping_its_tree_is_refused(make_index, project):
+    import io
+    import zipfile
+
+    index = make_index()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("../evil.txt", b"x")
+    (index.folder / "evil.zip").write_bytes(buffer.getvalue())
+    url = index.url.replace("/simple", "/files/evil.zip")
+    write(project, index, f'[models.evil]\nsource = "{url}"\nextract = true\n')
+    result = project.gpulock("sync", "--models-only", "--store", str(project.root / "store"))
+    assert result.code == 1 and "outside its own tree; nothing was extracted" in result.err
+    assert not (project.root / "store" / "v1" / "files" / "evil").exists()
