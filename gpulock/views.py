@@ -18,9 +18,11 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from gpulock.errors import GpulockError
@@ -28,6 +30,8 @@ from gpulock.models import ModelFile, PinnedModel
 from gpulock.store import Store
 
 _CHUNK = 1 << 20
+PARALLEL_FROM = 64 * 2**20  # files this large may download as parallel ranges
+RANGE_MIN = 16 * 2**20
 Log = Callable[[str], None]
 
 
@@ -75,7 +79,7 @@ def stored_blob(store: Store, file: ModelFile) -> Path | None:
 
 
 def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
-              headers: dict[str, str]) -> Path:
+              headers: dict[str, str], ranges: int = 1) -> Path:
     """Stream one file into the blob store, verifying size and hash; return its blob.
 
     The partial file is kept as `tmp/models/<expected hash>.part`: a sync killed mid-file
@@ -91,13 +95,16 @@ def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
         blob = stored_blob(store, file)
         if blob is not None:
             return blob
-        return _continue(store, model, file, url, headers, part, expected)
+        return _continue(store, model, file, url, headers, part, expected, ranges)
 
 
 def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
-              headers: dict[str, str], part: Path, expected: str) -> Path:
+              headers: dict[str, str], part: Path, expected: str, ranges: int) -> Path:
     from gpulock.http import Http, redact
 
+    if (ranges > 1 and file.size >= PARALLEL_FROM
+            and _ranged(model, file, url, headers, part, ranges)):
+        return _publish(store, model, file, url, part, expected, *_hash_part(part, file))
     # Small git files are pinned by their blob sha1; LFS files need only the sha256.
     sha256, git = hashlib.sha256(), _GitHash(file)
     size = 0
@@ -125,6 +132,84 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
                     sha256.update(chunk)
                     git.update(chunk)
                     size += len(chunk)
+    return _publish(store, model, file, url, part, expected, sha256, git, size)
+
+
+def _hash_part(part: Path, file: ModelFile) -> tuple[Any, Any, int]:
+    sha256, git, size = hashlib.sha256(), _GitHash(file), 0
+    with part.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            sha256.update(chunk)
+            git.update(chunk)
+            size += len(chunk)
+    return sha256, git, size
+
+
+def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, str],
+            part: Path, ranges: int) -> bool:
+    """Fetch a large file as parallel ranges written in place; False if ranges are refused.
+
+    `<part>.ranges` lists the ranges already complete, so a killed sync fetches only the
+    rest. The whole file is hashed afterwards; a bad byte anywhere still fails the sync.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpulock.http import Http, redact
+
+    count = max(1, min(ranges, -(-file.size // RANGE_MIN)))
+    step = -(-file.size // count)
+    spans = [(i * step, min(file.size, (i + 1) * step) - 1) for i in range(count)]
+    state = part.with_suffix(".ranges")
+    try:
+        done = set(json.loads(state.read_text())) if part.is_file() else set()
+    except (OSError, ValueError):
+        done = set()
+    if not done:
+        part.unlink(missing_ok=True)
+    with part.open("ab") as handle:
+        if handle.tell() < file.size:
+            handle.truncate(file.size)
+    lock = threading.Lock()
+    refused = threading.Event()
+    http = Http()
+
+    def fetch(index: int) -> None:
+        start, end = spans[index]
+        with http.stream(url, {**headers, "Range": f"bytes={start}-{end}"}) as (response, body):
+            if response.status == 200:
+                refused.set()  # the server sends the whole file: not worth it per range
+                return
+            if response.status != 206:
+                raise GpulockError(f"model '{model.name}': {file.path} could not be "
+                                   f"downloaded from {redact(url)} (HTTP {response.status})")
+            fd = os.open(part, os.O_WRONLY)
+            try:
+                offset = start
+                while chunk := body.read(_CHUNK):
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+            finally:
+                os.close(fd)
+        with lock:
+            done.add(index)
+            temporary = state.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(sorted(done)))
+            os.replace(temporary, state)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        list(pool.map(fetch, [i for i in range(count) if i not in done]))
+    if refused.is_set():
+        part.unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
+        return False
+    state.unlink(missing_ok=True)
+    return True
+
+
+def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: Path,
+             expected: str, sha256: Any, git: Any, size: int) -> Path:
+    from gpulock.http import redact
+
     actual = sha256.hexdigest() if file.sha256 else git.hexdigest()
     if size != file.size or actual != expected:
         part.unlink(missing_ok=True)
@@ -240,7 +325,10 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
             model, file, url = work[key]
             auth = (headers if model.source.startswith("hf://") else
                     ms_headers if model.source.startswith("ms://") else {})
-            found[key] = _download(store, model, file, url, auth)
+            # Parallelism is a budget: a lone 10 GB file gets all of it as ranges, files
+            # that already fill the pool get one stream each (more only adds contention).
+            found[key] = _download(store, model, file, url, auth,
+                                   ranges=max(1, jobs // len(work)))
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(fetch, list(work)))

@@ -208,3 +208,50 @@ def test_a_modelscope_file_changed_upstream_fails_the_sync(modelscope, make_inde
     modelscope.repos["iic/moving"]["master"]["model.pt"] = b"new" + WEIGHTS[3:]
     code, err = sync(project, "--frozen")
     assert code == 1 and "model 'm': model.pt from" in err and "changed upstream" in err
+
+
+def test_a_large_file_arrives_as_parallel_ranges_and_resumes_only_the_missing_ones(
+        hub, make_index, project, monkeypatch):
+    from gpulock import views
+
+    monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
+    monkeypatch.setattr(views, "RANGE_MIN", 2**20)
+    big = os.urandom(4 * 2**20)
+    hub.repo("org/big").commit({"model.safetensors": big})
+    setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
+    project.lock()
+    # What a killed sync leaves: range 0 written and recorded, the rest not.
+    part = (project.root / "store" / "v1" / "tmp" / "models"
+            / f"{hashlib.sha256(big).hexdigest()}.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(big[: 2**20] + bytes(3 * 2**20))
+    part.with_suffix(".ranges").write_text("[0]")
+    hub.ranges.clear()  # the lock read the safetensors header with a range of its own
+    code, err = sync(project, "--models-only", "--frozen")
+    assert code == 0, err
+    asked = sorted(r for f, r in hub.ranges if f == "model.safetensors")
+    assert asked == [f"bytes={i * 2**20}-{(i + 1) * 2**20 - 1}" for i in (1, 2, 3)]
+    (link,) = (project.root / "store" / "v1" / "hf" / "models--org--big" / "snapshots"
+               ).glob("*/model.safetensors")
+    assert link.read_bytes() == big
+
+
+def test_a_corrupt_range_fails_the_whole_file(hub, make_index, project, monkeypatch):
+    from gpulock import views
+
+    monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
+    monkeypatch.setattr(views, "RANGE_MIN", 2**20)
+    big = os.urandom(3 * 2**20)
+    hub.repo("org/big").commit({"model.safetensors": big})
+    setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
+    project.lock()
+    part = (project.root / "store" / "v1" / "tmp" / "models"
+            / f"{hashlib.sha256(big).hexdigest()}.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 2**20 + bytes(2 * 2**20))  # range 0 "done", but wrong bytes
+    part.with_suffix(".ranges").write_text("[0]")
+    code, err = sync(project, "--models-only", "--frozen")
+    assert code == 1 and "nothing was stored" in err
+    assert not part.exists()
+    code, err = sync(project, "--models-only", "--frozen")  # the next sync starts over
+    assert code == 0, err
