@@ -19,8 +19,9 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
-from resolvelib import AbstractProvider, BaseReporter, Resolver
+from resolvelib import AbstractProvider, BaseReporter
 from resolvelib.resolvers import ResolutionImpossible, ResolutionTooDeep
+from resolvelib.resolvers.resolution import Resolution as _Resolvelib
 
 from gpulock.errors import ResolutionError
 
@@ -217,24 +218,23 @@ def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
         requirements.append(req)
     finder.prefetch(requirements)
     try:
-        result = Resolver(provider, BaseReporter()).resolve(requirements, max_rounds=20000)
+        state = _Resolvelib(provider, BaseReporter()).resolve(requirements, max_rounds=20000)
     except ResolutionImpossible as exc:
         raise _explain(exc, provider, finder, target) from None
     except ResolutionTooDeep:
         raise ResolutionError(f"gave up resolving for {target}: too many backtracking "
                               "rounds; pin the packages that conflict more tightly") from None
+    mapping, edges = _reachable(state)
 
     pins: dict[NormalizedName, Candidate] = {}
-    for candidate in result.mapping.values():
+    for candidate in mapping.values():
         pins.setdefault(candidate.name, Candidate(candidate.name, candidate.version,
                                                   candidate.source, url=candidate.url))
     dependencies: dict[NormalizedName, set[NormalizedName]] = {name: set() for name in pins}
-    for key in result.mapping:
-        parent = result.mapping[key].name
-        for child in result.graph.iter_children(key):
-            child_name = result.mapping[child].name
-            if child_name != parent:
-                dependencies[parent].add(child_name)
+    for parent_key, child_key in edges:
+        parent, child = mapping[parent_key].name, mapping[child_key].name
+        if child != parent:
+            dependencies[parent].add(child)
     groups: dict[NormalizedName, set[str]] = {name: set() for name in pins}
     for group, requirement in roots:
         name = canonicalize_name(requirement.name)
@@ -248,6 +248,39 @@ def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
     return Resolution(pins=pins,
                       dependencies={k: sorted(v) for k, v in dependencies.items()},
                       groups={k: sorted(v) for k, v in groups.items()})
+
+
+def _reachable(state: Any) -> tuple[dict[str, Candidate], set[tuple[str, str]]]:
+    """The pins reachable from the roots, and the edges between them.
+
+    resolvelib's own result builder walks parents recursively without remembering what it
+    visited, and recurses forever when backtracking leaves a parent cycle that no longer
+    reaches the roots (found by the property test). This is the same walk, iterative.
+    """
+    mapping: dict[str, Candidate] = dict(state.mapping)
+    key_of = {id(candidate): key for key, candidate in mapping.items()}
+    parents: dict[str, set[str | None]] = {}
+    for key in mapping:
+        criterion = state.criteria.get(key)
+        found: set[str | None] = set()
+        for parent in criterion.iter_parent() if criterion is not None else ():
+            if parent is None:
+                found.add(None)
+            elif id(parent) in key_of:
+                found.add(key_of[id(parent)])
+        parents[key] = found
+    connected: set[str | None] = {None}
+    changed = True
+    while changed:
+        changed = False
+        for key, found in parents.items():
+            if key not in connected and found & connected:
+                connected.add(key)
+                changed = True
+    kept = {key: c for key, c in mapping.items() if key in connected}
+    edges = {(parent, key) for key, found in parents.items() if key in kept
+             for parent in found if parent is not None and parent in kept}
+    return kept, edges
 
 
 def _chain(req: Req, parent: Candidate | None, provider: _Provider) -> str:

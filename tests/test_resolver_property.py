@@ -114,3 +114,20 @@ def test_preferred_pins_are_kept_whenever_they_still_fit(case, data):
     # With the same inputs and its own answer as preferences, the resolver returns it.
     again = resolve([("main", Requirement(r)) for r in roots], finder, ENV, preferred=preferred)
     assert {n: c.version for n, c in again.pins.items()} == preferred
+
+
+def test_a_parent_cycle_left_behind_by_backtracking_still_resolves():
+    # Found by the property test above: resolvelib's own result builder recursed forever on
+    # the b <-> a <-> c parent cycle that backtracking leaves in its criteria.
+    graph: Graph = {
+        "a": {"2": [], "3": ["b!=3"], "1": ["c"]},
+        "b": {"2": ["a<2", "a>1,<3"], "1": ["a==1", "c!=3"]},
+        "c": {"1": ["b"]},
+        "d": {},
+    }
+    first = resolve([("main", Requirement("a"))], GraphFinder(graph), ENV)
+    pins = {name: str(c.version) for name, c in first.pins.items()}
+    assert consistent(graph, ["a"], pins)
+    preferred = {name: c.version for name, c in first.pins.items()}
+    again = resolve([("main", Requirement("a"))], GraphFinder(graph), ENV, preferred=preferred)
+    assert {n: c.version for n, c in again.pins.items()} == preferred
