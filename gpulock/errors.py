@@ -36,3 +36,11 @@ class ResolutionError(GpulockError):
 
 class FetchError(GpulockError):
     """An index or file server failed, or served something that cannot be used."""
+
+
+class HashMismatchError(GpulockError):
+    """Downloaded bytes differ from the lock; `resumed` when some came from an earlier run."""
+
+    def __init__(self, message: str, *, resumed: bool = False) -> None:
+        super().__init__(message)
+        self.resumed = resumed

@@ -1,7 +1,8 @@
 """Downloading locked files: streamed, verified, resumable, in parallel.
 
-A download is written to `tmp/downloads/<sha256>/.part`; a killed sync leaves the part,
-and the next one continues it with a Range request after re-hashing what is there.
+A download is written to `tmp/downloads/<sha256>/wheel.part.<writer>`; a killed sync leaves
+the part, and the next one claims it and continues it with a Range request after re-hashing
+what is there.
 Only a file whose size and sha256 match the lock is ever handed on; a mismatch deletes
 the part and says package, URL, expected and actual hash.
 """
@@ -13,9 +14,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from gpulock import faults
 from gpulock.errors import FetchError, GpulockError
 from gpulock.http import Http, redact
 from gpulock.lockfile import FileRef
+from gpulock.scratch import claim_partial
 
 _CHUNK = 1 << 20
 Progress = Callable[[int], None]
@@ -46,14 +49,25 @@ def fetch(ref: FileRef, label: str, folder: Path, http: Http,
         if progress:
             progress(size)
         return path
-    # The wheel keeps its own filename (installers read name and tags from it).
+    # The wheel keeps its own filename (installers read name and tags from it). A verified
+    # download is shared: racing writers replace it with the same bytes.
     final = folder / ref.sha256 / ref.name
     if final.is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    part = folder / ref.sha256 / ".part"
+    part = claim_partial(folder / ref.sha256, "wheel")
+    try:
+        return _download(ref, label, part, final, http, progress)
+    except BaseException:
+        if not part.is_file() or part.stat().st_size == 0:
+            part.unlink(missing_ok=True)
+        raise
+
+
+def _download(ref: FileRef, label: str, part: Path, final: Path, http: Http,
+              progress: Progress | None) -> Path:
     digest = hashlib.sha256()
     have = _hash_file(part, digest) if part.is_file() else 0
+    resumed = have > 0
     if have > ref.size:
         part.unlink()
         digest, have = hashlib.sha256(), 0
@@ -73,10 +87,13 @@ def fetch(ref: FileRef, label: str, folder: Path, http: Http,
                     have += len(chunk)
                     if progress:
                         progress(len(chunk))
+                    faults.point("download", part)
     try:
         _check(ref, label, digest.hexdigest(), have, None)
     except GpulockError:
         part.unlink(missing_ok=True)
+        if resumed:  # the bytes kept from before may be the bad ones: once more, whole
+            return _download(ref, label, part, final, http, progress)
         raise
     os.replace(part, final)
     return final

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from gpulock.errors import GpulockError
+from gpulock import faults
+from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.models import ModelFile, PinnedModel
+from gpulock.scratch import claim_partial
 from gpulock.store import Store
 
 _CHUNK = 1 << 20
@@ -82,29 +84,46 @@ def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
               headers: dict[str, str], ranges: int = 1) -> Path:
     """Stream one file into the blob store, verifying size and hash; return its blob.
 
-    The partial file is kept as `tmp/models/<expected hash>.part`: a sync killed mid-file
-    continues it with a Range request after re-hashing what is already there.
+    The partial file is `tmp/models/<expected hash>.part.<writer>`: a sync killed mid-file
+    leaves it, and the next one claims it and continues with Range requests after
+    re-hashing what is already there.
     """
     expected = file.sha256 or file.git_sha1 or ""
-    part = store.tmp / "models" / f"{expected}.part"
-    part.parent.mkdir(parents=True, exist_ok=True)
-    # Another sync may be writing this part: wait for it rather than repeat its download
-    # (flock only saves work; the hash check in _continue is what guarantees the bytes).
-    with part.with_suffix(".lock").open("a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+    folder = store.tmp / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    # Another sync on this host may be fetching the same file: wait for it rather than
+    # repeat its download. flock only saves work (network volumes ignore it); the claimed
+    # partial and the hash check are what keep the bytes right.
+    with (folder / f"{expected}.lock").open("a") as guard:
+        if not os.environ.get("GPULOCK_NO_FLOCK"):
+            fcntl.flock(guard, fcntl.LOCK_EX)
         blob = stored_blob(store, file)
         if blob is not None:
             return blob
-        return _continue(store, model, file, url, headers, part, expected, ranges)
+        part = claim_partial(folder, expected)
+        try:
+            return _continue(store, model, file, url, headers, part, expected, ranges)
+        except HashMismatchError as exc:
+            if not exc.resumed:
+                raise
+            # Bytes kept from an earlier run failed the hash: fetch the file once more, whole.
+            part.unlink(missing_ok=True)
+            Path(f"{part}.ranges").unlink(missing_ok=True)
+            return _continue(store, model, file, url, headers, part, expected, ranges)
+        finally:
+            if part.is_file() and part.stat().st_size == 0:
+                part.unlink(missing_ok=True)
 
 
 def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
               headers: dict[str, str], part: Path, expected: str, ranges: int) -> Path:
     from gpulock.http import Http, redact
 
+    resumed = part.is_file() and part.stat().st_size > 0
     if (ranges > 1 and file.size >= PARALLEL_FROM
             and _ranged(model, file, url, headers, part, ranges)):
-        return _publish(store, model, file, url, part, expected, *_hash_part(part, file))
+        return _publish(store, model, file, url, part, expected, *_hash_part(part, file),
+                        resumed=resumed)
     # Small git files are pinned by their blob sha1; LFS files need only the sha256.
     sha256, git = hashlib.sha256(), _GitHash(file)
     size = 0
@@ -132,7 +151,9 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
                     sha256.update(chunk)
                     git.update(chunk)
                     size += len(chunk)
-    return _publish(store, model, file, url, part, expected, sha256, git, size)
+                    faults.point("model", part)
+    return _publish(store, model, file, url, part, expected, sha256, git, size,
+                    resumed=resumed)
 
 
 def _hash_part(part: Path, file: ModelFile) -> tuple[Any, Any, int]:
@@ -159,7 +180,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
     count = max(1, min(ranges, -(-file.size // RANGE_MIN)))
     step = -(-file.size // count)
     spans = [(i * step, min(file.size, (i + 1) * step) - 1) for i in range(count)]
-    state = part.with_suffix(".ranges")
+    state = Path(f"{part}.ranges")
     try:
         done = set(json.loads(state.read_text())) if part.is_file() else set()
     except (OSError, ValueError):
@@ -192,7 +213,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
                 os.close(fd)
         with lock:
             done.add(index)
-            temporary = state.with_suffix(f".{os.getpid()}.tmp")
+            temporary = Path(f"{state}.{os.getpid()}.tmp")
             temporary.write_text(json.dumps(sorted(done)))
             os.replace(temporary, state)
 
@@ -207,16 +228,18 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
 
 
 def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: Path,
-             expected: str, sha256: Any, git: Any, size: int) -> Path:
+             expected: str, sha256: Any, git: Any, size: int, resumed: bool) -> Path:
     from gpulock.http import redact
 
     actual = sha256.hexdigest() if file.sha256 else git.hexdigest()
     if size != file.size or actual != expected:
         part.unlink(missing_ok=True)
-        raise GpulockError(f"model '{model.name}': {file.path} from {redact(url)} has "
-                           f"{'sha256' if file.sha256 else 'git sha1'} {actual} ({size} "
-                           f"bytes), but the lock says {expected} ({file.size} bytes): it "
-                           "changed upstream since the lock; nothing was stored")
+        Path(f"{part}.ranges").unlink(missing_ok=True)
+        raise HashMismatchError(f"model '{model.name}': {file.path} from {redact(url)} has "
+                                f"{'sha256' if file.sha256 else 'git sha1'} {actual} "
+                                f"({size} bytes), but the lock says {expected} ({file.size} "
+                                "bytes): it changed upstream since the lock; nothing was "
+                                "stored", resumed=resumed)
     blob = _blob(store, sha256.hexdigest())
     blob.parent.mkdir(parents=True, exist_ok=True)
     part.chmod(0o444)

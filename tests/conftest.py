@@ -103,3 +103,13 @@ def project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Project:
 
 def clear_cache(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def dead_writers_part(folder: Path, stem: str) -> Path:
+    """The name a partial download of `stem` has after its sync on this host was killed."""
+    from gpulock.scratch import HOST
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{stem}.part.{HOST}~{gone.pid}~0badc0de"

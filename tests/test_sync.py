@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpulock.cli import main
-from tests.conftest import Project
+from tests.conftest import Project, dead_writers_part
 from tests.support.dists import make_wheel
 
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -291,8 +291,8 @@ def test_a_partial_download_is_resumed_with_a_range_request(make_index, project:
     lock = project.lock()
     ref = lock.package("big").wheel
     # What a sync killed mid-download leaves behind: the first half, under its hash.
-    part = project.root / "store" / "v1" / "tmp" / "downloads" / ref.sha256 / ".part"
-    part.parent.mkdir(parents=True)
+    part = dead_writers_part(project.root / "store" / "v1" / "tmp" / "downloads" / ref.sha256,
+                             "wheel")
     part.write_bytes(wheel.read_bytes()[: ref.size // 2])
     index.requests.clear()
     code, err = sync(project, "--frozen")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project
+from tests.conftest import Project, dead_writers_part
 from tests.support.hf_hub import FakeHub
 
 WEIGHTS = os.urandom(300_000)
@@ -132,19 +132,19 @@ def test_a_killed_sync_resumes_the_large_file_it_was_fetching(hub, make_index, p
     setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
     project.lock()
     hub.slow = 0.05  # 30 MiB at ~5 MiB/s: about six seconds
-    part = (project.root / "store" / "v1" / "tmp" / "models"
-            / f"{hashlib.sha256(big).hexdigest()}.part")
+    parts = project.root / "store" / "v1" / "tmp" / "models"
     child = subprocess.Popen([sys.executable, "-m", "gpulock", "sync", "--models-only",
                               "--frozen", "--manifest", str(project.manifest), "--store",
                               str(project.root / "store")], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if part.is_file() and part.stat().st_size > 4 * 2**20:
+        found = list(parts.glob(f"{hashlib.sha256(big).hexdigest()}.part.*"))
+        if found and found[0].stat().st_size > 4 * 2**20:
             break
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    have = part.stat().st_size
+    have = found[0].stat().st_size
     assert 0 < have < len(big)
     hf = project.root / "store" / "v1" / "hf" / "models--org--big"
     assert not (hf / "snapshots").exists()  # nothing partial is visible in the cache
@@ -221,11 +221,10 @@ def test_a_large_file_arrives_as_parallel_ranges_and_resumes_only_the_missing_on
     setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
     project.lock()
     # What a killed sync leaves: range 0 written and recorded, the rest not.
-    part = (project.root / "store" / "v1" / "tmp" / "models"
-            / f"{hashlib.sha256(big).hexdigest()}.part")
-    part.parent.mkdir(parents=True)
+    part = dead_writers_part(project.root / "store" / "v1" / "tmp" / "models",
+                             hashlib.sha256(big).hexdigest())
     part.write_bytes(big[: 2**20] + bytes(3 * 2**20))
-    part.with_suffix(".ranges").write_text("[0]")
+    Path(f"{part}.ranges").write_text("[0]")
     hub.ranges.clear()  # the lock read the safetensors header with a range of its own
     code, err = sync(project, "--models-only", "--frozen")
     assert code == 0, err
@@ -236,7 +235,8 @@ def test_a_large_file_arrives_as_parallel_ranges_and_resumes_only_the_missing_on
     assert link.read_bytes() == big
 
 
-def test_a_corrupt_range_fails_the_whole_file(hub, make_index, project, monkeypatch):
+def test_a_corrupt_kept_range_is_caught_by_the_hash_and_the_file_fetched_again(
+        hub, make_index, project, monkeypatch):
     from gpulock import views
 
     monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
@@ -245,13 +245,17 @@ def test_a_corrupt_range_fails_the_whole_file(hub, make_index, project, monkeypa
     hub.repo("org/big").commit({"model.safetensors": big})
     setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
     project.lock()
-    part = (project.root / "store" / "v1" / "tmp" / "models"
-            / f"{hashlib.sha256(big).hexdigest()}.part")
-    part.parent.mkdir(parents=True)
+    part = dead_writers_part(project.root / "store" / "v1" / "tmp" / "models",
+                             hashlib.sha256(big).hexdigest())
     part.write_bytes(b"x" * 2**20 + bytes(2 * 2**20))  # range 0 "done", but wrong bytes
-    part.with_suffix(".ranges").write_text("[0]")
+    Path(f"{part}.ranges").write_text("[0]")
+    hub.ranges.clear()
     code, err = sync(project, "--models-only", "--frozen")
-    assert code == 1 and "nothing was stored" in err
-    assert not part.exists()
-    code, err = sync(project, "--models-only", "--frozen")  # the next sync starts over
     assert code == 0, err
+    assert not part.exists()
+    # Ranges 1 and 2 first; the whole file fails its hash, and all three ranges are refetched.
+    asked = [r for f, r in hub.ranges if f == "model.safetensors"]
+    assert len(asked) == 5 and asked.count(f"bytes=0-{2**20 - 1}") == 1
+    (link,) = (project.root / "store" / "v1" / "hf" / "models--org--big" / "snapshots"
+               ).glob("*/model.safetensors")
+    assert link.read_bytes() == big
