@@ -11,6 +11,9 @@ Correctness never rests on a lock file (network volumes ignore flock).
 
 from __future__ import annotations
 
+import base64
+import errno
+import hashlib
 import json
 import os
 import posixpath
@@ -19,16 +22,21 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
+import xxhash
+
+from gpulock import faults
 from gpulock.elf import climbing_dirs, is_elf, search_paths
 from gpulock.errors import GpulockError
+from gpulock.scratch import tag
 
 LAYOUT_VERSION = 1
 _SCHEME_DIRS = {"purelib": "site", "platlib": "site", "scripts": "scripts",
                 "headers": "headers", "data": "data"}
 ENTRY_MANIFEST = "gpulock-entry.json"
 ENTRY_RECORDS = "gpulock-records.json"
+_CHUNK = 1 << 20
 
 
 def default_store(project_dir: Path) -> Path:
@@ -98,7 +106,7 @@ class Store:
                      real_dirs=frozenset(data["real_dirs"]))
 
     def work_dir(self, label: str) -> Path:
-        work = Path(tempfile.mkdtemp(prefix=f"{label}.", dir=self.tmp))
+        work = Path(tempfile.mkdtemp(prefix=f"{label}.{tag()}.", dir=self.tmp))
         work.chmod(0o755)  # entries are shared: readable by every user of the volume
         return work
 
@@ -113,8 +121,12 @@ class Store:
             shutil.rmtree(work, ignore_errors=True)
 
     def add_wheel(self, wheel: Path, key: str, name: str, version: str,
-                  python: str | None) -> Entry:
-        """Unpack a verified wheel into a new entry (a no-op when the entry exists)."""
+                  python: str | None, origin: dict[str, Any] | None = None) -> Entry:
+        """Unpack a verified wheel into a new entry (a no-op when the entry exists).
+
+        `origin` (the locked file: url, sha256, size) is kept so `verify --repair` can
+        fetch the wheel again.
+        """
         if self.has(key):
             return self.entry(key)
         from installer import install
@@ -122,6 +134,7 @@ class Store:
         from installer.sources import WheelFile
 
         label = f"{name} {version}"
+        _refuse_unsafe_members(wheel, label)
         work = self.work_dir(key)
         try:
             destination = _EntryDestination(work)
@@ -131,25 +144,69 @@ class Store:
                     source.validate_record(validate_contents=False)
                     install(source, destination, {"INSTALLER": b"gpulock\n"})
             except (InstallerError, ValueError, KeyError, OSError) as exc:
-                if isinstance(exc, OSError) and exc.errno == 28:
+                if self.has(key):  # a racing writer published it (and took the download)
+                    shutil.rmtree(work, ignore_errors=True)
+                    return self.entry(key)
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise
                 raise GpulockError(f"{label}: the wheel {wheel.name} cannot be installed: "
                                    f"{exc}") from None
             real_dirs = _real_dirs(work / "site")
             if python:
                 _compile(work / "site", python)
-            # Every file's hash for `verify`, apart from the small manifest that each
+                destination.record_compiled(work / "site")
+            # Every file's hashes for `verify`, apart from the small manifest that each
             # environment build reads (torch's records alone are 1.5 MB of JSON).
-            (work / ENTRY_RECORDS).write_text(json.dumps(destination.records))
+            (work / ENTRY_RECORDS).write_text(json.dumps({"files": destination.records}))
             (work / ENTRY_MANIFEST).write_text(json.dumps({
-                "name": name, "version": version,
+                "name": name, "version": version, "origin": origin,
                 "scripts": destination.scripts, "real_dirs": sorted(real_dirs),
             }, sort_keys=True))
+            faults.point("publish", work)
             self.publish(work, key)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         return self.entry(key)
+
+    def records(self, key: str) -> list[Record]:
+        """The files an entry was published with: (path in the entry, sha256, xxh3, size)."""
+        data = json.loads((self.entry_path(key) / ENTRY_RECORDS).read_text())
+        return [Record(*item) for item in data["files"]]
+
+    def origin(self, key: str) -> dict[str, Any] | None:
+        return json.loads((self.entry_path(key) / ENTRY_MANIFEST).read_text()).get("origin")
+
+
+class Record(NamedTuple):
+    path: str  # relative to the entry, e.g. "site/torch/__init__.py"
+    sha256: str
+    xxh3: str
+    size: int
+
+
+def _refuse_unsafe_members(wheel: Path, label: str) -> None:
+    """Refuse a wheel with absolute, `..` or link members before anything is written."""
+    import stat
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise GpulockError(f"{label}: {wheel.name} is not a readable wheel: {exc}") from None
+    for member in members:
+        name = member.filename
+        normal = posixpath.normpath(name)
+        mode = member.external_attr >> 16
+        if name.startswith("/") or "\\" in name or normal == ".." or normal.startswith("../"):
+            problem = "a path outside its own tree"
+        elif stat.S_ISLNK(mode):
+            problem = "a symbolic link"
+        else:
+            continue
+        raise GpulockError(f"{label}: {wheel.name} holds {problem} ({name!r}); it was "
+                           "refused and nothing was written")
 
 
 class _EntryDestination:
@@ -165,22 +222,40 @@ class _EntryDestination:
         self.scripts: list[tuple[str, str, str, str]] = []
         self.records: list[tuple[str, str, str, int]] = []
 
+    def record_compiled(self, site: Path) -> None:
+        """Add the bytecode compileall wrote, so `verify` covers what imports will load."""
+        for folder, _dirs, files in os.walk(site):
+            if os.path.basename(folder) != "__pycache__":
+                continue
+            for name in files:
+                path = Path(folder) / name
+                data = path.read_bytes()
+                self.records.append((path.relative_to(self.root).as_posix(),
+                                     hashlib.sha256(data).hexdigest(),
+                                     xxhash.xxh3_128_hexdigest(data), len(data)))
+
     def write_file(self, scheme: str, path: str | os.PathLike[str], stream: BinaryIO,
                    is_executable: bool) -> Any:
         from installer.records import Hash, RecordEntry
-        from installer.utils import copyfileobj_with_hashing
 
         relative = posixpath.normpath(os.fspath(path))
         if relative.startswith(("/", "../")) or relative in ("..", ".") or "\\" in relative:
             raise ValueError(f"it holds a file outside its tree: {os.fspath(path)!r}")
-        target = self.root / _SCHEME_DIRS[scheme] / relative
+        inside = f"{_SCHEME_DIRS[scheme]}/{relative}"
+        target = self.root / inside
         target.parent.mkdir(parents=True, exist_ok=True)
+        sha256, fast, size = hashlib.sha256(), xxhash.xxh3_128(), 0
         with target.open("wb") as handle:
-            digest, size = copyfileobj_with_hashing(stream, handle, "sha256")
+            while chunk := stream.read(_CHUNK):
+                handle.write(chunk)
+                sha256.update(chunk)
+                fast.update(chunk)
+                size += len(chunk)
+                faults.point("unpack", target)
         if is_executable:
             target.chmod(0o755)
-        self.records.append((scheme, relative, digest, size))
-        return RecordEntry(relative, Hash("sha256", digest), size)
+        self.records.append((inside, sha256.hexdigest(), fast.hexdigest(), size))
+        return RecordEntry(relative, Hash("sha256", _urlsafe(sha256.digest())), size)
 
     def write_script(self, name: str, module: str, attr: str, section: str) -> Any:
         from installer.records import RecordEntry
@@ -210,3 +285,7 @@ def _compile(site: Path, python: str) -> None:
     """Hash-based pycs, so a shared store is never rewritten at import time (PEP 552)."""
     subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
                     "unchecked-hash", str(site)], capture_output=True, check=False)
+
+
+def _urlsafe(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")

@@ -161,9 +161,13 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
             package, key = item
             wheel = _wheel_for(package, key, store, downloads, http, manifest, python,
                                progress.advance)
-            store.add_wheel(wheel, key, package.name, package.version, python)
+            origin = ({"url": package.wheel.url, "sha256": package.wheel.sha256,
+                       "size": package.wheel.size, "name": package.wheel.name}
+                      if package.wheel else None)
+            store.add_wheel(wheel, key, package.name, package.version, python, origin)
             if downloads in wheel.parents:
-                shutil.rmtree(wheel.parent, ignore_errors=True)
+                # Only the file: a racing sync may be writing its own part beside it.
+                wheel.unlink(missing_ok=True)
             progress.finished(f"{package.name} {package.version}")
             return f"{package.name} {package.version}"
 

@@ -22,8 +22,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
+
+import xxhash
 
 from gpulock import faults
 from gpulock.errors import GpulockError, HashMismatchError
@@ -62,8 +63,13 @@ def hf_cache(store: Store) -> Path:
     return store.base / "hf"
 
 
-def _blob(store: Store, sha256: str) -> Path:
+def blob_path(store: Store, sha256: str) -> Path:
     return store.base / "blobs" / "sha256" / sha256[:2] / sha256[2:]
+
+
+def fast_record(store: Store, sha256: str) -> Path:
+    """`blobs/xxh3/<aa>/<rest>` holds the xxh3_128 of the blob `blobs/sha256/<aa>/<rest>`."""
+    return store.base / "blobs" / "xxh3" / sha256[:2] / sha256[2:]
 
 
 def _git_index(store: Store, git_sha1: str) -> Path:
@@ -72,7 +78,7 @@ def _git_index(store: Store, git_sha1: str) -> Path:
 
 def stored_blob(store: Store, file: ModelFile) -> Path | None:
     if file.sha256:
-        path = _blob(store, file.sha256)
+        path = blob_path(store, file.sha256)
         return path if path.is_file() else None
     if file.git_sha1:
         index = _git_index(store, file.git_sha1)
@@ -122,25 +128,18 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
     resumed = part.is_file() and part.stat().st_size > 0
     if (ranges > 1 and file.size >= PARALLEL_FROM
             and _ranged(model, file, url, headers, part, ranges)):
-        return _publish(store, model, file, url, part, expected, *_hash_part(part, file),
+        return _publish(store, model, file, url, part, expected, _hash_part(part, file),
                         resumed=resumed)
-    # Small git files are pinned by their blob sha1; LFS files need only the sha256.
-    sha256, git = hashlib.sha256(), _GitHash(file)
-    size = 0
     if part.is_file() and part.stat().st_size <= file.size:
-        with part.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                sha256.update(chunk)
-                git.update(chunk)
-                size += len(chunk)
+        hashes = _hash_part(part, file)
     else:
         part.unlink(missing_ok=True)
-    wanted = {**headers, "Range": f"bytes={size}-"} if size else dict(headers)
-    if size < file.size or not size:
+        hashes = _Hashes(file)
+    wanted = {**headers, "Range": f"bytes={hashes.size}-"} if hashes.size else dict(headers)
+    if hashes.size < file.size or not hashes.size:
         with Http().stream(url, wanted) as (response, body):
-            if response.status == 200 and size:
-                sha256, git = hashlib.sha256(), _GitHash(file)
-                size = 0  # the server ignored the Range: start over
+            if response.status == 200 and hashes.size:
+                hashes = _Hashes(file)  # the server ignored the Range: start over
                 part.unlink(missing_ok=True)
             elif response.status not in (200, 206):
                 raise GpulockError(f"model '{model.name}': {file.path} could not be downloaded "
@@ -148,22 +147,17 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
             with part.open("ab") as out:
                 while chunk := body.read(_CHUNK):
                     out.write(chunk)
-                    sha256.update(chunk)
-                    git.update(chunk)
-                    size += len(chunk)
+                    hashes.update(chunk)
                     faults.point("model", part)
-    return _publish(store, model, file, url, part, expected, sha256, git, size,
-                    resumed=resumed)
+    return _publish(store, model, file, url, part, expected, hashes, resumed=resumed)
 
 
-def _hash_part(part: Path, file: ModelFile) -> tuple[Any, Any, int]:
-    sha256, git, size = hashlib.sha256(), _GitHash(file), 0
+def _hash_part(part: Path, file: ModelFile) -> _Hashes:
+    hashes = _Hashes(file)
     with part.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
-            sha256.update(chunk)
-            git.update(chunk)
-            size += len(chunk)
-    return sha256, git, size
+            hashes.update(chunk)
+    return hashes
 
 
 def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, str],
@@ -228,10 +222,11 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
 
 
 def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: Path,
-             expected: str, sha256: Any, git: Any, size: int, resumed: bool) -> Path:
+             expected: str, hashes: _Hashes, resumed: bool) -> Path:
     from gpulock.http import redact
 
-    actual = sha256.hexdigest() if file.sha256 else git.hexdigest()
+    size = hashes.size
+    actual = hashes.sha256.hexdigest() if file.sha256 else hashes.git_sha1()
     if size != file.size or actual != expected:
         part.unlink(missing_ok=True)
         Path(f"{part}.ranges").unlink(missing_ok=True)
@@ -240,8 +235,14 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
                                 f"({size} bytes), but the lock says {expected} ({file.size} "
                                 "bytes): it changed upstream since the lock; nothing was "
                                 "stored", resumed=resumed)
-    blob = _blob(store, sha256.hexdigest())
+    blob = blob_path(store, hashes.sha256.hexdigest())
     blob.parent.mkdir(parents=True, exist_ok=True)
+    # The blob's xxh3, recorded now, lets `verify --fast` check it at memory speed.
+    fast = fast_record(store, hashes.sha256.hexdigest())
+    fast.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(f"{fast}.{os.getpid()}.tmp")
+    temporary.write_text(hashes.xxh3.hexdigest())
+    os.replace(temporary, fast)
     part.chmod(0o444)
     os.replace(part, blob)
     if not file.sha256 and file.git_sha1:
@@ -249,18 +250,25 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
     return blob
 
 
-class _GitHash:
-    """A git blob sha1 that costs nothing for files that are not pinned by one."""
+class _Hashes:
+    """sha256 and xxh3 of a model file as it streams, and its git blob sha1 when pinned so."""
 
     def __init__(self, file: ModelFile) -> None:
-        self.digest = None if file.sha256 else hashlib.sha1(b"blob %d\0" % file.size)
+        self.sha256 = hashlib.sha256()
+        self.xxh3 = xxhash.xxh3_128()
+        self.size = 0
+        # Small git files are pinned by their blob sha1; LFS files need only the sha256.
+        self.git = None if file.sha256 else hashlib.sha1(b"blob %d\0" % file.size)
 
     def update(self, chunk: bytes) -> None:
-        if self.digest is not None:
-            self.digest.update(chunk)
+        self.sha256.update(chunk)
+        self.xxh3.update(chunk)
+        self.size += len(chunk)
+        if self.git is not None:
+            self.git.update(chunk)
 
-    def hexdigest(self) -> str:
-        return self.digest.hexdigest() if self.digest is not None else ""
+    def git_sha1(self) -> str:
+        return self.git.hexdigest() if self.git is not None else ""
 
 
 def _link(link: Path, target: Path, relative: bool = True) -> None:
