@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 FORMATS = ("sh", "dotenv", "dockerfile", "json")
 
 _LATER = {
-    "verify": "re-check store entries against their hashes",
-    "gc": "remove store entries nothing references",
-    "rollback": "switch back to an earlier generation",
     "import": "migrate requirements.txt or dependencies.yaml",
 }
 
@@ -241,6 +238,77 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_only(args: argparse.Namespace) -> Store:
+    """The store for store-wide commands: --store, else the project's, else the default."""
+    from gpulock.store import Store, default_store
+
+    if args.store:
+        return Store(Path(args.store))
+    try:
+        return _project_paths(args)[2]
+    except GpulockError:
+        return Store(default_store(Path.cwd()))
+
+
+def _opened(store: Store) -> Store:
+    store.check_layout()
+    if not store.base.is_dir():
+        raise GpulockError(f"there is no gpulock store at {store.root}; pass --store or set "
+                           "GPULOCK_STORE")
+    return store.open()
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from gpulock.gc import collect, describe
+
+    if args.keep < 1:
+        raise GpulockError("--keep must be at least 1: the current generation is always kept")
+    store = _opened(_store_only(args))
+    result = collect(store, keep=args.keep, dry_run=args.dry_run,
+                     log=lambda line: print(line, file=sys.stderr) if args.verbose else None)
+    print(f"{store.root}: {describe(result, args.dry_run)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from gpulock.verify import check, repair
+
+    store = _opened(_store_only(args))
+    started = time.perf_counter()
+    result = check(store, fast=args.fast, jobs=args.jobs)
+    elapsed = time.perf_counter() - started
+    for damage in result.damage:
+        print(f"damaged {damage.kind} {damage.key}: {damage.problem}", file=sys.stderr)
+    mode = "xxh3" if args.fast else "sha256"
+    print(f"checked {result.entries} package entries ({result.files} files), {result.blobs} "
+          f"model files and {result.generations} generations, {result.bytes / 2**20:.1f} MiB "
+          f"by {mode} in {elapsed:.2f}s: {len(result.damage)} problem(s)", file=sys.stderr)
+    if not result.damage:
+        return 0
+    if not args.repair:
+        print("run 'gpulock verify --repair' to fetch the damaged files again", file=sys.stderr)
+        return 1
+    repair(store, result.damage, lambda line: print(line, file=sys.stderr))
+    again = check(store, fast=args.fast, jobs=args.jobs)
+    for damage in again.damage:
+        print(f"still damaged {damage.kind} {damage.key}: {damage.problem}", file=sys.stderr)
+    if again.damage:
+        return 1
+    print("repaired; the store verifies", file=sys.stderr)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from gpulock.generation import rollback
+
+    spec, _, store = _project_paths(args)
+    target, was = rollback(_opened(store), spec.project.name, args.generation)
+    before = f" (was generation {was})" if was is not None else ""
+    print(f"generation {target.number} of '{spec.project.name}' is current{before}",
+          file=sys.stderr)
+    return 0
+
+
 def _later(name: str) -> int:
     raise GpulockError(f"'gpulock {name}' is not available in gpulock {__version__} yet")
 
@@ -302,6 +370,30 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("old")
     diff.add_argument("new")
     diff.set_defaults(func=_cmd_diff)
+
+    gc = sub.add_parser("gc", help="remove what no kept generation, root or sync references")
+    project_options(gc)
+    gc.add_argument("--keep", type=int, default=3, metavar="N",
+                    help="keep the newest N generations of each project (default 3); "
+                    "the current one is always kept")
+    gc.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    gc.add_argument("-v", "--verbose", action="store_true", help="name everything removed")
+    gc.set_defaults(func=_cmd_gc)
+
+    verify = sub.add_parser("verify", help="re-check the store against its recorded hashes")
+    project_options(verify)
+    verify.add_argument("--fast", action="store_true",
+                        help="compare xxh3 recorded at publish time instead of sha256")
+    verify.add_argument("--repair", action="store_true", help="fetch damaged files again")
+    verify.add_argument("--jobs", type=int, default=os.cpu_count() or 4,
+                        help="files hashed in parallel")
+    verify.set_defaults(func=_cmd_verify)
+
+    rollback = sub.add_parser("rollback", help="make an earlier generation current again")
+    project_options(rollback)
+    rollback.add_argument("generation", type=int, nargs="?", metavar="GEN",
+                          help="its number (default: the one before current)")
+    rollback.set_defaults(func=_cmd_rollback)
 
     for name, summary in _LATER.items():
         later = sub.add_parser(name, help=f"{summary} (coming)", add_help=True)

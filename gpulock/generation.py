@@ -9,6 +9,8 @@ new `current` link over the old one: a reader sees the old environment or the ne
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
 import re
@@ -20,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpulock import faults
 from gpulock.errors import GpulockError
 from gpulock.farm import FarmStats, build
+from gpulock.scratch import tag
 from gpulock.store import Entry, Store
 
 RECORD = "gpulock-generation.json"
@@ -123,12 +127,11 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
     """Build a complete generation and publish it (not yet current)."""
     envs = project_dir(store, project)
     envs.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name[4:]) for p in envs.glob("gen-*") if p.name[4:].isdigit()]
-    number = max(numbers, default=0) + 1
+    number = _next_number(envs)
     final = envs / f"gen-{number}"
     minor = ".".join(python_version.split(".")[:2])
     # Built beside its final place: the farm's relative links must not change depth.
-    work = Path(tempfile.mkdtemp(prefix=".building-", dir=envs))
+    work = Path(tempfile.mkdtemp(prefix=f".building-{tag()}-", dir=envs))
     work.chmod(0o755)
     try:
         bin_dir = work / "bin"
@@ -154,15 +157,44 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
             "python": python, "python_version": python_version,
             "created": generation.created}, sort_keys=True, indent=1))
         _verify(work, minor, verify_imports)
-        try:
-            os.rename(work, final)
-        except OSError:
-            raise GpulockError(f"another sync published {final.name} of '{project}' at the "
-                               "same time; run 'gpulock sync' again") from None
+        faults.point("farm", work)
+        while True:
+            try:
+                os.rename(work, final)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            # Another sync published this number first: take the next one. Only the number
+            # and the interpreter path inside scripts name the generation, and scripts
+            # reach python through `bin/python` relative to the generation.
+            number = _next_number(envs)
+            final = envs / f"gen-{number}"
+            _renumber(work, number, final, entries)
+            generation = dataclasses.replace(generation, path=final, number=number)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return Built(generation, stats, scripts)
+
+
+def _next_number(envs: Path) -> int:
+    numbers = [int(p.name[4:]) for p in envs.glob("gen-*") if p.name[4:].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def _renumber(work: Path, number: int, final: Path, entries: Mapping[str, Entry]) -> None:
+    record = json.loads((work / RECORD).read_text())
+    record["number"] = number
+    (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
+    config = (work / "pyvenv.cfg").read_text()
+    (work / "pyvenv.cfg").write_text(re.sub(r"\(generation \d+\)", f"(generation {number})",
+                                            config))
+    bin_dir = work / "bin"
+    for script in bin_dir.iterdir():
+        if not script.is_symlink():
+            script.unlink()
+    _write_scripts(bin_dir, final / "bin" / "python", entries.values())
 
 
 def _write_scripts(bin_dir: Path, interpreter: Path, entries: Sequence[Entry] | object) -> int:
@@ -205,6 +237,40 @@ def _verify(root: Path, minor: str, imports: Sequence[str]) -> None:
 def switch(store: Store, project: str, generation: Generation) -> None:
     """Make `generation` current by renaming a fresh link over `current` (atomic)."""
     envs = project_dir(store, project)
-    temporary = envs / f".current-{os.getpid()}-{time.monotonic_ns()}"
+    temporary = envs / f".current-{tag()}"
     os.symlink(generation.path.name, temporary)
     os.replace(temporary, envs / "current")
+
+
+def rollback(store: Store, project: str, number: int | None) -> tuple[Generation, int | None]:
+    """Make generation `number` (default: the one before current) current again.
+
+    Refuses a generation whose store entries are gone (collected or damaged), so `current`
+    never points at an environment that cannot import.
+    """
+    now = current(store, project)
+    generations = all_generations(store, project)
+    if not generations:
+        raise GpulockError(f"'{project}' has no generations in {store.root}; run 'gpulock sync'")
+    if number is None:
+        if now is None:
+            raise GpulockError(f"'{project}' has no current generation; name one: "
+                               f"{', '.join(str(g.number) for g in generations)}")
+        earlier = [g for g in generations if g.number < now.number]
+        if not earlier:
+            raise GpulockError(f"generation {now.number} is the oldest '{project}' has; "
+                               "there is nothing to roll back to")
+        target = earlier[-1]
+    else:
+        found = [g for g in generations if g.number == number]
+        if not found:
+            raise GpulockError(f"'{project}' has no generation {number}; it has "
+                               f"{', '.join(str(g.number) for g in generations)}")
+        target = found[0]
+    gone = sorted(name for name, key in target.packages.items() if not store.has(key))
+    if gone:
+        raise GpulockError(f"generation {target.number} of '{project}' needs store entries "
+                           f"that are gone ({', '.join(gone[:5])}); 'gpulock verify --repair' "
+                           "restores them")
+    switch(store, project, target)
+    return target, now.number if now else None

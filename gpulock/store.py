@@ -68,14 +68,18 @@ class Store:
         self.root = root
         self.base = root / f"v{LAYOUT_VERSION}"
 
-    def open(self) -> Store:
-        """Create the layout if needed; refuse a store written by a newer gpulock."""
+    def check_layout(self) -> None:
+        """Refuse a store written by a newer gpulock, before anything is read or written."""
         newer = sorted(p.name for p in self.root.glob("v*")
                        if p.name[1:].isdigit() and int(p.name[1:]) > LAYOUT_VERSION
                        ) if self.root.is_dir() else []
         if newer:
             raise GpulockError(f"the store {self.root} has layout {newer[-1]}, newer than this "
                                f"gpulock's v{LAYOUT_VERSION}: upgrade gpulock")
+
+    def open(self) -> Store:
+        """Create the layout if needed; refuse a store written by a newer gpulock."""
+        self.check_layout()
         try:
             for sub in ("pkgs", "tmp", "envs"):
                 (self.base / sub).mkdir(parents=True, exist_ok=True)
@@ -129,6 +133,15 @@ class Store:
         """
         if self.has(key):
             return self.entry(key)
+        try:
+            return self._unpack(wheel, key, name, version, python, origin)
+        except (GpulockError, OSError):
+            if self.has(key):  # a racing writer published it (and took the download)
+                return self.entry(key)
+            raise
+
+    def _unpack(self, wheel: Path, key: str, name: str, version: str, python: str | None,
+                origin: dict[str, Any] | None) -> Entry:
         from installer import install
         from installer.exceptions import InstallerError
         from installer.sources import WheelFile
@@ -144,10 +157,7 @@ class Store:
                     source.validate_record(validate_contents=False)
                     install(source, destination, {"INSTALLER": b"gpulock\n"})
             except (InstallerError, ValueError, KeyError, OSError) as exc:
-                if self.has(key):  # a racing writer published it (and took the download)
-                    shutil.rmtree(work, ignore_errors=True)
-                    return self.entry(key)
-                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or self.has(key)):
                     raise
                 raise GpulockError(f"{label}: the wheel {wheel.name} cannot be installed: "
                                    f"{exc}") from None
@@ -193,7 +203,7 @@ def _refuse_unsafe_members(wheel: Path, label: str) -> None:
     try:
         with zipfile.ZipFile(wheel) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except zipfile.BadZipFile as exc:
         raise GpulockError(f"{label}: {wheel.name} is not a readable wheel: {exc}") from None
     for member in members:
         name = member.filename

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from packaging.utils import canonicalize_name
 
-from gpulock import generation, lockfile
+from gpulock import faults, generation, lockfile, roots
 from gpulock.errors import GpulockError
 from gpulock.lockfile import Lock, LockedPackage
 from gpulock.manifest import Manifest
@@ -114,7 +114,9 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
         from gpulock.models import from_dict
         from gpulock.views import sync_models
 
-        fetched, size = sync_models(store, [from_dict(m) for m in lock.models], log, jobs)
+        with roots.temporary(store, models=lock.models):
+            fetched, size = sync_models(store, [from_dict(m) for m in lock.models], log, jobs)
+            roots.record_models(store, manifest.project.name, lock.models)
         if result is not None and fetched:
             result.nothing_to_do = False
         if result is None:
@@ -138,6 +140,18 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
                           seconds=time.perf_counter() - started)
 
     plan = {p.name: (p, entry_key(p, builder_for(manifest, p, python))) for p in lock.packages}
+    # Rooted before the store is read: a gc running now keeps (or restores) these entries.
+    with roots.temporary(store, pkgs=[key for _, key in plan.values()]):
+        faults.point("plan", store.base)
+        return _build(manifest, lock, lock_text, store, jobs, log, plan, previous,
+                      (python, python_version, digest), started)
+
+
+def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int, log: Log,
+           plan: dict[str, tuple[LockedPackage, str]], previous: generation.Generation | None,
+           interpreter: tuple[str, str, str], started: float) -> SyncResult:
+    python, python_version, digest = interpreter
+    project = manifest.project.name
     missing = [(p, key) for p, key in plan.values() if not store.has(key)]
     old_lock = _lock_of(previous)
     from gpulock.diff import diff
@@ -181,6 +195,7 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
     built = generation.create(store, project, entries, python, python_version, digest,
                               lock_text, manifest.verify_imports)
+    faults.point("switch", built.generation.path)
     generation.switch(store, project, built.generation)
     return SyncResult(built.generation, added=added, reused=len(plan) - len(missing),
                       changes=changes, downloaded_bytes=progress.bytes,

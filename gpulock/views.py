@@ -332,11 +332,7 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
     """Fetch what the store lacks and lay out the views; return (files fetched, bytes)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    token = os.environ.get("HF_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    ms_token = os.environ.get("MODELSCOPE_API_TOKEN")
-    ms_headers = {"Authorization": f"Bearer {ms_token}"} if ms_token else {}
+    endpoint = _hf_endpoint()
     # One download per distinct content: a file two repos share is fetched once.
     work: dict[str, tuple[PinnedModel, ModelFile, str]] = {}
     found: dict[str, Path] = {}
@@ -354,11 +350,9 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
 
         def fetch(key: str) -> None:
             model, file, url = work[key]
-            auth = (headers if model.source.startswith("hf://") else
-                    ms_headers if model.source.startswith("ms://") else {})
             # Parallelism is a budget: a lone 10 GB file gets all of it as ranges, files
             # that already fill the pool get one stream each (more only adds contention).
-            found[key] = _download(store, model, file, url, auth,
+            found[key] = _download(store, model, file, url, _auth(model),
                                    ranges=max(1, jobs // len(work)))
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -377,6 +371,26 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
             for file in model.files:  # a plain download: `files/<model>/<filename>`
                 _link(store.base / "files" / model.name / file.path, blobs[file.path])
     return len(work), sum(f.size for _, f, _ in work.values())
+
+
+def fetch_blob(store: Store, model: PinnedModel, file: ModelFile) -> Path:
+    """Download one pinned file into the blob store (used by `verify --repair`)."""
+    return _download(store, model, file, _url(model, file, _hf_endpoint()), _auth(model))
+
+
+def _hf_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _auth(model: PinnedModel) -> dict[str, str]:
+    """Tokens come from the environment only, and go only to their own hub."""
+    if model.source.startswith("hf://"):
+        token = os.environ.get("HF_TOKEN")
+    elif model.source.startswith("ms://"):
+        token = os.environ.get("MODELSCOPE_API_TOKEN")
+    else:
+        token = None
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) -> Path:
