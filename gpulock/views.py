@@ -352,8 +352,14 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
             model, file, url = work[key]
             # Parallelism is a budget: a lone 10 GB file gets all of it as ranges, files
             # that already fill the pool get one stream each (more only adds contention).
-            found[key] = _download(store, model, file, url, _auth(model),
-                                   ranges=max(1, jobs // len(work)))
+            try:
+                found[key] = _download(store, model, file, url, _auth(model),
+                                       ranges=max(1, jobs // len(work)))
+            except OSError as exc:
+                raise GpulockError(f"model '{model.name}': {file.path} could not be written "
+                                   f"into {store.tmp}: {exc.strerror}; nothing partial is "
+                                   "visible in the caches, and the next sync resumes it"
+                                   ) from None
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(fetch, list(work)))

@@ -259,3 +259,94 @@ def test_a_corrupt_kept_range_is_caught_by_the_hash_and_the_file_fetched_again(
     (link,) = (project.root / "store" / "v1" / "hf" / "models--org--big" / "snapshots"
                ).glob("*/model.safetensors")
     assert link.read_bytes() == big
+
+
+def store_blob(project: Project, data: bytes) -> Path:
+    digest = hashlib.sha256(data).hexdigest()
+    return project.root / "store" / "v1" / "blobs" / "sha256" / digest[:2] / digest[2:]
+
+
+def cli(project: Project, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpulock", *args, "--manifest",
+                           str(project.manifest), "--store", str(project.root / "store")],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=300)
+
+
+def test_a_full_disk_during_a_model_download_names_the_model_and_file(hub, make_index, project,
+                                                                     monkeypatch):
+    hub.repo("org/tiny").commit(FILES)
+    setup(project, make_index().url, '[models.tiny]\nsource = "hf://org/tiny"\n')
+    project.lock()
+    monkeypatch.setenv("GPULOCK_FAULT", "enospc:model")
+    code, err = sync(project, "--frozen")
+    assert code == 1 and "error: model 'tiny': " in err and "No space left on device" in err
+    assert "Traceback" not in err
+    assert not (project.root / "store" / "v1" / "hf" / "models--org--tiny" / "snapshots"
+                ).exists()
+    monkeypatch.delenv("GPULOCK_FAULT")
+    assert sync(project, "--frozen")[0] == 0
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["sha256", "xxh3"])
+def test_a_bit_flip_in_a_model_file_is_found_by_verify_and_fetched_again(hub, make_index,
+                                                                        project, fast):
+    hub.repo("org/tiny").commit(FILES)
+    setup(project, make_index().url, '[models.tiny]\nsource = "hf://org/tiny"\n')
+    assert sync(project)[0] == 0
+    blob = store_blob(project, WEIGHTS)
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[1000] ^= 0x40
+    blob.write_bytes(bytes(data))
+    mode = ["--fast"] if fast else []
+    found = cli(project, "verify", *mode)
+    assert found.returncode == 1
+    assert f"damaged blob {hashlib.sha256(WEIGHTS).hexdigest()}: has " in found.stderr
+    repaired = cli(project, "verify", "--repair", *mode)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "repaired model 'tiny' file model.safetensors" in repaired.stderr
+    (link,) = (project.root / "store" / "v1" / "hf" / "models--org--tiny" / "snapshots"
+               ).glob("*/model.safetensors")
+    assert link.read_bytes() == WEIGHTS
+
+
+def test_two_model_syncs_at_once_without_flock_store_each_file_once(hub, make_index, project):
+    big = os.urandom(8 * 2**20)
+    hub.repo("org/big").commit({"model.safetensors": big, "config.json": b"{}"})
+    setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
+    project.lock()
+    hub.slow = 0.03  # about a second each: the two downloads overlap
+    children = [subprocess.Popen(
+        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--models-only", "--manifest",
+         str(project.manifest), "--store", str(project.root / "store")],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "GPULOCK_NO_FLOCK": "1"})
+        for _ in range(2)]
+    for child in children:
+        assert child.wait(timeout=300) == 0, child.stderr.read()
+    assert store_blob(project, big).read_bytes() == big
+    blobs = [p for p in (project.root / "store" / "v1" / "blobs" / "sha256").rglob("*")
+             if p.is_file()]
+    assert len(blobs) == 2
+    assert cli(project, "verify").returncode == 0
+
+
+def test_gc_drops_a_superseded_commit_and_keeps_what_the_new_one_shares(hub, make_index,
+                                                                       project):
+    repo = hub.repo("org/moving")
+    first = repo.commit({"model.safetensors": WEIGHTS, "config.json": b'{"v": 1}'})
+    setup(project, make_index().url, '[models.m]\nsource = "hf://org/moving"\n')
+    assert sync(project)[0] == 0
+    second = repo.commit({"model.safetensors": WEIGHTS, "config.json": b'{"v": 2}'})
+    project.lock("--upgrade-package", "m")
+    assert sync(project, "--frozen")[0] == 0
+    snapshots = project.root / "store" / "v1" / "hf" / "models--org--moving" / "snapshots"
+    assert sorted(p.name for p in snapshots.iterdir()) == sorted([first, second])
+    collected = cli(project, "gc")
+    assert collected.returncode == 0 and "1 model file(s)" in collected.stderr
+    assert [p.name for p in snapshots.iterdir()] == [second]
+    assert store_blob(project, WEIGHTS).is_file()
+    assert not store_blob(project, b'{"v": 1}').exists()
+    assert (snapshots / second / "config.json").read_bytes() == b'{"v": 2}'
+    assert cli(project, "verify").returncode == 0
