@@ -230,6 +230,11 @@ def sync_table(args: argparse.Namespace) -> None:
                      repeat(args.runs, back_to_old, gp, env, work),
                      repeat(args.runs, back_to_old, uv, env, work), None, None))
 
+    # verify has no uv counterpart: full sha256 against the xxh3 recorded at publish time.
+    full = repeat(args.runs, nothing, [sys.executable, "-m", "gpulock", "verify", "--store",
+                                       str(store)], env, work)
+    fast = repeat(args.runs, nothing, [sys.executable, "-m", "gpulock", "verify", "--fast",
+                                       "--store", str(store)], env, work)
     packages = lock_text.count("[[packages]]")
     print(f"# sync: {packages} packages from {Path(args.sync_manifest).name}, CPython "
           f"{manifest.project.python}; fs ops = strace %file syscalls, children included")
@@ -243,6 +248,11 @@ def sync_table(args: argparse.Namespace) -> None:
         print(f"| {name} | {ours.seconds:.2f}s | {theirs.seconds:.2f}s | "
               f"{ours.seconds / theirs.seconds:.2f}x | {ops} | {ours.peak_mib:.0f} | "
               f"{theirs.peak_mib:.0f} |")
+    print()
+    print("| step | sha256 | xxh3 (--fast) | ratio (time) | peak MiB (sha256 / xxh3) |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| gpulock verify, the whole store | {full.seconds:.2f}s | {fast.seconds:.2f}s | "
+          f"{fast.seconds / full.seconds:.2f}x | {full.peak_mib:.0f} / {fast.peak_mib:.0f} |")
     shutil.rmtree(work, ignore_errors=True)
 
 
