@@ -230,11 +230,7 @@ def sync_table(args: argparse.Namespace) -> None:
                      repeat(args.runs, back_to_old, gp, env, work),
                      repeat(args.runs, back_to_old, uv, env, work), None, None))
 
-    # verify has no uv counterpart: full sha256 against the xxh3 recorded at publish time.
-    full = repeat(args.runs, nothing, [sys.executable, "-m", "gpulock", "verify", "--store",
-                                       str(store)], env, work)
-    fast = repeat(args.runs, nothing, [sys.executable, "-m", "gpulock", "verify", "--fast",
-                                       "--store", str(store)], env, work)
+    verified = verify_row("the store: 34 package entries", args.runs, store, env, work)
     packages = lock_text.count("[[packages]]")
     print(f"# sync: {packages} packages from {Path(args.sync_manifest).name}, CPython "
           f"{manifest.project.python}; fs ops = strace %file syscalls, children included")
@@ -249,11 +245,22 @@ def sync_table(args: argparse.Namespace) -> None:
               f"{ours.seconds / theirs.seconds:.2f}x | {ops} | {ours.peak_mib:.0f} | "
               f"{theirs.peak_mib:.0f} |")
     print()
-    print("| step | sha256 | xxh3 (--fast) | ratio (time) | peak MiB (sha256 / xxh3) |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| gpulock verify, the whole store | {full.seconds:.2f}s | {fast.seconds:.2f}s | "
-          f"{fast.seconds / full.seconds:.2f}x | {full.peak_mib:.0f} / {fast.peak_mib:.0f} |")
+    print(VERIFY_HEADER)
+    print(verified)
     shutil.rmtree(work, ignore_errors=True)
+
+
+VERIFY_HEADER = ("| gpulock verify (no uv counterpart) | sha256 | xxh3 (--fast) | ratio (time) | "
+                 "peak MiB (sha256 / xxh3) |\n|---|---:|---:|---:|---:|")
+
+
+def verify_row(label: str, runs: int, store: Path, env: dict[str, str], cwd: Path) -> str:
+    """Full sha256 against the xxh3 recorded when each file was stored, same store."""
+    command = [sys.executable, "-m", "gpulock", "verify", "--store", str(store)]
+    full = repeat(runs, lambda: None, command, env, cwd)
+    fast = repeat(runs, lambda: None, [*command, "--fast"], env, cwd)
+    return (f"| {label} | {full.seconds:.2f}s | {fast.seconds:.2f}s | "
+            f"{fast.seconds / full.seconds:.2f}x | {full.peak_mib:.0f} / {fast.peak_mib:.0f} |")
 
 
 def _serve_hub(mib: int, connection: Any) -> None:
@@ -301,6 +308,8 @@ def models_table(args: argparse.Namespace) -> None:
                      f"snapshot_download('bench/model', cache_dir={str(cache)!r})"], env, work)
     server.terminate()
     mib = total / 2**20
+    verified = verify_row(f"the store: {count} model files, {mib:.0f} MiB", args.runs, store,
+                          env, work)
     print(f"# models: {count} files, {mib:.0f} MiB from a fake hub on 127.0.0.1 "
           "(one Python server process for both), sha256 checked by both")
     print()
@@ -311,6 +320,9 @@ def models_table(args: argparse.Namespace) -> None:
           f"{mib / theirs.seconds:.0f} MiB/s ({theirs.seconds:.2f}s) | "
           f"{theirs.seconds / ours.seconds:.2f}x | {ours.peak_mib:.0f} | "
           f"{theirs.peak_mib:.0f} |")
+    print()
+    print(VERIFY_HEADER)
+    print(verified)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -23,9 +24,10 @@ import xxhash
 from gpulock import generation, roots
 from gpulock.errors import GpulockError
 from gpulock.scratch import tag
-from gpulock.store import Store
+from gpulock.store import Record, Store
 
-_CHUNK = 1 << 20
+_MAP_FROM = 1 << 20
+_BATCH = 512
 Log = Callable[[str], None]
 
 
@@ -44,26 +46,41 @@ class Checked:
     files: int = 0
     bytes: int = 0
     damage: list[Damage] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
 
 
 def _digest(path: Path, fast: bool) -> tuple[str, int]:
     hasher: Any = xxhash.xxh3_128() if fast else hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size < _MAP_FROM:
+            hasher.update(os.read(fd, _MAP_FROM))  # one syscall: most files are small
+        else:
+            # Hashed straight from the page cache: copying it into Python first costs more
+            # than xxh3 itself (585 MB of torch: 1.06 s read, 0.035 s mapped).
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+                hasher.update(mapped)
+    finally:
+        os.close(fd)
     return hasher.hexdigest(), size
 
 
-def _check_entry(store: Store, key: str, fast: bool) -> tuple[int, int, str | None]:
-    """(files, bytes, first problem or None) for one package entry."""
+def _batches(store: Store, key: str) -> list[tuple[str, list[Record]]] | str:
+    """An entry's records in batches (so torch's 12,000 files use every core), or a problem."""
     try:
         records = store.records(key)
         store.entry(key)
     except (OSError, ValueError, KeyError, TypeError, GpulockError):
-        return 0, 0, "its manifest or records are missing or unreadable"
+        return "its manifest or records are missing or unreadable"
+    small = [r for r in records if r.size < _MAP_FROM]
+    # Each large file alone (hashing it releases the GIL); small ones in batches.
+    return ([(key, [r]) for r in records if r.size >= _MAP_FROM]
+            + [(key, small[i:i + _BATCH]) for i in range(0, len(small), _BATCH)])
+
+
+def _check_files(store: Store, key: str, records: list[Record], fast: bool
+                 ) -> tuple[int, int, str | None]:
+    """(files, bytes, first problem or None) for some files of one entry."""
     root = store.entry_path(key)
     files = total = 0
     for record in records:
@@ -112,15 +129,30 @@ def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
     keys = sorted(p.name for p in pkgs.iterdir()) if pkgs.is_dir() else []
     blobs_root = store.base / "blobs" / "sha256"
     blobs = sorted(p for p in blobs_root.rglob("*") if p.is_file()) if blobs_root.is_dir() else []
-    # hashlib and xxhash release the GIL on large buffers: threads use every core.
+    # Reads and hashes release the GIL: threads use every core.
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for key, (files, size, problem) in zip(
-                keys, pool.map(lambda k: _check_entry(store, k, fast), keys), strict=True):
-            result.entries += 1
+        work: list[tuple[str, list[Record]]] = []
+        problems: dict[str, str] = {}
+        for key, batches in zip(keys, pool.map(lambda k: _batches(store, k), keys),
+                                strict=True):
+            if isinstance(batches, str):
+                problems[key] = batches
+            else:
+                work.extend(batches)
+        # Large files hash on the pool while this thread reads the small ones: threads
+        # reading small files only fight over the GIL (measured: 0.48 s alone, 0.69 s in two).
+        large = [item for item in work if item[1] and item[1][0].size >= _MAP_FROM]
+        futures = [pool.submit(_check_files, store, *item, fast) for item in large]
+        small = [item for item in work if not (item[1] and item[1][0].size >= _MAP_FROM)]
+        checked = [_check_files(store, *item, fast) for item in small]
+        checked += [future.result() for future in futures]
+        for (key, _), (files, size, problem) in zip(small + large, checked, strict=True):
             result.files += files
             result.bytes += size
-            if problem:
-                result.damage.append(Damage("entry", key, problem))
+            if problem and key not in problems:
+                problems[key] = problem
+        result.entries = len(keys)
+        result.damage += [Damage("entry", key, problems[key]) for key in sorted(problems)]
         for blob, (size, problem) in zip(
                 blobs, pool.map(lambda b: _check_blob(store, b, fast), blobs), strict=True):
             result.blobs += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -446,3 +447,36 @@ def test_gc_and_verify_say_where_no_store_is(tmp_path: Path):
         assert f"there is no gpulock store at {tmp_path / 'nowhere'}" in result.stderr
 
 
+
+
+def test_a_sync_that_lost_the_race_for_a_generation_number_takes_the_next(make_index, project,
+                                                                         tmp_path):
+    index = make_index()
+    two_versions(index.folder)
+    make_wheel(index.folder, "tool", "1.0", files={"tool.py": b"def main():\n    print('ok')\n"},
+               entry_points="[console_scripts]\ntool = tool:main\n")
+    write_manifest(project, index.url, ["app==1.0", "tool"])
+    project.lock()
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
+         str(project.manifest), "--store", str(project.root / "store")],
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GPULOCK_FAULT": "pause:farm", "GPULOCK_FAULT_DIR": str(faults)})
+    deadline = time.monotonic() + 60
+    while not (faults / "paused-farm").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gpulock(project, "sync", "--frozen").returncode == 0  # publishes gen-1 first
+    (faults / "resume-farm").touch()
+    assert slow.wait(timeout=120) == 0, slow.stderr.read()
+    envs = project.root / "store" / "v1" / "envs" / "demo"
+    assert sorted(p.name for p in envs.glob("gen-*")) == ["gen-1", "gen-2"]
+    assert os.readlink(envs / "current") == "gen-2"
+    # Renumbered whole: its console script runs the interpreter of gen-2, not gen-1's.
+    script = (envs / "gen-2" / "bin" / "tool").read_text()
+    assert str(envs / "gen-2" / "bin" / "python") in script.splitlines()[0]
+    ran = subprocess.run([str(envs / "current" / "bin" / "tool")], capture_output=True,
+                         text=True)
+    assert ran.stdout.strip() == "ok"
+    assert json.loads((envs / "gen-2" / "gpulock-generation.json").read_text())["number"] == 2
