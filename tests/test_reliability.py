@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -317,6 +317,22 @@ def test_a_store_of_a_newer_layout_is_refused_and_left_alone(make_index, project
     assert sorted(p.name for p in (project.root / "store").iterdir()) == ["v2"]
 
 
+def paused_sync(project: Project, point: str, faults: Path
+                ) -> tuple[subprocess.Popen[str], Callable[[], None]]:
+    """A sync in its own process, stopped at fault point `point`, and how to let it go on."""
+    faults.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
+         str(project.manifest), "--store", str(project.root / "store")],
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GPULOCK_FAULT": f"pause:{point}", "GPULOCK_FAULT_DIR": str(faults)})
+    deadline = time.monotonic() + 60
+    while not (faults / f"paused-{point}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (faults / f"paused-{point}").exists(), child.stderr
+    return child, (faults / f"resume-{point}").touch
+
+
 def sync_versions(project: Project, index_url: str, versions: list[str]) -> None:
     for version in versions:
         lock_version(project, index_url, version)
@@ -390,22 +406,13 @@ def test_gc_racing_a_sync_keeps_what_the_sync_is_about_to_link(make_index, proje
     # while the sync of app 3.0 (which needs dep 1.0) is paused after rooting its plan.
     assert gpulock(project, "gc", "--keep", "2").returncode == 0
     lock_version(project, index.url, "3.0")
-    faults = tmp_path / "faults"
-    faults.mkdir()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
-         str(project.manifest), "--store", str(project.root / "store")],
-        stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "GPULOCK_FAULT": "pause:plan", "GPULOCK_FAULT_DIR": str(faults)})
-    deadline = time.monotonic() + 60
-    while not (faults / "paused-plan").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    child, resume = paused_sync(project, "plan", tmp_path / "faults")
     # gen-1 goes with app 1.0; dep 1.0 is no kept generation's, but the paused sync rooted it.
     collected = gpulock(project, "gc", "--keep", "1")
     assert collected.returncode == 0 and "1 generation(s), 1 package entry," in (
         collected.stderr), collected.stderr
     assert list((project.root / "store" / "v1" / "pkgs").glob("*-dep-1.0"))
-    (faults / "resume-plan").touch()
+    resume()
     assert child.wait(timeout=120) == 0, child.stderr.read()
     assert "Added 1, reused 1" in child.stderr.read()  # dep 1.0 was linked, not refetched
     assert current_version(project) == "1.0"
@@ -457,18 +464,9 @@ def test_a_sync_that_lost_the_race_for_a_generation_number_takes_the_next(make_i
                entry_points="[console_scripts]\ntool = tool:main\n")
     write_manifest(project, index.url, ["app==1.0", "tool"])
     project.lock()
-    faults = tmp_path / "faults"
-    faults.mkdir()
-    slow = subprocess.Popen(
-        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
-         str(project.manifest), "--store", str(project.root / "store")],
-        stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "GPULOCK_FAULT": "pause:farm", "GPULOCK_FAULT_DIR": str(faults)})
-    deadline = time.monotonic() + 60
-    while not (faults / "paused-farm").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    slow, resume = paused_sync(project, "farm", tmp_path / "faults")
     assert gpulock(project, "sync", "--frozen").returncode == 0  # publishes gen-1 first
-    (faults / "resume-farm").touch()
+    resume()
     assert slow.wait(timeout=120) == 0, slow.stderr.read()
     envs = project.root / "store" / "v1" / "envs" / "demo"
     assert sorted(p.name for p in envs.glob("gen-*")) == ["gen-1", "gen-2"]
