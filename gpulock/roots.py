@@ -52,6 +52,10 @@ def record_models(store: Store, project: str, models: Sequence[dict[str, Any]]) 
     _write(store.base / "roots" / "models" / f"{project}.json", {"models": list(models)})
 
 
+def forget_models(store: Store, project: str) -> None:
+    (store.base / "roots" / "models" / f"{project}.json").unlink(missing_ok=True)
+
+
 def temporary_roots(store: Store) -> Live:
     """What running syncs have rooted; abandoned roots are dropped on the way."""
     live = Live()

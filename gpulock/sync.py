@@ -122,6 +122,8 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
         if result is None:
             result = SyncResult(None, nothing_to_do=not fetched)
         result.model_files, result.model_bytes = fetched, size
+    elif models:
+        roots.forget_models(store, manifest.project.name)  # its models are gc's to take
     if result is None:
         result = SyncResult(None, nothing_to_do=True)
     result.seconds = time.perf_counter() - started

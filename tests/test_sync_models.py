@@ -350,3 +350,16 @@ def test_gc_drops_a_superseded_commit_and_keeps_what_the_new_one_shares(hub, mak
     assert not store_blob(project, b'{"v": 1}').exists()
     assert (snapshots / second / "config.json").read_bytes() == b'{"v": 2}'
     assert cli(project, "verify").returncode == 0
+
+
+def test_a_model_dropped_from_the_manifest_is_left_to_gc(hub, make_index, project):
+    hub.repo("org/tiny").commit(FILES)
+    index = make_index()
+    setup(project, index.url, '[models.tiny]\nsource = "hf://org/tiny"\n')
+    assert sync(project)[0] == 0
+    setup(project, index.url, "")
+    assert sync(project)[0] == 0
+    collected = cli(project, "gc")
+    assert collected.returncode == 0 and f"{len(FILES)} model file(s)" in collected.stderr
+    assert not (project.root / "store" / "v1" / "hf" / "models--org--tiny").exists()
+    assert not store_blob(project, WEIGHTS).exists()
