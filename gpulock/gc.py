@@ -186,18 +186,31 @@ def _collect_scratch(store: Store, remove: Callable[[Path, str | None], None],
         if folder.is_dir() and not folder.is_symlink():
             with contextlib.suppress(OSError):
                 folder.rmdir()  # empty download folders
+    # Views and blobs are built beside their final names, as dot-names that carry a writer.
+    for root in (hf_cache(store), modelscope_cache(store), store.base / "trees",
+                 store.base / "files", store.base / "blobs", store.base / "roots"):
+        for folder, dirs, names in os.walk(root):
+            for name in [*dirs, *names]:
+                path = Path(folder) / name
+                if name.startswith(".") and abandoned(path):
+                    remove(path, None)
+                    result.other.append(str(path))
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
 
 
 def _files(folder: Path) -> Iterable[Path]:
+    """Published files below `folder`; dot-names are work in progress (see _collect_scratch)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(p for p in folder.rglob("*") if (p.is_file() or p.is_symlink())
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _dirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
 
 
 def _prune_empty(folder: Path) -> None:

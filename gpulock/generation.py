@@ -25,7 +25,7 @@ from pathlib import Path
 from gpulock import faults
 from gpulock.errors import GpulockError
 from gpulock.farm import FarmStats, build
-from gpulock.scratch import tag
+from gpulock.scratch import link_atomic, tag
 from gpulock.store import Entry, Store
 
 RECORD = "gpulock-generation.json"
@@ -236,10 +236,7 @@ def _verify(root: Path, minor: str, imports: Sequence[str]) -> None:
 
 def switch(store: Store, project: str, generation: Generation) -> None:
     """Make `generation` current by renaming a fresh link over `current` (atomic)."""
-    envs = project_dir(store, project)
-    temporary = envs / f".current-{tag()}"
-    os.symlink(generation.path.name, temporary)
-    os.replace(temporary, envs / "current")
+    link_atomic(project_dir(store, project) / "current", generation.path.name)
 
 
 def rollback(store: Store, project: str, number: int | None) -> tuple[Generation, int | None]:

@@ -33,12 +33,8 @@ class ModelFile:
         return self.sha256 or self.git_sha1
 
     def as_dict(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"path": self.path, "size": self.size}
-        if self.sha256:
-            entry["sha256"] = self.sha256
-        if self.git_sha1:
-            entry["git-sha1"] = self.git_sha1
-        return entry
+        return _present({"path": self.path, "size": self.size, "sha256": self.sha256,
+                         "git-sha1": self.git_sha1})
 
 
 @dataclass(frozen=True)
@@ -59,27 +55,24 @@ class PinnedModel:
         return sum(f.size for f in self.files)
 
     def as_dict(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": self.name, "source": self.source}
-        if self.revision:
-            entry["revision"] = self.revision
-        if self.commit:
-            entry["commit"] = self.commit
-        if self.include:
-            entry["include"] = list(self.include)
-        if self.exclude:
-            entry["exclude"] = list(self.exclude)
-        if self.weights:
-            entry["weights"] = dict(self.weights)
-        if self.extract:
-            entry["extract"] = True
-        entry["files"] = [f.as_dict() for f in sorted(self.files, key=lambda f: f.path)]
-        return entry
+        return _present({
+            "name": self.name, "source": self.source, "revision": self.revision,
+            "commit": self.commit, "include": list(self.include),
+            "exclude": list(self.exclude), "weights": dict(self.weights),
+            "extract": self.extract,
+            "files": [f.as_dict() for f in sorted(self.files, key=lambda f: f.path)]})
 
     def matches(self, model: Model) -> bool:
         """Whether this pin was made for the same request (source, revision, filters)."""
         return (self.source, self.revision, self.include, self.exclude, self.extract) == (
             model.source, requested_revision(model), model.include, model.exclude,
             model.extract)
+
+
+def _present(entry: dict[str, Any]) -> dict[str, Any]:
+    """The lock leaves out what is empty, false or unknown (TOML has no null)."""
+    return {key: value for key, value in entry.items()
+            if key == "files" or not (value is None or value is False or value in ([], {}, ""))}
 
 
 def requested_revision(model: Model) -> str | None:

@@ -9,7 +9,6 @@ ends. A killed sync's temporary root is ignored once its writer is gone (scratch
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpulock.errors import GpulockError
-from gpulock.scratch import abandoned, tag
+from gpulock.scratch import abandoned, tag, write_atomic
 from gpulock.store import Store
 
 
@@ -30,10 +29,7 @@ class Live:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(data, sort_keys=True))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(data, sort_keys=True))
 
 
 @contextmanager

@@ -13,8 +13,11 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 STALE_SECONDS = 600
@@ -79,3 +82,59 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return -1
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: readers see the old content or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.{tag()}.tmp"
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def link_atomic(link: Path, value: str) -> None:
+    """Point the symlink `link` at `value`, replacing any old link in one rename."""
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == value:
+            return  # a rerun changes nothing: one readlink instead of symlink + rename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    temporary = link.parent / f".{link.name}.{tag()}.tmp"
+    os.symlink(value, temporary)
+    try:
+        os.replace(temporary, link)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def built_beside(final: Path, replace: bool = False) -> Iterator[Path]:
+    """A new folder beside `final` for the block to fill, renamed to `final` when it succeeds.
+
+    Nothing half-built is ever at `final`. When `final` exists by then, a racing writer
+    built the same content and ours is dropped, unless `replace`: then the old folder is
+    renamed away and ours takes its place (two renames; readers see one or the other).
+    A killed writer's folder keeps its writer's name, for gc.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".building-{tag()}-", dir=final.parent))
+    try:
+        yield work
+        work.chmod(0o755)  # shared on the volume: readable by every user
+        if replace and final.exists():
+            old = final.parent / f".old-{tag()}"
+            os.rename(final, old)
+            os.rename(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        try:
+            os.rename(work, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -27,6 +27,7 @@ from gpulock import faults, generation, lockfile, roots
 from gpulock.errors import GpulockError
 from gpulock.lockfile import Lock, LockedPackage
 from gpulock.manifest import Manifest
+from gpulock.scratch import write_atomic
 from gpulock.store import Entry, Store
 
 if TYPE_CHECKING:
@@ -99,9 +100,7 @@ def find_interpreter(store: Store, version: str) -> tuple[str, str]:
     full = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     known[version] = {"path": python, "version": full, "mtime_ns": os.stat(python).st_mtime_ns}
-    temporary = store.tmp / f"interpreters.{os.getpid()}.json"
-    temporary.write_text(json.dumps(known, indent=1, sort_keys=True))
-    os.replace(temporary, remembered)
+    write_atomic(remembered, json.dumps(known, indent=1, sort_keys=True))
     return python, full
 
 

@@ -12,12 +12,11 @@ or absent.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import xxhash
 from gpulock import faults
 from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.models import ModelFile, PinnedModel
-from gpulock.scratch import claim_partial
+from gpulock.scratch import built_beside, claim_partial, link_atomic, write_atomic
 from gpulock.store import Store
 
 _CHUNK = 1 << 20
@@ -207,9 +206,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
                 os.close(fd)
         with lock:
             done.add(index)
-            temporary = Path(f"{state}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(sorted(done)))
-            os.replace(temporary, state)
+            write_atomic(state, json.dumps(sorted(done)))
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         list(pool.map(fetch, [i for i in range(count) if i not in done]))
@@ -238,11 +235,7 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
     blob = blob_path(store, hashes.sha256.hexdigest())
     blob.parent.mkdir(parents=True, exist_ok=True)
     # The blob's xxh3, recorded now, lets `verify --fast` check it at memory speed.
-    fast = fast_record(store, hashes.sha256.hexdigest())
-    fast.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(f"{fast}.{os.getpid()}.tmp")
-    temporary.write_text(hashes.xxh3.hexdigest())
-    os.replace(temporary, fast)
+    write_atomic(fast_record(store, hashes.sha256.hexdigest()), hashes.xxh3.hexdigest())
     part.chmod(0o444)
     os.replace(part, blob)
     if not file.sha256 and file.git_sha1:
@@ -271,14 +264,9 @@ class _Hashes:
         return self.git.hexdigest() if self.git is not None else ""
 
 
-def _link(link: Path, target: Path, relative: bool = True) -> None:
-    """Create or replace a symlink atomically."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    value = os.path.relpath(target, link.parent) if relative else str(target)
-    temporary = link.parent / f".{link.name}.{os.getpid()}.tmp"
-    temporary.unlink(missing_ok=True)
-    os.symlink(value, temporary)
-    os.replace(temporary, link)
+def _link(link: Path, target: Path) -> None:
+    """Create or replace a relative symlink atomically."""
+    link_atomic(link, os.path.relpath(target, link.parent))
 
 
 def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
@@ -289,22 +277,12 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
         _link(root / "blobs" / str(file.etag), blobs[file.path])
     snapshot = root / "snapshots" / commit
     if not snapshot.is_dir():
-        (root / "snapshots").mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".building-", dir=root / "snapshots"))
-        try:
+        with built_beside(snapshot) as work:
             for file in model.files:
                 link = work / file.path
                 link.parent.mkdir(parents=True, exist_ok=True)
                 depth = file.path.count("/")
                 os.symlink("../" * (depth + 2) + f"blobs/{file.etag}", link)
-            work.chmod(0o755)
-            try:
-                os.rename(work, snapshot)
-            except OSError:
-                if not snapshot.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     trees = root / "trees" / f"{commit}.json"
     if not trees.exists():
         entries = {}
@@ -313,17 +291,14 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
             if file.sha256:
                 entry["lfs_sha256"], entry["lfs_size"] = file.sha256, file.size
             entries[file.path] = entry
-        trees.parent.mkdir(parents=True, exist_ok=True)
-        temporary = trees.parent / f".{trees.name}.{os.getpid()}.tmp"
-        temporary.write_text(json.dumps({"format_version": 1, "files": entries}, indent=1,
-                                        sort_keys=True))
-        os.replace(temporary, trees)
+        write_atomic(trees, json.dumps({"format_version": 1, "files": entries}, indent=1,
+                                       sort_keys=True))
     if model.revision and model.revision != commit:
         ref = root / "refs" / model.revision
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        temporary = ref.parent / f".{ref.name}.{os.getpid()}.tmp"
-        temporary.write_text(commit)  # no newline: huggingface_hub reads it verbatim
-        os.replace(temporary, ref)
+        with contextlib.suppress(OSError):
+            if ref.read_text() == commit:
+                return snapshot
+        write_atomic(ref, commit)  # no newline: huggingface_hub reads it verbatim
     return snapshot
 
 
@@ -407,9 +382,7 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
     tree = store.base / "trees" / str(file.sha256)
     if tree.is_dir():
         return tree
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".building-", dir=tree.parent))
-    try:
+    with built_beside(tree) as work:
         if zipfile.is_zipfile(blob):
             with zipfile.ZipFile(blob) as archive:
                 _refuse_escapes(model, [i.filename for i in archive.infolist()])
@@ -424,14 +397,6 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
             raise GpulockError(f"model '{model.name}': {file.path} is not a zip or tar archive "
                                "this gpulock can extract (7z and rar are not supported); set "
                                "extract = false to keep it as one file")
-        work.chmod(0o755)
-        try:
-            os.rename(work, tree)
-        except OSError:
-            if not tree.is_dir():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return tree
 
 
@@ -461,28 +426,35 @@ def modelscope_cache(store: Store) -> Path:
     return store.base / "modelscope"
 
 
+def _holds_exactly(folder: Path, links: dict[str, str]) -> bool:
+    """Whether `folder` holds exactly these relative links (so a no-op sync rewrites none)."""
+    if not folder.is_dir():
+        return False
+    found = 0
+    for parent, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            relative = os.path.relpath(path, folder)
+            if not os.path.islink(path) or links.get(relative) != os.readlink(path):
+                return False
+            found += 1
+    return found == len(links)
+
+
 def _ms_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it."""
     root = modelscope_cache(store) / "models" / model.source.removeprefix("ms://").replace(
         "/", "--")
     snapshot = root / "snapshots" / (model.revision or "master")
-    (root / "snapshots").mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".building-", dir=root / "snapshots"))
-    try:
-        for file in model.files:
-            link = work / file.path
+    wanted = {file.path: os.path.relpath(blobs[file.path], (snapshot / file.path).parent)
+              for file in model.files}
+    if _holds_exactly(snapshot, wanted):
+        return snapshot
+    # A revision's files can change between locks (no commits on ModelScope): the new
+    # snapshot replaces the old one whole.
+    with built_beside(snapshot, replace=True) as work:
+        for path, target in wanted.items():
+            link = work / path
             link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.path.relpath(blobs[file.path], link.parent), link)
-        work.chmod(0o755)
-        # A revision's files can change between locks (no commits on ModelScope): the new
-        # snapshot replaces the old one in two renames, never leaving it half written.
-        if snapshot.exists():
-            old = root / "snapshots" / f".old-{os.getpid()}"
-            os.rename(snapshot, old)
-            os.rename(work, snapshot)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(work, snapshot)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            os.symlink(target, link)
     return snapshot

@@ -11,6 +11,7 @@ import pytest
 
 from gpulock import lockfile
 from gpulock.cli import main
+from tests.support.hf_hub import FakeHub
 from tests.support.index_server import IndexServer
 
 FIND_LINKS = Path("/opt/wheels")
@@ -52,6 +53,17 @@ def make_index(tmp_path: Path) -> Iterator[type[IndexServer]]:
     yield factory  # type: ignore[misc]
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A fake Hugging Face hub that the real huggingface_hub client is pointed at."""
+    fake = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    fake.close()
 
 
 @dataclass

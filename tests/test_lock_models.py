@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import Project
-from tests.support.hf_hub import FakeHub, git_blob_sha1
+from tests.support.hf_hub import git_blob_sha1
 from tests.support.index_server import IndexServer
 
 WEIGHTS = bytes(range(256)) * 20  # 5 KiB: stored in LFS by the fake hub
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    fake = FakeHub()
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield fake
-    fake.close()
 
 
 def write(project: Project, index: IndexServer, models: str) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,6 @@ WEIGHTS = os.urandom(300_000)
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 FILES = {"config.json": b'{"hidden": 8}', "model.safetensors": WEIGHTS,
          "tokenizer/vocab.json": b'{"a": 0}', "README.md": b"# hi"}
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    fake = FakeHub()
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield fake
-    fake.close()
 
 
 def setup(project: Project, index_url: str, models: str) -> None:
@@ -210,22 +199,28 @@ def test_a_modelscope_file_changed_upstream_fails_the_sync(modelscope, make_inde
     assert code == 1 and "model 'm': model.pt from" in err and "changed upstream" in err
 
 
-def test_a_large_file_arrives_as_parallel_ranges_and_resumes_only_the_missing_ones(
-        hub, make_index, project, monkeypatch):
+def killed_in_ranges(hub: FakeHub, index_url: str, project: Project,
+                     monkeypatch: pytest.MonkeyPatch, big: bytes, first: bytes) -> Path:
+    """A locked model whose 1 MiB range 0 a killed sync wrote (as `first`) and recorded."""
     from gpulock import views
 
     monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
     monkeypatch.setattr(views, "RANGE_MIN", 2**20)
-    big = os.urandom(4 * 2**20)
     hub.repo("org/big").commit({"model.safetensors": big})
-    setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
+    setup(project, index_url, '[models.big]\nsource = "hf://org/big"\n')
     project.lock()
-    # What a killed sync leaves: range 0 written and recorded, the rest not.
     part = dead_writers_part(project.root / "store" / "v1" / "tmp" / "models",
                              hashlib.sha256(big).hexdigest())
-    part.write_bytes(big[: 2**20] + bytes(3 * 2**20))
+    part.write_bytes(first + bytes(len(big) - len(first)))
     Path(f"{part}.ranges").write_text("[0]")
     hub.ranges.clear()  # the lock read the safetensors header with a range of its own
+    return part
+
+
+def test_a_large_file_arrives_as_parallel_ranges_and_resumes_only_the_missing_ones(
+        hub, make_index, project, monkeypatch):
+    big = os.urandom(4 * 2**20)
+    killed_in_ranges(hub, make_index().url, project, monkeypatch, big, big[: 2**20])
     code, err = sync(project, "--models-only", "--frozen")
     assert code == 0, err
     asked = sorted(r for f, r in hub.ranges if f == "model.safetensors")
@@ -237,19 +232,9 @@ def test_a_large_file_arrives_as_parallel_ranges_and_resumes_only_the_missing_on
 
 def test_a_corrupt_kept_range_is_caught_by_the_hash_and_the_file_fetched_again(
         hub, make_index, project, monkeypatch):
-    from gpulock import views
-
-    monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
-    monkeypatch.setattr(views, "RANGE_MIN", 2**20)
     big = os.urandom(3 * 2**20)
-    hub.repo("org/big").commit({"model.safetensors": big})
-    setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
-    project.lock()
-    part = dead_writers_part(project.root / "store" / "v1" / "tmp" / "models",
-                             hashlib.sha256(big).hexdigest())
-    part.write_bytes(b"x" * 2**20 + bytes(2 * 2**20))  # range 0 "done", but wrong bytes
-    Path(f"{part}.ranges").write_text("[0]")
-    hub.ranges.clear()
+    # Range 0 recorded as done, but with the wrong bytes.
+    part = killed_in_ranges(hub, make_index().url, project, monkeypatch, big, b"x" * 2**20)
     code, err = sync(project, "--models-only", "--frozen")
     assert code == 0, err
     assert not part.exists()

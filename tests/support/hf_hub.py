@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.support.index_server import QuietServer
+from tests.support.loopback import Loopback
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -43,7 +42,7 @@ class Repo:
 
 
 @dataclass
-class FakeHub:
+class FakeHub(Loopback):
     repos: dict[str, Repo] = field(default_factory=dict)
     token: str = "hf_secret_token"
     page_size: int = 1000
@@ -53,31 +52,7 @@ class FakeHub:
     slow: float = 0.0  # seconds of sleep per 256 KiB sent by /resolve/
 
     def __post_init__(self) -> None:
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                hub._handle(self)
-
-            def do_HEAD(self) -> None:
-                hub._handle(self)
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve()
 
     def repo(self, repo_id: str, kind: str = "model", gated: bool = False) -> Repo:
         return self.repos.setdefault(f"{kind}:{repo_id}", Repo(kind=kind, gated=gated))

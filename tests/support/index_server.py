@@ -10,29 +10,19 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import sys
-import threading
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
-
-class QuietServer(ThreadingHTTPServer):
-    """A threaded server that takes a client hanging up (a killed sync) as normal."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
+from tests.support.loopback import Loopback
 
 
 @dataclass
-class IndexServer:
+class IndexServer(Loopback):
     folder: Path
     json_api: bool = True
     ranges: bool = True
@@ -46,29 +36,11 @@ class IndexServer:
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server._handle(self)
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.serve()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/simple"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.origin}/simple"
 
     def file_requests(self, filename: str) -> list[str]:
         return [r for p, r in self.requests if p == f"/files/{filename}"]

@@ -8,45 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.support.index_server import QuietServer
+from tests.support.loopback import Loopback
 
 
 @dataclass
-class FakeModelScope:
+class FakeModelScope(Loopback):
     repos: dict[str, dict[str, dict[str, bytes]]] = field(default_factory=dict)  # id->rev->files
     served: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                hub._handle(self)
-
-            def do_HEAD(self) -> None:
-                hub._handle(self)
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve()
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(handler.path)
