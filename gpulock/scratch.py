@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,12 +20,12 @@ from pathlib import Path
 
 STALE_SECONDS = 600
 _OWNER = re.compile(r"([^.~]+)~(\d+)~[0-9a-f]{8}")
-HOST = socket.gethostname().replace(".", "_").replace("~", "_") or "host"
+HOST = os.uname().nodename.replace(".", "_").replace("~", "_") or "host"
 
 
 def tag() -> str:
     """A name fragment unique to this writer: host, process and a random part."""
-    return f"{HOST}~{os.getpid()}~{secrets.token_hex(4)}"
+    return f"{HOST}~{os.getpid()}~{os.urandom(4).hex()}"
 
 
 def abandoned(path: Path, now: float | None = None) -> bool:

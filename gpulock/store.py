@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-import xxhash
-
 from gpulock import faults
 from gpulock.elf import climbing_dirs, is_elf, search_paths
 from gpulock.errors import GpulockError
@@ -234,6 +232,8 @@ class _EntryDestination:
 
     def record_compiled(self, site: Path) -> None:
         """Add the bytecode compileall wrote, so `verify` covers what imports will load."""
+        import xxhash
+
         for folder, _dirs, files in os.walk(site):
             if os.path.basename(folder) != "__pycache__":
                 continue
@@ -246,6 +246,7 @@ class _EntryDestination:
 
     def write_file(self, scheme: str, path: str | os.PathLike[str], stream: BinaryIO,
                    is_executable: bool) -> Any:
+        import xxhash
         from installer.records import Hash, RecordEntry
 
         relative = posixpath.normpath(os.fspath(path))

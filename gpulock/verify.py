@@ -66,7 +66,7 @@ def _digest(path: Path, fast: bool) -> tuple[str, int]:
 
 
 def _batches(store: Store, key: str) -> list[tuple[str, list[Record]]] | str:
-    """An entry's records in batches (so torch's 12,000 files use every core), or a problem."""
+    """An entry's records as work items (each large file alone), or what is wrong with it."""
     try:
         records = store.records(key)
         store.entry(key)

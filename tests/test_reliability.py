@@ -108,20 +108,37 @@ def test_a_sync_killed_at_every_phase_resumes_and_current_never_breaks(make_inde
     assert verify(project).returncode == 0
 
 
-def test_a_sync_killed_at_random_moments_of_a_slow_download_resumes(make_index, project):
+def test_a_sync_killed_again_and_again_mid_download_resumes_each_time(make_index, project):
     index = make_index()
     two_versions(index.folder)
     lock_version(project, index.url, "2.0")
-    for delay in (0.4, 0.6, 0.9):  # fixed, so the suite stays deterministic in what it runs
+    (wheel,) = index.folder.glob("dep-2.0-*.whl")
+    index.slow = 0.1  # 3 MiB at ~2.5 MiB/s
+    parts = project.root / "store" / "v1" / "tmp" / "downloads"
+    kept = []
+    for reached in (256 * 1024, 1024 * 1024, 2 * 1024 * 1024):
         child = subprocess.Popen([sys.executable, "-m", "gpulock", "sync", "--frozen",
                                   "--jobs", "1", "--manifest", str(project.manifest), "--store",
                                   str(project.root / "store")], stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = [p.stat().st_size for p in parts.glob("*/wheel.part.*")] if parts.is_dir(
+                ) else []
+            if found and max(found) >= reached:
+                break
+            time.sleep(0.01)
         child.kill()
         child.wait()
-        assert not env_root(project).exists() or current_version(project) == "2.0"
+        # One partial, claimed and continued by each run, not a new one per run.
+        assert len(found) == 1 and found[0] >= reached
+        kept.append(found[0])
+        assert not env_root(project).exists()  # nothing was switched to
+    index.slow = 0.0
+    index.requests.clear()
     done = gpulock(project, "sync", "--frozen")
     assert done.returncode == 0, done.stderr
+    (resumed,) = index.file_requests(wheel.name)
+    assert resumed.startswith("bytes=") and int(resumed[6:].rstrip("-")) >= kept[-1]
     assert verify(project).returncode == 0
 
 

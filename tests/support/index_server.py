@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class IndexServer(Loopback):
     requires_python: dict[str, str] = field(default_factory=dict)  # filename -> specifier
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, range header)
     bytes_sent: Counter[str] = field(default_factory=Counter)
+    slow: float = 0.0  # seconds of sleep per 256 KiB of a response body
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,12 @@ class IndexServer(Loopback):
             handler.send_header(key, value)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        handler.wfile.write(body)
+        step = 256 * 1024
+        for offset in range(0, len(body), step):
+            handler.wfile.write(body[offset:offset + step])
+            if self.slow:
+                handler.wfile.flush()
+                time.sleep(self.slow)
         self.bytes_sent[path] += len(body)
 
 
