@@ -193,6 +193,12 @@ class Record(NamedTuple):
     size: int
 
 
+def escapes(name: str) -> bool:
+    """Whether an archive member's name points outside the folder it is unpacked into."""
+    normal = posixpath.normpath(name)
+    return name.startswith("/") or normal == ".." or normal.startswith("../")
+
+
 def _refuse_unsafe_members(wheel: Path, label: str) -> None:
     """Refuse a wheel with absolute, `..` or link members before anything is written."""
     import stat
@@ -205,9 +211,8 @@ def _refuse_unsafe_members(wheel: Path, label: str) -> None:
         raise GpulockError(f"{label}: {wheel.name} is not a readable wheel: {exc}") from None
     for member in members:
         name = member.filename
-        normal = posixpath.normpath(name)
         mode = member.external_attr >> 16
-        if name.startswith("/") or "\\" in name or normal == ".." or normal.startswith("../"):
+        if escapes(name) or "\\" in name:  # a wheel's names are POSIX paths
             problem = "a path outside its own tree"
         elif stat.S_ISLNK(mode):
             problem = "a symbolic link"
@@ -250,7 +255,7 @@ class _EntryDestination:
         from installer.records import Hash, RecordEntry
 
         relative = posixpath.normpath(os.fspath(path))
-        if relative.startswith(("/", "../")) or relative in ("..", ".") or "\\" in relative:
+        if escapes(relative) or relative == "." or "\\" in relative:
             raise ValueError(f"it holds a file outside its tree: {os.fspath(path)!r}")
         inside = f"{_SCHEME_DIRS[scheme]}/{relative}"
         target = self.root / inside

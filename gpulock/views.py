@@ -29,7 +29,7 @@ from gpulock import faults
 from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.models import ModelFile, PinnedModel
 from gpulock.scratch import built_beside, claim_partial, link_atomic, write_atomic
-from gpulock.store import Store
+from gpulock.store import Store, escapes
 
 _CHUNK = 1 << 20
 PARALLEL_FROM = 64 * 2**20  # files this large may download as parallel ranges
@@ -401,11 +401,8 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
 
 
 def _refuse_escapes(model: PinnedModel, names: list[str]) -> None:
-    import posixpath
-
     for name in names:
-        normal = posixpath.normpath(name)
-        if name.startswith("/") or normal == ".." or normal.startswith("../"):
+        if escapes(name):
             raise GpulockError(f"model '{model.name}': the archive holds {name!r}, outside its "
                                "own tree; nothing was extracted")
 
