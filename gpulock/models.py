@@ -107,7 +107,6 @@ def modelscope_endpoint() -> str:
 
 def _pin_ms(model: Model) -> PinnedModel:
     """ModelScope never resolves a branch to a commit: the files' sha256 are the pin."""
-    from huggingface_hub.utils import filter_repo_objects
     from modelscope_hub.api import HubApi
     from modelscope_hub.errors import HubError
 
@@ -122,12 +121,7 @@ def _pin_ms(model: Model) -> PinnedModel:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise GpulockError(f"{where}: ModelScope answered: {reason}") from None
     blobs = [f for f in listing if not f.is_dir and f.path]
-    chosen = list(filter_repo_objects(blobs, allow_patterns=list(model.include) or None,
-                                      ignore_patterns=list(model.exclude) or None,
-                                      key=lambda f: f.path))
-    if not chosen:
-        raise GpulockError(f"{where}: no file matches include={list(model.include)} "
-                           f"exclude={list(model.exclude)}")
+    chosen = _chosen(model, blobs, where)
     missing = [f.path for f in chosen if not f.sha256]
     if missing:
         raise GpulockError(f"{where}: ModelScope gave no sha256 for {missing[0]}, so it cannot "
@@ -135,6 +129,19 @@ def _pin_ms(model: Model) -> PinnedModel:
     files = tuple(ModelFile(path=f.path, size=f.size, sha256=f.sha256) for f in chosen)
     return PinnedModel(name=model.name, source=model.source, revision=revision, commit=None,
                        include=model.include, exclude=model.exclude, files=files)
+
+
+def _chosen(model: Model, files: list[Any], where: str) -> list[Any]:
+    """The repository files `include` / `exclude` select, by huggingface_hub's own rules."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    chosen = list(filter_repo_objects(files, allow_patterns=list(model.include) or None,
+                                      ignore_patterns=list(model.exclude) or None,
+                                      key=lambda f: f.path))
+    if not chosen:
+        raise GpulockError(f"{where}: no file matches include={list(model.include)} "
+                           f"exclude={list(model.exclude)}")
+    return chosen
 
 
 def _pin_hf(model: Model) -> PinnedModel:
@@ -146,7 +153,6 @@ def _pin_hf(model: Model) -> PinnedModel:
         RevisionNotFoundError,
     )
     from huggingface_hub.hf_api import RepoFile
-    from huggingface_hub.utils import filter_repo_objects
 
     repo_id = model.source.removeprefix("hf://")
     repo_type = "model"
@@ -173,12 +179,7 @@ def _pin_hf(model: Model) -> PinnedModel:
         raise GpulockError(f"{where}: the Hub answered: {reason}") from None
     if commit is None:
         raise GpulockError(f"{where}: the Hub did not say which commit it is")
-    chosen = list(filter_repo_objects(tree, allow_patterns=list(model.include) or None,
-                                      ignore_patterns=list(model.exclude) or None,
-                                      key=lambda f: f.path))
-    if not chosen:
-        raise GpulockError(f"{where}: no file matches include={list(model.include)} "
-                           f"exclude={list(model.exclude)}")
+    chosen = _chosen(model, tree, where)
     # git-sha1 is the blob id (for LFS files, the pointer's): the Hub cache's tree listing
     # and non-LFS etags use it; sha256 is the content hash of LFS files.
     files = tuple(ModelFile(path=f.path, size=f.size,
