@@ -38,6 +38,16 @@ def test_a_model_is_pinned_to_its_commit_with_every_files_hash(hub, make_index, 
     assert files["config.json"]["git-sha1"] == git_blob_sha1(b'{"a": 1}')
 
 
+def test_filters_that_select_nothing_are_one_sentence(hub, make_index, project):
+    hub.repo("org/tiny").commit({"config.json": b"{}", "README.md": b"# tiny"})
+    write(project, make_index(), '[models.t]\nsource = "hf://org/tiny"\n'
+                                 'include = ["*.safetensors"]\n')
+    result = project.gpulock("lock")
+    assert result.code == 1 and result.err.strip().splitlines() == [
+        "error: model 't' (hf://org/tiny@main): no file matches include=['*.safetensors'] "
+        "exclude=[]"]
+
+
 def test_a_moved_branch_is_followed_only_when_upgraded(hub, make_index, project):
     repo = hub.repo("org/model")
     first = repo.commit({"config.json": b"1"})
