@@ -137,7 +137,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), jobs=args.jobs,
                    packages=not args.models_only, models=not args.no_models)
     gen = outcome.generation
-    models = (f", {len(locked.models)} model(s) in {store.base / 'hf'}"
+    models = (f", {len(locked.models)} model(s) in {store.layout.hf}"
               if locked.models and not args.no_models else "")
     if outcome.nothing_to_do:
         where = f"generation {gen.number}, {len(gen.packages)} packages" if gen else "models"
@@ -196,8 +196,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     now = current(store, spec.project.name)
     generations = all_generations(store, spec.project.name)
     print(f"store: {store.root}")
-    entries = list((store.base / "pkgs").iterdir()) if (store.base / "pkgs").is_dir() else []
-    print(f"packages in the store: {len(entries)}")
+    pkgs = store.layout.pkgs
+    print(f"packages in the store: {len(os.listdir(pkgs)) if pkgs.is_dir() else 0}")
     if not generations:
         print(f"'{spec.project.name}' has no generations; run 'gpulock sync'")
     for gen in generations:
@@ -252,6 +252,7 @@ def _store_only(args: argparse.Namespace) -> Store:
 
 def _opened(store: Store) -> Store:
     store.check_layout()
+    store.layout.check()
     if not store.base.is_dir():
         raise GpulockError(f"there is no gpulock store at {store.root}; pass --store or set "
                            "GPULOCK_STORE")

@@ -2,7 +2,9 @@
 
 A download is written to `tmp/downloads/<sha256>/wheel.part.<writer>`; a killed sync leaves
 the part, and the next one claims it and continues it with a Range request after re-hashing
-what is there.
+what is there. A verified file moves to `tmp/downloads/<sha256>/<writer>/<filename>` (the
+installer reads name and tags from the filename), which its writer removes once unpacked
+and gc removes once its writer is gone.
 Only a file whose size and sha256 match the lock is ever handed on; a mismatch deletes
 the part and says package, URL, expected and actual hash.
 """
@@ -11,14 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from gpulock import faults
 from gpulock.errors import FetchError, GpulockError
 from gpulock.http import Http, redact
+from gpulock.layout import Layout
 from gpulock.lockfile import FileRef
-from gpulock.scratch import claim_partial
+from gpulock.scratch import claim_partial, open_part, tag
 
 _CHUNK = 1 << 20
 Progress = Callable[[int], None]
@@ -33,9 +37,9 @@ def _hash_file(path: Path, digest: hashlib._Hash) -> int:
     return size
 
 
-def fetch(ref: FileRef, label: str, folder: Path, http: Http,
+def fetch(ref: FileRef, label: str, layout: Layout, http: Http,
           progress: Progress | None = None) -> Path:
-    """A local path holding exactly the locked file."""
+    """A local path holding exactly the locked file (pass it to `discard` when done)."""
     if ref.url.startswith("file://"):
         from urllib.parse import unquote, urlsplit
 
@@ -49,12 +53,10 @@ def fetch(ref: FileRef, label: str, folder: Path, http: Http,
         if progress:
             progress(size)
         return path
-    # The wheel keeps its own filename (installers read name and tags from it). A verified
-    # download is shared: racing writers replace it with the same bytes.
-    final = folder / ref.sha256 / ref.name
-    if final.is_file():
-        return final
-    part = claim_partial(folder / ref.sha256, "wheel")
+    folder = layout.folder(layout.download_folder(ref.sha256))
+    # The wheel keeps its own filename (installers read name and tags from it).
+    final = Layout.named(folder / tag(), ref.name, "a wheel's filename")
+    part = claim_partial(folder, "wheel")
     try:
         return _download(ref, label, part, final, http, progress)
     except BaseException:
@@ -80,7 +82,7 @@ def _download(ref: FileRef, label: str, part: Path, final: Path, http: Http,
             elif response.status not in (200, 206):
                 raise FetchError(f"{label}: cannot download {redact(ref.url)}: HTTP "
                                  f"{response.status}")
-            with part.open("ab") as out:
+            with open_part(part) as out:
                 while chunk := body.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
@@ -95,8 +97,15 @@ def _download(ref: FileRef, label: str, part: Path, final: Path, http: Http,
         if resumed:  # the bytes kept from before may be the bad ones: once more, whole
             return _download(ref, label, part, final, http, progress)
         raise
+    final.parent.mkdir()
     os.replace(part, final)
     return final
+
+
+def discard(layout: Layout, wheel: Path) -> None:
+    """Remove a fetched or built wheel once it is unpacked (its own folder under tmp/)."""
+    if layout.tmp in wheel.parents:
+        shutil.rmtree(wheel.parent, ignore_errors=True)
 
 
 def _check(ref: FileRef, label: str, sha256: str, size: int, path: Path | None) -> None:

@@ -2,13 +2,18 @@
 
 Kept: per project the current generation and the `keep` newest ones; the store entries
 they link; the models each project's last sync laid out (roots/models/); whatever a
-running sync has rooted (roots/tmp/). Removed: other generations, unreferenced entries,
-blobs and model views, and work in progress whose writer is gone.
+running sync has rooted (roots/tmp/: its package keys, the lock digest of the generation it
+builds, its models). Removed: other generations, unreferenced entries, blobs and model
+views, and work in progress whose writer is gone.
 
-No lock makes this safe against a sync starting meanwhile (network volumes ignore flock).
-Instead a dead entry is first renamed out of `pkgs/` (a sync that looks now sees it absent
-and fetches it again), then the temporary roots are read once more: an entry a sync rooted
-in between is renamed back before anything is deleted.
+No lock makes this safe against syncs running meanwhile (network volumes ignore flock).
+Instead: the roots are read before the generations (a sync switches `current` before it
+drops its root, so a generation is seen either rooted or current); gc announces itself
+while it chooses (roots.collecting) and a sync that has just rooted waits for it; and a dead
+entry is first renamed out of `pkgs/`, the roots read once more, and anything rooted in
+between renamed back before anything is deleted. Everything gc walks may vanish under it
+(a sync renaming its work into place): a path that is gone is simply no longer gc's.
+`dry_run` reads and counts, and changes nothing at all.
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import stat
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpulock import generation, roots
+from gpulock.errors import GpulockError
 from gpulock.models import from_dict
-from gpulock.scratch import abandoned, tag
+from gpulock.names import hex_problem
+from gpulock.scratch import STALE_SECONDS, abandoned, tag
 from gpulock.store import Store
-from gpulock.views import HubRepo, fast_record, hf_cache, modelscope_cache
+from gpulock.views import HubRepo, indexed_blob
 
 Log = Callable[[str], None]
 
@@ -39,76 +48,109 @@ class Collected:
     freed: int = 0
 
 
+class _Remover:
+    """Removes (or, in a dry run, only counts) paths; folders go to a trash folder first, so
+    they leave the store's view at once and are deleted after gc has chosen."""
+
+    def __init__(self, store: Store, dry_run: bool, log: Log, result: Collected) -> None:
+        self.trash = store.tmp / f"gc.{tag()}"
+        self.dry_run, self.log, self.result = dry_run, log, result
+        self.beat: Callable[[], None] = lambda: None
+        self._count = 0
+
+    def __call__(self, path: Path, label: str | None = None) -> bool:
+        """Remove `path` (never following it); False when it was gone already."""
+        self.beat()
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        size = _size(path)
+        if label:
+            self.log(f"{'would remove' if self.dry_run else 'removing'} {label}")
+        if not self.dry_run:
+            try:
+                if stat.S_ISDIR(mode):
+                    os.rename(path, self.into_trash(path.name))
+                else:
+                    os.unlink(path)
+            except FileNotFoundError:
+                return False
+        self.result.freed += size
+        return True
+
+    def into_trash(self, name: str) -> Path:
+        if not self._count:
+            self.trash.mkdir()
+        self._count += 1
+        return self.trash / f"{self._count}-{name}"
+
+    def empty(self) -> None:
+        shutil.rmtree(self.trash, ignore_errors=True)
+
+
 def collect(store: Store, keep: int = 3, dry_run: bool = False,
             log: Log = lambda _line: None) -> Collected:
     result = Collected()
-    trash = store.tmp / f"gc.{tag()}"
-
-    def remove(path: Path, label: str | None = None) -> None:
-        result.freed += _size(path)
-        if label:
-            log(f"{'would remove' if dry_run else 'removing'} {label}")
-        if dry_run:
-            return
-        if path.is_dir() and not path.is_symlink():
-            trash.mkdir(parents=True, exist_ok=True)
-            moved = trash / f"{len(list(trash.iterdir()))}-{path.name}"
-            os.rename(path, moved)  # gone from view at once; deleted below
-        else:
-            path.unlink(missing_ok=True)
-
-    kept = _collect_generations(store, keep, remove, result)
-    rooted = roots.temporary_roots(store)
-    live_pkgs = {key for gen in kept for key in gen.packages.values()} | rooted.pkgs
-    models = roots.model_roots(store) + rooted.models
-    _collect_entries(store, live_pkgs, dry_run, trash, result, log)
-    _collect_models(store, models, remove, result)
-    _collect_scratch(store, remove, result)
-    if not dry_run:
-        shutil.rmtree(trash, ignore_errors=True)
+    remove = _Remover(store, dry_run, log, result)
+    if dry_run:
+        _choose(store, keep, remove, result)
+        return result
+    with roots.collecting(store) as beat:
+        remove.beat = beat
+        _choose(store, keep, remove, result)
+    remove.empty()  # the slow part, after syncs may go on
     return result
 
 
-def _collect_generations(store: Store, keep: int, remove: Callable[[Path, str | None], None],
+def _choose(store: Store, keep: int, remove: _Remover, result: Collected) -> None:
+    rooted = roots.temporary_roots(store, prune=not remove.dry_run)
+    kept = _collect_generations(store, keep, rooted.digests, remove, result)
+    live_pkgs = {key for gen in kept for key in gen.packages.values()} | rooted.pkgs
+    _collect_entries(store, live_pkgs, remove, result)
+    _collect_models(store, roots.model_roots(store) + rooted.models, remove, result)
+    _collect_scratch(store, remove, result)
+
+
+def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Remover,
                          result: Collected) -> list[generation.Generation]:
     kept: list[generation.Generation] = []
-    envs = store.base / "envs"
-    for folder in sorted(envs.iterdir()) if envs.is_dir() else []:
-        project = folder.name
-        now = generation.current(store, project)
-        generations = generation.all_generations(store, project)
-        newest = {g.number for g in generations[-keep:]} if keep > 0 else set()
+    for folder in _dirs(store.layout.envs):
+        now = generation.current_name(folder)
+        if now and generation.read(folder / now) is None and os.path.lexists(folder / now):
+            raise GpulockError(f"the record of {folder / now}, the current generation of "
+                               f"'{folder.name}', is damaged; nothing was collected: run "
+                               "'gpulock verify'")
+        generations = generation.generations_in(folder)
+        newest = {g.number for g in generations[-keep:]}
         for gen in generations:
-            if gen.number in newest or (now and gen.number == now.number):
+            if gen.number in newest or gen.path.name == now or gen.lock_digest in rooted:
                 kept.append(gen)
-            else:
-                remove(gen.path, f"{project} generation {gen.number}")
-                result.generations.append(f"{project}/gen-{gen.number}")
-        for leftover in folder.glob(".*"):  # half-built generations, stray `current` links
-            if abandoned(leftover):
-                remove(leftover, None)
+            elif remove(gen.path, f"{folder.name} generation {gen.number}"):
+                result.generations.append(f"{folder.name}/gen-{gen.number}")
+        for leftover in _names(folder):  # half-built generations, stray `current` links
+            if leftover.name.startswith(".") and abandoned(leftover) and remove(leftover):
                 result.other.append(str(leftover))
     return kept
 
 
-def _collect_entries(store: Store, live: set[str], dry_run: bool, trash: Path,
-                     result: Collected, log: Log) -> None:
-    pkgs = store.base / "pkgs"
-    dead = sorted(p.name for p in pkgs.iterdir() if p.name not in live) if pkgs.is_dir() else []
-    if not dead:
-        return
+def _collect_entries(store: Store, live: set[str], remove: _Remover,
+                     result: Collected) -> None:
+    pkgs = store.layout.pkgs
+    dead = [p.name for p in _names(pkgs) if p.name not in live]
     for key in dead:
-        log(f"{'would remove' if dry_run else 'removing'} package entry {key}")
-    if dry_run:
+        remove.log(f"{'would remove' if remove.dry_run else 'removing'} package entry {key}")
+    if remove.dry_run:
         result.entries = dead
         result.freed += sum(_size(pkgs / key) for key in dead)
         return
-    trash.mkdir(parents=True, exist_ok=True)
     moved: dict[str, Path] = {}
     for key in dead:
+        remove.beat()
         with contextlib.suppress(FileNotFoundError):
-            os.rename(pkgs / key, trash / key)
-            moved[key] = trash / key
+            aside = remove.into_trash(key)
+            os.rename(pkgs / key, aside)
+            moved[key] = aside
     # A sync that rooted an entry after the first look must find it again.
     for key in roots.temporary_roots(store).pkgs & moved.keys():
         with contextlib.suppress(OSError):  # else the sync published its own copy already
@@ -117,116 +159,151 @@ def _collect_entries(store: Store, live: set[str], dry_run: bool, trash: Path,
     result.freed += sum(_size(path) for path in moved.values())
 
 
-def _collect_models(store: Store, models: list[dict[str, Any]],
-                    remove: Callable[[Path, str | None], None], result: Collected) -> None:
+def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover,
+                    result: Collected) -> None:
+    layout = store.layout
     pinned = [from_dict(m) for m in models]
     live_sha = {f.sha256 for m in pinned for f in m.files if f.sha256}
     live_git = {f.git_sha1 for m in pinned for f in m.files if f.git_sha1 and not f.sha256}
-    git_index = store.base / "blobs" / "git-sha1"
-    for link in _files(git_index):
-        name = link.parent.name + link.name
-        target = link.resolve()
-        if name in live_git and target.is_file():
+    for link in _files(layout.git_blobs):
+        target = indexed_blob(layout, link)
+        if link.parent.name + link.name in live_git and target is not None:
             live_sha.add(target.parent.name + target.name)
         else:
-            remove(link, None)
-    for blob in _files(store.base / "blobs" / "sha256"):
+            remove(link)
+    for blob in _files(layout.blobs):
         sha = blob.parent.name + blob.name
-        if sha not in live_sha:
-            remove(blob, None)
+        if sha not in live_sha and remove(blob):
             result.blobs += 1
-            with contextlib.suppress(FileNotFoundError):
-                fast_record(store, sha).unlink()
+            if not hex_problem(sha, 64):
+                remove(layout.fast_record(sha))
     # Views: hf snapshots, refs, trees and blob links of commits nothing pins any more.
-    live_hf = {(HubRepo.of(m.source).folder, m.commit or "") for m in pinned
+    live_hf = {(HubRepo.of(m.source).folder(store).name, m.commit or "") for m in pinned
                if m.source.startswith("hf://")}
+    # A live repository's folders stay even when empty: a sync may be about to fill them.
+    live_repos = {name for name, _ in live_hf}
     live_etags = {str(f.etag) for m in pinned for f in m.files}
-    for repo in _dirs(hf_cache(store)):
+    for repo in _dirs(layout.hf):
         for snapshot in _dirs(repo / "snapshots"):
             if (repo.name, snapshot.name) not in live_hf:
                 remove(snapshot, f"snapshot {repo.name}@{snapshot.name[:12]}")
         for tree in _files(repo / "trees"):
             if (repo.name, tree.name.removesuffix(".json")) not in live_hf:
-                remove(tree, None)
+                remove(tree)
         for ref in _files(repo / "refs"):
-            if (repo.name, ref.read_text().strip()) not in live_hf:
-                remove(ref, None)
+            if (repo.name, _text(ref)) not in live_hf:
+                remove(ref)
         for link in _files(repo / "blobs"):
             if link.name not in live_etags:
-                remove(link, None)
-        _prune_empty(repo)
-    live_ms = {(m.source.removeprefix("ms://").replace("/", "--"), m.revision or "master")
+                remove(link)
+        if repo.name not in live_repos:
+            _prune_empty(repo, remove.dry_run)
+    live_ms = {(layout.ms_repo(m.source.removeprefix("ms://")).name, m.revision or "master")
                for m in pinned if m.source.startswith("ms://")}
-    for repo in _dirs(modelscope_cache(store) / "models"):
+    for repo in _dirs(layout.modelscope / "models"):
         for snapshot in _dirs(repo / "snapshots"):
             if (repo.name, snapshot.name) not in live_ms:
                 remove(snapshot, f"snapshot {repo.name}@{snapshot.name}")
-        _prune_empty(repo)
+        if repo.name not in {name for name, _ in live_ms}:
+            _prune_empty(repo, remove.dry_run)
     live_trees = {str(f.sha256) for m in pinned if m.extract for f in m.files}
-    for tree in _dirs(store.base / "trees"):
+    for tree in _dirs(layout.trees):
         if tree.name not in live_trees:
-            remove(tree, None)
-    files = store.base / "files"
-    for path in sorted(files.rglob("*")) if files.is_dir() else []:
+            remove(tree)
+    for path in _files(layout.files):
         if path.is_symlink() and not path.exists():
-            remove(path, None)  # its blob or tree was collected above
+            remove(path)  # its blob or tree was collected above
 
 
-def _collect_scratch(store: Store, remove: Callable[[Path, str | None], None],
-                     result: Collected) -> None:
-    """Work in progress of writers that are gone: unpacks, builds, partial downloads."""
-    for path in sorted(store.tmp.rglob("*")) if store.tmp.is_dir() else []:
-        inside = path.relative_to(store.tmp).parts
-        if any(part.startswith("gc.") for part in inside[:-1]) or not path.exists():
-            continue
-        if abandoned(path) and ("~" in path.name or path.suffix == ".lock"):
-            remove(path, None)
+def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:
+    """Work in progress of writers that are gone: unpacks, builds, downloads, roots."""
+    layout = store.layout
+    for path in _walk(layout.tmp, lambda p: "~" in p.name or p.name.endswith(".lock")):
+        if abandoned(path) and remove(path):
             result.other.append(str(path))
-    for folder in sorted(store.tmp.rglob("*"), reverse=True) if store.tmp.is_dir() else []:
-        if folder.is_dir() and not folder.is_symlink():
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # empty download folders
+    for folder in (layout.downloads, layout.model_parts):
+        for item in _dirs(folder):
+            with contextlib.suppress(OSError):  # only empty and quiet ones: a sync may be
+                if not remove.dry_run and _quiet(item):  # about to write into it
+                    item.rmdir()
+    for marker in _names(layout.collectors):
+        if abandoned(marker) and remove(marker):
+            result.other.append(str(marker))
     # Views and blobs are built beside their final names, as dot-names that carry a writer.
-    for root in (hf_cache(store), modelscope_cache(store), store.base / "trees",
-                 store.base / "files", store.base / "blobs", store.base / "roots"):
-        for folder, dirs, names in os.walk(root):
-            for name in [*dirs, *names]:
-                path = Path(folder) / name
-                if name.startswith(".") and abandoned(path):
-                    remove(path, None)
-                    result.other.append(str(path))
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for root in (layout.hf, layout.modelscope, layout.trees, layout.files,
+                 layout.base / "blobs", layout.base / "roots"):
+        for path in _walk(root, lambda p: p.name.startswith(".")):
+            if abandoned(path) and remove(path):
+                result.other.append(str(path))
 
 
-def _files(folder: Path) -> Iterable[Path]:
-    """Published files below `folder`; dot-names are work in progress (see _collect_scratch)."""
-    if not folder.is_dir():
+def _walk(root: Path, pick: Callable[[Path], bool]) -> Iterator[Path]:
+    """Paths below `root` that `pick` chooses, never descending into links or picked folders."""
+    for folder, dirs, names in os.walk(root):
+        for name in names:
+            if pick(path := Path(folder) / name):
+                yield path
+        chosen = [d for d in dirs if pick(Path(folder) / d)]
+        dirs[:] = [d for d in dirs if d not in chosen]
+        for name in chosen:
+            yield Path(folder) / name
+
+
+def _names(folder: Path) -> list[Path]:
+    try:
+        return [folder / n for n in sorted(os.listdir(folder))]
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(p for p in folder.rglob("*") if (p.is_file() or p.is_symlink())
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _files(folder: Path) -> list[Path]:
+    """Published files and links below `folder` (dot-names are work in progress)."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent) / n for n in names if not n.startswith(".")]
+    return sorted(found)
 
 
 def _dirs(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    """Real folders (not links) directly in `folder`, published ones only."""
+    found = []
+    for path in _names(folder):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(path).st_mode) and not path.name.startswith("."):
+                found.append(path)
+    return found
 
 
-def _prune_empty(folder: Path) -> None:
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_dir() and not path.is_symlink():
+def _text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _quiet(folder: Path) -> bool:
+    try:
+        return time.time() - folder.lstat().st_mtime > STALE_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def _prune_empty(folder: Path, dry_run: bool) -> None:
+    """Remove the empty folders of a repository nothing pins (work in progress stays)."""
+    if dry_run:
+        return
+    for parent, _dirs, _names in os.walk(folder, topdown=False):
+        if not any(part.startswith(".") for part in Path(parent).relative_to(folder).parts):
             with contextlib.suppress(OSError):
-                path.rmdir()
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+                os.rmdir(parent)
 
 
 def _size(path: Path) -> int:
     """Bytes a path holds on disk, not following links (a farm's links cost nothing)."""
     try:
-        if not path.is_dir() or path.is_symlink():
-            return path.lstat().st_size
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return os.lstat(path).st_size
     except FileNotFoundError:
         return 0
     total = 0
@@ -243,5 +320,3 @@ def describe(result: Collected, dry_run: bool) -> str:
     return (f"{verb} {size:.1f} MiB: {len(result.generations)} generation(s), "
             f"{len(result.entries)} package entr{'y' if len(result.entries) == 1 else 'ies'}, "
             f"{result.blobs} model file(s), {len(result.other)} leftover(s) of killed syncs")
-
-

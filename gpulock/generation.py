@@ -18,13 +18,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpulock import faults
 from gpulock.errors import GpulockError
 from gpulock.farm import FarmStats, build
+from gpulock.names import entry_key_problem, script_problem
 from gpulock.scratch import link_atomic, tag
 from gpulock.store import Entry, Store
 
@@ -90,27 +91,58 @@ def site_packages(root: Path, python_minor: str) -> Path:
 
 
 def project_dir(store: Store, project: str) -> Path:
-    return store.base / "envs" / project
+    return store.layout.env(project)
 
 
 def read(path: Path) -> Generation | None:
+    """The generation at `path`, or None when its record is missing or not gpulock's."""
     try:
         data = json.loads((path / RECORD).read_text())
-    except (OSError, ValueError):
+        generation = Generation(
+            path=path, number=int(data["number"]), lock_digest=str(data["lock_digest"]),
+            packages=dict(data["packages"]), python=str(data["python"]),
+            python_version=str(data["python_version"]), created=float(data["created"]))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-    return Generation(path=path, number=int(data["number"]), lock_digest=data["lock_digest"],
-                      packages=data["packages"], python=data["python"],
-                      python_version=data["python_version"], created=data["created"])
+    if not all(isinstance(k, str) and isinstance(v, str) and not entry_key_problem(v)
+               for k, v in generation.packages.items()):
+        return None
+    return generation
 
 
 def current(store: Store, project: str) -> Generation | None:
-    link = project_dir(store, project) / "current"
-    return read(link) if link.is_symlink() else None
+    """The project's current generation, if it has one."""
+    return current_in(project_dir(store, project))
+
+
+def current_in(folder: Path) -> Generation | None:
+    """The generation `folder/current` names; None when there is none (or the link is not
+    gpulock's: it only ever names `gen-<N>` beside it)."""
+    name = current_name(folder)
+    return read(folder / name) if name else None
+
+
+def current_name(folder: Path) -> str | None:
+    """`gen-<N>` when `folder/current` is a link gpulock made, else None."""
+    try:
+        name = os.readlink(folder / "current")
+    except OSError:
+        return None
+    return name if re.fullmatch(r"gen-\d+", name) else None
 
 
 def all_generations(store: Store, project: str) -> list[Generation]:
-    folder = project_dir(store, project)
-    found = [read(p) for p in folder.glob("gen-*")] if folder.is_dir() else []
+    return generations_in(project_dir(store, project))
+
+
+def generations_in(folder: Path) -> list[Generation]:
+    """The readable generations in a project's folder, oldest first (links are not ours)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = [read(folder / n) for n in names
+             if re.fullmatch(r"gen-\d+", n) and not os.path.islink(folder / n)]
     return sorted((g for g in found if g), key=lambda g: g.number)
 
 
@@ -125,8 +157,7 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
            python_version: str, lock_digest: str, lock_text: str,
            verify_imports: Sequence[str]) -> Built:
     """Build a complete generation and publish it (not yet current)."""
-    envs = project_dir(store, project)
-    envs.mkdir(parents=True, exist_ok=True)
+    envs = store.layout.folder(project_dir(store, project))
     number = _next_number(envs)
     final = envs / f"gen-{number}"
     minor = ".".join(python_version.split(".")[:2])
@@ -197,16 +228,14 @@ def _renumber(work: Path, number: int, final: Path, entries: Mapping[str, Entry]
     _write_scripts(bin_dir, final / "bin" / "python", entries.values())
 
 
-def _write_scripts(bin_dir: Path, interpreter: Path, entries: Sequence[Entry] | object) -> int:
+def _write_scripts(bin_dir: Path, interpreter: Path, entries: Iterable[Entry]) -> int:
     from installer.scripts import Script
 
     count = 0
-    for entry in entries:  # type: ignore[attr-defined]
+    for entry in entries:
         for name, module, attr, section in entry.scripts:
             _, data = Script(name, module, attr, section).generate(str(interpreter), "posix")
-            target = bin_dir / name
-            target.write_bytes(data)
-            target.chmod(0o755)
+            _write_script(bin_dir, entry, name, data)
             count += 1
         scripts = entry.path / "scripts"
         if scripts.is_dir():
@@ -215,11 +244,24 @@ def _write_scripts(bin_dir: Path, interpreter: Path, entries: Sequence[Entry] | 
                 # `#!python` in .data/scripts means "the interpreter that installs me".
                 if re.match(rb"#!pythonw?(\r?\n)", data):
                     data = b"#!" + str(interpreter).encode() + data[data.index(b"\n"):]
-                target = bin_dir / source.name
-                target.write_bytes(data)
-                target.chmod(0o755)
+                _write_script(bin_dir, entry, source.name, data)
                 count += 1
     return count
+
+
+def _write_script(bin_dir: Path, entry: Entry, name: str, data: bytes) -> None:
+    """Write one script into `bin/`: never over the interpreter links, never through a link.
+
+    Entries published by older gpulock releases were not checked for such names: check here.
+    """
+    problem = script_problem(name)
+    if problem:
+        raise GpulockError(f"{entry.name} {entry.version} declares a script named {name!r}, "
+                           f"which {problem}; the environment was not built")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    with open(os.open(bin_dir / name, flags, 0o755), "wb") as handle:
+        handle.write(data)
+    os.chmod(bin_dir / name, 0o755)
 
 
 def _verify(root: Path, minor: str, imports: Sequence[str]) -> None:

@@ -13,10 +13,12 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 STALE_SECONDS = 600
 _OWNER = re.compile(r"([^.~]+)~(\d+)~[0-9a-f]{8}")
@@ -54,16 +56,16 @@ def _stale(path: Path, now: float | None) -> bool:
 
 
 def claim_partial(folder: Path, stem: str) -> Path:
-    """A partial file for `stem` that only this process writes.
+    """A partial file for `stem` in the (existing, real) `folder` that only this process writes.
 
     The largest abandoned partial of the same content is taken over by renaming it (its
     `.ranges` record moves with it); otherwise a new name is returned. Whatever is in a
     claimed partial is re-hashed before it counts, so a wrong guess costs bytes, not data.
+    Only plain files are claimed: a link planted under a partial's name is left alone.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     mine = folder / f"{stem}.part.{tag()}"
     leftovers = [p for p in folder.glob(f"{stem}.part.*")
-                 if not p.name.endswith(".ranges") and abandoned(p)]
+                 if not p.name.endswith(".ranges") and _plain(p) and abandoned(p)]
     for old in sorted(leftovers, key=_size, reverse=True):
         try:
             os.rename(old, mine)
@@ -75,6 +77,19 @@ def claim_partial(folder: Path, stem: str) -> Path:
     return mine
 
 
+def _plain(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def open_part(path: Path) -> BinaryIO:
+    """Open a partial download for appending, never through a symbolic link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    return open(os.open(path, flags, 0o644), "ab")
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -83,8 +98,10 @@ def _size(path: Path) -> int:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename: readers see the old content or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace `path` with `text` in one rename: readers see the old content or the new.
+
+    The parent folder must exist (the store's layout makes and checks it).
+    """
     temporary = path.parent / f".{path.name}.{tag()}.tmp"
     try:
         temporary.write_text(text)
@@ -99,7 +116,6 @@ def link_atomic(link: Path, value: str) -> None:
     with contextlib.suppress(OSError):
         if os.readlink(link) == value:
             return  # a rerun changes nothing: one readlink instead of symlink + rename
-    link.parent.mkdir(parents=True, exist_ok=True)
     temporary = link.parent / f".{link.name}.{tag()}.tmp"
     os.symlink(value, temporary)
     try:
@@ -116,9 +132,8 @@ def built_beside(final: Path, replace: bool = False) -> Iterator[Path]:
     Nothing half-built is ever at `final`. When `final` exists by then, a racing writer
     built the same content and ours is dropped, unless `replace`: then the old folder is
     renamed away and ours takes its place (two renames; readers see one or the other).
-    A killed writer's folder keeps its writer's name, for gc.
+    A killed writer's folder keeps its writer's name, for gc. The parent folder must exist.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".building-{tag()}-", dir=final.parent))
     try:
         yield work

@@ -27,6 +27,8 @@ from typing import Any, BinaryIO, NamedTuple
 from gpulock import faults
 from gpulock.elf import climbing_dirs, is_elf, search_paths
 from gpulock.errors import GpulockError
+from gpulock.layout import Layout
+from gpulock.names import path_problem, script_problem
 from gpulock.scratch import tag
 
 LAYOUT_VERSION = 1
@@ -62,9 +64,12 @@ class Entry:
 
 
 class Store:
+    """One store on a volume: its root, its layout, and the package entries in it."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.base = root / f"v{LAYOUT_VERSION}"
+        self.layout = Layout(self.base)
 
     def check_layout(self) -> None:
         """Refuse a store written by a newer gpulock, before anything is read or written."""
@@ -76,11 +81,13 @@ class Store:
                                f"gpulock's v{LAYOUT_VERSION}: upgrade gpulock")
 
     def open(self) -> Store:
-        """Create the layout if needed; refuse a store written by a newer gpulock."""
+        """Create the layout if needed; refuse a store written by a newer gpulock, or one
+        whose own folders were replaced by links."""
         self.check_layout()
+        self.layout.check()
         try:
-            for sub in ("pkgs", "tmp", "envs"):
-                (self.base / sub).mkdir(parents=True, exist_ok=True)
+            for folder in (self.layout.pkgs, self.layout.tmp, self.layout.envs):
+                self.layout.folder(folder)
         except OSError as exc:
             raise GpulockError(f"cannot create the store at {self.root}: {exc.strerror}"
                                ) from None
@@ -88,10 +95,10 @@ class Store:
 
     @property
     def tmp(self) -> Path:
-        return self.base / "tmp"
+        return self.layout.tmp
 
     def entry_path(self, key: str) -> Path:
-        return self.base / "pkgs" / key
+        return self.layout.entry(key)
 
     def has(self, key: str) -> bool:
         return (self.entry_path(key) / ENTRY_MANIFEST).is_file()
@@ -108,7 +115,8 @@ class Store:
                      real_dirs=frozenset(data["real_dirs"]))
 
     def work_dir(self, label: str) -> Path:
-        work = Path(tempfile.mkdtemp(prefix=f"{label}.{tag()}.", dir=self.tmp))
+        work = Path(tempfile.mkdtemp(prefix=f"{label}.{tag()}.",
+                                     dir=self.layout.folder(self.tmp)))
         work.chmod(0o755)  # entries are shared: readable by every user of the volume
         return work
 
@@ -193,10 +201,9 @@ class Record(NamedTuple):
     size: int
 
 
-def escapes(name: str) -> bool:
-    """Whether an archive member's name points outside the folder it is unpacked into."""
-    normal = posixpath.normpath(name)
-    return name.startswith("/") or normal == ".." or normal.startswith("../")
+def member_problem(name: str) -> str | None:
+    """What is wrong with an archive member's name (it must stay inside its tree), or None."""
+    return path_problem(posixpath.normpath(name))
 
 
 def _refuse_unsafe_members(wheel: Path, label: str) -> None:
@@ -212,8 +219,8 @@ def _refuse_unsafe_members(wheel: Path, label: str) -> None:
     for member in members:
         name = member.filename
         mode = member.external_attr >> 16
-        if escapes(name) or "\\" in name:  # a wheel's names are POSIX paths
-            problem = "a path outside its own tree"
+        if reason := member_problem(name):
+            problem = f"a path outside its own tree (it {reason})"
         elif stat.S_ISLNK(mode):
             problem = "a symbolic link"
         else:
@@ -254,10 +261,14 @@ class _EntryDestination:
         import xxhash
         from installer.records import Hash, RecordEntry
 
-        relative = posixpath.normpath(os.fspath(path))
-        if escapes(relative) or relative == "." or "\\" in relative:
-            raise ValueError(f"it holds a file outside its tree: {os.fspath(path)!r}")
-        inside = f"{_SCHEME_DIRS[scheme]}/{relative}"
+        relative = os.fspath(path)
+        problem = (script_problem(relative) if scheme == "scripts"
+                   else path_problem(posixpath.normpath(relative)))
+        if problem:
+            what = "a script" if scheme == "scripts" else "a file"
+            raise ValueError(f"it holds {what} named {relative!r}, which "
+                             f"{problem or 'is outside its tree'}")
+        inside = f"{_SCHEME_DIRS[scheme]}/{posixpath.normpath(relative)}"
         target = self.root / inside
         target.parent.mkdir(parents=True, exist_ok=True)
         sha256, fast, size = hashlib.sha256(), xxhash.xxh3_128(), 0
@@ -276,8 +287,9 @@ class _EntryDestination:
     def write_script(self, name: str, module: str, attr: str, section: str) -> Any:
         from installer.records import RecordEntry
 
-        if "/" in name or name in ("", ".", ".."):
-            raise ValueError(f"it declares an unsafe script name {name!r}")
+        problem = script_problem(name)
+        if problem:
+            raise ValueError(f"it declares a {section} script named {name!r}, which {problem}")
         self.scripts.append((name, module, attr, section))
         return RecordEntry(f"bin/{name}", None, None)
 

@@ -79,7 +79,7 @@ def find_interpreter(store: Store, version: str) -> tuple[str, str]:
     Discovery runs subprocesses (hundreds of execs through pyenv shims); a no-op sync must
     not pay that, so the answer is kept and trusted while the binary's mtime is unchanged.
     """
-    remembered = store.base / "interpreters.json"
+    remembered = store.layout.interpreters
     try:
         known = json.loads(remembered.read_text())
     except (OSError, ValueError):
@@ -142,7 +142,7 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
 
     plan = {p.name: (p, entry_key(p, builder_for(manifest, p, python))) for p in lock.packages}
     # Rooted before the store is read: a gc running now keeps (or restores) these entries.
-    with roots.temporary(store, pkgs=[key for _, key in plan.values()]):
+    with roots.temporary(store, pkgs=[key for _, key in plan.values()], digest=digest):
         faults.point("plan", store.base)
         return _build(manifest, lock, lock_text, store, jobs, log, plan, previous,
                       (python, python_version, digest), started)
@@ -161,10 +161,10 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
                                                      for p in lock.packages]
     for line in changes:
         log(line)
+    from gpulock.fetch import discard
     from gpulock.http import Http
 
     http = Http()
-    downloads = store.tmp / "downloads"
     added: list[str] = []
     progress = Progress(log)
     if missing:
@@ -174,15 +174,14 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
 
         def add(item: tuple[LockedPackage, str]) -> str:
             package, key = item
-            wheel = _wheel_for(package, key, store, downloads, http, manifest, python,
-                               progress.advance)
+            wheel = _wheel_for(package, store, http, manifest, python, progress.advance)
             origin = ({"url": package.wheel.url, "sha256": package.wheel.sha256,
                        "size": package.wheel.size, "name": package.wheel.name}
                       if package.wheel else None)
-            store.add_wheel(wheel, key, package.name, package.version, python, origin)
-            if downloads in wheel.parents:
-                # Only the file: a racing sync may be writing its own part beside it.
-                wheel.unlink(missing_ok=True)
+            try:
+                store.add_wheel(wheel, key, package.name, package.version, python, origin)
+            finally:
+                discard(store.layout, wheel)
             progress.finished(f"{package.name} {package.version}")
             return f"{package.name} {package.version}"
 
@@ -203,18 +202,20 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
                       seconds=time.perf_counter() - started)
 
 
-def _wheel_for(package: LockedPackage, key: str, store: Store, downloads: Path, http: Http,
-               manifest: Manifest, python: str, progress: Callable[[int], None]) -> Path:
-    from gpulock.fetch import fetch
+def _wheel_for(package: LockedPackage, store: Store, http: Http, manifest: Manifest,
+               python: str, progress: Callable[[int], None]) -> Path:
+    """The package's wheel in a folder of this writer's under tmp/ (see fetch.discard)."""
+    from gpulock.fetch import discard, fetch
 
     label = f"{package.name} {package.version}"
     if package.wheel:
-        return fetch(package.wheel, label, downloads, http, progress)
+        return fetch(package.wheel, label, store.layout, http, progress)
     builder = builder_for(manifest, package, python)
     out = store.work_dir(f"build-{package.name}")
+    sdist = None
     try:
         if package.sdist:
-            source = fetch(package.sdist, label, downloads, http, progress)
+            sdist = source = fetch(package.sdist, label, store.layout, http, progress)
         else:
             from gpulock.vcs import GitSource, checkout
 
@@ -224,13 +225,13 @@ def _wheel_for(package: LockedPackage, key: str, store: Store, downloads: Path, 
             source = checkout(GitSource(package.vcs.url, package.vcs.requested_revision,
                                         package.vcs.commit_id, package.vcs.subdirectory),
                               Cache().root)
-        wheel = builder.build(source, out, label)
-        moved = downloads / key / wheel.name
-        moved.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(wheel), moved)
-        return moved
-    finally:
+        return builder.build(source, out, label)
+    except BaseException:
         shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        if sdist is not None:
+            discard(store.layout, sdist)
 
 
 class Progress:

@@ -2,8 +2,12 @@
 
 Package entries are checked file by file against `gpulock-records.json` (sha256, or with
 `fast` the xxh3 recorded beside it); model blobs against their own name (sha256) or their
-xxh3 record; generations by whether every link of their farm still resolves. `repair`
-moves a damaged entry or blob aside and fetches it again from where the lock says it came.
+xxh3 record; generations by whether their entries are all there and every link is one
+gpulock made (into pkgs/, or `bin/python` to its interpreter); the model views by whether
+every link leads into the store's blobs. Links and files that gpulock did not put in an
+entry are damage too: a copy swapped in for an entry is found, not trusted. `repair` moves a
+damaged entry or blob aside and fetches it again from where the lock says it came, and
+rebuilds a damaged generation from its record.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import hashlib
 import mmap
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,18 +28,20 @@ import xxhash
 
 from gpulock import generation, roots
 from gpulock.errors import GpulockError
+from gpulock.names import entry_key_problem, hex_problem, path_problem
 from gpulock.scratch import tag
-from gpulock.store import Record, Store
+from gpulock.store import ENTRY_MANIFEST, ENTRY_RECORDS, Record, Store
 
 _MAP_FROM = 1 << 20
 _BATCH = 512
+_OWN_FILES = {ENTRY_MANIFEST, ENTRY_RECORDS}
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Damage:
-    kind: str  # "entry", "blob" or "generation"
-    key: str  # entry key, blob sha256, or project/gen-N
+    kind: str  # "entry", "blob", "generation" or "view"
+    key: str  # entry key, blob sha256, project/gen-N, or a view's path under v1/
     problem: str
 
 
@@ -50,7 +57,7 @@ class Checked:
 
 def _digest(path: Path, fast: bool) -> tuple[str, int]:
     hasher: Any = xxhash.xxh3_128() if fast else hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         size = os.fstat(fd).st_size
         if size < _MAP_FROM:
@@ -67,15 +74,39 @@ def _digest(path: Path, fast: bool) -> tuple[str, int]:
 
 def _batches(store: Store, key: str) -> list[tuple[str, list[Record]]] | str:
     """An entry's records as work items (each large file alone), or what is wrong with it."""
+    if entry_key_problem(key):
+        return "it is not an entry gpulock made (its name is not <sha256>-<name>-<version>)"
+    root = store.entry_path(key)
+    if os.path.islink(root):
+        return "it is a symbolic link, which gpulock never makes in pkgs/"
     try:
         records = store.records(key)
         store.entry(key)
     except (OSError, ValueError, KeyError, TypeError, GpulockError):
         return "its manifest or records are missing or unreadable"
+    problem = _foreign(root, {r.path for r in records})
+    if problem:
+        return problem
     small = [r for r in records if r.size < _MAP_FROM]
     # Each large file alone (hashing it releases the GIL); small ones in batches.
     return ([(key, [r]) for r in records if r.size >= _MAP_FROM]
             + [(key, small[i:i + _BATCH]) for i in range(0, len(small), _BATCH)])
+
+
+def _foreign(root: Path, recorded: set[str]) -> str | None:
+    """What an entry holds that it was not published with: links, unrecorded files."""
+    bad = next((r for r in recorded if path_problem(r)), None)
+    if bad is not None:
+        return f"its records name {bad!r}, outside the entry"
+    for folder, dirs, names in os.walk(root):
+        for name in [*dirs, *names]:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root)
+            if os.path.islink(path):
+                return f"{relative} is a symbolic link, which gpulock never puts in an entry"
+            if name in names and relative not in recorded and relative not in _OWN_FILES:
+                return f"{relative} was not in the entry when it was published"
+    return None
 
 
 def _check_files(store: Store, key: str, records: list[Record], fast: bool
@@ -101,13 +132,15 @@ def _check_files(store: Store, key: str, records: list[Record], fast: bool
 
 
 def _check_blob(store: Store, blob: Path, fast: bool) -> tuple[int, str | None]:
-    from gpulock.views import fast_record
-
     sha = blob.parent.name + blob.name
+    if hex_problem(sha, 64):
+        return 0, "is not a blob gpulock stored (its name is not a sha256)"
+    if os.path.islink(blob):
+        return 0, "is a symbolic link, which gpulock never makes in blobs/sha256/"
     expected = sha
     if fast:
         try:
-            expected = fast_record(store, sha).read_text().strip()
+            expected = store.layout.fast_record(sha).read_text().strip()
         except OSError:
             fast = False  # no xxh3 recorded for this blob: the full hash it is
     actual, size = _digest(blob, fast)
@@ -117,18 +150,28 @@ def _check_blob(store: Store, blob: Path, fast: bool) -> tuple[int, str | None]:
     return size, None
 
 
+def _projects(store: Store) -> list[Path]:
+    envs = store.layout.envs
+    return [envs / name for name in sorted(os.listdir(envs))] if envs.is_dir() else []
+
+
 def _generations(store: Store) -> Iterator[generation.Generation]:
-    envs = store.base / "envs"
-    for folder in sorted(envs.iterdir()) if envs.is_dir() else []:
-        yield from generation.all_generations(store, folder.name)
+    for folder in _projects(store):
+        yield from generation.generations_in(folder)
+
+
+def _blobs(store: Store) -> list[Path]:
+    found = []
+    for folder, _dirs, names in os.walk(store.layout.blobs):
+        found += [Path(folder) / name for name in names]
+    return sorted(found)
 
 
 def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
     result = Checked()
-    pkgs = store.base / "pkgs"
-    keys = sorted(p.name for p in pkgs.iterdir()) if pkgs.is_dir() else []
-    blobs_root = store.base / "blobs" / "sha256"
-    blobs = sorted(p for p in blobs_root.rglob("*") if p.is_file()) if blobs_root.is_dir() else []
+    pkgs = store.layout.pkgs
+    keys = sorted(os.listdir(pkgs)) if pkgs.is_dir() else []
+    blobs = _blobs(store)
     # Reads and hashes release the GIL: threads use every core.
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         work: list[tuple[str, list[Record]]] = []
@@ -160,20 +203,82 @@ def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
             if problem:
                 result.damage.append(Damage("blob", blob.parent.name + blob.name, problem))
     damaged = {d.key for d in result.damage}
-    for gen in _generations(store):
-        result.generations += 1
-        gone = sorted(name for name, key in gen.packages.items()
-                      if not store.has(key) or key in damaged)
-        if gone:
-            project = gen.path.parent.name
-            result.damage.append(Damage("generation", f"{project}/gen-{gen.number}",
-                                        f"needs entries that are missing or damaged: "
-                                        f"{', '.join(gone[:5])}"))
+    for folder in _projects(store):
+        result.damage += _check_project(store, folder, damaged, result)
+    result.damage += _check_views(store)
     return result
 
 
+def _check_project(store: Store, folder: Path, damaged: set[str], result: Checked
+                   ) -> list[Damage]:
+    """A project's generations: entries present and sound, links gpulock made."""
+    found: list[Damage] = []
+    project = folder.name
+    if os.path.islink(folder) or not folder.is_dir():
+        return [Damage("generation", project, "its folder in envs/ is not one gpulock made")]
+    if os.path.lexists(folder / "current") and generation.current_name(folder) is None:
+        found.append(Damage("generation", f"{project}/current",
+                            "is not a link to one of its generations"))
+    for name in sorted(os.listdir(folder)):
+        path = folder / name
+        if name.startswith("gen-") and (os.path.islink(path) or generation.read(path) is None):
+            found.append(Damage("generation", f"{project}/{name}",
+                                "its record is missing or damaged, or it is a link"))
+    for gen in generation.generations_in(folder):
+        result.generations += 1
+        where = f"{project}/gen-{gen.number}"
+        gone = sorted(name for name, key in gen.packages.items()
+                      if not store.has(key) or key in damaged)
+        if gone:
+            found.append(Damage("generation", where, "needs entries that are missing or "
+                                f"damaged: {', '.join(gone[:5])}"))
+        stray = _stray_link(store, gen)
+        if stray:
+            found.append(Damage("generation", where, stray))
+    return found
+
+
+def _stray_link(store: Store, gen: generation.Generation) -> str | None:
+    """A link in a generation that gpulock did not make: its farm links only into pkgs/, its
+    `bin/python*` only to the interpreter it was built for."""
+    pkgs = os.path.realpath(store.layout.pkgs)
+    for folder, dirs, names in os.walk(gen.path):
+        for name in [*dirs, *names]:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                continue
+            relative = os.path.relpath(path, gen.path)
+            if os.path.dirname(relative) == "bin" and re.fullmatch(r"python[\d.]*", name):
+                if os.readlink(path) != gen.python:
+                    return f"{relative} links to {os.readlink(path)}, not to {gen.python}"
+            elif not _within(os.path.realpath(path), pkgs):
+                return f"{relative} links outside the store's entries"
+    return None
+
+
+def _check_views(store: Store) -> list[Damage]:
+    """Links in the model caches must lead to the store's blobs and trees."""
+    layout = store.layout
+    inside = [os.path.realpath(layout.base / "blobs"), os.path.realpath(layout.trees)]
+    found = []
+    for root in (layout.hf, layout.modelscope, layout.files):
+        for folder, dirs, names in os.walk(root):
+            for name in [*dirs, *names]:
+                path = os.path.join(folder, name)
+                if os.path.islink(path) and not any(
+                        _within(os.path.realpath(path), top) for top in inside):
+                    found.append(Damage("view", os.path.relpath(path, layout.base),
+                                        "is a link that leads outside the store's blobs"))
+    return found
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + os.sep)
+
+
 def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
-    """Fetch damaged entries and blobs again; return what was repaired."""
+    """Fetch damaged entries and blobs again, rebuild damaged generations, drop stray links
+    from the model views; return what was repaired."""
     repaired: list[str] = []
     wanted = {d.key for d in damage if d.kind == "entry"}
     for gen in _generations(store):
@@ -181,6 +286,9 @@ def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
     sources = _package_sources(store)
     for key in sorted(wanted):
         origin, python = sources.get(key, (None, None))
+        if entry_key_problem(key):
+            log(f"cannot repair pkgs/{key}: gpulock did not make it; 'gpulock gc' removes it")
+            continue
         if origin is None:
             log(f"cannot repair {key}: no lock names the wheel it came from (an entry built "
                 "from source: remove it and run 'gpulock sync' in its project)")
@@ -188,10 +296,36 @@ def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
         _refetch_entry(store, key, origin, python)
         repaired.append(key)
         log(f"repaired package entry {key}")
-    blobs = {d.key for d in damage if d.kind == "blob"}
+    blobs = {d.key for d in damage if d.kind == "blob" and not hex_problem(d.key, 64)}
     if blobs:
         repaired += _refetch_blobs(store, blobs, log)
+    for item in damage:
+        if item.kind == "view":
+            (store.layout.base / item.key).unlink(missing_ok=True)
+            log(f"removed {item.key}; the next 'gpulock sync' of its project lays it out again")
+        elif item.kind == "generation" and item.key.count("/gen-") == 1:
+            repaired += _rebuild(store, item.key, log)
     return repaired
+
+
+def _rebuild(store: Store, where: str, log: Log) -> list[str]:
+    """Build a damaged generation again from its record and lock copy, as the next number;
+    make it current when the damaged one was."""
+    project, name = where.split("/")
+    folder = store.layout.env(project)
+    old = generation.read(folder / name)
+    if old is None or not all(store.has(key) for key in old.packages.values()):
+        log(f"cannot rebuild {where}: its record or entries are gone; run 'gpulock sync' in "
+            "its project")
+        return []
+    entries = {package: store.entry(key) for package, key in old.packages.items()}
+    lock_text = (old.path / "pylock.gpu.toml").read_text()
+    built = generation.create(store, project, entries, old.python, old.python_version,
+                              old.lock_digest, lock_text, ())
+    if generation.current_name(folder) == name:
+        generation.switch(store, project, built.generation)
+    log(f"rebuilt {where} as generation {built.generation.number}")
+    return [where]
 
 
 def _package_sources(store: Store) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
@@ -211,23 +345,23 @@ def _package_sources(store: Store) -> dict[str, tuple[dict[str, Any] | None, str
                 wheel = package.wheel
                 sources[key] = ({"url": wheel.url, "sha256": wheel.sha256, "size": wheel.size,
                                  "name": wheel.name}, gen.python)
-    pkgs = store.base / "pkgs"
-    for entry in pkgs.iterdir() if pkgs.is_dir() else []:
-        if entry.name not in sources:
-            with contextlib.suppress(OSError, ValueError):
-                sources[entry.name] = (store.origin(entry.name), None)
+    pkgs = store.layout.pkgs
+    for name in os.listdir(pkgs) if pkgs.is_dir() else []:
+        if name not in sources and not entry_key_problem(name):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sources[name] = (store.origin(name), None)
     return sources
 
 
 def _refetch_entry(store: Store, key: str, origin: dict[str, Any], python: str | None) -> None:
-    from gpulock.fetch import fetch
+    from gpulock.fetch import discard, fetch
     from gpulock.http import Http
     from gpulock.lockfile import FileRef
 
     name, version = key.split("-", 1)[1].rsplit("-", 1)
     ref = FileRef(name=origin["name"], url=origin["url"], size=origin["size"],
                   sha256=origin["sha256"])
-    wheel = fetch(ref, f"{name} {version}", store.tmp / "downloads", Http())
+    wheel = fetch(ref, f"{name} {version}", store.layout, Http())
     # Aside first, so the new copy is published by the same rename as any other entry.
     aside = store.tmp / f"damaged.{tag()}"
     with contextlib.suppress(FileNotFoundError):
@@ -235,14 +369,15 @@ def _refetch_entry(store: Store, key: str, origin: dict[str, Any], python: str |
     try:
         store.add_wheel(wheel, key, name, version, python, origin)
     finally:
+        if os.path.islink(aside):
+            os.unlink(aside)  # a planted link: only the link goes
         shutil.rmtree(aside, ignore_errors=True)
-        if store.tmp / "downloads" in wheel.parents:
-            wheel.unlink(missing_ok=True)
+        discard(store.layout, wheel)
 
 
 def _refetch_blobs(store: Store, blobs: set[str], log: Log) -> list[str]:
     from gpulock.models import from_dict
-    from gpulock.views import blob_path, fetch_blob, stored_blob
+    from gpulock.views import fetch_blob, stored_blob
 
     models = [from_dict(m) for m in roots.model_roots(store)]
     owners = {}
@@ -254,7 +389,7 @@ def _refetch_blobs(store: Store, blobs: set[str], log: Log) -> list[str]:
                 owners[blob.parent.name + blob.name] = (model, file)
     repaired = []
     for sha in sorted(blobs):
-        blob = blob_path(store, sha)
+        blob = store.layout.blob(sha)
         if sha not in owners:
             log(f"cannot repair blob {sha}: no synced model pins it; 'gpulock gc' removes it")
             continue

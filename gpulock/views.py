@@ -27,9 +27,10 @@ import xxhash
 
 from gpulock import faults
 from gpulock.errors import GpulockError, HashMismatchError
+from gpulock.layout import Layout
 from gpulock.models import ModelFile, PinnedModel
-from gpulock.scratch import built_beside, claim_partial, link_atomic, write_atomic
-from gpulock.store import Store, escapes
+from gpulock.scratch import built_beside, claim_partial, link_atomic, open_part, write_atomic
+from gpulock.store import Store, member_problem
 
 _CHUNK = 1 << 20
 PARALLEL_FROM = 64 * 2**20  # files this large may download as parallel ranges
@@ -49,40 +50,40 @@ class HubRepo:
             return cls(repo.removeprefix("datasets/"), "dataset")
         return cls(repo, "model")
 
-    @property
-    def folder(self) -> str:
-        return f"{self.kind}s--" + self.repo_id.replace("/", "--")
+    def folder(self, store: Store) -> Path:
+        """This repository's folder in the store's Hugging Face cache."""
+        return store.layout.hf_repo(self.kind, self.repo_id)
 
     def url(self, endpoint: str, commit: str, path: str) -> str:
         prefix = "datasets/" if self.kind == "dataset" else ""
         return f"{endpoint}/{prefix}{self.repo_id}/resolve/{commit}/{quote(path)}"
 
 
-def hf_cache(store: Store) -> Path:
-    return store.base / "hf"
-
-
-def blob_path(store: Store, sha256: str) -> Path:
-    return store.base / "blobs" / "sha256" / sha256[:2] / sha256[2:]
-
-
-def fast_record(store: Store, sha256: str) -> Path:
-    """`blobs/xxh3/<aa>/<rest>` holds the xxh3_128 of the blob `blobs/sha256/<aa>/<rest>`."""
-    return store.base / "blobs" / "xxh3" / sha256[:2] / sha256[2:]
-
-
-def _git_index(store: Store, git_sha1: str) -> Path:
-    return store.base / "blobs" / "git-sha1" / git_sha1[:2] / git_sha1[2:]
-
-
 def stored_blob(store: Store, file: ModelFile) -> Path | None:
+    """The blob holding `file`, if the store has it."""
+    layout = store.layout
     if file.sha256:
-        path = blob_path(store, file.sha256)
+        path = layout.blob(file.sha256)
         return path if path.is_file() else None
     if file.git_sha1:
-        index = _git_index(store, file.git_sha1)
-        return index.resolve() if index.is_symlink() and index.resolve().is_file() else None
+        return indexed_blob(layout, layout.git_index(file.git_sha1))
     return None
+
+
+def indexed_blob(layout: Layout, index: Path) -> Path | None:
+    """The blob a `blobs/git-sha1/` link names, if it is a link gpulock made to a blob."""
+    try:
+        target = os.readlink(index)
+    except OSError:
+        return None
+    aa, _, rest = target.removeprefix("../../sha256/").partition("/")
+    if not target.startswith("../../sha256/") or "/" in rest:
+        return None  # not a link gpulock wrote: only ever ../../sha256/<aa>/<rest>
+    try:
+        blob = layout.blob(aa + rest)
+    except GpulockError:
+        return None
+    return blob if blob.is_file() else None
 
 
 def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
@@ -94,14 +95,15 @@ def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
     re-hashing what is already there.
     """
     expected = file.sha256 or file.git_sha1 or ""
-    folder = store.tmp / "models"
-    folder.mkdir(parents=True, exist_ok=True)
+    layout = store.layout
+    folder = layout.folder(layout.model_parts)
+    guard = Layout.named(folder, f"{expected}.lock", "a download's name")
     # Another sync on this host may be fetching the same file: wait for it rather than
     # repeat its download. flock only saves work (network volumes ignore it); the claimed
     # partial and the hash check are what keep the bytes right.
-    with (folder / f"{expected}.lock").open("a") as guard:
+    with open(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "wb") as held:
         if not os.environ.get("GPULOCK_NO_FLOCK"):
-            fcntl.flock(guard, fcntl.LOCK_EX)
+            fcntl.flock(held, fcntl.LOCK_EX)
         blob = stored_blob(store, file)
         if blob is not None:
             return blob
@@ -143,7 +145,7 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
             elif response.status not in (200, 206):
                 raise GpulockError(f"model '{model.name}': {file.path} could not be downloaded "
                                    f"from {redact(url)} (HTTP {response.status})")
-            with part.open("ab") as out:
+            with open_part(part) as out:
                 while chunk := body.read(_CHUNK):
                     out.write(chunk)
                     hashes.update(chunk)
@@ -180,7 +182,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
         done = set()
     if not done:
         part.unlink(missing_ok=True)
-    with part.open("ab") as handle:
+    with open_part(part) as handle:
         if handle.tell() < file.size:
             handle.truncate(file.size)
     lock = threading.Lock()
@@ -196,7 +198,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
             if response.status != 206:
                 raise GpulockError(f"model '{model.name}': {file.path} could not be "
                                    f"downloaded from {redact(url)} (HTTP {response.status})")
-            fd = os.open(part, os.O_WRONLY)
+            fd = os.open(part, os.O_WRONLY | os.O_NOFOLLOW)
             try:
                 offset = start
                 while chunk := body.read(_CHUNK):
@@ -232,14 +234,15 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
                                 f"({size} bytes), but the lock says {expected} ({file.size} "
                                 "bytes): it changed upstream since the lock; nothing was "
                                 "stored", resumed=resumed)
-    blob = blob_path(store, hashes.sha256.hexdigest())
-    blob.parent.mkdir(parents=True, exist_ok=True)
+    layout = store.layout
+    blob = layout.ready(layout.blob(hashes.sha256.hexdigest()))
     # The blob's xxh3, recorded now, lets `verify --fast` check it at memory speed.
-    write_atomic(fast_record(store, hashes.sha256.hexdigest()), hashes.xxh3.hexdigest())
+    write_atomic(layout.ready(layout.fast_record(hashes.sha256.hexdigest())),
+                 hashes.xxh3.hexdigest())
     part.chmod(0o444)
     os.replace(part, blob)
     if not file.sha256 and file.git_sha1:
-        _link(_git_index(store, file.git_sha1), blob)
+        _link(layout.ready(layout.git_index(file.git_sha1)), blob)
     return blob
 
 
@@ -270,20 +273,20 @@ def _link(link: Path, target: Path) -> None:
 
 
 def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
-    repo = HubRepo.of(model.source)
-    root = hf_cache(store) / repo.folder
+    layout = store.layout
+    root = HubRepo.of(model.source).folder(store)
     commit = model.commit or ""
+    links = layout.folder(root / "blobs")
     for file in model.files:
-        _link(root / "blobs" / str(file.etag), blobs[file.path])
-    snapshot = root / "snapshots" / commit
+        _link(Layout.named(links, str(file.etag), "a blob id"), blobs[file.path])
+    snapshot = layout.ready(Layout.commit_folder(root / "snapshots", commit))
     if not snapshot.is_dir():
         with built_beside(snapshot) as work:
             for file in model.files:
-                link = work / file.path
-                link.parent.mkdir(parents=True, exist_ok=True)
+                link = _new_link_path(model, work, file.path)
                 depth = file.path.count("/")
                 os.symlink("../" * (depth + 2) + f"blobs/{file.etag}", link)
-    trees = root / "trees" / f"{commit}.json"
+    trees = layout.ready(root / "trees" / f"{commit}.json")
     if not trees.exists():
         entries = {}
         for file in model.files:
@@ -294,7 +297,7 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
         write_atomic(trees, json.dumps({"format_version": 1, "files": entries}, indent=1,
                                        sort_keys=True))
     if model.revision and model.revision != commit:
-        ref = root / "refs" / model.revision
+        ref = layout.ready(Layout.ref(root, model.revision))
         with contextlib.suppress(OSError):
             if ref.read_text() == commit:
                 return snapshot
@@ -347,10 +350,11 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
         elif model.extract:
             (file,) = model.files
             tree = _extracted(store, model, file, blobs[file.path])
-            _link(store.base / "files" / model.name, tree)
+            _link(store.layout.ready(store.layout.file_view(model.name)), tree)
         else:
+            view = store.layout.file_view(model.name)
             for file in model.files:  # a plain download: `files/<model>/<filename>`
-                _link(store.base / "files" / model.name / file.path, blobs[file.path])
+                _link(store.layout.ready(Layout.inside(view, file.path)), blobs[file.path])
     return len(work), sum(f.size for _, f, _ in work.values())
 
 
@@ -379,7 +383,7 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
     import tarfile
     import zipfile
 
-    tree = store.base / "trees" / str(file.sha256)
+    tree = store.layout.ready(store.layout.tree(str(file.sha256)))
     if tree.is_dir():
         return tree
     with built_beside(tree) as work:
@@ -402,9 +406,9 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
 
 def _refuse_escapes(model: PinnedModel, names: list[str]) -> None:
     for name in names:
-        if escapes(name):
+        if problem := member_problem(name):
             raise GpulockError(f"model '{model.name}': the archive holds {name!r}, outside its "
-                               "own tree; nothing was extracted")
+                               f"own tree (the path {problem}); nothing was extracted")
 
 
 def _url(model: PinnedModel, file: ModelFile, hf_endpoint: str) -> str:
@@ -417,10 +421,6 @@ def _url(model: PinnedModel, file: ModelFile, hf_endpoint: str) -> str:
         return (f"{modelscope_endpoint()}/api/v1/models/{repo}/repo?"
                 f"Revision={quote(model.revision or 'master')}&FilePath={quote(file.path)}")
     return model.source
-
-
-def modelscope_cache(store: Store) -> Path:
-    return store.base / "modelscope"
 
 
 def _holds_exactly(folder: Path, links: dict[str, str]) -> bool:
@@ -440,10 +440,11 @@ def _holds_exactly(folder: Path, links: dict[str, str]) -> bool:
 
 def _ms_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it."""
-    root = modelscope_cache(store) / "models" / model.source.removeprefix("ms://").replace(
-        "/", "--")
-    snapshot = root / "snapshots" / (model.revision or "master")
-    wanted = {file.path: os.path.relpath(blobs[file.path], (snapshot / file.path).parent)
+    layout = store.layout
+    root = layout.ms_repo(model.source.removeprefix("ms://"))
+    snapshot = layout.ready(Layout.ms_snapshot(root, model.revision or "master"))
+    wanted = {file.path: os.path.relpath(blobs[file.path],
+                                         Layout.inside(snapshot, file.path).parent)
               for file in model.files}
     if _holds_exactly(snapshot, wanted):
         return snapshot
@@ -451,7 +452,16 @@ def _ms_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     # snapshot replaces the old one whole.
     with built_beside(snapshot, replace=True) as work:
         for path, target in wanted.items():
-            link = work / path
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(target, link)
+            os.symlink(target, _new_link_path(model, work, path))
     return snapshot
+
+
+def _new_link_path(model: PinnedModel, work: Path, path: str) -> Path:
+    """Where the link for repository file `path` goes in a snapshot being built in `work`."""
+    link = Layout.inside(work, path)
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise GpulockError(f"model '{model.name}': {path} needs a folder where the repository "
+                           "has a file of the same name; nothing was laid out") from None
+    return link

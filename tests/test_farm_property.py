@@ -44,7 +44,7 @@ def test_farm_shows_the_same_files_as_a_plain_copy(tmp_path_factory, wheels, dat
     plain = root / "plain"
     for index, files in enumerate(wheels):
         wheel = make_wheel(root / "wheels", f"w{index}", "1.0", files=files)
-        entry = store.add_wheel(wheel, f"k{index}", f"w{index}", "1.0", None)
+        entry = store.add_wheel(wheel, f"{index:064x}-w{index}-1.0", f"w{index}", "1.0", None)
         # Pretend ELF files forced some folders to be real: the view must not change.
         folders = sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
         real = data.draw(st.sets(st.sampled_from(folders))) if folders else set()

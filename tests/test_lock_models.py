@@ -195,5 +195,6 @@ def test_an_archive_escaping_its_tree_is_refused(make_index, project):
     url = index.url.replace("/simple", "/files/evil.zip")
     write(project, index, f'[models.evil]\nsource = "{url}"\nextract = true\n')
     result = project.gpulock("sync", "--models-only", "--store", str(project.root / "store"))
-    assert result.code == 1 and "outside its own tree; nothing was extracted" in result.err
+    assert result.code == 1 and "outside its own tree" in result.err
+    assert "nothing was extracted" in result.err
     assert not (project.root / "store" / "v1" / "files" / "evil").exists()

@@ -449,9 +449,9 @@ def test_gc_puts_back_an_entry_a_sync_rooted_while_it_was_collecting(make_index,
     real = roots.temporary_roots
     looks: list[int] = []
 
-    def a_sync_starts_between_the_two_looks(s: Store) -> roots.Live:
+    def a_sync_starts_between_the_two_looks(s: Store, prune: bool = True) -> roots.Live:
         looks.append(1)
-        live = real(s)
+        live = real(s, prune)
         if len(looks) == 2:
             live.pkgs.add(dep1)
         return live

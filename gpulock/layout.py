@@ -1,0 +1,260 @@
+"""The store's layout: every path under `<store>/v1/`, and the one place names become paths.
+
+Each method takes names that came from outside (a project or model name, a digest, a
+commit, a repository id, a file's path in a repository) and returns the path they name,
+after checking them against gpulock.names. A value that breaks a rule never becomes a path:
+it is refused with an UnsafeNameError, whatever reader let it through.
+
+Writers never follow a link into the store's own folders: `folder()` and `ready()` create
+each folder from `v1/` down and check that every one of them is a real folder, so a
+symbolic link planted at `tmp/` or `hf/models--x/blobs` is refused instead of written
+through.
+
+    pkgs/<sha256>-<name>-<version>/     one unpacked wheel (see store.py)
+    envs/<project>/gen-<N>/, current    generations (see generation.py)
+    blobs/sha256/<aa>/<rest>            model and data files; blobs/xxh3/ their xxh3;
+    blobs/git-sha1/<aa>/<rest>          links indexing small hub files by git blob id
+    hf/<kind>s--<owner>--<name>/        the Hugging Face cache view
+    modelscope/models/<owner>--<name>/  the ModelScope cache view
+    files/<model>/                      plain downloads and extracted archives
+    trees/<sha256>/                     archives unpacked once
+    roots/models/<project>.json         GC roots: each project's synced models
+    roots/tmp/<writer>.json             GC roots of running syncs
+    roots/gc/<writer>                   a running gc, while it chooses what goes
+    tmp/                                work in progress, named by its writer
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from gpulock.errors import GpulockError
+from gpulock.names import (
+    entry_key_problem,
+    hex_problem,
+    name_problem,
+    path_problem,
+    repo_problem,
+    revision_problem,
+    segment_problem,
+)
+
+HUB_KINDS = ("model", "dataset")
+
+
+class UnsafeNameError(GpulockError):
+    """A name from outside would have made a path that leaves its place in the store."""
+
+
+def _checked(what: str, value: object, problem: str | None) -> None:
+    if problem:
+        raise UnsafeNameError(f"refused {value!r} as {what}: it {problem}; nothing was "
+                              "written")
+
+
+class Layout:
+    """Paths of one store's `v1/` folder."""
+
+    FIXED = ("pkgs", "envs", "tmp", "tmp/downloads", "tmp/models", "blobs", "blobs/sha256",
+             "blobs/xxh3", "blobs/git-sha1", "hf", "modelscope", "modelscope/models", "files",
+             "trees", "roots", "roots/models", "roots/tmp", "roots/gc")
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._real: set[Path] = set()
+
+    # -- fixed folders and files -----------------------------------------------------------
+
+    @property
+    def pkgs(self) -> Path:
+        return self.base / "pkgs"
+
+    @property
+    def envs(self) -> Path:
+        return self.base / "envs"
+
+    @property
+    def tmp(self) -> Path:
+        return self.base / "tmp"
+
+    @property
+    def downloads(self) -> Path:
+        return self.base / "tmp" / "downloads"
+
+    @property
+    def model_parts(self) -> Path:
+        return self.base / "tmp" / "models"
+
+    @property
+    def blobs(self) -> Path:
+        return self.base / "blobs" / "sha256"
+
+    @property
+    def git_blobs(self) -> Path:
+        return self.base / "blobs" / "git-sha1"
+
+    @property
+    def hf(self) -> Path:
+        return self.base / "hf"
+
+    @property
+    def modelscope(self) -> Path:
+        return self.base / "modelscope"
+
+    @property
+    def files(self) -> Path:
+        return self.base / "files"
+
+    @property
+    def trees(self) -> Path:
+        return self.base / "trees"
+
+    @property
+    def model_roots(self) -> Path:
+        return self.base / "roots" / "models"
+
+    @property
+    def tmp_roots(self) -> Path:
+        return self.base / "roots" / "tmp"
+
+    @property
+    def collectors(self) -> Path:
+        return self.base / "roots" / "gc"
+
+    @property
+    def interpreters(self) -> Path:
+        return self.base / "interpreters.json"
+
+    # -- named places ------------------------------------------------------------------------
+
+    def entry(self, key: str) -> Path:
+        """`pkgs/<sha256>-<name>-<version>`."""
+        _checked("a store entry key", key, entry_key_problem(key))
+        return self.pkgs / key
+
+    def env(self, project: str) -> Path:
+        """`envs/<project>`: the project's generations and its `current` link."""
+        _checked("a project name", project, name_problem(project))
+        return self.envs / project
+
+    def blob(self, sha256: str) -> Path:
+        _checked("a sha256", sha256, hex_problem(sha256, 64))
+        return self.blobs / sha256[:2] / sha256[2:]
+
+    def fast_record(self, sha256: str) -> Path:
+        """`blobs/xxh3/<aa>/<rest>` holds the xxh3_128 of the blob `blobs/sha256/<aa>/<rest>`."""
+        _checked("a sha256", sha256, hex_problem(sha256, 64))
+        return self.base / "blobs" / "xxh3" / sha256[:2] / sha256[2:]
+
+    def git_index(self, git_sha1: str) -> Path:
+        _checked("a git blob id", git_sha1, hex_problem(git_sha1, 40))
+        return self.git_blobs / git_sha1[:2] / git_sha1[2:]
+
+    def hf_repo(self, kind: str, repo_id: str) -> Path:
+        """`hf/models--<owner>--<name>` (or `datasets--...`), as huggingface_hub names it."""
+        _checked("a Hugging Face repository kind", kind,
+                 None if kind in HUB_KINDS else "is not model or dataset")
+        _checked("a repository id", repo_id, repo_problem(repo_id))
+        return self.hf / (f"{kind}s--" + repo_id.replace("/", "--"))
+
+    @staticmethod
+    def commit_folder(folder: Path, commit: str) -> Path:
+        """`<folder>/<commit>` for a 40-digit commit id (snapshots of a Hugging Face repo)."""
+        _checked("a commit id", commit, hex_problem(commit, 40))
+        return folder / commit
+
+    @staticmethod
+    def ref(repo: Path, revision: str) -> Path:
+        """`<repo>/refs/<revision>`: a branch or tag name, possibly with `/` (refs/pr/1)."""
+        _checked("a revision", revision, revision_problem(revision))
+        return repo / "refs" / revision
+
+    def ms_repo(self, repo_id: str) -> Path:
+        """`modelscope/models/<owner>--<name>`, as modelscope-hub names it."""
+        _checked("a repository id", repo_id, repo_problem(repo_id))
+        return self.modelscope / "models" / repo_id.replace("/", "--")
+
+    @staticmethod
+    def ms_snapshot(repo: Path, revision: str) -> Path:
+        _checked("a ModelScope revision", revision,
+                 segment_problem(revision) or revision_problem(revision))
+        return repo / "snapshots" / revision
+
+    def file_view(self, model: str) -> Path:
+        """`files/<model>`: a plain download's folder, or the link to an extracted tree."""
+        _checked("a model name", model, name_problem(model))
+        return self.files / model
+
+    def tree(self, sha256: str) -> Path:
+        _checked("a sha256", sha256, hex_problem(sha256, 64))
+        return self.trees / sha256
+
+    def model_root(self, project: str) -> Path:
+        _checked("a project name", project, name_problem(project))
+        return self.model_roots / f"{project}.json"
+
+    def download_folder(self, sha256: str) -> Path:
+        _checked("a sha256", sha256, hex_problem(sha256, 64))
+        return self.downloads / sha256
+
+    @staticmethod
+    def inside(folder: Path, relative: str) -> Path:
+        """`folder/relative` for a repository or archive path that may not leave `folder`."""
+        _checked("a file path", relative, path_problem(relative))
+        return folder.joinpath(*relative.split("/"))
+
+    @staticmethod
+    def named(folder: Path, name: str, what: str) -> Path:
+        """`folder/name` for one file name (a wheel's filename, a script)."""
+        _checked(what, name, segment_problem(name))
+        return folder / name
+
+    # -- real folders --------------------------------------------------------------------
+
+    def folder(self, path: Path) -> Path:
+        """Create `path` inside the store as needed; every folder from `v1/` down must be real.
+
+        Folders are made one level at a time and each is checked with lstat before the next
+        is made inside it, so nothing is ever created through a planted symbolic link.
+        """
+        if path in self._real:
+            return path
+        try:
+            relative = path.relative_to(self.base)
+        except ValueError:
+            raise UnsafeNameError(f"refused {path} as a folder of the store {self.base}: it "
+                                  "is outside it") from None
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        current = self.base
+        for part in ("", *relative.parts):
+            current = current / part if part else current
+            if current in self._real:
+                continue
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current)
+            self._require_real(current)
+            self._real.add(current)
+        return path
+
+    def ready(self, path: Path) -> Path:
+        """`path`, once its parent is a real folder of the store (see `folder`)."""
+        self.folder(path.parent)
+        return path
+
+    def check(self) -> None:
+        """Refuse a store whose own folders were replaced by links or files."""
+        for name in ("", *self.FIXED):
+            path = self.base / name if name else self.base
+            if os.path.lexists(path):
+                self._require_real(path)
+
+    @staticmethod
+    def _require_real(path: Path) -> None:
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISDIR(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+            raise UnsafeNameError(f"the store folder {path} is {what}, which gpulock did not "
+                                  "make; nothing was written through it: remove it and retry")

@@ -1,0 +1,118 @@
+"""What a name from outside may look like before any part of gpulock turns it into a path.
+
+gpu.toml, a lock, a hub's file list and a wheel all hand gpulock strings that end up as
+folder and file names in the store. Each rule here answers "what is wrong with this value"
+(None when nothing is), so the reader of each input can say where the value came from:
+`gpu.toml:7:1`, the lock's entry, the hub and model. The store layout checks again before it
+builds a path, so a value that slipped past a reader still cannot leave the store.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Project and model names: one folder name, portable, never hidden, never `.` or `..`.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HEX = re.compile(r"[0-9a-f]+")
+# Hub repositories as huggingface_hub's validate_repo_id accepts them, checked here without
+# importing huggingface_hub (sync reads every manifest; the import costs 0.3 s).
+_REPO_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A store entry: `<sha256 of the wheel, or of source and build settings>-<name>-<version>`.
+_ENTRY_KEY = re.compile(r"[0-9a-f]{64}-[a-z0-9][a-z0-9-]*-[A-Za-z0-9.+!_-]+")
+NAME_MAX = 128
+SEGMENT_MAX = 255  # bytes: the longest file name Linux file systems take
+PATH_MAX = 4096
+
+
+def name_problem(value: str) -> str | None:
+    """What is wrong with a project or model name, or None."""
+    if not value:
+        return "is empty"
+    if len(value) > NAME_MAX:
+        return f"is longer than {NAME_MAX} characters"
+    if not _NAME.fullmatch(value):
+        return ("must start with a letter or digit and hold only letters, digits, '.', '_' "
+                "and '-'")
+    return None
+
+
+def path_problem(value: str) -> str | None:
+    """What is wrong with a file's path inside a repository or archive, or None.
+
+    A relative POSIX path: no leading `/`, no empty, `.` or `..` segment, no backslash, no
+    control character (NUL and newline included).
+    """
+    if not value:
+        return "is empty"
+    if _CONTROL.search(value):
+        return "holds a control character"
+    if "\\" in value:
+        return "holds a backslash"
+    if value.startswith("/"):
+        return "is absolute"
+    if len(value.encode()) > PATH_MAX:
+        return f"is longer than {PATH_MAX} bytes"
+    for segment in value.split("/"):
+        if not segment:
+            return "has an empty segment"
+        if segment in (".", ".."):
+            return f"has a {segment!r} segment"
+        if len(segment.encode()) > SEGMENT_MAX:
+            return f"has a segment longer than {SEGMENT_MAX} bytes"
+    return None
+
+
+def segment_problem(value: str) -> str | None:
+    """What is wrong with a single file or folder name (a path without `/`), or None."""
+    if "/" in value:
+        return "holds a '/'"
+    return path_problem(value)
+
+
+def hex_problem(value: str, length: int) -> str | None:
+    """What is wrong with a digest or commit id of `length` lowercase hex digits, or None."""
+    if len(value) != length or not _HEX.fullmatch(value):
+        return f"is not {length} lowercase hexadecimal digits"
+    return None
+
+
+def repo_problem(value: str) -> str | None:
+    """What is wrong with a hub repository id `owner/name`, or None (huggingface_hub's rules)."""
+    parts = value.split("/")
+    if len(parts) != 2 or not all(_REPO_PART.fullmatch(p) for p in parts):
+        return "must name a repository as owner/name (letters, digits, '_', '.', '-')"
+    if "--" in value or ".." in value or any(p.endswith((".", "-")) for p in parts):
+        return "may not hold '--' or '..' or end a part with '.' or '-'"
+    return None
+
+
+def revision_problem(value: str) -> str | None:
+    """What is wrong with a branch, tag or ref name (`main`, `v1.0`, `refs/pr/1`), or None."""
+    problem = path_problem(value)
+    if problem:
+        return problem
+    if any(segment.startswith(".") for segment in value.split("/")):
+        return "has a segment that starts with '.'"
+    return None
+
+
+def entry_key_problem(value: str) -> str | None:
+    """What is wrong with a store entry key, or None."""
+    if not _ENTRY_KEY.fullmatch(value) or len(value.encode()) > SEGMENT_MAX:
+        return "is not <sha256>-<name>-<version>"
+    return None
+
+
+def script_problem(value: str) -> str | None:
+    """What is wrong with the name of a script an environment's `bin/` receives, or None.
+
+    Beside the scripts `bin/` holds the interpreter links (`python`, `python3`,
+    `python3.X`): a wheel's script with such a name would replace the environment's Python.
+    """
+    problem = segment_problem(value)
+    if problem:
+        return problem
+    if re.fullmatch(r"python(\d+(\.\d+)?)?", value):
+        return "is the name of the environment's interpreter"
+    return None
