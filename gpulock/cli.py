@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpulock import __version__
-from gpulock.errors import GpulockError
+from gpulock.errors import GpulockError, StaleLockError
 
 if TYPE_CHECKING:
     from gpulock.manifest import Manifest
@@ -128,7 +128,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     else:
         try:
             locked = lockfile.check(spec, path)
-        except GpulockError:
+        except StaleLockError:  # a damaged or unsafe lock is refused, never replaced silently
             from gpulock import lock
 
             result = lock.lock(spec, path)

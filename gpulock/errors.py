@@ -27,7 +27,11 @@ class ManifestError(GpulockError):
 
 
 class LockfileError(GpulockError):
-    """The lockfile is missing, stale, truncated or of an unknown version."""
+    """The lockfile is missing, stale, truncated, unsafe or of an unknown version."""
+
+
+class StaleLockError(LockfileError):
+    """The lockfile is missing or was made from another manifest: locking again fixes it."""
 
 
 class ResolutionError(GpulockError):

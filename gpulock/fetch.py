@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpulock import faults
+from gpulock.credentials import redact
 from gpulock.errors import FetchError, GpulockError
-from gpulock.http import Http, redact
+from gpulock.http import Http
 from gpulock.layout import Layout
 from gpulock.lockfile import FileRef
 from gpulock.scratch import claim_partial, open_part, tag

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import os
 import ssl
 import threading
 import time
@@ -18,25 +19,65 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 from gpulock import __version__
+from gpulock.credentials import Login, from_keyring, login_for, redact, remember
 from gpulock.errors import FetchError
 
 USER_AGENT = f"gpulock/{__version__}"
 _RETRIES = 3
-_TIMEOUT = 60.0
+_STALL = 60.0  # seconds without a byte before a transfer is given up (GPULOCK_STALL_TIMEOUT)
+_MIN_RATE = 1024  # bytes/s: slower than this over a whole stall period is given up too
+MAX_BODY = 256 * 2**20  # what a page or metadata answer may hold; files are streamed
 
 
-def redact(url: str) -> str:
-    """The URL with any user:password removed, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
+def stall_timeout() -> float:
+    """Seconds a transfer may go without progress: $GPULOCK_STALL_TIMEOUT, else 60."""
+    try:
+        return max(0.1, float(os.environ.get("GPULOCK_STALL_TIMEOUT") or _STALL))
+    except ValueError:
+        return _STALL
+
+
+class Body:
+    """A response body read as bytes arrive, that gives up on a stalled or trickling server.
+
+    http.client's read(n) waits for all n bytes, so a server sending one byte a second would
+    never time out: this reads what has arrived (read1), and checks that each `stall` seconds
+    brought at least `_MIN_RATE` bytes per second.
+    """
+
+    def __init__(self, raw: http.client.HTTPResponse, url: str, stall: float) -> None:
+        self.raw, self.url, self.stall = raw, url, stall
+        self._since = time.monotonic()
+        self._got = 0
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        try:
+            chunk = self.raw.read1(size)
+        except TimeoutError:
+            raise FetchError(f"{redact(self.url)} sent nothing for {self.stall:g} s "
+                             "(GPULOCK_STALL_TIMEOUT); the transfer was stopped") from None
+        self._got += len(chunk)
+        elapsed = time.monotonic() - self._since
+        if elapsed >= self.stall:
+            if self._got < _MIN_RATE * elapsed:
+                raise FetchError(f"{redact(self.url)} sent only {self._got} bytes in "
+                                 f"{elapsed:.0f} s (GPULOCK_STALL_TIMEOUT={self.stall:g}); "
+                                 "the transfer was stopped")
+            self._since, self._got = time.monotonic(), 0
+        return chunk
+
+    def read_all(self, limit: int = MAX_BODY) -> bytes:
+        chunks, size = [], 0
+        while chunk := self.read():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise FetchError(f"{redact(self.url)} sent more than {limit // 2**20} MiB "
+                                 "where a page was expected")
+        return b"".join(chunks)
 
 
 @dataclass
@@ -48,8 +89,10 @@ class Response:
 
 
 class Http:
-    def __init__(self, timeout: float = _TIMEOUT) -> None:
-        self.timeout = timeout
+    """GET over HTTP(S) with one kept-alive connection per thread and host."""
+
+    def __init__(self) -> None:
+        self.timeout = stall_timeout()
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
         self.bytes_received = 0
@@ -75,7 +118,7 @@ class Http:
 
     @contextmanager
     def stream(self, url: str, headers: dict[str, str] | None = None
-               ) -> Iterator[tuple[Response, http.client.HTTPResponse]]:
+               ) -> Iterator[tuple[Response, Body]]:
         """Send GET and yield (status and headers, the open body), following redirects."""
         headers = dict(headers or {})
         for _ in range(10):
@@ -89,7 +132,7 @@ class Http:
                 url = target
                 continue
             try:
-                yield response, raw
+                yield response, Body(raw, url, self.timeout)
             finally:
                 # Leave the connection reusable only when the body was fully consumed.
                 if not raw.isclosed():
@@ -101,7 +144,7 @@ class Http:
     def get(self, url: str, headers: dict[str, str] | None = None) -> Response:
         """GET the whole body (decompressed when the server gzipped it)."""
         with self.stream(url, headers) as (response, raw):
-            body = raw.read()
+            body = raw.read_all()
         with self._count_lock:
             self.bytes_received += len(body)
         encoding = response.headers.get("content-encoding", "")
@@ -114,6 +157,7 @@ class Http:
 
     def _send(self, url: str, headers: dict[str, str]
               ) -> tuple[Response, http.client.HTTPResponse]:
+        url = remember(url)  # credentials travel in the header, never in the request line
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise FetchError(f"cannot fetch {redact(url)}: unsupported scheme '{parts.scheme}'")
@@ -121,10 +165,9 @@ class Http:
         if parts.query:
             path += "?" + parts.query
         request_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
-        if parts.username is not None:
-            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            request_headers["Authorization"] = "Basic " + base64.b64encode(
-                token.encode()).decode()
+        login = None if "Authorization" in headers else login_for(url)
+        if login:
+            request_headers["Authorization"] = _basic(login)
         last_error: Exception | None = None
         for attempt in range(_RETRIES):
             conn = self._connection(parts.scheme, parts.netloc, fresh=attempt > 0)
@@ -144,6 +187,16 @@ class Http:
                 last_error = FetchError(f"HTTP {raw.status}")
                 time.sleep(0.2 * (attempt + 1))
                 continue
+            if raw.status == 401 and "Authorization" not in request_headers:
+                found = from_keyring(url)
+                if found:  # keyring only when asked: a backend can be slow or prompt
+                    raw.read()
+                    request_headers["Authorization"] = _basic(found)
+                    continue
             return response, raw
         reason = getattr(last_error, "reason", None) or last_error
         raise FetchError(f"cannot fetch {redact(url)}: {reason}")
+
+
+def _basic(login: Login) -> str:
+    return "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()

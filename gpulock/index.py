@@ -29,8 +29,9 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from gpulock.cache import Cache
+from gpulock.credentials import redact
 from gpulock.errors import FetchError
-from gpulock.http import Http, redact
+from gpulock.http import Http
 
 _ACCEPT = ("application/vnd.pypi.simple.v1+json, "
            "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01")

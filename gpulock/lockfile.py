@@ -9,6 +9,7 @@ everything `sync` relies on and names the file and the entry when something is o
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from gpulock.errors import LockfileError
+from gpulock.credentials import credentials_in
+from gpulock.errors import LockfileError, StaleLockError
+from gpulock.names import hex_problem, path_problem, segment_problem
 from gpulock.target import Target
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+MAX_BYTES = 256 * 2**20
 LOCK_VERSION = "1.0"
 FORMAT = 1  # [tool.gpulock] format; a newer number means a newer gpulock wrote the lock
 DEFAULT_NAME = "pylock.gpu.toml"
@@ -176,23 +180,26 @@ def check(manifest: Manifest, path: Path) -> Lock:
     """Raise LockfileError unless the lock exists and was made from this manifest."""
     lock = read(path)
     if lock.manifest_hash != manifest.content_hash:
-        raise LockfileError(f"{path} is stale: {manifest.path.name} changed since it was "
+        raise StaleLockError(f"{path} is stale: {manifest.path.name} changed since it was "
                             "locked; run 'gpulock lock'")
     missing = {m.name for m in manifest.models} - {m.get("name") for m in lock.models}
     if missing:
-        raise LockfileError(f"{path} pins no model {', '.join(sorted(missing))}; run "
+        raise StaleLockError(f"{path} pins no model {', '.join(sorted(missing))}; run "
                             "'gpulock lock'")
     if lock.target != manifest.target:
-        raise LockfileError(f"{path} was locked for {lock.target.describe()}, but the manifest "
+        raise StaleLockError(f"{path} was locked for {lock.target.describe()}, but the manifest "
                             f"targets {manifest.target.describe()}; run 'gpulock lock'")
     return lock
 
 
 def read(path: Path) -> Lock:
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise LockfileError(f"{path} is larger than {MAX_BYTES // 2**20} MiB; it is not a "
+                                "lock gpulock wrote")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LockfileError(f"{path} does not exist; run 'gpulock lock' first") from None
+        raise StaleLockError(f"{path} does not exist; run 'gpulock lock' first") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LockfileError(f"{path}: cannot read the lock file: {exc}") from None
     return loads(text, path)
@@ -234,10 +241,20 @@ def _file_ref(raw: dict[str, Any], where: str) -> FileRef:
 
 
 def loads(text: str, path: Path) -> Lock:
+    """Parse a lock and check everything sync will turn into paths, URLs and commands."""
+    lock = _parse(text, path)
+    _check_lock(lock, path)
+    return lock
+
+
+def _parse(text: str, path: Path) -> Lock:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LockfileError(f"{path} is not valid TOML ({exc}); it may be truncated: run "
+                            "'gpulock lock' to rewrite it") from None
+    except RecursionError:
+        raise LockfileError(f"{path} nests arrays or tables too deeply to be a lock; run "
                             "'gpulock lock' to rewrite it") from None
     top = _Fields(data, str(path))
     version = top.get("lock-version", str)
@@ -293,3 +310,102 @@ def loads(text: str, path: Path) -> Lock:
             groups=tuple(groups or ())))
     return Lock(target=target, manifest_hash=ours.get("manifest-hash", str),
                 packages=tuple(packages), models=tuple(ours.get("models", list)))
+
+
+def _check_lock(lock: Lock, path: Path) -> None:
+    """Refuse, naming the entry, a lock that breaks a rule of gpulock.names or PEP 751."""
+    from gpulock.models import from_dict
+
+    problem = _target_problem(lock.target)
+    if problem:
+        raise LockfileError(f"{path} [tool.gpulock.target]: {problem}; run 'gpulock lock' to "
+                            "rewrite the lock")
+    seen: set[str] = set()
+    for package in lock.packages:
+        where = f"{path} package {package.name!r}"
+        problem = _package_problem(package)
+        if problem is None and package.name in seen:
+            problem = "is listed twice"
+        if problem:
+            raise LockfileError(f"{where} {problem}; the lock was refused before anything was "
+                                "written (run 'gpulock lock' to rewrite it)")
+        seen.add(package.name)
+    names: set[str] = set()
+    for i, entry in enumerate(lock.models):
+        model = from_dict(entry, f"{path} models[{i}]")
+        if model.name in names:
+            raise LockfileError(f"{path} pins model {model.name!r} twice; run 'gpulock lock' "
+                                "to rewrite the lock")
+        names.add(model.name)
+
+
+def _target_problem(target: Target) -> str | None:
+    from gpulock.manifest import PLATFORMS, PYTHON_MINORS
+
+    version = re.fullmatch(r"3\.(\d+)(\.\d+)?", target.python)
+    if not version or int(version.group(1)) not in PYTHON_MINORS:
+        return f"python {target.python!r} is not a CPython version gpulock knows"
+    if target.platform not in PLATFORMS:
+        return f"platform {target.platform!r} is not one of {', '.join(PLATFORMS)}"
+    if not re.fullmatch(r"2\.\d+", target.glibc):
+        return f"glibc {target.glibc!r} is not like 2.28"
+    if target.cuda is not None and not re.fullmatch(r"\d+\.\d+", target.cuda):
+        return f"cuda {target.cuda!r} is not like 12.1"
+    return None
+
+
+def _package_problem(package: LockedPackage) -> str | None:
+    """What makes a locked package unsafe to fetch, unpack or build, or None."""
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        canonicalize_name,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
+    from packaging.version import InvalidVersion, Version
+
+    if canonicalize_name(package.name) != package.name:
+        return f"has a name that is not normalized (PEP 503: {canonicalize_name(package.name)})"
+    try:
+        version = Version(package.version)
+    except InvalidVersion:
+        return f"has a version {package.version!r} that is not a PEP 440 version"
+    if package.index and credentials_in(package.index):
+        return "has an index URL with credentials (locks keep bare URLs)"
+    for kind, ref in (("wheel", package.wheel), ("sdist", package.sdist)):
+        if ref is None:
+            continue
+        if problem := _file_problem(ref):
+            return f"has a {kind} that {problem}"
+        try:
+            name, found = (parse_wheel_filename(ref.name)[:2] if kind == "wheel"
+                           else parse_sdist_filename(ref.name))
+        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+            return f"has a {kind} named {ref.name!r}, which is not a valid {kind} filename"
+        if (name, found) != (package.name, version):
+            return (f"has a {kind} named {ref.name!r}, which is not {package.name} "
+                    f"{package.version}")
+    if package.vcs is not None:
+        vcs = package.vcs
+        if credentials_in(vcs.url):
+            return "has a git URL with credentials (locks keep bare URLs)"
+        if hex_problem(vcs.commit_id, 40) and hex_problem(vcs.commit_id, 64):
+            return f"has a commit-id {vcs.commit_id!r} that is not a git commit"
+        if vcs.subdirectory is not None and (problem := path_problem(vcs.subdirectory)):
+            return f"has a subdirectory {vcs.subdirectory!r} that {problem}"
+    return None
+
+
+def _file_problem(ref: FileRef) -> str | None:
+    if problem := segment_problem(ref.name):
+        return f"is named {ref.name!r}, which {problem}"
+    if problem := hex_problem(ref.sha256, 64):
+        return f"has a sha256 that {problem}"
+    if isinstance(ref.size, bool) or ref.size < 0:
+        return "has a negative size"
+    if credentials_in(ref.url):
+        return "has a URL with credentials (locks keep bare URLs)"
+    if not ref.url.startswith(("https://", "http://", "file://")):
+        return "has a URL that is not https://, http:// or file://"
+    return None

@@ -20,7 +20,9 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from gpulock.credentials import remember, scrub
 from gpulock.errors import ManifestError
+from gpulock.names import name_problem, repo_problem, revision_problem, segment_problem
 from gpulock.target import Target
 
 if sys.version_info >= (3, 11):
@@ -31,6 +33,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_INDEX = "https://pypi.org/simple"
 PLATFORMS = ("linux_x86_64", "linux_aarch64")
 MODEL_SCHEMES = ("hf://", "ms://", "https://", "http://")
+PYTHON_MINORS = range(8, 16)  # CPython 3.8 to 3.15: the releases uv and PyPI wheels know
+MAX_BYTES = 2**20  # a gpu.toml larger than this is not a manifest
+MAX_DEPTH = 100  # arrays and inline tables nested deeper than this are refused
 
 
 @dataclass(frozen=True)
@@ -112,15 +117,23 @@ class _Locator:
     headers, then `key =` lines inside the current table (dotted and inline keys included).
     """
 
-    _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
-    _KEY = re.compile(r"""^(\s*)("[^"]*"|'[^']*'|[A-Za-z0-9_.\-]+)\s*=""")
+    _HEADER = re.compile(r"""^\s*\[\s*((?:"[^"]*"|'[^']*'|[^\[\]"'])+?)\s*\]\s*(#.*)?$""")
+    _KEY = re.compile(r"""^(\s*)((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)"""
+                      r"""(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+))*)\s*=""")
+    _PART = re.compile(r"""\s*("([^"]*)"|'([^']*)'|([A-Za-z0-9_\-]+))\s*(\.|$)""")
 
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
 
-    @staticmethod
-    def _norm(table: str) -> tuple[str, ...]:
-        return tuple(p.strip().strip("\"'") for p in table.split("."))
+    @classmethod
+    def _norm(cls, dotted: str) -> tuple[str, ...]:
+        """A dotted key's parts, quotes removed (`models."qwen2.5"` -> models, qwen2.5)."""
+        parts = []
+        for match in cls._PART.finditer(dotted):
+            parts.append(next(g for g in match.group(2, 3, 4) if g is not None))
+            if not match.group(5):
+                break
+        return tuple(parts)
 
     def find(self, table: tuple[str, ...], key: str | None = None) -> tuple[int, int]:
         current: tuple[str, ...] = ()
@@ -208,6 +221,9 @@ def load(path: str | Path) -> Manifest:
     """Read and validate a gpu.toml; raise ManifestError naming file, line and column."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ManifestError(f"{path}: the manifest is larger than {MAX_BYTES // 2**20} MiB; "
+                                "a gpu.toml that large is not one")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestError(
@@ -219,10 +235,14 @@ def load(path: str | Path) -> Manifest:
 
 
 def parse(text: str, path: Path) -> Manifest:
+    deep = _too_deep(text)
+    if deep:
+        raise ManifestError(f"{path}:{deep[0]}:{deep[1]}: arrays or inline tables are nested "
+                            f"more than {MAX_DEPTH} deep")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"{path}:{_toml_position(exc)}: invalid TOML: "
+        raise ManifestError(f"{path}:{_toml_position(exc, text)}: invalid TOML: "
                             f"{_toml_reason(exc)}") from None
     reader = _Reader(path, text)
 
@@ -241,14 +261,68 @@ def parse(text: str, path: Path) -> Manifest:
     verify = data.get("verify", {})
     reader.check_keys(("verify",), verify, "verify")
     imports = reader.strings(("verify",), "imports", verify.get("imports", []))
+    for module in imports:
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+            raise reader.error(("verify",), "imports", f"imports holds {module!r}, which is not "
+                               "a module name like \"torch\" or \"torch.cuda\"")
 
     return Manifest(path=path, project=project, groups=groups, models=models,
                     verify_imports=imports, content_hash=_content_hash(data))
 
 
-def _toml_position(exc: Exception) -> str:
+def _toml_position(exc: Exception, text: str) -> str:
     match = re.search(r"at line (\d+), column (\d+)", str(exc))
-    return f"{match.group(1)}:{match.group(2)}" if match else "1:1"
+    if match:
+        return f"{match.group(1)}:{match.group(2)}"
+    # "at end of document": point at what was left open, else at the last line.
+    unclosed = _brackets(text).unclosed
+    if unclosed:
+        return f"{unclosed[0][0]}:{unclosed[0][1]}"
+    return f"{max(1, len(text.splitlines()))}:1"
+
+
+@dataclass
+class _Scan:
+    unclosed: list[tuple[int, int]]  # (line, column) of each `[` / `{` still open at the end
+    deepest: tuple[int, int] | None  # where nesting first went past MAX_DEPTH
+
+
+def _brackets(text: str) -> _Scan:
+    """Where brackets open and nest, outside strings and comments (tomllib says neither)."""
+    stack: list[tuple[int, int]] = []
+    deepest = None
+    token = re.compile(r'"""|\'\'\'|"|\'|#|[\[\]{}]|\n')
+    line, line_start, at = 1, 0, 0
+    while match := token.search(text, at):
+        found, at = match.group(), match.end()
+        if found == "\n":
+            line, line_start = line + 1, at
+        elif found == "#":
+            at = text.find("\n", at) if "\n" in text[at:] else len(text)
+        elif found in ("[", "{"):
+            stack.append((line, match.start() - line_start + 1))
+            if len(stack) > MAX_DEPTH and deepest is None:
+                deepest = stack[-1]
+        elif found in ("]", "}"):
+            if stack:
+                stack.pop()
+        else:  # a string: skip to its end (a basic string's escapes included)
+            pattern = r'(?<!\\)(?:\\\\)*' + re.escape(found)
+            end = re.compile(pattern if found.startswith('"') else re.escape(found)).search(
+                text, at)
+            stop = end.end() if end else len(text)
+            line += text.count("\n", at, stop)
+            if "\n" in text[at:stop]:
+                line_start = text.rindex("\n", at, stop) + 1
+            at = stop
+    return _Scan(unclosed=stack, deepest=deepest)
+
+
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """Where arrays or inline tables nest past MAX_DEPTH; tomllib would recurse that deep."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None  # cannot be: no scan needed for ordinary manifests
+    return _brackets(text).deepest
 
 
 def _toml_reason(exc: Exception) -> str:
@@ -263,10 +337,14 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
     for required in ("name", "python"):
         if required not in raw:
             raise reader.error(table, None, f"[project] needs '{required}'")
+    if problem := name_problem(raw["name"]):
+        raise reader.error(table, "name", f"name = {raw['name']!r} {problem}")
     python = raw["python"]
-    if not re.fullmatch(r"3\.\d+(\.\d+)?", python):
+    version = re.fullmatch(r"3\.(\d+)(\.\d+)?", python)
+    if not version or int(version.group(1)) not in PYTHON_MINORS:
         raise reader.error(table, "python", f"python = {python!r} must be a CPython version "
-                           "like \"3.10\" or \"3.10.12\"")
+                           f"from 3.{PYTHON_MINORS[0]} to 3.{PYTHON_MINORS[-1]}, like \"3.10\" "
+                           "or \"3.10.12\"")
     platform = raw.get("platform", "linux_x86_64")
     if platform not in PLATFORMS:
         hint = difflib.get_close_matches(platform, PLATFORMS, n=1)
@@ -281,16 +359,17 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
     cuda = raw.get("cuda")
     if cuda is not None and not re.fullmatch(r"\d+\.\d+", cuda):
         raise reader.error(table, "cuda", f"cuda = {cuda!r} must look like \"12.1\"")
-    index = raw.get("index", DEFAULT_INDEX)
-    _check_index(reader, table, index)
+    index = _index(reader, table, raw.get("index", DEFAULT_INDEX))
     return Project(name=raw["name"], python=python, platform=platform, glibc=glibc,
-                   cuda=cuda, index=index.rstrip("/"))
+                   cuda=cuda, index=index)
 
 
-def _check_index(reader: _Reader, table: tuple[str, ...], index: str) -> None:
+def _index(reader: _Reader, table: tuple[str, ...], index: str) -> str:
+    """The index URL without credentials (kept in memory for its host, see credentials.py)."""
     if not re.match(r"(https?|file)://", index):
-        raise reader.error(table, "index", f"index = {index!r} must be an http(s):// URL or "
-                           "a file:// folder")
+        raise reader.error(table, "index", f"index = {scrub(index)!r} must be an http(s):// "
+                           "URL or a file:// folder")
+    return remember(index).rstrip("/")
 
 
 def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Group, ...]:
@@ -308,12 +387,15 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
             try:
                 req = Requirement(text)
             except InvalidRequirement as exc:
-                reason = str(exc).splitlines()[0]  # packaging adds a caret diagram below
-                raise reader.error(table, "packages", f"invalid requirement {text!r} in "
+                reason = scrub(str(exc).splitlines()[0])  # packaging adds a caret diagram
+                raise reader.error(table, "packages", f"invalid requirement {scrub(text)!r} in "
                                    f"[groups.{name}]: {reason}") from None
             if req.url and not req.url.startswith("git+"):
-                raise reader.error(table, "packages", f"requirement {text!r} in [groups.{name}]"
-                                   ": only git+ URLs are supported as direct references")
+                raise reader.error(table, "packages", f"requirement {scrub(text)!r} in "
+                                   f"[groups.{name}]: only git+ URLs are supported as direct "
+                                   "references")
+            if req.url:
+                req.url = "git+" + remember(req.url.removeprefix("git+"))
             key = canonicalize_name(req.name)
             if key in seen and seen[key] != name:
                 raise reader.error(table, "packages", f"{req.name} is listed in both "
@@ -322,8 +404,7 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
             requirements.append(req)
         index = body.get("index")
         if index is not None:
-            _check_index(reader, table, index)
-            index = index.rstrip("/")
+            index = _index(reader, table, index)
         env = body.get("env", {})
         for key, value in env.items():
             if not isinstance(value, str):
@@ -342,19 +423,28 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
         table = ("models", name)
         if not isinstance(body, dict):
             raise reader.error(("models",), name, f"models.{name} must be a table")
+        if problem := name_problem(name):
+            raise reader.error(table, None, f"the model name {name!r} {problem}")
         reader.check_keys(table, body, "model")
         source = body.get("source")
         if source is None:
             raise reader.error(table, None, f"[models.{name}] needs 'source'")
         if not source.startswith(MODEL_SCHEMES):
-            raise reader.error(table, "source", f"source = {source!r} in [models.{name}] must "
-                               "start with hf://, ms:// or https://")
+            raise reader.error(table, "source", f"source = {scrub(source)!r} in [models.{name}] "
+                               "must start with hf://, ms:// or https://")
+        source = remember(source)
         if source.startswith(("hf://", "ms://")):
-            repo = source.split("://", 1)[1].removeprefix("datasets/")
-            if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo):
+            repo = source.split("://", 1)[1]
+            if problem := repo_problem(repo.removeprefix("datasets/") if source.startswith(
+                    "hf://") else repo):
                 raise reader.error(table, "source", f"source = {source!r} in [models.{name}] "
-                                   "must name a repository as owner/name")
-        models.append(Model(name=name, source=source, revision=body.get("revision"),
+                                   f"{problem}")
+        revision = body.get("revision")
+        if revision is not None and (problem := revision_problem(revision) or (
+                segment_problem(revision) if source.startswith("ms://") else None)):
+            raise reader.error(table, "revision", f"revision = {revision!r} in "
+                               f"[models.{name}] {problem}")
+        models.append(Model(name=name, source=source, revision=revision,
                             include=reader.strings(table, "include", body.get("include", [])),
                             exclude=reader.strings(table, "exclude", body.get("exclude", [])),
                             extract=body.get("extract", False)))
@@ -362,7 +452,11 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
 
 
 def _content_hash(data: dict[str, Any]) -> str:
-    """Hash of everything that decides the lock's content ([verify] runs after sync)."""
+    """Hash of everything that decides the lock's content ([verify] runs after sync).
+
+    Credentials in URLs are left out: they are not part of what is locked (a rotated
+    password leaves the lock fresh), and no hash of a secret is kept in the lock.
+    """
     relevant = {k: v for k, v in data.items() if k != "verify"}
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(scrub(canonical).encode()).hexdigest()

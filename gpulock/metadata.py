@@ -30,8 +30,9 @@ from packaging.version import Version
 
 from gpulock.build import Builder
 from gpulock.cache import Cache
+from gpulock.credentials import redact
 from gpulock.errors import FetchError
-from gpulock.http import Http, redact
+from gpulock.http import Http
 from gpulock.index import DistFile
 
 _TAIL = 64 * 1024
@@ -242,7 +243,7 @@ class MetadataSource:
             if response.status != 206:
                 raise FetchError(f"cannot read the metadata of {dist.filename}: HTTP "
                                  f"{response.status} from {redact(dist.url)}")
-            tail = body.read()
+            tail = body.read_all()
             total = int(response.headers.get("content-range", "*/0").rsplit("/", 1)[1])
 
         def fetch(start: int, end: int) -> bytes:

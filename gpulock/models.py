@@ -16,8 +16,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from gpulock.errors import GpulockError
+from gpulock.credentials import credentials_in
+from gpulock.errors import GpulockError, LockfileError
 from gpulock.manifest import Model
+from gpulock.names import (
+    hex_problem,
+    name_problem,
+    path_problem,
+    repo_problem,
+    revision_problem,
+    segment_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +71,73 @@ class PinnedModel:
             "extract": self.extract,
             "files": [f.as_dict() for f in sorted(self.files, key=lambda f: f.path)]})
 
+    def problem(self) -> str | None:
+        """What makes this pin unsafe to lay out in a store, or None (see gpulock.names)."""
+        if problem := name_problem(self.name):
+            return f"has a name that {problem}"
+        if credentials_in(self.source):
+            return "has a source URL with credentials (locks keep bare URLs)"
+        if problem := source_problem(self.source, self.revision):
+            return problem
+        if self.source.startswith("hf://") and hex_problem(self.commit or "", 40):
+            return f"has a commit {self.commit!r} that {hex_problem(self.commit or '', 40)}"
+        if not self.files:
+            return "lists no file"
+        return _files_problem(self)
+
     def matches(self, model: Model) -> bool:
         """Whether this pin was made for the same request (source, revision, filters)."""
         return (self.source, self.revision, self.include, self.exclude, self.extract) == (
             model.source, requested_revision(model), model.include, model.exclude,
             model.extract)
+
+
+def source_problem(source: str, revision: str | None) -> str | None:
+    """What is wrong with a model's source and revision, or None."""
+    if source.startswith(("hf://", "ms://")):
+        repo = source.split("://", 1)[1]
+        if source.startswith("hf://"):
+            repo = repo.removeprefix("datasets/")
+        if problem := repo_problem(repo):
+            return f"has a source {source!r} that {problem}"
+        if revision is not None:
+            problem = revision_problem(revision) or (
+                segment_problem(revision) if source.startswith("ms://") else None)
+            if problem:
+                return f"has a revision {revision!r} that {problem}"
+        return None
+    if not source.startswith(("https://", "http://")):
+        return f"has a source {source!r} that is not hf://, ms://, https:// or http://"
+    return None
+
+
+def _files_problem(model: PinnedModel) -> str | None:
+    folders: set[str] = set()
+    seen: set[str] = set()
+    for file in model.files:
+        where = f"lists a file {file.path!r}"
+        is_url = not model.source.startswith(("hf://", "ms://"))
+        problem = (segment_problem(file.path) if is_url else path_problem(file.path))
+        if problem:
+            return f"{where} that {problem}"
+        if file.size < 0:
+            return f"{where} with a negative size"
+        if file.sha256 is not None and (problem := hex_problem(file.sha256, 64)):
+            return f"{where} whose sha256 {problem}"
+        if file.git_sha1 is not None and (problem := hex_problem(file.git_sha1, 40)):
+            return f"{where} whose git-sha1 {problem}"
+        if not file.sha256 and not (file.git_sha1 and model.source.startswith("hf://")):
+            return f"{where} with no sha256"
+        if file.path in seen:
+            return f"{where} twice"
+        seen.add(file.path)
+        parts = file.path.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    if clash := sorted(seen & folders):
+        return f"lists {clash[0]!r} both as a file and as a folder"
+    if is_url and len(model.files) != 1:
+        return "has a URL source but not exactly one file"
+    return None
 
 
 def _present(entry: dict[str, Any]) -> dict[str, Any]:
@@ -82,15 +153,53 @@ def requested_revision(model: Model) -> str | None:
     return {"hf": "main", "ms": "master"}.get(model.source.split("://")[0])
 
 
-def from_dict(entry: dict[str, Any]) -> PinnedModel:
-    return PinnedModel(
-        name=entry["name"], source=entry["source"], revision=entry.get("revision"),
-        commit=entry.get("commit"), include=tuple(entry.get("include", ())),
-        exclude=tuple(entry.get("exclude", ())),
-        files=tuple(ModelFile(f["path"], f["size"], f.get("sha256"), f.get("git-sha1"))
-                    for f in entry.get("files", ())),
-        weights=tuple(sorted(entry.get("weights", {}).items())),
-        extract=bool(entry.get("extract", False)))
+def from_dict(entry: object, where: str = "a pinned model") -> PinnedModel:
+    """A pinned model from its lock (or GC root) table, refused in one sentence when any
+    field has the wrong type or breaks a naming rule (see `problem`)."""
+    if not isinstance(entry, dict):
+        raise LockfileError(f"{where} is not a table; run 'gpulock lock' to rewrite the lock")
+
+    def field(table: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+        value = table.get(key, default)
+        if value is default and key not in table:
+            if default is _REQUIRED:
+                raise LockfileError(f"{where} has no '{key}'; run 'gpulock lock' to rewrite "
+                                    "the lock")
+            return default
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or (
+                kind is list and not all(isinstance(v, (str, dict)) for v in value)):
+            raise LockfileError(f"{where}: '{key}' has the wrong type; run 'gpulock lock' "
+                                "to rewrite the lock")
+        return value
+
+    files = []
+    for raw in field(entry, "files", list, _REQUIRED):
+        if not isinstance(raw, dict):
+            raise LockfileError(f"{where}: a file entry is not a table")
+        files.append(ModelFile(field(raw, "path", str, _REQUIRED), field(raw, "size", int,
+                                                                         _REQUIRED),
+                               field(raw, "sha256", str), field(raw, "git-sha1", str)))
+    pinned = PinnedModel(
+        name=field(entry, "name", str, _REQUIRED), source=field(entry, "source", str, _REQUIRED),
+        revision=field(entry, "revision", str), commit=field(entry, "commit", str),
+        include=tuple(_strings(field(entry, "include", list, []), where)),
+        exclude=tuple(_strings(field(entry, "exclude", list, []), where)),
+        files=tuple(files), weights=tuple(sorted(field(entry, "weights", dict, {}).items())),
+        extract=field(entry, "extract", bool, False))
+    problem = pinned.problem()
+    if problem:
+        raise LockfileError(f"{where}: model {pinned.name!r} {problem}; it was refused before "
+                            "anything was written (run 'gpulock lock' to rewrite the lock)")
+    return pinned
+
+
+_REQUIRED = object()
+
+
+def _strings(values: list[Any], where: str) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise LockfileError(f"{where}: include and exclude must be lists of strings")
+    return values
 
 
 def pin(model: Model) -> PinnedModel:
@@ -256,7 +365,8 @@ def _weights(model: Model, files: tuple[ModelFile, ...], urls: dict[str, str]
 def _pin_url(model: Model) -> PinnedModel:
     from urllib.parse import unquote, urlsplit
 
-    from gpulock.http import Http, redact
+    from gpulock.credentials import redact
+    from gpulock.http import Http
 
     digest, size = hashlib.sha256(), 0
     with Http().stream(model.source) as (response, body):

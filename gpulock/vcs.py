@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gpulock.credentials import redact
 from gpulock.errors import GpulockError
-from gpulock.http import redact
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 

@@ -124,7 +124,8 @@ def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
 
 def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
               headers: dict[str, str], part: Path, expected: str, ranges: int) -> Path:
-    from gpulock.http import Http, redact
+    from gpulock.credentials import redact
+    from gpulock.http import Http
 
     resumed = part.is_file() and part.stat().st_size > 0
     if (ranges > 1 and file.size >= PARALLEL_FROM
@@ -170,7 +171,8 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpulock.http import Http, redact
+    from gpulock.credentials import redact
+    from gpulock.http import Http
 
     count = max(1, min(ranges, -(-file.size // RANGE_MIN)))
     step = -(-file.size // count)
@@ -222,7 +224,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
 
 def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: Path,
              expected: str, hashes: _Hashes, resumed: bool) -> Path:
-    from gpulock.http import redact
+    from gpulock.credentials import redact
 
     size = hashes.size
     actual = hashes.sha256.hexdigest() if file.sha256 else hashes.git_sha1()

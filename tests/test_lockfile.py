@@ -22,21 +22,23 @@ times = st.none() | st.datetimes(min_value=datetime(2000, 1, 1), max_value=datet
                                  timezones=st.just(timezone.utc))
 
 
-def file_refs(suffix: str) -> st.SearchStrategy[FileRef]:
-    return st.builds(lambda n, url, size, h, t: FileRef(f"{n}{suffix}", url, size, h, t),
-                     names, st.sampled_from(["https://files.example/x", "file:///opt/w/x"]),
+def file_refs(filename: str) -> st.SearchStrategy[FileRef]:
+    return st.builds(lambda url, size, h, t: FileRef(filename, url, size, h, t),
+                     st.sampled_from(["https://files.example/x", "file:///opt/w/x"]),
                      st.integers(0, 2**40), sha256, times)
 
 
 @st.composite
 def packages(draw: st.DrawFn, name: str) -> LockedPackage:
     kind = draw(st.sampled_from(["wheel", "sdist", "vcs"]))
+    version = draw(versions)
+    stem = f"{name.replace('-', '_')}-{version}"
     return LockedPackage(
-        name=name, version=draw(versions),
+        name=name, version=version,
         index=None if kind == "vcs" else draw(st.sampled_from(["https://pypi.org/simple",
                                                                "file:///opt/wheels"])),
-        wheel=draw(file_refs(".whl")) if kind == "wheel" else None,
-        sdist=draw(file_refs(".tar.gz")) if kind == "sdist" else None,
+        wheel=draw(file_refs(f"{stem}-py3-none-any.whl")) if kind == "wheel" else None,
+        sdist=draw(file_refs(f"{stem}.tar.gz")) if kind == "sdist" else None,
         vcs=VcsRef("https://github.com/o/r", draw(st.from_regex(r"[0-9a-f]{40}", fullmatch=True)),
                    draw(st.none() | st.just("v1.0")),
                    draw(st.none() | st.just("sub"))) if kind == "vcs" else None,

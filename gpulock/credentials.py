@@ -1,0 +1,125 @@
+"""Credentials for private indexes and file servers: in memory only, never in a file gpulock
+writes or a line it prints.
+
+They come, as pip and uv take them, from: user:password in a URL of gpu.toml (taken out of
+the URL as the manifest is read, so the lock, the cache, the store and every message see the
+bare URL), `~/.netrc` (or the file `$NETRC` names), and keyring when it is installed and a
+server answers 401. A request gets the credentials of its own host only, so a redirect to a
+CDN never carries the index's password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+Login = tuple[str, str]
+
+_remembered: dict[tuple[str, str], Login] = {}  # (scheme://host:port, path) -> login
+_lock = threading.Lock()
+_netrc: dict[str, Login] | None = None
+
+
+def credentials_in(url: str) -> bool:
+    """Whether `url` carries a user name or password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.username is not None or parts.password is not None
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for locks, caches, messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
+
+
+def scrub(text: str) -> str:
+    """`text` with the user:password of every URL in it removed (a requirement string, say)."""
+    return _USERINFO.sub("", text) if "@" in text else text
+
+
+def remember(url: str) -> str:
+    """Keep the URL's credentials (if any) for its host and path; return the bare URL."""
+    if not credentials_in(url):
+        return url
+    parts = urlsplit(url)
+    login = (unquote(parts.username or ""), unquote(parts.password or ""))
+    with _lock:
+        _remembered[(_origin(url), parts.path)] = login
+    return redact(url)
+
+
+def login_for(url: str) -> Login | None:
+    """The credentials to send with a request for `url`: those remembered for its host (for
+    the longest path it lies under, when there are several), else ~/.netrc's for its host."""
+    origin, path = _origin(url), urlsplit(url).path
+    with _lock:
+        same = [(prefix, login) for (where, prefix), login in _remembered.items()
+                if where == origin]
+    if same:
+        under = [item for item in same if path.startswith(item[0])]
+        return max(under or same, key=lambda item: len(item[0]))[1]
+    host = urlsplit(url).hostname or ""
+    logins = _netrc_logins()
+    return logins.get(host) or logins.get("default") if host else None
+
+
+def from_keyring(url: str) -> Login | None:
+    """Credentials keyring holds for this URL or its host, when keyring is installed."""
+    try:
+        import keyring  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    parts = urlsplit(url)
+    for service in (f"{parts.scheme}://{parts.netloc}{parts.path}", parts.hostname or ""):
+        try:
+            found = keyring.get_credential(service, None)
+        except Exception:  # a keyring backend may fail in any way: it is only a fallback
+            return None
+        if found is not None and found.username:
+            return found.username, found.password or ""
+    return None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+
+
+def _netrc_logins() -> dict[str, Login]:
+    """Hosts and logins of the netrc file, read once; an unreadable file is a warning."""
+    global _netrc
+    if _netrc is not None:
+        return _netrc
+    import netrc
+
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    found: dict[str, Login] = {}
+    if os.path.isfile(path):
+        try:
+            parsed = netrc.netrc(path)
+            for host, (login, _account, password) in parsed.hosts.items():
+                found[host] = (login or "", password or "")
+        except (OSError, netrc.NetrcParseError) as exc:
+            print(f"warning: {path} cannot be read ({exc}); its credentials are not used",
+                  file=sys.stderr)
+    _netrc = found
+    return found
