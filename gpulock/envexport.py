@@ -8,8 +8,10 @@ is the system one (PYTHONPATH mode; the environment's sitecustomize runs its .pt
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
+from gpulock.errors import GpulockError
 from gpulock.generation import project_dir, site_packages
 from gpulock.store import Store
 
@@ -33,18 +35,32 @@ def exports(store: Store, project: str, python: str, hub_models: bool = False,
 
 
 def render(values: dict[str, str], form: str) -> str:
+    """The exports in one format, every value quoted for it; `:$PATH` extends the caller's PATH.
+
+    A value that a format cannot hold safely (a newline in a Dockerfile, say) is refused in
+    one sentence rather than written so that it ends the line and starts another.
+    """
     if form == "json":
-        return json.dumps({k: v.replace(":$PATH", "") if k == "PATH" else v
-                           for k, v in values.items()}, indent=2, sort_keys=True)
+        return json.dumps({k: v.removesuffix(":$PATH") for k, v in values.items()}, indent=2,
+                          sort_keys=True)
     lines = []
     for key, value in values.items():
+        plain, extends = value.removesuffix(":$PATH"), value.endswith(":$PATH")
         if form == "sh":
-            quoted = shlex.quote(value.replace(":$PATH", ""))
-            lines.append(f"export {key}={quoted}:\"$PATH\"" if value.endswith(":$PATH")
-                         else f"export {key}={quoted}")
-        elif form == "dotenv":
+            lines.append(f"export {key}={shlex.quote(plain)}" + (':"$PATH"' if extends else ""))
+            continue
+        if _UNSAFE.search(plain) or (form == "dotenv" and "$" in plain):
+            raise GpulockError(f"{key} would be {plain!r}, which a {form} file cannot hold "
+                               "safely; use --format sh or json, or a store path without "
+                               "control characters" + (" or '$'" if form == "dotenv" else ""))
+        quoted = plain.replace("\\", "\\\\").replace('"', '\\"')
+        if form == "dotenv":
             # docker compose and python-dotenv expand ${VAR}; a bare $PATH is not portable.
-            lines.append(f"{key}={value.replace(':$PATH', ':${PATH}')}")
+            lines.append(f'{key}="{quoted}' + (':${PATH}"' if extends else '"'))
         else:
-            lines.append(f'ENV {key}="{value}"')
+            quoted = quoted.replace("$", "\\$")  # Dockerfile ENV expands $VAR: keep it literal
+            lines.append(f'ENV {key}="{quoted}' + (':$PATH"' if extends else '"'))
     return "\n".join(lines)
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")

@@ -29,7 +29,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from gpulock.cache import Cache
-from gpulock.credentials import redact
+from gpulock.credentials import redact, remember
 from gpulock.errors import FetchError
 from gpulock.http import Http
 
@@ -82,6 +82,8 @@ class Listing:
         if keep is not None and not keep(filename):
             self.skipped.append(filename)
             return
+        if "@" in url:  # a link with user:password: the lock keeps it bare, the login stays
+            url = remember(url)  # in memory for the file's host
         dist = make_dist(filename, url, index, **facts)
         if dist is not None:
             self.files.append(dist)

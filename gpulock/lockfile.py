@@ -21,7 +21,7 @@ import tomli_w
 
 from gpulock.credentials import credentials_in
 from gpulock.errors import LockfileError, StaleLockError
-from gpulock.names import hex_problem, path_problem, segment_problem
+from gpulock.names import git_url_problem, hex_problem, path_problem, segment_problem
 from gpulock.target import Target
 
 if TYPE_CHECKING:
@@ -390,6 +390,8 @@ def _package_problem(package: LockedPackage) -> str | None:
         vcs = package.vcs
         if credentials_in(vcs.url):
             return "has a git URL with credentials (locks keep bare URLs)"
+        if problem := git_url_problem(vcs.url):
+            return f"has a git URL that {problem}"
         if hex_problem(vcs.commit_id, 40) and hex_problem(vcs.commit_id, 64):
             return f"has a commit-id {vcs.commit_id!r} that is not a git commit"
         if vcs.subdirectory is not None and (problem := path_problem(vcs.subdirectory)):

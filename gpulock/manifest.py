@@ -22,7 +22,13 @@ from packaging.utils import canonicalize_name
 
 from gpulock.credentials import remember, scrub
 from gpulock.errors import ManifestError
-from gpulock.names import name_problem, repo_problem, revision_problem, segment_problem
+from gpulock.names import (
+    git_url_problem,
+    name_problem,
+    repo_problem,
+    revision_problem,
+    segment_problem,
+)
 from gpulock.target import Target
 
 if sys.version_info >= (3, 11):
@@ -395,6 +401,9 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
                                    f"[groups.{name}]: only git+ URLs are supported as direct "
                                    "references")
             if req.url:
+                if problem := git_url_problem(req.url.removeprefix("git+")):
+                    raise reader.error(table, "packages", f"requirement {scrub(text)!r} in "
+                                       f"[groups.{name}]: the git URL {problem}")
                 req.url = "git+" + remember(req.url.removeprefix("git+"))
             key = canonicalize_name(req.name)
             if key in seen and seen[key] != name:

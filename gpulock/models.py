@@ -11,10 +11,12 @@ Tokens are read from the environment when a call is made and never stored or pri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from gpulock.credentials import credentials_in
 from gpulock.errors import GpulockError, LockfileError
@@ -203,11 +205,23 @@ def _strings(values: list[Any], where: str) -> list[str]:
 
 
 def pin(model: Model) -> PinnedModel:
+    """Pin a manifest's model to exact files; refuse what a hub or server answered when a
+    file name, commit or hash could not be laid out safely in a store."""
     if model.source.startswith("hf://"):
-        return _pin_hf(model)
-    if model.source.startswith("ms://"):
-        return _pin_ms(model)
-    return _pin_url(model)
+        pinned = _pin_hf(model)
+    elif model.source.startswith("ms://"):
+        pinned = _pin_ms(model)
+    else:
+        pinned = _pin_url(model)
+    problem = pinned.problem()
+    if problem:
+        where = f"model '{model.name}' ({model.source}@{pinned.revision})" if pinned.revision \
+            else f"model '{model.name}' ({model.source})"
+        raise GpulockError(f"{where}: refused, as what the server answered {problem}; "
+                           "nothing was pinned")
+    if model.source.startswith("hf://"):
+        pinned = dataclasses.replace(pinned, weights=_weights(pinned))
+    return pinned
 
 
 def modelscope_endpoint() -> str:
@@ -294,13 +308,8 @@ def _pin_hf(model: Model) -> PinnedModel:
     files = tuple(ModelFile(path=f.path, size=f.size,
                             sha256=f.lfs.sha256 if f.lfs else None,
                             git_sha1=f.blob_id) for f in chosen)
-    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    prefix = "datasets/" if repo_type == "dataset" else ""
-    urls = {f.path: f"{endpoint}/{prefix}{repo_id}/resolve/{commit}/{f.path}" for f in files}
-    weights = _weights(model, files, urls)
     return PinnedModel(name=model.name, source=model.source, revision=revision, commit=commit,
-                       include=model.include, exclude=model.exclude, files=files,
-                       weights=weights)
+                       include=model.include, exclude=model.exclude, files=files)
 
 
 # Bytes per element of each safetensors dtype.
@@ -309,8 +318,7 @@ _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16
                 "BOOL": 1}
 
 
-def _weights(model: Model, files: tuple[ModelFile, ...], urls: dict[str, str]
-             ) -> tuple[tuple[str, Any], ...]:
+def _weights(model: PinnedModel) -> tuple[tuple[str, Any], ...]:
     """Parameters, bytes and dtypes of the safetensors files, from their headers alone.
 
     A safetensors file starts with an 8-byte little-endian length N and N bytes of JSON
@@ -323,9 +331,12 @@ def _weights(model: Model, files: tuple[ModelFile, ...], urls: dict[str, str]
 
     from gpulock.http import Http
 
-    shards = [f for f in files if f.path.endswith(".safetensors")]
+    shards = [f for f in model.files if f.path.endswith(".safetensors")]
     if not shards:
         return ()
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    repo = model.source.removeprefix("hf://")
+    urls = {f.path: f"{endpoint}/{repo}/resolve/{model.commit}/{quote(f.path)}" for f in shards}
     http = Http()
     token = os.environ.get("HF_TOKEN")
     auth = {"Authorization": f"Bearer {token}"} if token else {}

@@ -116,3 +116,18 @@ def script_problem(value: str) -> str | None:
     if re.fullmatch(r"python(\d+(\.\d+)?)?", value):
         return "is the name of the environment's interpreter"
     return None
+
+
+def git_url_problem(url: str) -> str | None:
+    """What is wrong with a git repository URL (`https://h/o/r.git@v1`), or None.
+
+    Only URLs with a scheme reach git, and nothing that git would read as an option.
+    """
+    if not re.match(r"(https?|ssh|git|file)://[^-]", url):
+        return "must start with https://, http://, ssh://, git:// or file://"
+    if _CONTROL.search(url):
+        return "holds a control character"
+    revision = url.partition("#")[0].rpartition("/")[2].partition("@")[2]
+    if revision.startswith("-"):
+        return "names a revision that starts with '-'"
+    return None

@@ -6,7 +6,9 @@ branch or tag never changes what `sync` builds. Checkouts are cached by commit.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gpulock.credentials import redact
+from gpulock.credentials import login_for, redact
 from gpulock.errors import GpulockError
 
 _SHA = re.compile(r"[0-9a-f]{40}")
@@ -50,11 +52,19 @@ def split_url(url: str) -> tuple[str, str | None, str | None]:
     return url, revision, subdirectory
 
 
-def _git(*args: str, cwd: Path | None = None) -> str:
+def _git(*args: str, cwd: Path | None = None, url: str | None = None) -> str:
+    """Run git; credentials for `url` (gpu.toml's or ~/.netrc's) go in an environment-only
+    setting scoped to that URL, never on the command line or into the clone's config."""
+    env = {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin",
+           "HOME": os.environ.get("HOME", "/")}
+    login = login_for(url) if url and url.startswith(("https://", "http://")) else None
+    if login and url:
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{url}.extraHeader",
+                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
     try:
         result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                                check=False, env={"GIT_TERMINAL_PROMPT": "0",
-                                                  "PATH": "/usr/bin:/bin:/usr/local/bin"})
+                                check=False, env=env)
     except FileNotFoundError:
         raise GpulockError("git is not installed, but the manifest has a git+ requirement"
                            ) from None
@@ -70,7 +80,7 @@ def resolve(url: str) -> GitSource:
         return GitSource(repo, revision, revision, subdirectory)
     try:
         patterns = [revision, f"{revision}^{{}}"] if revision else ["HEAD"]
-        listing = _git("ls-remote", repo, *patterns)
+        listing = _git("ls-remote", "--", repo, *patterns, url=repo)
     except GpulockError as exc:
         raise GpulockError(f"cannot reach git repository {redact(repo)}: {exc}") from None
     refs = dict(line.split("\t")[::-1] for line in listing.splitlines() if "\t" in line)
@@ -81,7 +91,7 @@ def resolve(url: str) -> GitSource:
             if name in refs:
                 return GitSource(repo, revision, refs[name], subdirectory)
         with tempfile.TemporaryDirectory(prefix="gpulock-git-") as tmp:
-            _git("clone", "--quiet", "--no-checkout", repo, tmp)
+            _git("clone", "--quiet", "--no-checkout", "--", repo, tmp, url=repo)
             try:
                 commit = _git("rev-parse", "--verify", f"{revision}^{{commit}}",
                               cwd=Path(tmp)).strip()
@@ -101,7 +111,7 @@ def checkout(source: GitSource, cache_root: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
         try:
-            _git("clone", "--quiet", source.url, str(tmp / "tree"))
+            _git("clone", "--quiet", "--", source.url, str(tmp / "tree"), url=source.url)
             _git("checkout", "--quiet", source.commit, cwd=tmp / "tree")
             with contextlib.suppress(OSError):  # another process published it first
                 (tmp / "tree").rename(dest)
