@@ -126,24 +126,17 @@ def link_atomic(link: Path, value: str) -> None:
 
 
 @contextlib.contextmanager
-def built_beside(final: Path, replace: bool = False) -> Iterator[Path]:
+def built_beside(final: Path) -> Iterator[Path]:
     """A new folder beside `final` for the block to fill, renamed to `final` when it succeeds.
 
     Nothing half-built is ever at `final`. When `final` exists by then, a racing writer
-    built the same content and ours is dropped, unless `replace`: then the old folder is
-    renamed away and ours takes its place (two renames; readers see one or the other).
-    A killed writer's folder keeps its writer's name, for gc. The parent folder must exist.
+    built the same content and ours is dropped. A killed writer's folder keeps its writer's
+    name, for gc. The parent folder must exist.
     """
     work = Path(tempfile.mkdtemp(prefix=f".building-{tag()}-", dir=final.parent))
     try:
         yield work
         work.chmod(0o755)  # shared on the volume: readable by every user
-        if replace and final.exists():
-            old = final.parent / f".old-{tag()}"
-            os.rename(final, old)
-            os.rename(work, final)
-            shutil.rmtree(old, ignore_errors=True)
-            return
         try:
             os.rename(work, final)
         except OSError:

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -282,22 +283,10 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     for file in model.files:
         _link(Layout.named(links, str(file.etag), "a blob id"), blobs[file.path])
     snapshot = layout.ready(Layout.commit_folder(root / "snapshots", commit))
-    if not snapshot.is_dir():
-        with built_beside(snapshot) as work:
-            for file in model.files:
-                link = _new_link_path(model, work, file.path)
-                depth = file.path.count("/")
-                os.symlink("../" * (depth + 2) + f"blobs/{file.etag}", link)
-    trees = layout.ready(root / "trees" / f"{commit}.json")
-    if not trees.exists():
-        entries = {}
-        for file in model.files:
-            entry: dict[str, object] = {"size": file.size, "blob_id": file.git_sha1 or ""}
-            if file.sha256:
-                entry["lfs_sha256"], entry["lfs_size"] = file.sha256, file.size
-            entries[file.path] = entry
-        write_atomic(trees, json.dumps({"format_version": 1, "files": entries}, indent=1,
-                                       sort_keys=True))
+    _lay_out(store, model, snapshot, {
+        file.path: "../" * (file.path.count("/") + 2) + f"blobs/{file.etag}"
+        for file in model.files})
+    _write_tree(layout.ready(root / "trees" / f"{commit}.json"), model)
     if model.revision and model.revision != commit:
         ref = layout.ready(Layout.ref(root, model.revision))
         with contextlib.suppress(OSError):
@@ -305,6 +294,49 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
                 return snapshot
         write_atomic(ref, commit)  # no newline: huggingface_hub reads it verbatim
     return snapshot
+
+
+def _write_tree(path: Path, model: PinnedModel) -> None:
+    """`trees/<commit>.json`: the files of the commit that the snapshot holds, so that
+    huggingface_hub offline finds it complete. Projects pinning other files of the same
+    commit add theirs."""
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+    before = dict(files)
+    for file in model.files:
+        entry: dict[str, object] = {"size": file.size, "blob_id": file.git_sha1 or ""}
+        if file.sha256:
+            entry["lfs_sha256"], entry["lfs_size"] = file.sha256, file.size
+        files[file.path] = entry
+    if files != before or not path.exists():
+        write_atomic(path, json.dumps({"format_version": 1, "files": files}, indent=1,
+                                      sort_keys=True))
+
+
+def _lay_out(store: Store, model: PinnedModel, snapshot: Path, links: dict[str, str]) -> None:
+    """Make `snapshot` hold each of `links` (a file's path -> its relative link).
+
+    A new snapshot is built beside and renamed into place: complete or absent. An existing
+    one (another project's pin of the same commit, an earlier lock of a ModelScope
+    revision) gets the links it lacks or holds differently, each replaced in one rename;
+    links other pins need are left alone.
+    """
+    if not os.path.lexists(snapshot):
+        with built_beside(snapshot) as work:
+            for path, target in links.items():
+                os.symlink(target, _new_link_path(model, work, path))
+        return
+    for path, target in links.items():
+        link = Layout.inside(snapshot, path)
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == target:
+                continue
+        if os.path.isdir(link) and not os.path.islink(link):
+            raise GpulockError(f"model '{model.name}': {path} is a folder in the snapshot "
+                               f"{snapshot} but a file in the lock; nothing was laid out")
+        link_atomic(store.layout.ready(link), target)
 
 
 def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
@@ -349,14 +381,8 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
             _hf_view(store, model, blobs)
         elif model.source.startswith("ms://"):
             _ms_view(store, model, blobs)
-        elif model.extract:
-            (file,) = model.files
-            tree = _extracted(store, model, file, blobs[file.path])
-            _link(store.layout.ready(store.layout.file_view(model.name)), tree)
         else:
-            view = store.layout.file_view(model.name)
-            for file in model.files:  # a plain download: `files/<model>/<filename>`
-                _link(store.layout.ready(Layout.inside(view, file.path)), blobs[file.path])
+            _file_view(store, model, blobs)
     return len(work), sum(f.size for _, f, _ in work.values())
 
 
@@ -425,37 +451,37 @@ def _url(model: PinnedModel, file: ModelFile, hf_endpoint: str) -> str:
     return model.source
 
 
-def _holds_exactly(folder: Path, links: dict[str, str]) -> bool:
-    """Whether `folder` holds exactly these relative links (so a no-op sync rewrites none)."""
-    if not folder.is_dir():
-        return False
-    found = 0
-    for parent, _dirs, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(parent, name)
-            relative = os.path.relpath(path, folder)
-            if not os.path.islink(path) or links.get(relative) != os.readlink(path):
-                return False
-            found += 1
-    return found == len(links)
-
-
 def _ms_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it."""
     layout = store.layout
     root = layout.ms_repo(model.source.removeprefix("ms://"))
     snapshot = layout.ready(Layout.ms_snapshot(root, model.revision or "master"))
-    wanted = {file.path: os.path.relpath(blobs[file.path],
-                                         Layout.inside(snapshot, file.path).parent)
-              for file in model.files}
-    if _holds_exactly(snapshot, wanted):
-        return snapshot
-    # A revision's files can change between locks (no commits on ModelScope): the new
-    # snapshot replaces the old one whole.
-    with built_beside(snapshot, replace=True) as work:
-        for path, target in wanted.items():
-            os.symlink(target, _new_link_path(model, work, path))
+    # A revision's files can change between locks (no commits on ModelScope): a link that
+    # names another blob than the lock's is replaced.
+    _lay_out(store, model, snapshot, {
+        file.path: os.path.relpath(blobs[file.path], Layout.inside(snapshot, file.path).parent)
+        for file in model.files})
     return snapshot
+
+
+def _file_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> None:
+    """`files/<model>/<filename>` for a plain download, `files/<model>` -> its tree when
+    extracted; a view of the other kind left by an earlier lock is replaced."""
+    view = store.layout.ready(store.layout.file_view(model.name))
+    is_link = os.path.islink(view)
+    if model.extract:
+        (file,) = model.files
+        tree = _extracted(store, model, file, blobs[file.path])
+        if os.path.isdir(view) and not is_link:
+            aside = store.work_dir(f"view-{model.name}")
+            os.rename(view, aside / "old")
+            shutil.rmtree(aside)
+        _link(view, tree)
+        return
+    if is_link:
+        view.unlink()
+    for file in model.files:
+        _link(store.layout.ready(Layout.inside(view, file.path)), blobs[file.path])
 
 
 def _new_link_path(model: PinnedModel, work: Path, path: str) -> Path:
