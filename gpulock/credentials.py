@@ -99,6 +99,14 @@ def from_keyring(url: str) -> Login | None:
     return None
 
 
+def forget() -> None:
+    """Drop every remembered login and the netrc read (a long-lived process, or tests)."""
+    global _netrc
+    with _lock:
+        _remembered.clear()
+        _netrc = None
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}"

@@ -76,7 +76,7 @@ def _download(ref: FileRef, label: str, part: Path, final: Path, http: Http,
         digest, have = hashlib.sha256(), 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     if have < ref.size or not have:
-        with http.stream(ref.url, headers) as (response, body):
+        with http.stream(ref.url, headers, label) as (response, body):
             if response.status == 200 and have:
                 digest, have = hashlib.sha256(), 0  # the server ignored the Range
                 part.unlink()

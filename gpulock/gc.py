@@ -104,7 +104,7 @@ def collect(store: Store, keep: int = 3, dry_run: bool = False,
 
 
 def _choose(store: Store, keep: int, remove: _Remover, result: Collected) -> None:
-    rooted = roots.temporary_roots(store, prune=not remove.dry_run)
+    rooted = roots.temporary_roots(store)
     kept = _collect_generations(store, keep, rooted.digests, remove, result)
     live_pkgs = {key for gen in kept for key in gen.packages.values()} | rooted.pkgs
     _collect_entries(store, live_pkgs, remove, result)
@@ -226,9 +226,9 @@ def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:
             with contextlib.suppress(OSError):  # only empty and quiet ones: a sync may be
                 if not remove.dry_run and _quiet(item):  # about to write into it
                     item.rmdir()
-    for marker in _names(layout.collectors):
-        if abandoned(marker) and remove(marker):
-            result.other.append(str(marker))
+    for root in _names(layout.tmp_roots) + _names(layout.collectors):
+        if abandoned(root) and remove(root):
+            result.other.append(str(root))
     # Views and blobs are built beside their final names, as dot-names that carry a writer.
     for root in (layout.hf, layout.modelscope, layout.trees, layout.files,
                  layout.base / "blobs", layout.base / "roots"):

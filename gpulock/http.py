@@ -48,8 +48,10 @@ class Body:
     brought at least `_MIN_RATE` bytes per second.
     """
 
-    def __init__(self, raw: http.client.HTTPResponse, url: str, stall: float) -> None:
+    def __init__(self, raw: http.client.HTTPResponse, url: str, stall: float,
+                 label: str = "") -> None:
         self.raw, self.url, self.stall = raw, url, stall
+        self.label = f"{label}: " if label else ""
         self._since = time.monotonic()
         self._got = 0
 
@@ -57,13 +59,13 @@ class Body:
         try:
             chunk = self.raw.read1(size)
         except TimeoutError:
-            raise FetchError(f"{redact(self.url)} sent nothing for {self.stall:g} s "
+            raise FetchError(f"{self.label}{redact(self.url)} sent nothing for {self.stall:g} s "
                              "(GPULOCK_STALL_TIMEOUT); the transfer was stopped") from None
         self._got += len(chunk)
         elapsed = time.monotonic() - self._since
         if elapsed >= self.stall:
             if self._got < _MIN_RATE * elapsed:
-                raise FetchError(f"{redact(self.url)} sent only {self._got} bytes in "
+                raise FetchError(f"{self.label}{redact(self.url)} sent only {self._got} bytes in "
                                  f"{elapsed:.0f} s (GPULOCK_STALL_TIMEOUT={self.stall:g}); "
                                  "the transfer was stopped")
             self._since, self._got = time.monotonic(), 0
@@ -75,8 +77,8 @@ class Body:
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                raise FetchError(f"{redact(self.url)} sent more than {limit // 2**20} MiB "
-                                 "where a page was expected")
+                raise FetchError(f"{self.label}{redact(self.url)} sent more than "
+                                 f"{limit // 2**20} MiB where a page was expected")
         return b"".join(chunks)
 
 
@@ -117,9 +119,12 @@ class Http:
         return conn
 
     @contextmanager
-    def stream(self, url: str, headers: dict[str, str] | None = None
+    def stream(self, url: str, headers: dict[str, str] | None = None, label: str = ""
                ) -> Iterator[tuple[Response, Body]]:
-        """Send GET and yield (status and headers, the open body), following redirects."""
+        """Send GET and yield (status and headers, the open body), following redirects.
+
+        `label` (a package or a model's file) starts any message about the transfer.
+        """
         headers = dict(headers or {})
         for _ in range(10):
             response, raw = self._send(url, headers)
@@ -132,7 +137,7 @@ class Http:
                 url = target
                 continue
             try:
-                yield response, Body(raw, url, self.timeout)
+                yield response, Body(raw, url, self.timeout, label)
             finally:
                 # Leave the connection reusable only when the body was fully consumed.
                 if not raw.isclosed():

@@ -8,6 +8,7 @@ parsed content, so comments and formatting never make a lock stale.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -136,7 +137,12 @@ class _Locator:
         """A dotted key's parts, quotes removed (`models."qwen2.5"` -> models, qwen2.5)."""
         parts = []
         for match in cls._PART.finditer(dotted):
-            parts.append(next(g for g in match.group(2, 3, 4) if g is not None))
+            basic, literal, bare = match.group(2, 3, 4)
+            if basic is not None:
+                # Escapes as TOML reads them: `"a\u0000b"` is the name a<NUL>b.
+                with contextlib.suppress(tomllib.TOMLDecodeError):
+                    basic = tomllib.loads(f'k = "{basic}"')["k"]
+            parts.append(next(g for g in (basic, literal, bare) if g is not None))
             if not match.group(5):
                 break
         return tuple(parts)
@@ -248,8 +254,7 @@ def parse(text: str, path: Path) -> Manifest:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"{path}:{_toml_position(exc, text)}: invalid TOML: "
-                            f"{_toml_reason(exc)}") from None
+        raise ManifestError(f"{path}:{_toml_problem(exc, text)}") from None
     reader = _Reader(path, text)
 
     for key in data:
@@ -276,15 +281,19 @@ def parse(text: str, path: Path) -> Manifest:
                     verify_imports=imports, content_hash=_content_hash(data))
 
 
-def _toml_position(exc: Exception, text: str) -> str:
+def _toml_problem(exc: Exception, text: str) -> str:
+    """`line:col: invalid TOML: reason`, for tomllib's error (which has no position at the
+    end of the document: then the bracket left open is named, else the last line)."""
+    reason = re.sub(r"\s*\(at line \d+, column \d+\)|\s*\(at end of document\)", "", str(exc))
     match = re.search(r"at line (\d+), column (\d+)", str(exc))
     if match:
-        return f"{match.group(1)}:{match.group(2)}"
-    # "at end of document": point at what was left open, else at the last line.
+        return f"{match.group(1)}:{match.group(2)}: invalid TOML: {reason}"
     unclosed = _brackets(text).unclosed
     if unclosed:
-        return f"{unclosed[0][0]}:{unclosed[0][1]}"
-    return f"{max(1, len(text.splitlines()))}:1"
+        line, column = unclosed[0]
+        kind = "array" if text.splitlines()[line - 1][column - 1] == "[" else "inline table"
+        return f"{line}:{column}: invalid TOML: the {kind} opened here is never closed"
+    return f"{max(1, len(text.splitlines()))}:1: invalid TOML: {reason} at the end of the file"
 
 
 @dataclass
@@ -329,10 +338,6 @@ def _too_deep(text: str) -> tuple[int, int] | None:
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return None  # cannot be: no scan needed for ordinary manifests
     return _brackets(text).deepest
-
-
-def _toml_reason(exc: Exception) -> str:
-    return re.sub(r"\s*\(at line \d+, column \d+\)|\s*\(at end of document\)", "", str(exc))
 
 
 def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:

@@ -287,6 +287,9 @@ def _pin_hf(model: Model) -> PinnedModel:
                 token=os.environ.get("HF_TOKEN") or False)
     try:
         commit = api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+        if commit is None or hex_problem(commit, 40):  # it goes into the next request's path
+            raise GpulockError(f"{where}: the Hub answered the commit {commit!r}, which is not "
+                               "a commit id; nothing was pinned")
         tree = [f for f in api.list_repo_tree(repo_id, recursive=True, revision=commit,
                                               repo_type=repo_type) if isinstance(f, RepoFile)]
     except GatedRepoError:
@@ -300,8 +303,6 @@ def _pin_hf(model: Model) -> PinnedModel:
     except (HfHubHTTPError, OSError) as exc:
         reason = str(exc).splitlines()[0]
         raise GpulockError(f"{where}: the Hub answered: {reason}") from None
-    if commit is None:
-        raise GpulockError(f"{where}: the Hub did not say which commit it is")
     chosen = _chosen(model, tree, where)
     # git-sha1 is the blob id (for LFS files, the pointer's): the Hub cache's tree listing
     # and non-LFS etags use it; sha256 is the content hash of LFS files.

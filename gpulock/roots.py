@@ -70,13 +70,11 @@ def forget_models(store: Store, project: str) -> None:
     store.layout.model_root(project).unlink(missing_ok=True)
 
 
-def temporary_roots(store: Store, prune: bool = True) -> Live:
-    """What running syncs have rooted; abandoned roots are deleted on the way when `prune`."""
+def temporary_roots(store: Store) -> Live:
+    """What running syncs have rooted (roots of writers that are gone are gc's to remove)."""
     live = Live()
     for path in _listing(store.layout.tmp_roots, ".json"):
         if abandoned(path):
-            if prune:
-                path.unlink(missing_ok=True)
             continue
         data = _read(path)
         live.pkgs.update(_strings(path, data, "pkgs"))

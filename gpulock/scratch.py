@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 STALE_SECONDS = 600
-_OWNER = re.compile(r"([^.~]+)~(\d+)~[0-9a-f]{8}")
-HOST = os.uname().nodename.replace(".", "_").replace("~", "_") or "host"
+# The host part holds no '.', '-' or '~', so a tag is found inside any name built around it
+# (`.building-<tag>-x1`, `wheel.part.<tag>`).
+_OWNER = re.compile(r"([^.~-]+)~(\d+)~[0-9a-f]{8}")
+HOST = re.sub(r"[.~-]", "_", os.uname().nodename) or "host"
 
 
 def tag() -> str:

@@ -303,28 +303,37 @@ def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
         if item.kind == "view":
             (store.layout.base / item.key).unlink(missing_ok=True)
             log(f"removed {item.key}; the next 'gpulock sync' of its project lays it out again")
-        elif item.kind == "generation" and item.key.count("/gen-") == 1:
-            repaired += _rebuild(store, item.key, log)
+    # Generations are judged again now that their entries are back.
+    still = {d.key for folder in _projects(store)
+             for d in _check_project(store, folder, set(), Checked())}
+    for where in sorted(still):
+        if where.count("/gen-") == 1:
+            repaired += _rebuild(store, where, log)
     return repaired
 
 
 def _rebuild(store: Store, where: str, log: Log) -> list[str]:
-    """Build a damaged generation again from its record and lock copy, as the next number;
-    make it current when the damaged one was."""
+    """Replace a damaged generation: the current one is built again from its record and
+    lock copy (as the next number, then made current); an older one is removed."""
     project, name = where.split("/")
     folder = store.layout.env(project)
     old = generation.read(folder / name)
-    if old is None or not all(store.has(key) for key in old.packages.values()):
-        log(f"cannot rebuild {where}: its record or entries are gone; run 'gpulock sync' in "
-            "its project")
-        return []
-    entries = {package: store.entry(key) for package, key in old.packages.items()}
-    lock_text = (old.path / "pylock.gpu.toml").read_text()
-    built = generation.create(store, project, entries, old.python, old.python_version,
-                              old.lock_digest, lock_text, ())
     if generation.current_name(folder) == name:
+        if old is None or not all(store.has(key) for key in old.packages.values()):
+            log(f"cannot rebuild {where}: its record or entries are gone; run 'gpulock sync' "
+                "in its project")
+            return []
+        entries = {package: store.entry(key) for package, key in old.packages.items()}
+        lock_text = (old.path / "pylock.gpu.toml").read_text()
+        built = generation.create(store, project, entries, old.python, old.python_version,
+                                  old.lock_digest, lock_text, ())
         generation.switch(store, project, built.generation)
-    log(f"rebuilt {where} as generation {built.generation.number}")
+        log(f"rebuilt {where} as generation {built.generation.number}, now current")
+    else:
+        log(f"removed {where}, which was not current")
+    aside = store.work_dir(f"damaged-{project}")
+    os.rename(folder / name, aside / name)
+    shutil.rmtree(aside, ignore_errors=True)
     return [where]
 
 

@@ -140,7 +140,8 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
         hashes = _Hashes(file)
     wanted = {**headers, "Range": f"bytes={hashes.size}-"} if hashes.size else dict(headers)
     if hashes.size < file.size or not hashes.size:
-        with Http().stream(url, wanted) as (response, body):
+        with Http().stream(url, wanted, f"model '{model.name}': {file.path}") as (response,
+                                                                                  body):
             if response.status == 200 and hashes.size:
                 hashes = _Hashes(file)  # the server ignored the Range: start over
                 part.unlink(missing_ok=True)
@@ -194,7 +195,8 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
 
     def fetch(index: int) -> None:
         start, end = spans[index]
-        with http.stream(url, {**headers, "Range": f"bytes={start}-{end}"}) as (response, body):
+        with http.stream(url, {**headers, "Range": f"bytes={start}-{end}"},
+                         f"model '{model.name}': {file.path}") as (response, body):
             if response.status == 200:
                 refused.set()  # the server sends the whole file: not worth it per range
                 return

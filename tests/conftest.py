@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gpulock import lockfile
+from gpulock import credentials, lockfile
 from gpulock.cli import main
 from tests.support.hf_hub import FakeHub
 from tests.support.index_server import IndexServer
+from tests.support.ms_hub import FakeModelScope
 
 FIND_LINKS = Path("/opt/wheels")
 
@@ -36,8 +37,12 @@ def torch_cpu_wheel() -> Path | None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test its own cache, no netrc of the machine's, no credentials of an earlier test."""
     monkeypatch.setenv("GPULOCK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    yield
+    credentials.forget()
 
 
 @pytest.fixture
@@ -62,6 +67,16 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     monkeypatch.setenv("HF_ENDPOINT", fake.url)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def modelscope(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeModelScope]:
+    """A fake ModelScope hub that the real modelscope client is pointed at."""
+    fake = FakeModelScope()
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
+    monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
     yield fake
     fake.close()
 

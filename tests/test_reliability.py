@@ -436,6 +436,51 @@ def test_gc_racing_a_sync_keeps_what_the_sync_is_about_to_link(make_index, proje
     assert verify(project).returncode == 0
 
 
+def test_gc_keeps_a_generation_a_paused_sync_built_but_has_not_switched_to(make_index, project,
+                                                                         tmp_path):
+    index = make_index()
+    three_versions(index.folder)
+    sync_versions(project, index.url, ["1.0"])
+    lock_version(project, index.url, "2.0")
+    child, resume = paused_sync(project, "switch", tmp_path / "faults")  # gen-2 built
+    sync_versions(project, index.url, ["3.0"])  # gen-3, current and newest
+    collected = gpulock(project, "gc", "--keep", "1")
+    assert collected.returncode == 0, collected.stderr
+    envs = project.root / "store" / "v1" / "envs" / "demo"
+    assert sorted(p.name for p in envs.glob("gen-*")) == ["gen-2", "gen-3"]  # gen-1 went
+    resume()
+    assert child.wait(timeout=120) == 0, child.stderr.read()
+    assert os.readlink(envs / "current") == "gen-2"
+    assert current_version(project) == "2.0"
+    assert verify(project).returncode == 0
+
+
+def test_a_sync_waits_while_a_gc_chooses_and_not_for_a_dead_one(make_index, project):
+    from gpulock.scratch import HOST
+
+    index = make_index()
+    two_versions(index.folder)
+    sync_versions(project, index.url, ["1.0"])
+    lock_version(project, index.url, "2.0")
+    collectors = project.root / "store" / "v1" / "roots" / "gc"
+    collectors.mkdir(parents=True, exist_ok=True)
+    live = collectors / f"{HOST}~{os.getpid()}~0badc0de"  # this test is the running gc
+    live.touch()
+    dead = collectors / "otherhost~1~0badc0de"
+    dead.touch()
+    os.utime(dead, (time.time() - 120, time.time() - 120))  # silent for two minutes
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
+         str(project.manifest), "--store", str(project.root / "store")],
+        stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert child.poll() is None and current_version(project) == "1.0"  # it waits
+    live.unlink()
+    assert child.wait(timeout=120) == 0
+    assert "waiting for gpulock gc" in child.stderr.read()
+    assert current_version(project) == "2.0"
+
+
 def test_gc_puts_back_an_entry_a_sync_rooted_while_it_was_collecting(make_index, project,
                                                                      monkeypatch):
     from gpulock import gc, roots
@@ -449,9 +494,9 @@ def test_gc_puts_back_an_entry_a_sync_rooted_while_it_was_collecting(make_index,
     real = roots.temporary_roots
     looks: list[int] = []
 
-    def a_sync_starts_between_the_two_looks(s: Store, prune: bool = True) -> roots.Live:
+    def a_sync_starts_between_the_two_looks(s: Store) -> roots.Live:
         looks.append(1)
-        live = real(s, prune)
+        live = real(s)
         if len(looks) == 2:
             live.pkgs.add(dep1)
         return live

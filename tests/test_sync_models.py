@@ -147,17 +147,6 @@ def test_a_killed_sync_resumes_the_large_file_it_was_fetching(hub, make_index, p
     assert hashlib.sha256(link.read_bytes()).hexdigest() == hashlib.sha256(big).hexdigest()
 
 
-@pytest.fixture
-def modelscope(monkeypatch: pytest.MonkeyPatch):
-    from tests.support.ms_hub import FakeModelScope
-
-    fake = FakeModelScope()
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
-    monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
-    yield fake
-    fake.close()
-
-
 def test_modelscope_models_are_pinned_by_file_hashes_and_load_offline(modelscope, make_index,
                                                                       project):
     files = {"configuration.json": b'{"task": "asr"}', "model.pt": WEIGHTS,

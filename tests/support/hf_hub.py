@@ -29,6 +29,7 @@ class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     lfs: set[str] = field(default_factory=set)  # paths stored in LFS
     gated: bool = False
+    reported_commit: str | None = None  # what the revision API says instead of the commit
 
     def commit(self, files: dict[str, bytes], branch: str = "main", lfs: set[str] = frozenset()
                ) -> str:
@@ -50,6 +51,7 @@ class FakeHub(Loopback):
     resolved: list[str] = field(default_factory=list)  # files served by /resolve/
     ranges: list[tuple[str, str]] = field(default_factory=list)  # (file, Range header)
     slow: float = 0.0  # seconds of sleep per 256 KiB sent by /resolve/
+    trickle: float = 0.0  # seconds between single bytes sent by /resolve/ (a stalling hub)
 
     def __post_init__(self) -> None:
         self.serve()
@@ -80,7 +82,8 @@ class FakeHub(Loopback):
                 return self._error(handler, 404, "RevisionNotFound", "Invalid rev id")
             files = repo.commits[commit]
             if action == ["revision"]:
-                return self._json(handler, {"id": repo_id, "sha": commit, "private": False,
+                return self._json(handler, {"id": repo_id, "sha": repo.reported_commit or commit,
+                                            "private": False,
                                             "siblings": [{"rfilename": p} for p in files]})
             if action == ["tree"]:
                 return self._tree(handler, repo, files, query)
@@ -125,8 +128,11 @@ class FakeHub(Loopback):
         handler.end_headers()
         if handler.command == "HEAD":
             return
-        step = 256 * 1024
+        step = 1 if self.trickle else 256 * 1024
         for start in range(0, len(body), step):
+            if self.trickle:
+                handler.wfile.flush()
+                time.sleep(self.trickle)
             if self.slow:
                 time.sleep(self.slow)  # per 256 KiB: a large file takes seconds
             try:

@@ -7,6 +7,7 @@ request and every byte it sent per path, so tests can assert what a lock really 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import json
@@ -35,6 +36,9 @@ class IndexServer(Loopback):
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, range header)
     bytes_sent: Counter[str] = field(default_factory=Counter)
     slow: float = 0.0  # seconds of sleep per 256 KiB of a response body
+    trickle: float = 0.0  # seconds between single bytes of a file's body (a stalling server)
+    auth: tuple[str, str] | None = None  # Basic credentials every request must carry
+    authorizations: list[str] = field(default_factory=list)  # Authorization headers seen
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,11 @@ class IndexServer(Loopback):
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         path = handler.path.split("?", 1)[0]
         self.requests.append((path, handler.headers.get("Range", "")))
+        self.authorizations.append(handler.headers.get("Authorization", ""))
+        if self.auth and handler.headers.get("Authorization") != "Basic " + base64.b64encode(
+                ":".join(self.auth).encode()).decode():
+            return self._send(handler, path, 401, b"credentials needed", "text/plain",
+                              {"WWW-Authenticate": 'Basic realm="index"'})
         if path.startswith("/simple/") and path.endswith("/"):
             project = canonicalize_name(path[len("/simple/"):-1])
             as_json = self.json_api and "json" in handler.headers.get("Accept", "")
@@ -145,6 +154,15 @@ class IndexServer(Loopback):
             handler.send_header(key, value)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
+        if self.trickle and path.startswith("/files/"):
+            for offset in range(len(body)):
+                try:
+                    handler.wfile.write(body[offset:offset + 1])
+                    handler.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                time.sleep(self.trickle)
+            return
         step = 256 * 1024
         for offset in range(0, len(body), step):
             handler.wfile.write(body[offset:offset + step])

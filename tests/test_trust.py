@@ -1,0 +1,680 @@
+"""Trust: hostile hubs, locks, wheels and planted links never reach outside the store.
+
+Every attack here runs through the CLI against real servers on 127.0.0.1, with a canary
+folder beside the store: the command must fail in one sentence naming what it refused, the
+canary (and everything else outside the store) must stay byte-for-byte as it was, and a valid
+sync and `verify` must succeed afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from tests.conftest import Project, Result
+from tests.support.canary import plant, state
+from tests.support.dists import make_wheel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+WEIGHTS = os.urandom(50_000)
+
+
+def refused(result: Result, *words: str) -> str:
+    """The command failed with one sentence (no traceback) that holds `words`; return it."""
+    assert result.code != 0, result.err
+    assert "Traceback" not in result.err, result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.err.rstrip().endswith(errors[0]), result.err
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+@pytest.fixture
+def canary(project: Project) -> Iterator[Callable[[], None]]:
+    """A folder beside the store; the returned check says nothing outside the store changed."""
+    plant(project.root / "canary")
+    skip = ("store", "gpu.toml", "pylock.gpu.toml")
+    before = state(project.root, skip)
+
+    def unchanged() -> None:
+        assert state(project.root, skip) == before
+
+    yield unchanged
+    unchanged()
+
+
+def setup(project: Project, index_url: str, packages: str = "", models: str = "") -> None:
+    project.write(f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\nindex = "{index_url}"\n'
+                  f'[groups.main]\npackages = [{packages}]\n{models}')
+
+
+def gpulock(project: Project, *args: str) -> Result:
+    return project.gpulock(*args, "--store", str(project.root / "store"))
+
+
+def synced(project: Project, *args: str) -> None:
+    result = gpulock(project, "sync", *args)
+    assert result.code == 0, result.err
+    checked = gpulock(project, "verify")
+    assert checked.code == 0, checked.err
+
+
+def store_state(project: Project) -> dict[str, tuple[str, str]]:
+    return state(project.root / "store")
+
+
+# -- hubs that list files outside the snapshot ---------------------------------------------
+
+HOSTILE_PATHS = [
+    "../" * 6 + "canary/evil.txt",
+    "../" * 7 + "canary/evil.txt",
+    "{canary}/evil.txt",
+    "a/../../../../../../../canary/evil.txt",
+    "nul\x00byte.txt",
+    "back\\..\\slash.txt",
+    "./dot.txt",
+    "a//b.txt",
+    "line\nbreak.txt",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_a_hugging_face_repo_listing_a_file_outside_its_snapshot_is_refused_at_lock(
+        hub, make_index, project, canary, path):
+    path = path.format(canary=project.root / "canary")
+    hub.repo("org/evil").commit({"config.json": b"{}", "model.safetensors": WEIGHTS,
+                                 path: b"pwned"})
+    setup(project, make_index().url, models='[models.evil]\nsource = "hf://org/evil"\n')
+    refused(project.gpulock("lock"), "model 'evil'", repr(path), "nothing was pinned")
+    assert not project.lock_path.exists()
+    refused(gpulock(project, "sync"), "model 'evil'", repr(path))
+    assert not (project.root / "store" / "v1" / "hf").exists()
+    canary()
+    hub.repo("org/evil").commit({"config.json": b"{}", "model.safetensors": WEIGHTS})
+    synced(project)
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS[:6])
+def test_a_modelscope_repo_listing_a_file_outside_its_snapshot_is_refused_at_lock(
+        modelscope, make_index, project, canary, path):
+    path = path.format(canary=project.root / "canary")
+    modelscope.repos["org/evil"] = {"master": {"config.json": b"{}", path: b"pwned"}}
+    setup(project, make_index().url, models='[models.evil]\nsource = "ms://org/evil"\n')
+    refused(project.gpulock("lock"), "model 'evil'", repr(path))
+    canary()
+    modelscope.repos["org/evil"] = {"master": {"config.json": b"{}"}}
+    synced(project)
+
+
+def test_a_hub_commit_id_that_is_a_path_is_refused_before_it_is_used(hub, make_index, project,
+                                                                     canary):
+    repo = hub.repo("org/evil")
+    repo.commit({"config.json": b"{}"})
+    repo.reported_commit = "../../../canary"
+    setup(project, make_index().url, models='[models.evil]\nsource = "hf://org/evil"\n')
+    refused(project.gpulock("lock"), "model 'evil'", "'../../../canary'", "not a commit id")
+    assert not any("canary" in r for r in hub.requests[1:])  # never sent on as a revision
+    repo.reported_commit = None
+    synced(project)
+
+
+def test_a_file_that_is_also_a_folder_in_the_listing_is_refused(hub, make_index, project,
+                                                               canary):
+    hub.repo("org/evil").commit({"a": b"file", "a/b": b"inside"})
+    setup(project, make_index().url, models='[models.evil]\nsource = "hf://org/evil"\n')
+    refused(project.gpulock("lock"), "model 'evil'", "'a' both as a file and as a folder")
+
+
+# -- hand-edited or corrupted locks --------------------------------------------------------
+
+def _model(lock: dict[str, Any]) -> dict[str, Any]:
+    return lock["tool"]["gpulock"]["models"][0]
+
+
+def _lfs_file(lock: dict[str, Any]) -> dict[str, Any]:
+    return next(f for f in _model(lock)["files"] if "sha256" in f)
+
+
+def _wheel(lock: dict[str, Any]) -> dict[str, Any]:
+    return lock["packages"][0]["wheels"][0]
+
+
+LOCK_EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "model file path": (lambda d: _lfs_file(d).update(path="../" * 6 + "canary/evil.txt"),
+                        "models[0]: model 'weights'"),
+    "model file absolute": (lambda d: _lfs_file(d).update(path="/etc/evil"), "models[0]"),
+    "model name": (lambda d: _model(d).update(name="../../../canary"), "models[0]"),
+    "model revision": (lambda d: _model(d).update(revision="../../../../../canary"),
+                       "models[0]"),
+    "model commit": (lambda d: _model(d).update(commit="../../../../canary"), "models[0]"),
+    "model sha256": (lambda d: _lfs_file(d).update(sha256="../../../../../canary/evil"),
+                     "models[0]"),
+    "model source": (lambda d: _model(d).update(source="hf://../.."), "models[0]"),
+    "model twice": (lambda d: d["tool"]["gpulock"]["models"].append(copy.deepcopy(_model(d))),
+                    "pins model 'weights' twice"),
+    "wheel filename": (lambda d: _wheel(d).update(name="../../../../../canary/app.whl"),
+                       "package 'app'"),
+    "wheel of another package": (lambda d: _wheel(d).update(name="other-1.0-py3-none-any.whl"),
+                                 "package 'app'"),
+    "wheel sha256": (lambda d: _wheel(d)["hashes"].update(sha256="../../../../canary"),
+                     "package 'app'"),
+    "package name": (lambda d: d["packages"][0].update(name="../app"), "package '../app'"),
+    "package twice": (lambda d: d["packages"].append(copy.deepcopy(d["packages"][0])),
+                      "package 'app' is listed twice"),
+    "index with a password": (lambda d: d["packages"][0].update(
+        index="https://user:hunter2@example.invalid/simple"), "package 'app'"),
+    "target python": (lambda d: d["tool"]["gpulock"]["target"].update(python="3.10/../../x"),
+                      "[tool.gpulock.target]"),
+}
+
+
+@pytest.fixture
+def synced_project(hub, make_index, project: Project) -> Project:
+    """A project with one wheel and one Hugging Face model, synced."""
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    hub.repo("org/weights").commit({"config.json": b"{}", "model.safetensors": WEIGHTS})
+    setup(project, index.url, '"app"', '[models.weights]\nsource = "hf://org/weights"\n')
+    synced(project)
+    return project
+
+
+@pytest.mark.parametrize("edit", LOCK_EDITS, ids=list(LOCK_EDITS))
+def test_a_hostile_lock_is_refused_before_anything_is_written(synced_project, canary, edit):
+    project = synced_project
+    change, names = LOCK_EDITS[edit]
+    good = project.lock_path.read_text()
+    data = tomllib.loads(good)
+    change(data)
+    project.lock_path.write_text(tomli_w.dumps(data))
+    before = store_state(project)
+    for args in (("--frozen",), ()):
+        refused(gpulock(project, "sync", *args), str(project.lock_path), names)
+        assert store_state(project) == before
+    canary()
+    project.lock_path.write_text(good)
+    synced(project, "--frozen")
+    assert "hunter2" not in project.lock_path.read_text()
+
+
+# -- names in gpu.toml ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "/abs", "", ".hidden", 'x"\nENV EVIL=1',
+                                  "-rf", "a" * 200])
+def test_a_project_name_that_is_not_a_folder_name_is_refused_with_its_line(project, canary,
+                                                                          name):
+    project.write(f'[project]\nname = {json.dumps(name)}\npython = "{HOST_PYTHON}"\n'
+                  '[groups.main]\npackages = []\n')
+    for command in ("lock", "sync", "env", "status"):
+        refused(gpulock(project, command) if command != "lock" else project.gpulock("lock"),
+                f"{project.manifest}:2:1: name = {name!r}")
+    assert not (project.root / "store" / "v1" / "envs").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "-x", "a\x00b"])
+def test_a_model_name_that_is_not_a_folder_name_is_refused_with_its_line(project, canary, name):
+    project.write(f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\n'
+                  f'[groups.main]\npackages = []\n[models.{json.dumps(name)}]\n'
+                  'source = "hf://org/x"\n')
+    refused(project.gpulock("lock"), f"{project.manifest}:6:1:", f"model name {name!r}")
+
+
+@pytest.mark.parametrize("source, revision, problem", [
+    ("ms://org/x", "../../../../../canary", "revision = '../../../../../canary'"),
+    ("ms://org/x", "v1/../..", "revision = 'v1/../..'"),
+    ("ms://org/x", "a/b", "revision = 'a/b'"),
+    ("hf://org/x", "../main", "revision = '../main'"),
+    ("hf://../..", "main", "source = 'hf://../..'"),
+    ("hf://org/x--y", "main", "source = 'hf://org/x--y'"),
+    ("ms://./x", "master", "source = 'ms://./x'"),
+])
+def test_a_model_revision_or_repository_that_is_a_path_is_refused_with_its_line(
+        project, canary, source, revision, problem):
+    project.write(f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\n'
+                  f'[groups.main]\npackages = []\n[models.x]\nsource = "{source}"\n'
+                  f'revision = "{revision}"\n')
+    refused(gpulock(project, "sync"), f"{project.manifest}:", problem)
+    assert not (project.root / "store" / "v1" / "modelscope").exists()
+
+
+# -- wheels whose scripts would replace the interpreter ------------------------------------
+
+def _interpreter_digest(project: Project) -> str:
+    python = os.path.realpath(project.root / "store" / "v1" / "envs" / "m" / "current" / "bin"
+                              / "python")
+    return hashlib.sha256(Path(python).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("declared", [
+    {"entry_points": "[console_scripts]\npython = evil:main\n"},
+    {"entry_points": "[console_scripts]\npython3 = evil:main\n"},
+    {"entry_points": f"[gui_scripts]\npython{HOST_PYTHON} = evil:main\n"},
+    {"files": {"evil/__init__.py": b"", "evil-1.0.data/scripts/python": b"#!/bin/sh\nexit 0\n"}},
+    {"entry_points": "[console_scripts]\n../../../../../canary/evil = evil:main\n"},
+], ids=["console python", "console python3", "gui python3.X", "data script", "escaping"])
+def test_a_wheel_whose_script_would_replace_the_interpreter_is_refused(make_index, project,
+                                                                      canary, declared):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "evil", "1.0", **declared)
+    setup(project, index.url, '"app"')
+    synced(project)
+    interpreter = _interpreter_digest(project)
+    setup(project, index.url, '"app", "evil"')
+    refused(gpulock(project, "sync"), "evil 1.0", "script")
+    assert _interpreter_digest(project) == interpreter
+    current = project.root / "store" / "v1" / "envs" / "m" / "current"
+    assert not (current / "lib" / f"python{HOST_PYTHON}" / "site-packages" / "evil").exists()
+    canary()
+    setup(project, index.url, '"app"')
+    synced(project)
+
+
+# -- links planted in the store ------------------------------------------------------------
+
+@pytest.mark.parametrize("folder", ["tmp", "tmp/downloads", "tmp/models", "roots/tmp", "pkgs",
+                                    "blobs/sha256", "hf", "roots/gc"])
+def test_a_store_folder_replaced_by_a_link_is_never_written_or_deleted_through(
+        synced_project, canary, folder):
+    project = synced_project
+    inside = project.root / "store" / "v1" / folder
+    aside = inside.with_name(inside.name + ".moved")
+    if inside.exists():
+        shutil.move(inside, aside)
+    os.symlink(project.root / "canary", inside)
+    for command in ("sync", "gc", "verify"):
+        refused(gpulock(project, command), str(inside), "symbolic link")
+    canary()
+    inside.unlink()
+    if aside.exists():
+        shutil.move(aside, inside)
+    synced(project)
+
+
+def test_a_link_planted_inside_a_model_view_is_not_written_through(synced_project, canary):
+    project = synced_project
+    repo = project.root / "store" / "v1" / "hf" / "models--org--weights"
+    shutil.rmtree(repo / "blobs")
+    os.symlink(project.root / "canary", repo / "blobs")
+    refused(gpulock(project, "sync"), str(repo / "blobs"), "symbolic link")
+    canary()
+    (repo / "blobs").unlink()
+    synced(project)
+
+
+def test_an_entry_swapped_for_a_link_to_a_copy_is_found_by_verify_and_repaired(synced_project,
+                                                                              canary):
+    project = synced_project
+    pkgs = project.root / "store" / "v1" / "pkgs"
+    (entry,) = pkgs.iterdir()
+    copy_of = project.root.parent / "outside-copy"
+    shutil.copytree(entry, copy_of, symlinks=True)
+    shutil.rmtree(entry)
+    os.symlink(copy_of, entry)
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and f"damaged entry {entry.name}: it is a symbolic link" in checked.err
+    repaired = gpulock(project, "verify", "--repair")
+    assert repaired.code == 0, repaired.err
+    assert not entry.is_symlink() and copy_of.is_dir()
+    assert gpulock(project, "verify").code == 0
+
+
+@pytest.mark.parametrize("tamper", ["file to link", "extra file", "farm link", "view link",
+                                    "current link"])
+def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them(
+        synced_project, canary, tamper):
+    project = synced_project
+    v1 = project.root / "store" / "v1"
+    (entry,) = (v1 / "pkgs").iterdir()
+    site = v1 / "envs" / "m" / "current" / "lib" / f"python{HOST_PYTHON}" / "site-packages"
+    evil = project.root / "canary" / "evil.txt"
+    if tamper == "file to link":
+        target = entry / "site" / "app" / "__init__.py"
+        shutil.copy(target, project.root.parent / "copy.py")
+        target.unlink()
+        os.symlink(project.root.parent / "copy.py", target)
+        expected = "site/app/__init__.py is a symbolic link"
+    elif tamper == "extra file":
+        (entry / "site" / "evil.pth").write_text("import os\n")
+        expected = "site/evil.pth was not in the entry when it was published"
+    elif tamper == "farm link":
+        (site / "app").unlink()
+        os.symlink(project.root / "canary", site / "app")
+        expected = f"lib/python{HOST_PYTHON}/site-packages/app links outside"
+    elif tamper == "view link":
+        (link,) = (v1 / "hf" / "models--org--weights" / "snapshots").glob("*/config.json")
+        link.unlink()
+        os.symlink(evil, link)
+        expected = "is a link that leads outside the store's blobs"
+    else:
+        (v1 / "envs" / "m" / "current").unlink()
+        os.symlink(project.root / "canary", v1 / "envs" / "m" / "current")
+        expected = "m/current: is not a link to one of its generations"
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and expected in checked.err, checked.err
+    if tamper == "current link":
+        (v1 / "envs" / "m" / "current").unlink()
+        synced(project)
+        return
+    repaired = gpulock(project, "verify", "--repair")
+    assert repaired.code == 0, repaired.err
+    synced(project)
+    assert (site / "app" / "__init__.py").read_text().startswith("VERSION")
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+SECRET = "s3cr3t-Pa55"
+
+
+def _secret_anywhere(root: Path) -> list[str]:
+    """Files under `root` (links not followed) that hold the secret, in any form."""
+    needles = [SECRET.encode(), SECRET.replace("-", "%2D").encode()]
+    found = []
+    for parent, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(parent) / name
+            if path.is_symlink() or path.name == "gpu.toml":
+                continue
+            data = path.read_bytes()
+            if any(n in data for n in needles) or SECRET in name:
+                found.append(str(path))
+    return found
+
+
+def test_index_credentials_in_gpu_toml_are_used_but_never_written_or_printed(
+        make_index, project, tmp_path):
+    index = make_index(auth=("user", SECRET))
+    make_wheel(index.folder, "app", "1.0", requires=["dep"])
+    make_wheel(index.folder, "dep", "1.0")
+    secured = index.url.replace("http://", f"http://user:{SECRET}@")
+    setup(project, secured, '"app"', f'[models.blob]\nsource = "{secured[:-7]}/files/'
+                                      'dep-1.0-py3-none-any.whl"\n')
+    outputs = [project.gpulock("lock"), gpulock(project, "sync"), gpulock(project, "status"),
+               gpulock(project, "env"), gpulock(project, "verify"), gpulock(project, "gc")]
+    assert all(r.code == 0 for r in outputs), [r.err for r in outputs]
+    assert not any(SECRET in r.out + r.err for r in outputs)
+    assert _secret_anywhere(tmp_path) == []
+    assert "Basic " in " ".join(index.authorizations)
+    assert (project.root / "store" / "v1" / "files" / "blob").is_dir()
+    # A wrong password is one sentence that names the index, not the password.
+    setup(project, index.url.replace("http://", "http://user:wrong-one@"), '"app", "dep"')
+    err = refused(project.gpulock("lock"), "refused access", index.url)
+    assert "wrong-one" not in err
+
+
+def test_netrc_gives_a_private_index_its_credentials(make_index, project, tmp_path, monkeypatch):
+    index = make_index(auth=("user", SECRET))
+    make_wheel(index.folder, "app", "1.0")
+    setup(project, index.url, '"app"')
+    refused(project.gpulock("lock"), "refused access")
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login user password {SECRET}\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    from gpulock import credentials
+
+    credentials.forget()
+    synced(project)
+    assert _secret_anywhere(project.root) == []
+
+
+def test_keyring_gives_credentials_when_the_index_asks(make_index, project, monkeypatch):
+    import types
+
+    index = make_index(auth=("user", SECRET))
+    make_wheel(index.folder, "app", "1.0")
+    asked: list[str] = []
+
+    def get_credential(service: str, username: str | None) -> object:
+        asked.append(service)
+        return types.SimpleNamespace(username="user", password=SECRET)
+
+    monkeypatch.setitem(sys.modules, "keyring", types.SimpleNamespace(
+        get_credential=get_credential))
+    setup(project, index.url, '"app"')
+    synced(project)
+    assert asked and all(SECRET not in s for s in asked)
+    assert _secret_anywhere(project.root) == []
+
+
+def test_a_token_is_not_sent_to_another_host_after_a_redirect():
+    from gpulock import credentials
+    from gpulock.credentials import login_for, remember
+
+    remember(f"https://user:{SECRET}@index.example/simple")
+    assert login_for("https://index.example/files/x.whl") == ("user", SECRET)
+    assert login_for("https://cdn.example/files/x.whl") is None
+    assert login_for("http://index.example/simple") is None  # another scheme: another origin
+    credentials.forget()
+
+
+# -- gc and sync on one store --------------------------------------------------------------
+
+def _dead_writer() -> str:
+    """A writer tag (host~pid~random) whose process has exited."""
+    import subprocess
+
+    from gpulock.scratch import HOST
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return f"{HOST}~{gone.pid}~0badc0de"
+
+
+def _leftovers(v1: Path) -> list[Path]:
+    """What syncs killed at every step leave behind."""
+    dead = _dead_writer()
+    sha = "ab" * 32
+    made = [
+        v1 / "tmp" / "downloads" / sha / f"wheel.part.{dead}",
+        v1 / "tmp" / "downloads" / sha / dead / "app-1.0-py3-none-any.whl",
+        v1 / "tmp" / "models" / f"{sha}.part.{dead}",
+        v1 / "tmp" / f"build-app.{dead}.x1" / "app-1.0-py3-none-any.whl",
+        v1 / "tmp" / f"{sha}-app-1.0.{dead}.x2" / "site" / "app.py",
+        v1 / "roots" / "tmp" / f"{dead}.json",
+        v1 / "roots" / "gc" / dead,
+        v1 / "envs" / "m" / f".building-{dead}-x3" / "bin" / "app",
+        v1 / "hf" / "models--org--weights" / "snapshots" / f".building-{dead}-x4" / "x",
+    ]
+    for path in made:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"pkgs": [], "models": []}' if path.suffix == ".json" else "left")
+    return made
+
+
+def test_gc_dry_run_changes_nothing_at_all(synced_project, canary):
+    project = synced_project
+    _leftovers(project.root / "store" / "v1")
+    before = store_state(project)
+    result = gpulock(project, "gc", "--keep", "1", "--dry-run", "-v")
+    assert result.code == 0 and "would free" in result.err, result.err
+    assert store_state(project) == before
+
+
+def test_gc_collects_every_leftover_of_a_dead_sync_and_nothing_live(synced_project, canary):
+    project = synced_project
+    left = _leftovers(project.root / "store" / "v1")
+    result = gpulock(project, "gc", "--keep", "1")
+    assert result.code == 0, result.err
+    assert [p for p in left if p.exists()] == []
+    assert "9 leftover(s) of killed syncs" in result.err
+    synced(project)
+
+
+def test_syncs_of_several_projects_and_a_gc_loop_on_one_store_all_succeed(make_index, tmp_path,
+                                                                         canary, project):
+    import subprocess
+    import threading
+
+    index = make_index()
+    for version in ("1.0", "2.0"):
+        make_wheel(index.folder, "shared", version, files={
+            "shared/__init__.py": f"VERSION = {version!r}\n".encode(),
+            "shared/blob.bin": os.urandom(2**20)})
+        for i in range(3):
+            make_wheel(index.folder, f"lib{i}", version, requires=[f"shared=={version}"],
+                       files={f"lib{i}/__init__.py": f"VERSION = {version!r}\n".encode()})
+    store = tmp_path / "shared-store"
+    manifests = {}
+    for i in range(3):
+        for version in ("1.0", "2.0"):
+            folder = tmp_path / f"p{i}" / version
+            folder.mkdir(parents=True)
+            (folder / "gpu.toml").write_text(
+                f'[project]\nname = "p{i}"\npython = "{HOST_PYTHON}"\nindex = "{index.url}"\n'
+                f'[groups.main]\npackages = ["lib{i}=={version}"]\n')
+            manifests[(i, version)] = folder / "gpu.toml"
+            assert project.gpulock("lock", "--manifest", str(folder / "gpu.toml")).code == 0
+    env = {**os.environ, "GPULOCK_NO_FLOCK": "1"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gpulock", *args, "--store", str(store)],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    failures: list[str] = []
+    collections = []
+    done = threading.Event()
+
+    def syncs(i: int) -> None:
+        for version in ("1.0", "2.0", "1.0", "2.0"):
+            ran = cli("sync", "--frozen", "--manifest", str(manifests[(i, version)]))
+            if ran.returncode:
+                failures.append(f"p{i} {version}: {ran.stderr}")
+
+    def collector() -> None:
+        while not done.is_set():
+            if not (store / "v1" / "envs").is_dir():
+                continue  # gc of a store that no sync has made yet is an error
+            ran = cli("gc", "--keep", "1")
+            collections.append(ran.returncode)
+            if ran.returncode:
+                failures.append(f"gc: {ran.stderr}")
+
+    workers = [threading.Thread(target=syncs, args=(i,)) for i in range(3)]
+    gc_loop = threading.Thread(target=collector)
+    gc_loop.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    gc_loop.join()
+    assert failures == [] and len(collections) >= 2
+    for i in range(3):
+        site = store / "v1" / "envs" / f"p{i}" / "current" / "lib" / f"python{HOST_PYTHON}" \
+            / "site-packages"
+        probe = subprocess.run([sys.executable, "-c", f"import lib{i}, shared; "
+                                f"print(lib{i}.VERSION, shared.VERSION)"],
+                               capture_output=True, text=True, env={**env, "PYTHONPATH": str(site)})
+        assert probe.stdout.split() == ["2.0", "2.0"], probe.stderr
+    assert cli("verify").returncode == 0
+    assert cli("gc", "--keep", "1").returncode == 0
+    assert cli("verify").returncode == 0
+
+
+# -- servers that stall --------------------------------------------------------------------
+
+@pytest.mark.parametrize("trickle, words", [(0.2, "sent only"), (3.0, "sent nothing")])
+def test_a_wheel_server_that_stalls_or_trickles_is_given_up_in_one_sentence(
+        make_index, project, canary, monkeypatch, trickle, words):
+    import time
+
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": os.urandom(8192)})
+    setup(project, index.url, '"app"')
+    project.lock()
+    index.trickle = trickle
+    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "1")
+    started = time.monotonic()
+    refused(gpulock(project, "sync"), "app 1.0:", f"{index.origin}/files/app-1.0", words,
+            "GPULOCK_STALL_TIMEOUT")
+    assert time.monotonic() - started < 30
+    index.trickle = 0
+    synced(project)
+
+
+def test_a_hub_that_trickles_a_model_file_is_given_up_in_one_sentence(hub, make_index, project,
+                                                                     canary, monkeypatch):
+    hub.repo("org/weights").commit({"model.safetensors": WEIGHTS})
+    setup(project, make_index().url, models='[models.weights]\nsource = "hf://org/weights"\n')
+    project.lock()
+    hub.trickle = 0.2
+    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "1")
+    refused(gpulock(project, "sync"), "model 'weights': model.safetensors", "sent only")
+    hub.trickle = 0
+    synced(project)
+
+
+# -- careless or hostile input -------------------------------------------------------------
+
+def _manifest(body: str) -> str:
+    return f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\n[groups.main]\npackages = []\n{body}'
+
+
+@pytest.mark.parametrize("text, words", [
+    (_manifest("x = " + "[" * 10_000 + "]" * 10_000 + "\n"), ["gpu.toml:6:", "nested more"]),
+    (_manifest("x = " + "{a = " * 5_000 + "1" + "}" * 5_000 + "\n"), ["gpu.toml:6:",
+                                                                       "nested more"]),
+    (_manifest('[groups.more]\npackages = [\n  "a",\n  "b",\n'), ["gpu.toml:7:12:",
+                                                                    "never closed"]),
+    (_manifest('[verify]\nimports = ["os; import shutil"]\n'), ["gpu.toml:7:", "module name"]),
+    (_manifest("x = '\x00'\n"), ["gpu.toml:6:", "invalid TOML"]),
+    ('[project]\nname = "m"\npython = "3.1"\n', ["gpu.toml:3:1:", "3.8 to 3.15"]),
+    ('[project]\nname = "m"\npython = "3.100"\n', ["gpu.toml:3:1:"]),
+    ('[project]\nname = "m"\npython = "4.0"\n', ["gpu.toml:3:1:"]),
+], ids=["deep arrays", "deep tables", "unclosed at the end", "verify code", "nul", "python 3.1",
+        "python 3.100", "python 4"])
+def test_a_careless_or_hostile_manifest_is_one_sentence_with_its_place(project, canary, text,
+                                                                      words):
+    project.manifest.write_text(text)
+    for command in ("lock", "sync"):
+        refused(gpulock(project, command) if command == "sync" else project.gpulock("lock"),
+                *words)
+
+
+def test_a_huge_manifest_or_lock_is_refused_without_reading_it_all(project, canary):
+    project.manifest.write_text(_manifest("# " + "x" * 2**21 + "\n"))
+    refused(project.gpulock("lock"), "larger than 1 MiB")
+    project.manifest.write_text(_manifest(""))
+    project.lock()
+    text = project.lock_path.read_text()
+    project.lock_path.write_text(text + "x = " + "[" * 5_000 + "]" * 5_000 + "\n")
+    refused(gpulock(project, "sync", "--frozen"), "too deeply")
+
+
+def test_env_output_quotes_every_value_for_its_format(project, canary, tmp_path):
+    import subprocess
+
+    from gpulock.envexport import render
+
+    store = tmp_path / "a store with 'quotes', \"double\", $dollar and \\back"
+    project.manifest.write_text(_manifest(""))
+    result = project.gpulock("env", "--store", str(store))
+    assert result.code == 0
+    shown = subprocess.run(["bash", "-c", f'{result.out}\nprintf %s "$PYTHONPATH"'],
+                           capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert shown.stdout.startswith(str(store)), shown.stdout
+    dockerfile = project.gpulock("env", "--store", str(store), "--format", "dockerfile").out
+    assert '\\"double\\", \\$dollar and \\\\back' in dockerfile
+    assert all(line.startswith("ENV ") for line in dockerfile.splitlines())
+    refused(project.gpulock("env", "--store", str(store), "--format", "dotenv"), "'$'")
+    values = json.loads(project.gpulock("env", "--store", str(store), "--format", "json").out)
+    assert values["PYTHONPATH"].startswith(str(store))
+    with pytest.raises(Exception, match="cannot hold"):
+        render({"PYTHONPATH": "/a\nENV EVIL=1"}, "dockerfile")
