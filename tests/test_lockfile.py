@@ -117,3 +117,35 @@ def test_a_hand_edited_package_entry_is_refused_naming_it():
 def test_a_lock_not_written_by_gpulock_is_refused():
     assert "was not written by gpulock" in refused(sample().replace('created-by = "gpulock"',
                                                                     'created-by = "uv"'))
+
+
+def _vcs_sample(url: str, subdirectory: str | None = None, commit: str = "a" * 40) -> str:
+    lock = Lock(Target("3.10"), "sha256:" + "1" * 64,
+                (LockedPackage("a", "1.0", vcs=VcsRef(url, commit, "v1", subdirectory)),))
+    return lockfile.dumps(lock)
+
+
+@pytest.mark.parametrize("url, subdirectory, commit, problem", [
+    ("https://github.com/o/r", "../../..", "a" * 40, "subdirectory '../../..'"),
+    ("--upload-pack=touch /tmp/x", None, "a" * 40, "git URL that must start with"),
+    ("https://u:tok@github.com/o/r", None, "a" * 40, "git URL with credentials"),
+    ("https://github.com/o/r", None, "HEAD; rm -rf /", "is not a git commit"),
+    ("ext::sh -c touch% /tmp/x", None, "a" * 40, "git URL that must start with"),
+])
+def test_a_git_package_that_would_reach_outside_its_checkout_or_run_code_is_refused(
+        url, subdirectory, commit, problem):
+    message = refused(_vcs_sample(url, subdirectory, commit))
+    assert "package 'a'" in message and problem in message
+
+
+def test_models_round_trip_through_the_lock_exactly():
+    from gpulock.models import from_dict
+
+    model = {"name": "qwen", "source": "hf://org/qwen", "revision": "refs/pr/1",
+             "commit": "c" * 40, "include": ["*.json"], "weights": {"bytes": 2},
+             "files": [{"path": "a/config.json", "size": 2, "git-sha1": "d" * 40},
+                       {"path": "model.safetensors", "size": 9, "sha256": "e" * 64}]}
+    lock = Lock(Target("3.10"), "sha256:" + "1" * 64, (), (model,))
+    again = lockfile.loads(lockfile.dumps(lock), Path("pylock.gpu.toml"))
+    assert again.models == (model,)
+    assert from_dict(model).as_dict() == model

@@ -59,3 +59,53 @@ def test_views_hold_exactly_the_locked_files_and_shared_blobs_exist_once(
     blobs = [p for p in (store / "v1" / "blobs" / "sha256").rglob("*") if p.is_file()]
     distinct = {hashlib.sha256(d).hexdigest() for files in repos for d in files.values()}
     assert sorted(p.parent.name + p.name for p in blobs) == sorted(distinct)
+
+
+segments = st.sampled_from(["a", "b.txt", "..", ".", "", "\x00", "x\\y", "é", "x y", "-v",
+                            ".hidden", "a\nb", "~", "CON"])
+hostile_paths = st.builds(lambda lead, parts: lead + "/".join(parts), st.sampled_from(["", "/"]),
+                          st.lists(segments, min_size=1, max_size=4))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.dictionaries(hostile_paths, contents, min_size=1, max_size=4))
+def test_any_hub_listing_is_refused_at_lock_or_laid_out_strictly_inside_its_snapshot(
+        tmp_path_factory, monkeypatch, capsys, files):
+    from tests.support.canary import plant, state
+
+    root = tmp_path_factory.mktemp("hostile")
+    canary = plant(root / "canary")
+    before = state(canary)
+    hub = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("GPULOCK_CACHE", str(root / "cache"))
+    try:
+        hub.repo("org/r").commit(files)
+        manifest = root / "gpu.toml"
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        manifest.write_text(f'[project]\nname = "p"\npython = "{python}"\n'
+                            '[groups.main]\npackages = []\n[models.r]\nsource = "hf://org/r"\n')
+        store = root / "store"
+        capsys.readouterr()
+        code = main(["sync", "--models-only", "--manifest", str(manifest), "--store",
+                     str(store)])
+        err = capsys.readouterr().err
+    finally:
+        hub.close()
+    assert state(canary) == before
+    assert {p.name for p in root.iterdir()} <= {"cache", "canary", "gpu.toml",
+                                                 "pylock.gpu.toml", "store"}
+    if code != 0:
+        assert "Traceback" not in err and err.startswith("error: model 'r'"), err
+        return
+    (snapshot,) = (store / "v1" / "hf" / "models--org--r" / "snapshots").iterdir()
+    inside = os.path.realpath(store / "v1")
+    for folder, dirs, names in os.walk(snapshot):
+        for name in [*dirs, *names]:
+            path = os.path.join(folder, name)
+            assert os.path.realpath(path).startswith(inside + os.sep)
+    seen = {os.path.relpath(os.path.join(f, n), snapshot) for f, _d, ns in os.walk(snapshot)
+            for n in ns}
+    assert seen == set(files)
