@@ -82,7 +82,7 @@ def _read_paths(handle) -> list[str]:  # type: ignore[no-untyped-def]
                  if vaddr <= strtab < vaddr + filesz), None)
     if base is None:
         return []
-    paths = []
+    paths: list[str] = []
     for value in wanted:
         handle.seek(base + value)
         raw = handle.read(4096).split(b"\0", 1)[0]

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from gpulock import faults
 from gpulock.errors import GpulockError
@@ -234,7 +235,8 @@ def _write_scripts(bin_dir: Path, interpreter: Path, entries: Iterable[Entry]) -
     count = 0
     for entry in entries:
         for name, module, attr, section in entry.scripts:
-            _, data = Script(name, module, attr, section).generate(str(interpreter), "posix")
+            kind: Literal["console", "gui"] = "gui" if section == "gui" else "console"
+            _, data = Script(name, module, attr, kind).generate(str(interpreter), "posix")
             _write_script(bin_dir, entry, name, data)
             count += 1
         scripts = entry.path / "scripts"

@@ -8,7 +8,8 @@ existing lock is answered from the lock alone, with no network.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,8 +99,8 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     try:
         resolution = resolve(roots, finder, target.marker_environment, no_deps=no_deps,
                              preferred=preferred, target=target.describe())
-        known = {p.wheel.url if p.wheel else p.sdist.url: p
-                 for p in (previous.packages if previous else ()) if p.wheel or p.sdist}
+        known = {ref.url: p for p in (previous.packages if previous else ())
+                 if (ref := p.wheel or p.sdist) is not None}
 
         def locked(name: NormalizedName) -> LockedPackage:
             pin = resolution.pins[name]
@@ -125,8 +126,8 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     return result
 
 
-def _locked(source: object, name: str, version: Version, dependencies: list[str],
-            groups: list[str], metadata: MetadataSource, known: dict[str, LockedPackage]
+def _locked(source: object, name: str, version: Version, dependencies: Sequence[str],
+            groups: Sequence[str], metadata: MetadataSource, known: dict[str, LockedPackage]
             ) -> LockedPackage:
     if isinstance(source, GitSource):
         return LockedPackage(name=name, version=str(version),
@@ -151,7 +152,7 @@ def _locked(source: object, name: str, version: Version, dependencies: list[str]
 
 
 def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
-               upgrade_names: set[str]) -> list[PinnedModel]:
+               upgrade_names: AbstractSet[str]) -> list[PinnedModel]:
     """Each model's pin: kept from the previous lock while its request is unchanged."""
     from concurrent.futures import ThreadPoolExecutor
 

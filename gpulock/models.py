@@ -169,7 +169,7 @@ def from_dict(entry: object, where: str = "a pinned model") -> PinnedModel:
                                     "the lock")
             return default
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or (
-                kind is list and not all(isinstance(v, (str, dict)) for v in value)):
+                isinstance(value, list) and not all(isinstance(v, (str, dict)) for v in value)):
             raise LockfileError(f"{where}: '{key}' has the wrong type; run 'gpulock lock' "
                                 "to rewrite the lock")
         return value

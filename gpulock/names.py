@@ -9,6 +9,7 @@ builds a path, so a value that slipped past a reader still cannot leave the stor
 
 from __future__ import annotations
 
+import posixpath
 import re
 
 # Project and model names: one folder name, portable, never hidden, never `.` or `..`.
@@ -61,6 +62,14 @@ def path_problem(value: str) -> str | None:
         if len(segment.encode()) > SEGMENT_MAX:
             return f"has a segment longer than {SEGMENT_MAX} bytes"
     return None
+
+
+def member_problem(name: str) -> str | None:
+    """What is wrong with an archive member's name (it must stay inside its tree), or None.
+
+    Archives name folders with a trailing `/` and may say `a/./b`: judged once normalised.
+    """
+    return path_problem(posixpath.normpath(name))
 
 
 def segment_problem(value: str) -> str | None:

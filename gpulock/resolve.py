@@ -202,7 +202,8 @@ class _Provider(AbstractProvider):  # type: ignore[misc]
 
 def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
             environment: Mapping[str, str], *, no_deps: Iterable[str] = (),
-            preferred: Mapping[str, Version] | None = None, target: str = "the target"
+            preferred: Mapping[NormalizedName, Version] | None = None,
+            target: str = "the target"
             ) -> Resolution:
     """Resolve `(group, requirement)` roots together; raise ResolutionError in words."""
     provider = _Provider(finder=finder, environment=environment,
@@ -303,7 +304,7 @@ def _chain(req: Req, parent: Candidate | None, provider: _Provider) -> str:
 
 def _explain(exc: ResolutionImpossible, provider: _Provider, finder: Finder,
              target: str) -> ResolutionError:
-    causes = exc.causes
+    causes = list(exc.causes)
     names = sorted({c.requirement.name for c in causes})
     details = []
     for info in causes:

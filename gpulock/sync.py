@@ -168,7 +168,7 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
     added: list[str] = []
     progress = Progress(log)
     if missing:
-        total = sum((p.wheel or p.sdist).size for p, _ in missing if p.wheel or p.sdist)
+        total = sum(ref.size for p, _ in missing if (ref := p.wheel or p.sdist) is not None)
         log(f"Fetching {len(missing)} of {len(plan)} packages ({_size(total)})")
         progress.start(total)
 

@@ -30,8 +30,9 @@ from gpulock import faults
 from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.layout import Layout
 from gpulock.models import ModelFile, PinnedModel
+from gpulock.names import member_problem
 from gpulock.scratch import built_beside, claim_partial, link_atomic, open_part, write_atomic
-from gpulock.store import Store, member_problem
+from gpulock.store import Store
 
 _CHUNK = 1 << 20
 PARALLEL_FROM = 64 * 2**20  # files this large may download as parallel ranges

@@ -93,7 +93,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_current(tmp_path: Path, make_ind
     """ENOSPC while unpacking: a clear error, no partial entry, no generation switched."""
     import errno
 
-    from gpulock import store as store_module
+    from gpulock import unpack
     from gpulock.cli import main
 
     index = make_index()
@@ -106,7 +106,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_current(tmp_path: Path, make_ind
     def full(*_args: object, **_kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "store"))
 
-    monkeypatch.setattr(store_module, "_real_dirs", full)
+    monkeypatch.setattr(unpack, "_real_dirs", full)
     code = main(["sync", "--manifest", str(manifest), "--store", str(tmp_path / "store")])
     assert code == 1
     err = capsys.readouterr().err
