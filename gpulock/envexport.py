@@ -26,11 +26,11 @@ def exports(store: Store, project: str, python: str, hub_models: bool = False,
     }
     if hub_models:
         # huggingface_hub reads HF_HUB_OFFLINE at import: the pinned snapshots are complete.
-        values["HF_HUB_CACHE"] = str((store.base / "hf").absolute())
+        values["HF_HUB_CACHE"] = str(store.layout.hf.absolute())
         values["HF_HUB_OFFLINE"] = "1"
     if modelscope_models:
         # ModelScope loads offline with snapshot_download(repo, local_files_only=True).
-        values["MODELSCOPE_CACHE"] = str((store.base / "modelscope").absolute())
+        values["MODELSCOPE_CACHE"] = str(store.layout.modelscope.absolute())
     return values
 
 

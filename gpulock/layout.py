@@ -64,69 +64,22 @@ class Layout:
 
     def __init__(self, base: Path) -> None:
         self.base = base
+        self.pkgs = base / "pkgs"
+        self.envs = base / "envs"
+        self.tmp = base / "tmp"
+        self.downloads = base / "tmp" / "downloads"
+        self.model_parts = base / "tmp" / "models"
+        self.blobs = base / "blobs" / "sha256"
+        self.git_blobs = base / "blobs" / "git-sha1"
+        self.hf = base / "hf"
+        self.modelscope = base / "modelscope"
+        self.files = base / "files"
+        self.trees = base / "trees"
+        self.model_roots = base / "roots" / "models"
+        self.tmp_roots = base / "roots" / "tmp"
+        self.collectors = base / "roots" / "gc"
+        self.interpreters = base / "interpreters.json"
         self._real: set[Path] = set()
-
-    # -- fixed folders and files -----------------------------------------------------------
-
-    @property
-    def pkgs(self) -> Path:
-        return self.base / "pkgs"
-
-    @property
-    def envs(self) -> Path:
-        return self.base / "envs"
-
-    @property
-    def tmp(self) -> Path:
-        return self.base / "tmp"
-
-    @property
-    def downloads(self) -> Path:
-        return self.base / "tmp" / "downloads"
-
-    @property
-    def model_parts(self) -> Path:
-        return self.base / "tmp" / "models"
-
-    @property
-    def blobs(self) -> Path:
-        return self.base / "blobs" / "sha256"
-
-    @property
-    def git_blobs(self) -> Path:
-        return self.base / "blobs" / "git-sha1"
-
-    @property
-    def hf(self) -> Path:
-        return self.base / "hf"
-
-    @property
-    def modelscope(self) -> Path:
-        return self.base / "modelscope"
-
-    @property
-    def files(self) -> Path:
-        return self.base / "files"
-
-    @property
-    def trees(self) -> Path:
-        return self.base / "trees"
-
-    @property
-    def model_roots(self) -> Path:
-        return self.base / "roots" / "models"
-
-    @property
-    def tmp_roots(self) -> Path:
-        return self.base / "roots" / "tmp"
-
-    @property
-    def collectors(self) -> Path:
-        return self.base / "roots" / "gc"
-
-    @property
-    def interpreters(self) -> Path:
-        return self.base / "interpreters.json"
 
     # -- named places ------------------------------------------------------------------------
 
