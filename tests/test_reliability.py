@@ -334,15 +334,37 @@ def test_a_store_of_a_newer_layout_is_refused_and_left_alone(make_index, project
     assert sorted(p.name for p in (project.root / "store").iterdir()) == ["v2"]
 
 
+_CHILDREN: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """A sync left paused by a failing test is killed, not left waiting for ever."""
+    yield
+    while _CHILDREN:
+        child = _CHILDREN.pop()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def background_sync(project: Project, env: dict[str, str] | None = None
+                    ) -> subprocess.Popen[str]:
+    """`gpulock sync --frozen` in its own process, killed at the end of the test if need be."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
+         str(project.manifest), "--store", str(project.root / "store")],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    _CHILDREN.append(child)
+    return child
+
+
 def paused_sync(project: Project, point: str, faults: Path
                 ) -> tuple[subprocess.Popen[str], Callable[[], None]]:
     """A sync in its own process, stopped at fault point `point`, and how to let it go on."""
     faults.mkdir()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
-         str(project.manifest), "--store", str(project.root / "store")],
-        stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "GPULOCK_FAULT": f"pause:{point}", "GPULOCK_FAULT_DIR": str(faults)})
+    child = background_sync(project, {"GPULOCK_FAULT": f"pause:{point}",
+                                      "GPULOCK_FAULT_DIR": str(faults)})
     deadline = time.monotonic() + 60
     while not (faults / f"paused-{point}").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -469,10 +491,7 @@ def test_a_sync_waits_while_a_gc_chooses_and_not_for_a_dead_one(make_index, proj
     dead = collectors / "otherhost~1~0badc0de"
     dead.touch()
     os.utime(dead, (time.time() - 120, time.time() - 120))  # silent for two minutes
-    child = subprocess.Popen(
-        [sys.executable, "-m", "gpulock", "sync", "--frozen", "--manifest",
-         str(project.manifest), "--store", str(project.root / "store")],
-        stderr=subprocess.PIPE, text=True)
+    child = background_sync(project)
     time.sleep(2)
     assert child.poll() is None and current_version(project) == "1.0"  # it waits
     live.unlink()
