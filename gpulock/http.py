@@ -9,7 +9,6 @@ no-op paths import nothing heavy and no third-party HTTP stack's churn reaches g
 from __future__ import annotations
 
 import base64
-import gzip
 import http.client
 import os
 import ssl
@@ -152,11 +151,8 @@ class Http:
             body = raw.read_all()
         with self._count_lock:
             self.bytes_received += len(body)
-        encoding = response.headers.get("content-encoding", "")
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
+        if response.headers.get("content-encoding", "") in ("gzip", "deflate"):
+            body = _inflate(body, url)
         response.body = body
         return response
 
@@ -205,3 +201,17 @@ class Http:
 
 def _basic(login: Login) -> str:
     return "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+
+
+def _inflate(body: bytes, url: str) -> bytes:
+    """A gzip or zlib body inflated, at most MAX_BODY bytes of it (a small bomb stays small)."""
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # | 32: gzip or zlib header
+    try:
+        plain = inflater.decompress(body, MAX_BODY)
+    except zlib.error as exc:
+        raise FetchError(f"{redact(url)} sent a compressed body that cannot be read: "
+                         f"{exc}") from None
+    if inflater.unconsumed_tail:
+        raise FetchError(f"{redact(url)} sent more than {MAX_BODY // 2**20} MiB (once "
+                         "inflated) where a page was expected")
+    return plain
