@@ -251,12 +251,13 @@ def _store_only(args: argparse.Namespace) -> Store:
 
 
 def _opened(store: Store) -> Store:
+    """An existing store, checked (newer layout, planted links) but not changed."""
     store.check_layout()
     store.layout.check()
     if not store.base.is_dir():
         raise GpulockError(f"there is no gpulock store at {store.root}; pass --store or set "
                            "GPULOCK_STORE")
-    return store.open()
+    return store
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:

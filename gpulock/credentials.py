@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import threading
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 Login = tuple[str, str]
 
@@ -23,37 +23,17 @@ _lock = threading.Lock()
 _netrc: dict[str, Login] | None = None
 
 
+_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")  # up to the last '@': a password may hold one
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, a requirement, a message) with every URL's user:password left out."""
+    return _USERINFO.sub("", text) if "@" in text else text
+
+
 def credentials_in(url: str) -> bool:
     """Whether `url` carries a user name or password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.username is not None or parts.password is not None
-
-
-def redact(url: str) -> str:
-    """The URL without user:password, for locks, caches, messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal keeps its brackets
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-_USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
-
-
-def scrub(text: str) -> str:
-    """`text` with the user:password of every URL in it removed (a requirement string, say)."""
-    return _USERINFO.sub("", text) if "@" in text else text
+    return redact(url) != url
 
 
 def remember(url: str) -> str:
@@ -109,7 +89,7 @@ def forget() -> None:
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
 def _netrc_logins() -> dict[str, Login]:
@@ -126,8 +106,11 @@ def _netrc_logins() -> dict[str, Login]:
             parsed = netrc.netrc(path)
             for host, (login, _account, password) in parsed.hosts.items():
                 found[host] = (login or "", password or "")
-        except (OSError, netrc.NetrcParseError) as exc:
-            print(f"warning: {path} cannot be read ({exc}); its credentials are not used",
-                  file=sys.stderr)
+        except OSError as exc:
+            print(f"warning: {path} cannot be read ({exc.strerror}); its credentials are not "
+                  "used", file=sys.stderr)
+        except netrc.NetrcParseError as exc:  # its message quotes the token: never print it
+            print(f"warning: {path} cannot be parsed (line {exc.lineno}); its credentials are "
+                  "not used", file=sys.stderr)
     _netrc = found
     return found

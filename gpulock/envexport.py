@@ -30,7 +30,7 @@ def exports(store: Store, project: str, python: str, hub_models: bool = False,
         values["HF_HUB_OFFLINE"] = "1"
     if modelscope_models:
         # ModelScope loads offline with snapshot_download(repo, local_files_only=True).
-        values["MODELSCOPE_CACHE"] = str(store.layout.modelscope.absolute())
+        values["MODELSCOPE_CACHE"] = str(store.layout.ms_cache(project).absolute())
     return values
 
 

@@ -23,7 +23,7 @@ from gpulock.errors import FetchError, GpulockError
 from gpulock.http import Http
 from gpulock.layout import Layout
 from gpulock.lockfile import FileRef
-from gpulock.scratch import claim_partial, open_part, tag
+from gpulock.scratch import alive_writers, claim_partial, open_part, tag
 
 _CHUNK = 1 << 20
 Progress = Callable[[int], None]
@@ -57,7 +57,7 @@ def fetch(ref: FileRef, label: str, layout: Layout, http: Http,
     folder = layout.folder(layout.download_folder(ref.sha256))
     # The wheel keeps its own filename (installers read name and tags from it).
     final = Layout.named(folder / tag(), ref.name, "a wheel's filename")
-    part = claim_partial(folder, "wheel")
+    part = claim_partial(folder, "wheel", alive_writers(layout.tmp_roots))
     try:
         return _download(ref, label, part, final, http, progress)
     except BaseException:
@@ -85,6 +85,10 @@ def _download(ref: FileRef, label: str, part: Path, final: Path, http: Http,
                                  f"{response.status}")
             with open_part(part) as out:
                 while chunk := body.read(_CHUNK):
+                    if have + len(chunk) > ref.size:  # never more bytes than the lock's size
+                        part.unlink(missing_ok=True)
+                        raise FetchError(f"{label}: {redact(ref.url)} sent more than the "
+                                         f"{ref.size} bytes the lock says; it was not stored")
                     out.write(chunk)
                     digest.update(chunk)
                     have += len(chunk)

@@ -32,7 +32,7 @@ from gpulock import generation, roots
 from gpulock.errors import GpulockError
 from gpulock.models import from_dict
 from gpulock.names import hex_problem
-from gpulock.scratch import STALE_SECONDS, abandoned, tag
+from gpulock.scratch import STALE_SECONDS, abandoned, alive_writers, tag
 from gpulock.store import Store
 from gpulock.views import HubRepo, indexed_blob
 
@@ -53,8 +53,11 @@ class _Remover:
     they leave the store's view at once and are deleted after gc has chosen."""
 
     def __init__(self, store: Store, dry_run: bool, log: Log, result: Collected) -> None:
+        self.store = store
         self.trash = store.tmp / f"gc.{tag()}"
         self.dry_run, self.log, self.result = dry_run, log, result
+        # Writers with a fresh heartbeat: their work in tmp/ is theirs, however long it takes.
+        self.alive = alive_writers(store.layout.tmp_roots)
         self.beat: Callable[[], None] = lambda: None
         self._count = 0
 
@@ -81,7 +84,7 @@ class _Remover:
 
     def into_trash(self, name: str) -> Path:
         if not self._count:
-            self.trash.mkdir()
+            self.store.layout.folder(self.trash)
         self._count += 1
         return self.trash / f"{self._count}-{name}"
 
@@ -129,7 +132,8 @@ def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Rem
             elif remove(gen.path, f"{folder.name} generation {gen.number}"):
                 result.generations.append(f"{folder.name}/gen-{gen.number}")
         for leftover in _names(folder):  # half-built generations, stray `current` links
-            if leftover.name.startswith(".") and abandoned(leftover) and remove(leftover):
+            if leftover.name.startswith(".") and abandoned(leftover, remove.alive) and remove(
+                    leftover):
                 result.other.append(str(leftover))
     return kept
 
@@ -198,14 +202,16 @@ def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover
                 remove(link)
         if repo.name not in live_repos:
             _prune_empty(repo, remove.dry_run)
-    live_ms = {(layout.ms_repo(m.source.removeprefix("ms://")).name, m.revision or "master")
+    # ModelScope views are per project; a snapshot stays while any root pins its revision.
+    live_ms = {(m.source.removeprefix("ms://").replace("/", "--"), m.revision or "master")
                for m in pinned if m.source.startswith("ms://")}
-    for repo in _dirs(layout.modelscope / "models"):
-        for snapshot in _dirs(repo / "snapshots"):
-            if (repo.name, snapshot.name) not in live_ms:
-                remove(snapshot, f"snapshot {repo.name}@{snapshot.name}")
-        if repo.name not in {name for name, _ in live_ms}:
-            _prune_empty(repo, remove.dry_run)
+    for cache in _dirs(layout.modelscope):
+        for repo in _dirs(cache / "models"):
+            for snapshot in _dirs(repo / "snapshots"):
+                if (repo.name, snapshot.name) not in live_ms:
+                    remove(snapshot, f"snapshot {cache.name}/{repo.name}@{snapshot.name}")
+            if repo.name not in {name for name, _ in live_ms}:
+                _prune_empty(repo, remove.dry_run)
     live_trees = {str(f.sha256) for m in pinned if m.extract for f in m.files}
     for tree in _dirs(layout.trees):
         if tree.name not in live_trees:
@@ -219,7 +225,7 @@ def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:
     """Work in progress of writers that are gone: unpacks, builds, downloads, roots."""
     layout = store.layout
     for path in _walk(layout.tmp, lambda p: "~" in p.name or p.name.endswith(".lock")):
-        if abandoned(path) and remove(path):
+        if abandoned(path, remove.alive) and remove(path):
             result.other.append(str(path))
     for folder in (layout.downloads, layout.model_parts):
         for item in _dirs(folder):
@@ -227,18 +233,20 @@ def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:
                 if not remove.dry_run and _quiet(item):  # about to write into it
                     item.rmdir()
     for root in _names(layout.tmp_roots) + _names(layout.collectors):
-        if abandoned(root) and remove(root):
+        if abandoned(root, remove.alive) and remove(root):
             result.other.append(str(root))
     # Views and blobs are built beside their final names, as dot-names that carry a writer.
     for root in (layout.hf, layout.modelscope, layout.trees, layout.files,
                  layout.base / "blobs", layout.base / "roots"):
         for path in _walk(root, lambda p: p.name.startswith(".")):
-            if abandoned(path) and remove(path):
+            if abandoned(path, remove.alive) and remove(path):
                 result.other.append(str(path))
 
 
 def _walk(root: Path, pick: Callable[[Path], bool]) -> Iterator[Path]:
     """Paths below `root` that `pick` chooses, never descending into links or picked folders."""
+    if os.path.islink(root):
+        return  # not gpulock's: verify names it, gc never goes through it
     for folder, dirs, names in os.walk(root):
         for name in names:
             if pick(path := Path(folder) / name):
@@ -250,6 +258,9 @@ def _walk(root: Path, pick: Callable[[Path], bool]) -> Iterator[Path]:
 
 
 def _names(folder: Path) -> list[Path]:
+    """What `folder` holds; nothing when it is a link (gc never lists through a link)."""
+    if os.path.islink(folder):
+        return []
     try:
         return [folder / n for n in sorted(os.listdir(folder))]
     except (FileNotFoundError, NotADirectoryError):
@@ -258,7 +269,9 @@ def _names(folder: Path) -> list[Path]:
 
 def _files(folder: Path) -> list[Path]:
     """Published files and links below `folder` (dot-names are work in progress)."""
-    found = []
+    found: list[Path] = []
+    if os.path.islink(folder):
+        return found
     for parent, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(parent) / n for n in names if not n.startswith(".")]
@@ -291,7 +304,7 @@ def _quiet(folder: Path) -> bool:
 
 def _prune_empty(folder: Path, dry_run: bool) -> None:
     """Remove the empty folders of a repository nothing pins (work in progress stays)."""
-    if dry_run:
+    if dry_run or os.path.islink(folder):
         return
     for parent, _dirs, _names in os.walk(folder, topdown=False):
         if not any(part.startswith(".") for part in Path(parent).relative_to(folder).parts):

@@ -28,7 +28,7 @@ USER_AGENT = f"gpulock/{__version__}"
 _RETRIES = 3
 _STALL = 60.0  # seconds without a byte before a transfer is given up (GPULOCK_STALL_TIMEOUT)
 _MIN_RATE = 1024  # bytes/s: slower than this over a whole stall period is given up too
-MAX_BODY = 256 * 2**20  # what a page or metadata answer may hold; files are streamed
+MAX_BODY = 64 * 2**20  # what a page or metadata answer may hold; files are streamed
 
 
 def stall_timeout() -> float:
@@ -130,8 +130,9 @@ class Http:
             if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:
                 raw.read()
                 target = urljoin(url, response.headers["location"])
-                if urlsplit(target).netloc != urlsplit(url).netloc:
-                    # A token for the hub must not travel to its CDN or anywhere else.
+                if urlsplit(target)[:2] != urlsplit(url)[:2]:
+                    # A token for the hub must not travel to its CDN, anywhere else, or
+                    # over plain http.
                     headers.pop("Authorization", None)
                 url = target
                 continue

@@ -36,6 +36,7 @@ from gpulock.http import Http
 _ACCEPT = ("application/vnd.pypi.simple.v1+json, "
            "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01")
 _ARCHIVE = re.compile(r"\.(whl|tar\.gz|zip)$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,9 @@ def parse_html(page: str, page_url: str, index: str, keep: Keep | None = None) -
             continue
         url, _, fragment = _absolute(page_url, href).partition("#")
         filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-        sha256 = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+        sha256 = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
+        if sha256 is not None and not _SHA256.fullmatch(sha256):
+            raise ValueError(f"{filename!r} has a sha256 that is not 64 hex digits")
         meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
         metadata_sha256 = None
         if meta is not None and meta != "false":
@@ -148,21 +151,43 @@ def parse_html(page: str, page_url: str, index: str, keep: Keep | None = None) -
 
 
 def parse_json(page: bytes, page_url: str, index: str, keep: Keep | None = None) -> Listing:
+    """A PEP 691 page; ValueError names the first field that has a type the PEP does not allow."""
     data = json.loads(page)
+    files = data.get("files", []) if isinstance(data, dict) else None
+    if not isinstance(files, list):
+        raise ValueError("it is not a PEP 691 project page")
     listing = Listing()
-    for entry in data.get("files", []):
-        meta = entry.get("core-metadata", entry.get("dist-info-metadata", False))
-        metadata_sha256 = None
-        if isinstance(meta, dict):
-            metadata_sha256 = meta.get("sha256", "")
-        elif meta is True:
-            metadata_sha256 = ""
+    for entry in files:
+        facts = _json_facts(entry)
         listing.add(keep, entry["filename"], _absolute(page_url, entry["url"]).partition("#")[0],
-                    index, sha256=entry.get("hashes", {}).get("sha256"),
-                    size=entry.get("size"), upload_time=entry.get("upload-time"),
-                    requires_python=entry.get("requires-python") or None,
-                    yanked=bool(entry.get("yanked", False)), metadata_sha256=metadata_sha256)
+                    index, **facts)
     return listing
+
+
+_JSON_FIELDS = {"filename": str, "url": str, "hashes": dict, "size": int, "upload-time": str,
+                "requires-python": str}
+
+
+def _json_facts(entry: object) -> dict[str, Any]:
+    if not isinstance(entry, dict) or "filename" not in entry or "url" not in entry:
+        raise ValueError("a file entry is not a table with a filename and a url")
+    for key, kind in _JSON_FIELDS.items():
+        if entry.get(key) is not None and not isinstance(entry[key], kind):
+            raise ValueError(f"a file's {key!r} is not a {kind.__name__}")
+    sha256 = entry.get("hashes", {}).get("sha256")
+    if isinstance(sha256, str):
+        sha256 = sha256.lower()
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        raise ValueError(f"{entry['filename']!r} has a sha256 that is not 64 hex digits")
+    meta = entry.get("core-metadata", entry.get("dist-info-metadata", False))
+    metadata_sha256 = None
+    if isinstance(meta, dict):
+        metadata_sha256 = str(meta.get("sha256", ""))
+    elif meta is True:
+        metadata_sha256 = ""
+    return {"sha256": sha256, "size": entry.get("size"), "upload_time": entry.get("upload-time"),
+            "requires_python": entry.get("requires-python") or None,
+            "yanked": bool(entry.get("yanked", False)), "metadata_sha256": metadata_sha256}
 
 
 class Index:
@@ -252,7 +277,7 @@ class Index:
             if "json" in head.get("content_type", ""):
                 return parse_json(body, page_url, self.url, keep)
             return parse_html(body.decode("utf-8", "replace"), page_url, self.url, keep)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FetchError(f"index {redact(self.url)} served an unreadable page for "
                              f"{url}: {exc}") from None
 

@@ -14,9 +14,10 @@ through.
     envs/<project>/gen-<N>/, current    generations (see generation.py)
     blobs/sha256/<aa>/<rest>            model and data files; blobs/xxh3/ their xxh3;
     blobs/git-sha1/<aa>/<rest>          links indexing small hub files by git blob id
-    hf/<kind>s--<owner>--<name>/        the Hugging Face cache view
-    modelscope/models/<owner>--<name>/  the ModelScope cache view
-    files/<model>/                      plain downloads and extracted archives
+    hf/<kind>s--<owner>--<name>/        the Hugging Face cache view (snapshots by commit)
+    modelscope/<project>/models/<o>--<n>/  each project's ModelScope cache view (a revision's
+                                        files can differ between two projects' locks)
+    files/<project>/<model>/            plain downloads and extracted archives
     trees/<sha256>/                     archives unpacked once
     roots/models/<project>.json         GC roots: each project's synced models
     roots/tmp/<writer>.json             GC roots of running syncs
@@ -59,7 +60,7 @@ class Layout:
     """Paths of one store's `v1/` folder."""
 
     FIXED = ("pkgs", "envs", "tmp", "tmp/downloads", "tmp/models", "blobs", "blobs/sha256",
-             "blobs/xxh3", "blobs/git-sha1", "hf", "modelscope", "modelscope/models", "files",
+             "blobs/xxh3", "blobs/git-sha1", "hf", "modelscope", "files",
              "trees", "roots", "roots/models", "roots/tmp", "roots/gc")
 
     def __init__(self, base: Path) -> None:
@@ -78,7 +79,6 @@ class Layout:
         self.model_roots = base / "roots" / "models"
         self.tmp_roots = base / "roots" / "tmp"
         self.collectors = base / "roots" / "gc"
-        self.interpreters = base / "interpreters.json"
         self._real: set[Path] = set()
 
     # -- named places ------------------------------------------------------------------------
@@ -125,10 +125,15 @@ class Layout:
         _checked("a revision", revision, revision_problem(revision))
         return repo / "refs" / revision
 
-    def ms_repo(self, repo_id: str) -> Path:
-        """`modelscope/models/<owner>--<name>`, as modelscope-hub names it."""
+    def ms_cache(self, project: str) -> Path:
+        """`modelscope/<project>`: the project's MODELSCOPE_CACHE."""
+        _checked("a project name", project, name_problem(project))
+        return self.modelscope / project
+
+    def ms_repo(self, project: str, repo_id: str) -> Path:
+        """`modelscope/<project>/models/<owner>--<name>`, as modelscope-hub names it."""
         _checked("a repository id", repo_id, repo_problem(repo_id))
-        return self.modelscope / "models" / repo_id.replace("/", "--")
+        return self.ms_cache(project) / "models" / repo_id.replace("/", "--")
 
     @staticmethod
     def ms_snapshot(repo: Path, revision: str) -> Path:
@@ -136,10 +141,11 @@ class Layout:
                  segment_problem(revision) or revision_problem(revision))
         return repo / "snapshots" / revision
 
-    def file_view(self, model: str) -> Path:
-        """`files/<model>`: a plain download's folder, or the link to an extracted tree."""
+    def file_view(self, project: str, model: str) -> Path:
+        """`files/<project>/<model>`: a plain download's folder, or the link to its tree."""
+        _checked("a project name", project, name_problem(project))
         _checked("a model name", model, name_problem(model))
-        return self.files / model
+        return self.files / project / model
 
     def tree(self, sha256: str) -> Path:
         _checked("a sha256", sha256, hex_problem(sha256, 64))

@@ -21,7 +21,13 @@ import tomli_w
 
 from gpulock.credentials import credentials_in
 from gpulock.errors import LockfileError, StaleLockError
-from gpulock.names import git_url_problem, hex_problem, path_problem, segment_problem
+from gpulock.names import (
+    git_url_problem,
+    hex_problem,
+    path_problem,
+    segment_problem,
+    url_problem,
+)
 from gpulock.target import Target
 
 if TYPE_CHECKING:
@@ -234,7 +240,11 @@ def _file_ref(raw: dict[str, Any], where: str) -> FileRef:
     assert hashes is not None
     upload = fields.get("upload-time", (datetime, str), required=False)
     if isinstance(upload, str):
-        upload = parse_time(upload)
+        try:
+            upload = parse_time(upload)
+        except ValueError:
+            raise LockfileError(f"{where}: 'upload-time' is not a date and time; run "
+                                "'gpulock lock' to rewrite the lock") from None
     return FileRef(name=fields.get("name", str), url=fields.get("url", str),
                    size=fields.get("size", int), sha256=hashes.get("sha256", str),
                    upload_time=upload)
@@ -410,4 +420,6 @@ def _file_problem(ref: FileRef) -> str | None:
         return "has a URL with credentials (locks keep bare URLs)"
     if not ref.url.startswith(("https://", "http://", "file://")):
         return "has a URL that is not https://, http:// or file://"
+    if problem := url_problem(ref.url):
+        return f"has a URL that {problem}"
     return None

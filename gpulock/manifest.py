@@ -21,7 +21,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from gpulock.credentials import remember, scrub
+from gpulock.credentials import redact, remember
 from gpulock.errors import ManifestError
 from gpulock.names import (
     git_url_problem,
@@ -29,6 +29,7 @@ from gpulock.names import (
     repo_problem,
     revision_problem,
     segment_problem,
+    url_problem,
 )
 from gpulock.target import Target
 
@@ -182,8 +183,9 @@ class _Reader:
         self.locator = _Locator(text)
 
     def error(self, table: tuple[str, ...], key: str | None, message: str) -> ManifestError:
+        """An error at the table or key's place; any URL's credentials are left out of it."""
         line, col = self.locator.find(table, key)
-        return ManifestError(f"{self.path}:{line}:{col}: {message}")
+        return ManifestError(f"{self.path}:{line}:{col}: {redact(message)}")
 
     def check_keys(self, table: tuple[str, ...], data: dict[str, Any], kind: str) -> None:
         schema = _SCHEMA[kind]
@@ -378,8 +380,10 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
 def _index(reader: _Reader, table: tuple[str, ...], index: str) -> str:
     """The index URL without credentials (kept in memory for its host, see credentials.py)."""
     if not re.match(r"(https?|file)://", index):
-        raise reader.error(table, "index", f"index = {scrub(index)!r} must be an http(s):// "
+        raise reader.error(table, "index", f"index = {redact(index)!r} must be an http(s):// "
                            "URL or a file:// folder")
+    if problem := url_problem(index):
+        raise reader.error(table, "index", f"index = {redact(index)!r} {problem}")
     return remember(index).rstrip("/")
 
 
@@ -398,16 +402,16 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
             try:
                 req = Requirement(text)
             except InvalidRequirement as exc:
-                reason = scrub(str(exc).splitlines()[0])  # packaging adds a caret diagram
-                raise reader.error(table, "packages", f"invalid requirement {scrub(text)!r} in "
+                reason = redact(str(exc).splitlines()[0])  # packaging adds a caret diagram
+                raise reader.error(table, "packages", f"invalid requirement {redact(text)!r} in "
                                    f"[groups.{name}]: {reason}") from None
             if req.url and not req.url.startswith("git+"):
-                raise reader.error(table, "packages", f"requirement {scrub(text)!r} in "
+                raise reader.error(table, "packages", f"requirement {redact(text)!r} in "
                                    f"[groups.{name}]: only git+ URLs are supported as direct "
                                    "references")
             if req.url:
                 if problem := git_url_problem(req.url.removeprefix("git+")):
-                    raise reader.error(table, "packages", f"requirement {scrub(text)!r} in "
+                    raise reader.error(table, "packages", f"requirement {redact(text)!r} in "
                                        f"[groups.{name}]: the git URL {problem}")
                 req.url = "git+" + remember(req.url.removeprefix("git+"))
             key = canonicalize_name(req.name)
@@ -444,8 +448,11 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
         if source is None:
             raise reader.error(table, None, f"[models.{name}] needs 'source'")
         if not source.startswith(MODEL_SCHEMES):
-            raise reader.error(table, "source", f"source = {scrub(source)!r} in [models.{name}] "
+            raise reader.error(table, "source", f"source = {redact(source)!r} in [models.{name}] "
                                "must start with hf://, ms:// or https://")
+        if source.startswith("http") and (problem := url_problem(source)):
+            raise reader.error(table, "source", f"source = {redact(source)!r} in "
+                               f"[models.{name}] {problem}")
         source = remember(source)
         if source.startswith(("hf://", "ms://")):
             repo = source.split("://", 1)[1]
@@ -473,4 +480,4 @@ def _content_hash(data: dict[str, Any]) -> str:
     """
     relevant = {k: v for k, v in data.items() if k != "verify"}
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(scrub(canonical).encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(redact(canonical).encode()).hexdigest()

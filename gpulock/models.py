@@ -243,6 +243,10 @@ def _pin_ms(model: Model) -> PinnedModel:
     except (HubError, OSError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise GpulockError(f"{where}: ModelScope answered: {reason}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GpulockError(f"{where}: ModelScope answered something that is not a file "
+                           f"listing ({type(exc).__name__})") from None
+    _check_listing(where, [(f.path, f.size, f.sha256) for f in listing])
     blobs = [f for f in listing if not f.is_dir and f.path]
     chosen = _chosen(model, blobs, where)
     missing = [f.path for f in chosen if not f.sha256]
@@ -252,6 +256,15 @@ def _pin_ms(model: Model) -> PinnedModel:
     files = tuple(ModelFile(path=f.path, size=f.size, sha256=f.sha256) for f in chosen)
     return PinnedModel(name=model.name, source=model.source, revision=revision, commit=None,
                        include=model.include, exclude=model.exclude, files=files)
+
+
+def _check_listing(where: str, files: list[tuple[object, object, object]]) -> None:
+    """Refuse a listing whose paths, sizes or hashes have types no hub sends."""
+    for path, size, digest in files:
+        if not (isinstance(path, str) and isinstance(size, int) and not isinstance(size, bool)
+                and (digest is None or isinstance(digest, str))):
+            raise GpulockError(f"{where}: the hub listed a file as {path!r} of size {size!r}, "
+                               "which is not a file listing; nothing was pinned")
 
 
 def _chosen(model: Model, files: list[Any], where: str) -> list[Any]:
@@ -287,7 +300,7 @@ def _pin_hf(model: Model) -> PinnedModel:
                 token=os.environ.get("HF_TOKEN") or False)
     try:
         commit = api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
-        if commit is None or hex_problem(commit, 40):  # it goes into the next request's path
+        if not isinstance(commit, str) or hex_problem(commit, 40):  # goes into a request path
             raise GpulockError(f"{where}: the Hub answered the commit {commit!r}, which is not "
                                "a commit id; nothing was pinned")
         tree = [f for f in api.list_repo_tree(repo_id, recursive=True, revision=commit,
@@ -303,6 +316,11 @@ def _pin_hf(model: Model) -> PinnedModel:
     except (HfHubHTTPError, OSError) as exc:
         reason = str(exc).splitlines()[0]
         raise GpulockError(f"{where}: the Hub answered: {reason}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GpulockError(f"{where}: the Hub answered something that is not a repository "
+                           f"listing ({type(exc).__name__})") from None
+    _check_listing(where, [(f.path, f.size, f.lfs.sha256 if f.lfs else f.blob_id)
+                           for f in tree])
     chosen = _chosen(model, tree, where)
     # git-sha1 is the blob id (for LFS files, the pointer's): the Hub cache's tree listing
     # and non-LFS etags use it; sha256 is the content hash of LFS files.
@@ -359,19 +377,29 @@ def _weights(model: PinnedModel) -> tuple[tuple[str, Any], ...]:
     dtypes: set[str] = set()
     with ThreadPoolExecutor(max_workers=8) as pool:
         for tensors in pool.map(header, shards):
-            for name, tensor in tensors.items():
-                if name == "__metadata__" or not isinstance(tensor, dict):
-                    continue
-                count = 1
-                for dim in tensor.get("shape", []):
-                    count *= int(dim)
-                parameters += count
-                start, end = tensor.get("data_offsets", [0, 0])
-                size += int(end) - int(start)
-                dtypes.add(str(tensor.get("dtype")))
+            for tensor in tensors.values() if isinstance(tensors, dict) else ():
+                counted = _tensor(tensor)
+                if counted:  # a header that is not safetensors' says nothing: skipped
+                    parameters, size = parameters + counted[0], size + counted[1]
+                    dtypes.add(counted[2])
     if not dtypes:
         return ()
     return (("bytes", size), ("dtypes", sorted(dtypes)), ("parameters", parameters))
+
+
+def _tensor(tensor: object) -> tuple[int, int, str] | None:
+    """(parameters, bytes, dtype) of one safetensors header entry, None if it is not one."""
+    if not isinstance(tensor, dict):
+        return None  # `__metadata__`, or not a tensor
+    shape, offsets, dtype = tensor.get("shape"), tensor.get("data_offsets"), tensor.get("dtype")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+            and isinstance(offsets, list) and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets) and isinstance(dtype, str)):
+        return None
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count, offsets[1] - offsets[0], dtype
 
 
 def _pin_url(model: Model) -> PinnedModel:

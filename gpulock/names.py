@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from urllib.parse import urlsplit
 
 # Project and model names: one folder name, portable, never hidden, never `.` or `..`.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -127,6 +128,20 @@ def script_problem(value: str) -> str | None:
     return None
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with an http(s):// or file:// URL, or None (it must parse, port and all)."""
+    if _CONTROL.search(url):
+        return "holds a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as exc:
+        return f"cannot be read as a URL ({exc})"
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        return "names no host"
+    return None
+
+
 def git_url_problem(url: str) -> str | None:
     """What is wrong with a git repository URL (`https://h/o/r.git@v1`), or None.
 
@@ -134,8 +149,8 @@ def git_url_problem(url: str) -> str | None:
     """
     if not re.match(r"(https?|ssh|git|file)://[^-]", url):
         return "must start with https://, http://, ssh://, git:// or file://"
-    if _CONTROL.search(url):
-        return "holds a control character"
+    if problem := url_problem(url):
+        return problem
     revision = url.partition("#")[0].rpartition("/")[2].partition("@")[2]
     if revision.startswith("-"):
         return "names a revision that starts with '-'"

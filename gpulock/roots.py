@@ -3,8 +3,10 @@
 `roots/models/<project>.json` lists the models a project's last sync laid out (the lock's
 pinned entries). `roots/tmp/<writer>.json` is a running sync's temporary root: the package
 keys, the lock digest of the generation it builds and the models it is about to use,
-written before it looks at the store and removed when it ends. A killed sync's temporary
-root is ignored once its writer is gone (scratch.abandoned).
+written before it looks at the store and removed when it ends. While the sync runs, its
+root's time is renewed every `BEAT_SECONDS`: the root is the sync's heartbeat, which keeps
+its work in tmp/ (a long build, a paused download) its own for other hosts too. A killed
+sync's temporary root is ignored once its writer is gone (scratch.abandoned).
 
 While gc decides what goes it announces itself in `roots/gc/<writer>`, beating the file's
 time as it works. A sync that has just written its root waits while such an announcement is
@@ -19,6 +21,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from gpulock.errors import GpulockError
-from gpulock.scratch import abandoned, tag, write_atomic
+from gpulock.scratch import abandoned, alive_writers, tag, write_atomic
 from gpulock.store import Store
 
-BEAT_SECONDS = 5.0
-BEAT_STALE = 60.0
+BEAT_SECONDS = 5.0  # a gc's mark and a sync's root are renewed this often
+BEAT_STALE = 60.0  # a gc mark older (or newer: another clock) than this is a dead gc's
 
 
 @dataclass
@@ -55,11 +58,21 @@ def temporary(store: Store, pkgs: Sequence[str] = (), digest: str | None = None,
     path = layout.folder(layout.tmp_roots) / f"{tag()}.json"
     _write(path, {"pkgs": sorted(pkgs), "digests": [digest] if digest else [],
                   "models": list(models)})
+    done = threading.Event()
+    beating = threading.Thread(target=_beat, args=(path, done), daemon=True)
+    beating.start()
     try:
         _wait_for_collectors(store)
         yield path
     finally:
+        done.set()
         path.unlink(missing_ok=True)
+
+
+def _beat(path: Path, done: threading.Event) -> None:
+    while not done.wait(BEAT_SECONDS):
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
 
 
 def record_models(store: Store, project: str, models: Sequence[dict[str, Any]]) -> None:
@@ -73,8 +86,9 @@ def forget_models(store: Store, project: str) -> None:
 def temporary_roots(store: Store) -> Live:
     """What running syncs have rooted (roots of writers that are gone are gc's to remove)."""
     live = Live()
+    alive = alive_writers(store.layout.tmp_roots)
     for path in _listing(store.layout.tmp_roots, ".json"):
-        if abandoned(path):
+        if abandoned(path, alive):
             continue
         data = _read(path)
         live.pkgs.update(_strings(path, data, "pkgs"))
@@ -128,7 +142,7 @@ def _wait_for_collectors(store: Store) -> None:
 
 def _collecting(path: Path) -> bool:
     try:
-        fresh = time.time() - path.stat().st_mtime < BEAT_STALE
+        fresh = abs(time.time() - path.lstat().st_mtime) < BEAT_STALE
     except FileNotFoundError:
         return False
     return fresh and not abandoned(path)

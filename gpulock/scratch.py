@@ -1,10 +1,12 @@
 """Work in progress under the store's tmp/: names that say which process owns them.
 
 Several pods may share one volume and any of them may be killed mid-write, so every
-temporary name carries its writer (`<host>~<pid>~<random>`). A partial download is
+temporary name carries its writer (`<host>~<pid>~<random>`, the host part naming the machine
+and its PID namespace, so two containers on one node are two hosts). A partial download is
 resumed only by claiming it with a rename (exactly one claimant wins), and only once its
-writer is gone: a dead process on this host, or no write for `STALE_SECONDS` from another
-host. Nothing here needs flock, which network volumes ignore.
+writer is gone: a dead process on this host, or, from another host, no write for
+`STALE_SECONDS` and no heartbeat (a running sync keeps its GC root's time fresh, see
+roots.py). Nothing here needs flock, which network volumes ignore.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +26,18 @@ STALE_SECONDS = 600
 # The host part holds no '.', '-' or '~', so a tag is found inside any name built around it
 # (`.building-<tag>-x1`, `wheel.part.<tag>`).
 _OWNER = re.compile(r"([^.~-]+)~(\d+)~[0-9a-f]{8}")
-HOST = re.sub(r"[.~-]", "_", os.uname().nodename) or "host"
+
+
+def _host() -> str:
+    """This machine and PID namespace: a process of another namespace is another host's."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        namespace = ""
+    return re.sub(r"[.~-]", "_", f"{os.uname().nodename or 'host'}_{namespace or '0'}")
+
+
+HOST = _host()
 
 
 def tag() -> str:
@@ -32,11 +45,15 @@ def tag() -> str:
     return f"{HOST}~{os.getpid()}~{os.urandom(4).hex()}"
 
 
-def abandoned(path: Path, now: float | None = None) -> bool:
-    """Whether the writer named in `path` can no longer be writing to it."""
+def abandoned(path: Path, alive: Collection[str] = ()) -> bool:
+    """Whether the writer named in `path` can no longer be writing to it.
+
+    `alive` holds `host~pid` of writers whose heartbeat is fresh (see `alive_writers`); on
+    this host the process table is asked first, as it knows for sure.
+    """
     owner = _OWNER.search(path.name)
     if owner is None:
-        return _stale(path, now)
+        return _stale(path)
     host, pid = owner.group(1), int(owner.group(2))
     if host == HOST:
         if pid == os.getpid():
@@ -47,17 +64,38 @@ def abandoned(path: Path, now: float | None = None) -> bool:
             return True
         except PermissionError:
             pass  # alive, another user's
-    return _stale(path, now)
+    if f"{host}~{pid}" in alive:
+        return False
+    return _stale(path)
 
 
-def _stale(path: Path, now: float | None) -> bool:
+def _stale(path: Path) -> bool:
     try:
-        return (now or time.time()) - path.lstat().st_mtime > STALE_SECONDS
+        return time.time() - path.lstat().st_mtime > STALE_SECONDS
     except FileNotFoundError:
         return False
 
 
-def claim_partial(folder: Path, stem: str) -> Path:
+def alive_writers(heartbeats: Path) -> set[str]:
+    """`host~pid` of the writers whose heartbeat file in `heartbeats` is fresh."""
+    alive: set[str] = set()
+    try:
+        names = os.listdir(heartbeats)
+    except OSError:
+        return alive
+    now = time.time()
+    for name in names:
+        owner = _OWNER.search(name)
+        try:
+            fresh = abs(now - os.lstat(heartbeats / name).st_mtime) < STALE_SECONDS
+        except FileNotFoundError:
+            continue
+        if owner and fresh:
+            alive.add(f"{owner.group(1)}~{owner.group(2)}")
+    return alive
+
+
+def claim_partial(folder: Path, stem: str, alive: Collection[str] = ()) -> Path:
     """A partial file for `stem` in the (existing, real) `folder` that only this process writes.
 
     The largest abandoned partial of the same content is taken over by renaming it (its
@@ -67,7 +105,7 @@ def claim_partial(folder: Path, stem: str) -> Path:
     """
     mine = folder / f"{stem}.part.{tag()}"
     leftovers = [p for p in folder.glob(f"{stem}.part.*")
-                 if not p.name.endswith(".ranges") and _plain(p) and abandoned(p)]
+                 if not p.name.endswith(".ranges") and _plain(p) and abandoned(p, alive)]
     for old in sorted(leftovers, key=_size, reverse=True):
         try:
             os.rename(old, mine)

@@ -9,7 +9,6 @@ generation was built from the same lock on the same interpreter, nothing is done
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +26,6 @@ from gpulock import faults, generation, lockfile, roots
 from gpulock.errors import GpulockError
 from gpulock.lockfile import Lock, LockedPackage
 from gpulock.manifest import Manifest
-from gpulock.scratch import write_atomic
 from gpulock.store import Entry, Store
 
 if TYPE_CHECKING:
@@ -73,22 +71,22 @@ def entry_key(package: LockedPackage, builder: Builder) -> str:
     return f"{digest}-{package.name}-{package.version}"
 
 
-def find_interpreter(store: Store, version: str) -> tuple[str, str]:
-    """The target's CPython and its full version, remembered in the store.
+def find_interpreter(version: str) -> tuple[str, str]:
+    """The target's CPython and its full version, remembered in this machine's cache.
 
     Discovery runs subprocesses (hundreds of execs through pyenv shims); a no-op sync must
     not pay that, so the answer is kept and trusted while the binary's mtime is unchanged.
+    It is kept in the user's cache, not on the shared volume: it describes this machine, and
+    a path planted in the store must never become the interpreter sync runs.
     """
-    remembered = store.layout.interpreters
-    try:
-        known = json.loads(remembered.read_text())
-    except (OSError, ValueError):
-        known = {}
-    hit = known.get(version)
-    if hit:
+    from gpulock.cache import Cache
+
+    cache = Cache()
+    hit = cache.get_json("interpreters", version)
+    if isinstance(hit, dict):
         try:
             if os.stat(hit["path"]).st_mtime_ns == hit["mtime_ns"]:
-                return hit["path"], hit["version"]
+                return str(hit["path"]), str(hit["version"])
         except (OSError, KeyError, TypeError):
             pass
     from gpulock.interpreter import find_python
@@ -99,8 +97,8 @@ def find_interpreter(store: Store, version: str) -> tuple[str, str]:
                            f"machine: install it with 'uv python install {version}'")
     full = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    known[version] = {"path": python, "version": full, "mtime_ns": os.stat(python).st_mtime_ns}
-    write_atomic(remembered, json.dumps(known, indent=1, sort_keys=True))
+    cache.put_json("interpreters", version, {"path": python, "version": full,
+                                             "mtime_ns": os.stat(python).st_mtime_ns})
     return python, full
 
 
@@ -114,7 +112,8 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
         from gpulock.views import sync_models
 
         with roots.temporary(store, models=lock.models):
-            fetched, size = sync_models(store, [from_dict(m) for m in lock.models], log, jobs)
+            fetched, size = sync_models(store, manifest.project.name,
+                                        [from_dict(m) for m in lock.models], log, jobs)
             roots.record_models(store, manifest.project.name, lock.models)
         if result is not None and fetched:
             result.nothing_to_do = False
@@ -133,7 +132,7 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
                    log: Log) -> SyncResult:
     started = time.perf_counter()
     project = manifest.project.name
-    python, python_version = find_interpreter(store, lock.target.python)
+    python, python_version = find_interpreter(lock.target.python)
     digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)
     if previous is not None and previous.lock_digest == digest:

@@ -12,6 +12,7 @@ Imported only when something is unpacked: installer costs 40 ms to import.
 from __future__ import annotations
 
 import base64
+import configparser
 import errno
 import hashlib
 import os
@@ -66,11 +67,15 @@ def unpack(wheel: Path, work: Path, label: str, python: str | None,
             # The wheel's sha256 was checked against the lock; names still matter.
             source.validate_record(validate_contents=False)
             install(source, destination, {"INSTALLER": b"gpulock\n"})
-    except (InstallerError, ValueError, KeyError, OSError) as exc:
+    # What a wheel's own files can make installer raise: its RECORD and entry_points.txt are
+    # parsed with configparser and csv, and a script reference it cannot read is an assertion.
+    except (InstallerError, ValueError, KeyError, OSError, configparser.Error,
+            AssertionError) as exc:
         if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or racing()):
             raise
+        reason = " ".join(str(exc).split()) or f"{type(exc).__name__} in its RECORD or entry points"
         raise GpulockError(f"{label}: the wheel {wheel.name} cannot be installed: "
-                           f"{exc}") from None
+                           f"{reason}") from None
     real_dirs = _real_dirs(work / "site")
     if python:
         _compile(work / "site", python)

@@ -13,11 +13,13 @@ rebuilds a damaged generation from its record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,9 +59,13 @@ class Checked:
 
 def _digest(path: Path, fast: bool) -> tuple[str, int]:
     hasher: Any = xxhash.xxh3_128() if fast else hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    # Never through a link, never blocking on a FIFO planted where a file was recorded.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        size = info.st_size
         if size < _MAP_FROM:
             hasher.update(os.read(fd, _MAP_FROM))  # one syscall: most files are small
         else:
@@ -102,8 +108,11 @@ def _foreign(root: Path, recorded: set[str]) -> str | None:
         for name in [*dirs, *names]:
             path = os.path.join(folder, name)
             relative = os.path.relpath(path, root)
-            if os.path.islink(path):
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
                 return f"{relative} is a symbolic link, which gpulock never puts in an entry"
+            if name in names and not stat.S_ISREG(mode):
+                return f"{relative} is not a regular file"
             if name in names and relative not in recorded and relative not in _OWN_FILES:
                 return f"{relative} was not in the entry when it was published"
     return None
@@ -137,6 +146,8 @@ def _check_blob(store: Store, blob: Path, fast: bool) -> tuple[int, str | None]:
         return 0, "is not a blob gpulock stored (its name is not a sha256)"
     if os.path.islink(blob):
         return 0, "is a symbolic link, which gpulock never makes in blobs/sha256/"
+    if not stat.S_ISREG(os.lstat(blob).st_mode):
+        return 0, "is not a regular file"
     expected = sha
     if fast:
         try:
@@ -372,7 +383,7 @@ def _refetch_entry(store: Store, key: str, origin: dict[str, Any], python: str |
                   sha256=origin["sha256"])
     wheel = fetch(ref, f"{name} {version}", store.layout, Http())
     # Aside first, so the new copy is published by the same rename as any other entry.
-    aside = store.tmp / f"damaged.{tag()}"
+    aside = store.layout.folder(store.tmp) / f"damaged.{tag()}"
     with contextlib.suppress(FileNotFoundError):
         os.rename(store.entry_path(key), aside)
     try:

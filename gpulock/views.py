@@ -31,7 +31,14 @@ from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.layout import Layout
 from gpulock.models import ModelFile, PinnedModel
 from gpulock.names import member_problem
-from gpulock.scratch import built_beside, claim_partial, link_atomic, open_part, write_atomic
+from gpulock.scratch import (
+    alive_writers,
+    built_beside,
+    claim_partial,
+    link_atomic,
+    open_part,
+    write_atomic,
+)
 from gpulock.store import Store
 
 _CHUNK = 1 << 20
@@ -109,7 +116,7 @@ def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
         blob = stored_blob(store, file)
         if blob is not None:
             return blob
-        part = claim_partial(folder, expected)
+        part = claim_partial(folder, expected, alive_writers(layout.tmp_roots))
         try:
             return _continue(store, model, file, url, headers, part, expected, ranges)
         except HashMismatchError as exc:
@@ -151,6 +158,11 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
                                    f"from {redact(url)} (HTTP {response.status})")
             with open_part(part) as out:
                 while chunk := body.read(_CHUNK):
+                    if hashes.size + len(chunk) > file.size:  # never more than the lock's size
+                        part.unlink(missing_ok=True)
+                        raise GpulockError(f"model '{model.name}': {file.path} from "
+                                           f"{redact(url)} is larger than the {file.size} "
+                                           "bytes the lock says; nothing was stored")
                     out.write(chunk)
                     hashes.update(chunk)
                     faults.point("model", part)
@@ -208,6 +220,9 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
             try:
                 offset = start
                 while chunk := body.read(_CHUNK):
+                    if offset + len(chunk) > end + 1:  # a range never grows the file
+                        raise GpulockError(f"model '{model.name}': {file.path} from "
+                                           f"{redact(url)} sent more than the range asked for")
                     os.pwrite(fd, chunk, offset)
                     offset += len(chunk)
             finally:
@@ -304,8 +319,10 @@ def _write_tree(path: Path, model: PinnedModel) -> None:
     huggingface_hub offline finds it complete. Projects pinning other files of the same
     commit add theirs."""
     try:
-        files = json.loads(path.read_text())["files"]
+        files = {} if path.is_symlink() else json.loads(path.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+    if not isinstance(files, dict):
         files = {}
     before = dict(files)
     for file in model.files:
@@ -342,8 +359,8 @@ def _lay_out(store: Store, model: PinnedModel, snapshot: Path, links: dict[str, 
         link_atomic(store.layout.ready(link), target)
 
 
-def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
-                ) -> tuple[int, int]:
+def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
+                jobs: int = 8) -> tuple[int, int]:
     """Fetch what the store lacks and lay out the views; return (files fetched, bytes)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -383,9 +400,9 @@ def sync_models(store: Store, models: list[PinnedModel], log: Log, jobs: int = 8
         if model.source.startswith("hf://"):
             _hf_view(store, model, blobs)
         elif model.source.startswith("ms://"):
-            _ms_view(store, model, blobs)
+            _ms_view(store, project, model, blobs)
         else:
-            _file_view(store, model, blobs)
+            _file_view(store, project, model, blobs)
     return len(work), sum(f.size for _, f, _ in work.values())
 
 
@@ -418,20 +435,27 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
     if tree.is_dir():
         return tree
     with built_beside(tree) as work:
-        if zipfile.is_zipfile(blob):
-            with zipfile.ZipFile(blob) as archive:
-                _refuse_escapes(model, [i.filename for i in archive.infolist()])
-                archive.extractall(work)
-        elif tarfile.is_tarfile(blob):
-            with tarfile.open(blob) as archive:
-                members = archive.getmembers()
-                _refuse_escapes(model, [m.name for m in members]
-                                + [m.linkname for m in members if m.issym() or m.islnk()])
-                archive.extractall(work, filter="data")
-        else:
-            raise GpulockError(f"model '{model.name}': {file.path} is not a zip or tar archive "
-                               "this gpulock can extract (7z and rar are not supported); set "
-                               "extract = false to keep it as one file")
+        try:
+            if zipfile.is_zipfile(blob):
+                with zipfile.ZipFile(blob) as archive:
+                    _refuse_escapes(model, [i.filename for i in archive.infolist()])
+                    archive.extractall(work)
+            elif tarfile.is_tarfile(blob):
+                with tarfile.open(blob) as archive:
+                    members = archive.getmembers()
+                    _refuse_escapes(model, [m.name for m in members]
+                                    + [m.linkname for m in members if m.issym() or m.islnk()])
+                    archive.extractall(work, filter="data")  # no devices, FIFOs, escapes
+            else:
+                raise GpulockError(f"model '{model.name}': {file.path} is not a zip or tar "
+                                   "archive this gpulock can extract (7z and rar are not "
+                                   "supported); set extract = false to keep it as one file")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+            raise GpulockError(f"model '{model.name}': the archive {file.path} cannot be "
+                               f"extracted ({exc}); nothing was extracted") from None
+        except (NotADirectoryError, FileExistsError, IsADirectoryError):
+            raise GpulockError(f"model '{model.name}': the archive {file.path} holds a file "
+                               "and a folder of the same name; nothing was extracted") from None
     return tree
 
 
@@ -454,10 +478,11 @@ def _url(model: PinnedModel, file: ModelFile, hf_endpoint: str) -> str:
     return model.source
 
 
-def _ms_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
-    """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it."""
+def _ms_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]) -> Path:
+    """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it, in
+    the project's own cache: a revision's files are what this project's lock pinned."""
     layout = store.layout
-    root = layout.ms_repo(model.source.removeprefix("ms://"))
+    root = layout.ms_repo(project, model.source.removeprefix("ms://"))
     snapshot = layout.ready(Layout.ms_snapshot(root, model.revision or "master"))
     # A revision's files can change between locks (no commits on ModelScope): a link that
     # names another blob than the lock's is replaced.
@@ -467,10 +492,12 @@ def _ms_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     return snapshot
 
 
-def _file_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> None:
-    """`files/<model>/<filename>` for a plain download, `files/<model>` -> its tree when
-    extracted; a view of the other kind left by an earlier lock is replaced."""
-    view = store.layout.ready(store.layout.file_view(model.name))
+def _file_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]
+               ) -> None:
+    """`files/<project>/<model>/<filename>` for a plain download, `files/<project>/<model>`
+    -> its tree when extracted; a view of the other kind left by an earlier lock is
+    replaced."""
+    view = store.layout.ready(store.layout.file_view(project, model.name))
     is_link = os.path.islink(view)
     if model.extract:
         (file,) = model.files

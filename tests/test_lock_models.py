@@ -119,7 +119,7 @@ def test_an_https_file_is_pinned_by_its_sha256_and_synced_as_a_file(make_index, 
     store = project.root / "store"
     result = project.gpulock("sync", "--models-only", "--store", str(store))
     assert result.code == 0, result.err
-    assert (store / "v1" / "files" / "w" / "weights.bin").read_bytes() == WEIGHTS
+    assert (store / "v1" / "files" / "m" / "w" / "weights.bin").read_bytes() == WEIGHTS
 
 
 def safetensors(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
@@ -178,7 +178,7 @@ def test_an_archive_with_extract_is_unpacked_once_into_a_tree(make_index, projec
     store = project.root / "store"
     result = project.gpulock("sync", "--models-only", "--store", str(store))
     assert result.code == 0, result.err
-    view = store / "v1" / "files" / "scene"
+    view = store / "v1" / "files" / "m" / "scene"
     assert (view / "scene" / "images" / "0.txt").read_bytes() == b"zero"
     assert (view / "scene" / "calib.txt").read_bytes() == b"K"
 
@@ -197,4 +197,4 @@ def test_an_archive_escaping_its_tree_is_refused(make_index, project):
     result = project.gpulock("sync", "--models-only", "--store", str(project.root / "store"))
     assert result.code == 1 and "outside its own tree" in result.err
     assert "nothing was extracted" in result.err
-    assert not (project.root / "store" / "v1" / "files" / "evil").exists()
+    assert not (project.root / "store" / "v1" / "files" / "m" / "evil").exists()

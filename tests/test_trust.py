@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,13 @@ def test_a_modelscope_repo_listing_a_file_outside_its_snapshot_is_refused_at_loc
 
 def test_a_hub_commit_id_that_is_a_path_is_refused_before_it_is_used(hub, make_index, project,
                                                                      canary):
-    repo = hub.repo("org/evil")
-    repo.commit({"config.json": b"{}"})
-    repo.reported_commit = "../../../canary"
+    hub.repo("org/evil").commit({"config.json": b"{}"})
+    hub.rewrite = lambda kind, value: ({**value, "sha": "../../../canary"}
+                                       if kind == "revision" else value)
     setup(project, make_index().url, models='[models.evil]\nsource = "hf://org/evil"\n')
     refused(project.gpulock("lock"), "model 'evil'", "'../../../canary'", "not a commit id")
     assert not any("canary" in r for r in hub.requests[1:])  # never sent on as a revision
-    repo.reported_commit = None
+    hub.rewrite = None
     synced(project)
 
 
@@ -412,7 +413,7 @@ def test_index_credentials_in_gpu_toml_are_used_but_never_written_or_printed(
     assert not any(SECRET in r.out + r.err for r in outputs)
     assert _secret_anywhere(tmp_path) == []
     assert "Basic " in " ".join(index.authorizations)
-    assert (project.root / "store" / "v1" / "files" / "blob").is_dir()
+    assert (project.root / "store" / "v1" / "files" / "m" / "blob").is_dir()
     # A wrong password is one sentence that names the index, not the password.
     setup(project, index.url.replace("http://", "http://user:wrong-one@"), '"app", "dep"')
     err = refused(project.gpulock("lock"), "refused access", index.url)
@@ -678,3 +679,270 @@ def test_env_output_quotes_every_value_for_its_format(project, canary, tmp_path)
     assert values["PYTHONPATH"].startswith(str(store))
     with pytest.raises(Exception, match="cannot hold"):
         render({"PYTHONPATH": "/a\nENV EVIL=1"}, "dockerfile")
+
+
+# -- found by a hostile review -------------------------------------------------------------
+
+def test_gc_never_lists_or_removes_through_a_link_planted_in_a_model_view(synced_project,
+                                                                         canary):
+    project = synced_project
+    repo = project.root / "store" / "v1" / "hf" / "models--evil--x"
+    repo.mkdir()
+    for name in ("snapshots", "blobs", "refs", "trees"):
+        os.symlink(project.root / "canary", repo / name)
+    for args in (("--dry-run",), ()):
+        assert gpulock(project, "gc", "-v", *args).code == 0
+    canary()
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and "models--evil--x/snapshots" in checked.err
+
+
+def test_a_writer_in_another_pid_namespace_of_this_host_is_not_taken_for_dead(tmp_path):
+    import subprocess
+
+    from gpulock.scratch import HOST, abandoned
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host, _, namespace = HOST.rpartition("_")
+    theirs = tmp_path / f"wheel.part.{host}_{int(namespace or 0) + 1}~{gone.pid}~0badc0de"
+    ours = tmp_path / f"wheel.part.{HOST}~{gone.pid}~0badc0de"
+    theirs.touch()
+    ours.touch()
+    assert abandoned(ours)  # this namespace's process table says the writer is gone
+    assert not abandoned(theirs)  # another namespace's pid says nothing: wait for silence
+
+
+def test_a_long_sync_on_another_host_keeps_its_work_while_its_heartbeat_is_fresh(
+        synced_project, canary):
+    project = synced_project
+    v1 = project.root / "store" / "v1"
+    writer = "podB_1~4242"
+    work = v1 / "tmp" / f"build-big.{writer}~0badc0de.x1"
+    work.mkdir()
+    root = v1 / "roots" / "tmp" / f"{writer}~0badc0de.json"
+    root.write_text('{"pkgs": [], "digests": [], "models": []}')
+    an_hour_ago = (time.time() - 3600,) * 2
+    os.utime(work, an_hour_ago)  # a CUDA build that has not written for an hour
+    assert gpulock(project, "gc").code == 0
+    assert work.is_dir()  # its writer's root is fresh: the build is alive
+    os.utime(root, an_hour_ago)  # the writer stopped beating: it is gone
+    assert gpulock(project, "gc").code == 0
+    assert not work.exists() and not root.exists()
+
+
+def test_an_interpreter_planted_in_the_store_is_never_run(synced_project, canary):
+    project = synced_project
+    evil = project.root.parent / "evil-python"
+    evil.write_text(f"#!/bin/sh\ntouch {project.root / 'canary' / 'ran'}\nexit 1\n")
+    evil.chmod(0o755)
+    planted = {HOST_PYTHON: {"path": str(evil), "version": "3.99.0",
+                             "mtime_ns": evil.stat().st_mtime_ns}}
+    (project.root / "store" / "v1" / "interpreters.json").write_text(json.dumps(planted))
+    shutil.rmtree(project.root / "store" / "v1" / "envs")  # a first sync must find Python
+    synced(project)
+    assert os.readlink(project.root / "store" / "v1" / "envs" / "m" / "current" / "bin" /
+                       "python") != str(evil)
+
+
+def test_secrets_stay_out_of_every_message(project, make_index, tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login deploy password correct horse {SECRET}\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    index = make_index(auth=("deploy", SECRET))
+    make_wheel(index.folder, "app", "1.0")
+    setup(project, index.url, '"app"')
+    result = project.gpulock("lock")
+    assert "cannot be parsed (line" in result.err and SECRET not in result.err
+    project.write(f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\n[groups.main]\n'
+                  f'packages = "app @ git+https://deploy:{SECRET}@host/r.git"\n')
+    assert SECRET not in refused(project.gpulock("lock"), "must be a list")
+    project.write(f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\n'
+                  f'index = "htps://deploy:S3C@{SECRET}@host/simple"\n')
+    assert SECRET not in refused(project.gpulock("lock"), "index")
+
+
+@pytest.mark.parametrize("what", ["wheel", "model"])
+def test_a_server_sending_more_than_the_lock_says_is_cut_off(make_index, project, canary,
+                                                             what):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    (index.folder / "w.bin").write_bytes(b"x" * 700)
+    url = index.url.replace("/simple", "/files/w.bin")
+    setup(project, index.url, '"app"', f'[models.w]\nsource = "{url}"\n')
+    project.lock()
+    grown = index.folder / ("w.bin" if what == "model" else "app-1.0-py3-none-any.whl")
+    grown.write_bytes(grown.read_bytes() + os.urandom(3 * 2**20))
+    err = refused(gpulock(project, "sync"), "than the" if what == "wheel" else "larger than")
+    assert "lock says" in err
+    store = project.root / "store" / "v1"
+    assert sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) < 2**20
+
+
+class _Canned:
+    """A server that answers every GET with one body: an index or hub gone wrong."""
+
+    def __init__(self, body: bytes, kind: str, headers: dict[str, str] | None = None) -> None:
+        from tests.support.loopback import Loopback
+
+        outer = self
+
+        class Server(Loopback):
+            def _handle(self, handler: Any) -> None:
+                handler.send_response(200)
+                handler.send_header("Content-Type", kind)
+                for key, value in (headers or {}).items():
+                    handler.send_header(key, value)
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body)
+
+        self.server = Server()
+        self.server.serve()
+        self.url = outer.server.url + "/simple"
+
+    def close(self) -> None:
+        self.server.close()
+
+
+JSON_PAGE = "application/vnd.pypi.simple.v1+json"
+
+
+@pytest.mark.parametrize("body, kind, headers", [
+    (b"[]", JSON_PAGE, None),
+    (json.dumps({"files": ["x"]}).encode(), JSON_PAGE, None),
+    (json.dumps({"files": [{"filename": "app-1.0-py3-none-any.whl", "url": "/f",
+                            "hashes": []}]}).encode(), JSON_PAGE, None),
+    (json.dumps({"files": [{"filename": 5, "url": "/x"}]}).encode(), JSON_PAGE, None),
+    (json.dumps({"files": [{"filename": "app-1.0-py3-none-any.whl", "url": "/f",
+                            "hashes": {"sha256": "../../x"}}]}).encode(), JSON_PAGE, None),
+    (b"not deflate", JSON_PAGE, {"Content-Encoding": "deflate"}),
+    (b'<a href="/f/app-1.0-py3-none-any.whl#sha256=zz">app</a>', "text/html", None),
+], ids=["list", "string entry", "hashes list", "numeric filename", "sha256 path", "deflate",
+        "html sha256"])
+def test_an_index_page_of_the_wrong_shape_is_one_sentence(project, canary, body, kind, headers):
+    server = _Canned(body, kind, headers)
+    try:
+        setup(project, server.url, '"app"')
+        refused(project.gpulock("lock"), server.url.removesuffix("/simple"))
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("rewrite", [
+    lambda kind, v: {**v, "sha": 1234} if kind == "revision" else v,
+    lambda kind, v: [v] if kind == "revision" else v,
+    lambda kind, v: {"x": 1} if kind == "tree" else v,
+    lambda kind, v: [{**e, "size": "12"} for e in v] if kind == "tree" else v,
+    lambda kind, v: [{**e, "path": 7} for e in v] if kind == "tree" else v,
+    lambda kind, v: [{k: x for k, x in e.items() if k != "oid"} for e in v]
+    if kind == "tree" else v,
+], ids=["numeric sha", "revision list", "tree object", "string size", "numeric path",
+        "no oid"])
+def test_a_hub_answer_of_the_wrong_shape_is_one_sentence(hub, make_index, project, canary,
+                                                        rewrite):
+    hub.repo("org/m").commit({"config.json": b"{}"})
+    hub.rewrite = rewrite
+    setup(project, make_index().url, models='[models.m]\nsource = "hf://org/m"\n')
+    refused(project.gpulock("lock"), "model 'm'")
+
+
+@pytest.mark.parametrize("header", [[1, 2], {"w": {"dtype": "F32", "shape": ["x"],
+                                                    "data_offsets": [0, 4]}},
+                                    {"w": {"dtype": "F32", "shape": [1],
+                                           "data_offsets": [0, 4, 5]}}])
+def test_a_safetensors_header_of_the_wrong_shape_only_leaves_the_weights_unreported(
+        hub, make_index, project, header):
+    import struct
+
+    raw = json.dumps(header).encode()
+    hub.repo("org/m").commit({"model.safetensors": struct.pack("<Q", len(raw)) + raw + WEIGHTS})
+    setup(project, make_index().url, models='[models.m]\nsource = "hf://org/m"\n')
+    assert "weights" not in project.lock().models[0]
+
+
+@pytest.mark.parametrize("entry_points", ["demo = demo:main\n", "[console_scripts]\nd = !!!\n",
+                                          "[console_scripts]\na = x:m\na = x:n\n"])
+def test_a_wheel_with_unreadable_entry_points_is_one_sentence(make_index, project, canary,
+                                                              entry_points):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", entry_points=entry_points)
+    setup(project, index.url, '"app"')
+    refused(gpulock(project, "sync"), "app 1.0", "cannot be installed")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "truncated", "file and folder"])
+def test_an_archive_that_cannot_be_extracted_safely_is_one_sentence(make_index, project, canary,
+                                                                   kind):
+    import io
+    import tarfile
+
+    index = make_index()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        if kind == "fifo":
+            member = tarfile.TarInfo("pipe")
+            member.type = tarfile.FIFOTYPE
+            archive.addfile(member)
+        else:
+            for name in ("a", "a/b"):
+                member = tarfile.TarInfo(name)
+                member.size = 4
+                archive.addfile(member, io.BytesIO(b"data"))
+    data = buffer.getvalue()
+    (index.folder / "x.tar").write_bytes(data[:700] if kind == "truncated" else data)
+    url = index.url.replace("/simple", "/files/x.tar")
+    setup(project, index.url, models=f'[models.x]\nsource = "{url}"\nextract = true\n')
+    refused(gpulock(project, "sync"), "model 'x'", "nothing was extracted")
+    assert not any((project.root / "store" / "v1" / "trees").iterdir())
+
+
+def test_a_gc_mark_from_the_future_holds_no_sync_up(synced_project, canary):
+    import time as clock
+
+    project = synced_project
+    mark = project.root / "store" / "v1" / "roots" / "gc" / "otherhost_1~1~0badc0de"
+    mark.parent.mkdir(exist_ok=True)
+    mark.touch()
+    os.utime(mark, (clock.time() + 3600,) * 2)  # another clock, or a planted file
+    shutil.rmtree(project.root / "store" / "v1" / "envs")  # so that the sync roots its work
+    started = clock.monotonic()
+    synced(project)
+    assert clock.monotonic() - started < 30
+
+
+def test_verify_never_blocks_on_a_fifo_planted_in_an_entry(synced_project, canary):
+    project = synced_project
+    (entry,) = (project.root / "store" / "v1" / "pkgs").iterdir()
+    target = entry / "site" / "app" / "__init__.py"
+    target.unlink()
+    os.mkfifo(target)
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and "site/app/__init__.py is not a regular file" in checked.err
+
+
+def test_gc_dry_run_on_a_partial_store_creates_nothing(project, tmp_path):
+    store = tmp_path / "partial"
+    (store / "v1" / "hf").mkdir(parents=True)
+    result = project.gpulock("gc", "--dry-run", "--store", str(store))
+    assert result.code == 0, result.err
+    assert [p.name for p in (store / "v1").iterdir()] == ["hf"]
+
+
+def test_two_projects_with_a_model_of_the_same_name_keep_their_own_files(make_index, tmp_path,
+                                                                        capsys):
+    from tests.conftest import Project
+
+    index = make_index()
+    store = str(tmp_path / "shared")
+    views = {}
+    for name, data in (("a", b"A-weights"), ("b", b"B-weights")):
+        (index.folder / f"{name}.bin").write_bytes(data)
+        project = Project(tmp_path / name, capsys)
+        project.root.mkdir()
+        url = index.url.replace("/simple", f"/files/{name}.bin")
+        project.write(f'[project]\nname = "{name}"\npython = "{HOST_PYTHON}"\n'
+                      f'[groups.main]\npackages = []\n[models.weights]\nsource = "{url}"\n')
+        assert project.gpulock("sync", "--store", store).code == 0
+        views[name] = Path(store) / "v1" / "files" / name / "weights" / f"{name}.bin"
+    assert views["a"].read_bytes() == b"A-weights" and views["b"].read_bytes() == b"B-weights"

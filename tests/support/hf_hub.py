@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.support.loopback import Loopback
@@ -29,7 +31,6 @@ class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     lfs: set[str] = field(default_factory=set)  # paths stored in LFS
     gated: bool = False
-    reported_commit: str | None = None  # what the revision API says instead of the commit
 
     def commit(self, files: dict[str, bytes], branch: str = "main", lfs: set[str] = frozenset()
                ) -> str:
@@ -52,6 +53,8 @@ class FakeHub(Loopback):
     ranges: list[tuple[str, str]] = field(default_factory=list)  # (file, Range header)
     slow: float = 0.0  # seconds of sleep per 256 KiB sent by /resolve/
     trickle: float = 0.0  # seconds between single bytes sent by /resolve/ (a stalling hub)
+    # A hostile hub: ("revision" | "tree", the JSON it would send) -> the JSON it sends.
+    rewrite: Callable[[str, Any], Any] | None = None
 
     def __post_init__(self) -> None:
         self.serve()
@@ -82,9 +85,9 @@ class FakeHub(Loopback):
                 return self._error(handler, 404, "RevisionNotFound", "Invalid rev id")
             files = repo.commits[commit]
             if action == ["revision"]:
-                return self._json(handler, {"id": repo_id, "sha": repo.reported_commit or commit,
-                                            "private": False,
-                                            "siblings": [{"rfilename": p} for p in files]})
+                return self._json(handler, self._rewritten("revision", {
+                    "id": repo_id, "sha": commit, "private": False,
+                    "siblings": [{"rfilename": p} for p in files]}))
             if action == ["tree"]:
                 return self._tree(handler, repo, files, query)
         return self._resolve(handler, path)
@@ -162,7 +165,10 @@ class FakeHub(Loopback):
             base = handler.path.split("?", 1)[0]
             headers["Link"] = (f'<{self.url}{base}?recursive=True&cursor='
                                f'{start + self.page_size}>; rel="next"')
-        self._json(handler, page, headers)
+        self._json(handler, self._rewritten("tree", page), headers)
+
+    def _rewritten(self, kind: str, value: Any) -> Any:
+        return self.rewrite(kind, value) if self.rewrite else value
 
     def _json(self, handler: BaseHTTPRequestHandler, value: object,
               headers: dict[str, str] | None = None) -> None:
