@@ -57,8 +57,10 @@ class Store:
     """One store on a volume: its root, its layout, and the package entries in it."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.base = root / f"v{LAYOUT_VERSION}"
+        # Absolute before anything is written: shebangs and links made from a relative
+        # `./store` would break as soon as a command runs from another folder.
+        self.root = Path(os.path.abspath(root))
+        self.base = self.root / f"v{LAYOUT_VERSION}"
         self.layout = Layout(self.base)
 
     def check_layout(self) -> None:

@@ -71,8 +71,22 @@ def entry_key(package: LockedPackage, builder: Builder) -> str:
     return f"{digest}-{package.name}-{package.version}"
 
 
+# The found interpreter's version and its base install: a venv's python (uv finds the active
+# or nearest .venv first; gpulock's own, say) would break every env when that venv goes.
+# 3.10's sys._base_executable still names the venv's python, hence base_prefix first.
+_BASE_PYTHON = """\
+import os, platform, sys
+base = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+if not os.path.isfile(base):
+    base = getattr(sys, "_base_executable", sys.executable)
+print(platform.python_version())
+print(os.path.realpath(base))
+"""
+
+
 def find_interpreter(version: str) -> tuple[str, str]:
-    """The target's CPython and its full version, remembered in this machine's cache.
+    """The target's CPython (its base install) and full version, remembered in this machine's
+    cache.
 
     Discovery runs subprocesses (hundreds of execs through pyenv shims); a no-op sync must
     not pay that, so the answer is kept and trusted while the binary's mtime is unchanged.
@@ -95,8 +109,8 @@ def find_interpreter(version: str) -> tuple[str, str]:
     if python is None:
         raise GpulockError(f"CPython {version}, the lock's target, is not installed on this "
                            f"machine: install it with 'uv python install {version}'")
-    full = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    full, python = subprocess.run([python, "-c", _BASE_PYTHON], capture_output=True, text=True,
+                                  check=True).stdout.split("\n")[:2]
     cache.put_json("interpreters", version, {"path": python, "version": full,
                                              "mtime_ns": os.stat(python).st_mtime_ns})
     return python, full

@@ -325,3 +325,40 @@ def test_pythonpath_mode_warns_when_the_python_version_differs(make_index, proje
     result = subprocess.run([python, "-c", "import app"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(site(project))})
     assert f"this environment was built for Python {HOST_PYTHON}" in result.stderr
+
+
+def test_an_env_synced_into_a_relative_store_from_a_throwaway_venv_works_anywhere(
+        make_index, project: Project, tmp_path: Path):
+    """The user's way: `gpulock sync --store store` from a venv, then scripts from elsewhere,
+    and the venv that ran gpulock removed: bin/python is the base CPython, paths absolute."""
+    import site as site_module
+    import venv
+
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={
+        "app/__init__.py": b"def main():\n    import sys\n    print('hello from', sys.prefix)\n"},
+        entry_points="[console_scripts]\nhello = app:main\n")
+    write_manifest(project, index.url, ["app"])
+    throwaway = tmp_path / "throwaway-venv"
+    venv.create(throwaway, symlinks=True)
+    runner = {**os.environ, "VIRTUAL_ENV": str(throwaway), "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parents[1]), *site_module.getsitepackages()])}
+    synced = subprocess.run([str(throwaway / "bin" / "python"), "-m", "gpulock", "sync",
+                             "--store", "store"], cwd=project.root, env=runner,
+                            capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr
+    shutil.rmtree(throwaway)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    bin_dir = project.root / "store" / "v1" / "envs" / "demo" / "current" / "bin"
+    assert not os.readlink(bin_dir / "python").startswith(str(throwaway))
+    plain = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    hello = subprocess.run([str(bin_dir / "hello")], cwd=elsewhere, env=plain,
+                           capture_output=True, text=True)
+    assert hello.returncode == 0 and hello.stdout.startswith("hello from"), hello.stderr
+    exported = subprocess.run([sys.executable, "-m", "gpulock", "env", "--manifest",
+                               str(project.manifest), "--store", "store"], cwd=project.root,
+                              capture_output=True, text=True, check=True).stdout
+    shell = subprocess.run(["bash", "-c", f"{exported}\nhello && python -c 'import app'"],
+                           cwd=elsewhere, env=plain, capture_output=True, text=True)
+    assert shell.returncode == 0 and "hello from" in shell.stdout, shell.stderr
