@@ -62,6 +62,10 @@ def _find_manifest(given: str | None) -> Path:
                        "one, or pass --manifest")
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.manifest or "gpu.toml")
     if path.exists() and not args.force:
@@ -83,7 +87,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
         print(f"{path} is up to date ({len(locked.packages)} packages)", file=sys.stderr)
         return 0
     started = time.perf_counter()
-    result = lock.lock(spec, path, upgrade=args.upgrade, upgrade_packages=args.upgrade_package)
+    result = lock.lock(spec, path, upgrade=args.upgrade, upgrade_packages=args.upgrade_package,
+                       progress=_say)
     elapsed = time.perf_counter() - started
     count = len(result.lock.packages)
     if result.up_to_date:
@@ -131,7 +136,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         except StaleLockError:  # a damaged or unsafe lock is refused, never replaced silently
             from gpulock import lock
 
-            result = lock.lock(spec, path)
+            result = lock.lock(spec, path, progress=_say)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
     outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), jobs=args.jobs,

@@ -8,7 +8,7 @@ existing lock is answered from the lock alone, with no network.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +53,7 @@ def read_previous(path: Path) -> Lock | None:
 
 def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
          upgrade_packages: Iterable[str] = (), cache: Cache | None = None,
-         workers: int = 16) -> LockResult:
+         workers: int = 16, progress: Callable[[str], None] | None = None) -> LockResult:
     upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
     previous = read_previous(path)
     if (previous is not None and not upgrade and not upgrade_names
@@ -98,7 +98,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
                          workers=workers)
     try:
         resolution = resolve(roots, finder, target.marker_environment, no_deps=no_deps,
-                             preferred=preferred, target=target.describe())
+                             preferred=preferred, target=target.describe(), progress=progress)
         known = {ref.url: p for p in (previous.packages if previous else ())
                  if (ref := p.wheel or p.sdist) is not None}
 

@@ -10,7 +10,9 @@ and an impossible resolution is explained as the chains of requirements that col
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,16 +95,15 @@ def _identify(name: str, extras: frozenset[str]) -> str:
 
 
 def _allows_prerelease(specifier: SpecifierSet) -> bool:
-    return any(Version(s.version.rstrip(".*")).is_prerelease for s in specifier
-               if s.operator != "===" and _is_version(s.version.rstrip(".*")))
-
-
-def _is_version(text: str) -> bool:
-    try:
-        Version(text)
-    except ValueError:
-        return False
-    return True
+    """PEP 440: a specifier that names a pre-release to include it (`>=2.0b1`, `==2.0rc1`)
+    opts in; one that excludes it (`!=2.0b1`) does not."""
+    for spec in specifier:
+        try:
+            if spec.prereleases:
+                return True
+        except ValueError:  # `===` with a string that is no version
+            continue
+    return False
 
 
 @dataclass
@@ -112,19 +113,41 @@ class _Provider(AbstractProvider):  # type: ignore[misc]
     no_deps: frozenset[NormalizedName]
     preferred: Mapping[NormalizedName, Version]
     origins: dict[str, list[tuple[Req, Candidate | None]]] = field(default_factory=dict)
+    requested: dict[str, int] = field(default_factory=dict)  # manifest order of the roots
 
     def identify(self, requirement_or_candidate: Req | Candidate) -> str:
         return _identify(requirement_or_candidate.name, requirement_or_candidate.extras)
+
+    def narrow_requirement_selection(self, identifiers: Iterable[str],
+                                     resolutions: Mapping[str, Candidate],
+                                     candidates: Mapping[str, Iterator[Candidate]],
+                                     information: Mapping[str, Iterator[Any]],
+                                     backtrack_causes: Sequence[Any]) -> Iterable[str]:
+        """While backtracking, the packages that caused it first (pip's choice): the
+        conflict has to be settled there before anything else can be pinned for good."""
+        causes = set()
+        for cause in backtrack_causes:
+            causes.add(self.identify(cause.requirement))
+            if cause.parent is not None:
+                causes.add(self.identify(cause.parent))
+        identifiers = list(identifiers)
+        return [i for i in identifiers if i in causes] or identifiers
 
     def get_preference(self, identifier: str, resolutions: Mapping[str, Candidate],
                        candidates: Mapping[str, Iterator[Candidate]],
                        information: Mapping[str, Iterator[Any]],
                        backtrack_causes: Sequence[Any]) -> tuple[Any, ...]:
-        infos = list(information[identifier])
-        pinned = any(i.requirement.url or any(s.operator in ("==", "===")
-                     for s in i.requirement.specifier) for i in infos)
-        causes = {self.identify(c.requirement) for c in backtrack_causes}
-        return (not pinned, identifier not in causes, identifier)
+        """pip's order: direct references, then pinned (`==`), then upper-bounded (`<`,
+        `<=`, `~=`, `==x.*`: they rule out the newest, often impossible, versions first),
+        then the manifest's own requirements in their order, then constrained ones."""
+        requirements = [info.requirement for info in information[identifier]]
+        operators = [(s.operator, s.version) for r in requirements for s in r.specifier]
+        direct = any(r.url for r in requirements)
+        pinned = any(op in ("==", "===") and "*" not in version for op, version in operators)
+        upper = any(op in ("<", "<=", "~=") or (op == "==" and "*" in version)
+                    for op, version in operators)
+        requested = self.requested.get(identifier, len(self.requested))
+        return (not direct, not pinned, not upper, requested, not operators, identifier)
 
     def find_matches(self, identifier: str, requirements: Mapping[str, Iterator[Req]],
                      incompatibilities: Mapping[str, Iterator[Candidate]]) -> list[Candidate]:
@@ -200,12 +223,56 @@ class _Provider(AbstractProvider):  # type: ignore[misc]
         return deps
 
 
+class _Reporter(BaseReporter):  # type: ignore[misc]
+    """Counts rounds and what is backtracked on, and says so every few seconds."""
+
+    EVERY = 5.0  # seconds between progress lines
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.rounds = 0
+        self.pinned = 0
+        self.rejected: Counter[str] = Counter()
+        self.conflicts: dict[str, list[str]] = {}
+        self._said = time.monotonic()
+
+    def starting_round(self, index: int) -> None:
+        self.rounds = index
+        if self.progress and time.monotonic() - self._said >= self.EVERY:
+            self._said = time.monotonic()
+            busiest = ", ".join(name for name, _ in self.rejected.most_common(4))
+            self.progress(f"resolving: {self.rounds} rounds, {self.pinned} packages pinned"
+                          + (f", backtracking on {busiest}" if busiest else ""))
+
+    def ending_round(self, index: int, state: Any) -> None:
+        self.pinned = len(state.mapping)
+
+    def rejecting_candidate(self, criterion: Any, candidate: Candidate) -> None:
+        self.rejected[candidate.name] += 1
+        self.conflicts[candidate.name] = [
+            f"{info.parent} depends on {info.requirement}" if info.parent
+            else f"{info.requirement.origin} asks for {info.requirement}"
+            for info in criterion.information][:4]
+
+    def gave_up(self, target: str) -> ResolutionError:
+        """The packages backtracked on most, and the requirements on them that collide."""
+        busiest = self.rejected.most_common(3)
+        names = ", ".join(f"{name} ({count} versions tried)" for name, count in busiest)
+        details = [f"  - {line}" for name, _ in busiest for line in self.conflicts[name]]
+        return ResolutionError(
+            f"gave up resolving for {target} after {self.rounds} rounds, backtracking on "
+            f"{names or 'nothing'}; pin these more tightly in gpu.toml (the requirements "
+            "below keep conflicting)", details=details)
+
+
 def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
             environment: Mapping[str, str], *, no_deps: Iterable[str] = (),
             preferred: Mapping[NormalizedName, Version] | None = None,
-            target: str = "the target"
-            ) -> Resolution:
-    """Resolve `(group, requirement)` roots together; raise ResolutionError in words."""
+            target: str = "the target", progress: Callable[[str], None] | None = None,
+            max_rounds: int = 200_000) -> Resolution:
+    """Resolve `(group, requirement)` roots together; raise ResolutionError in words.
+
+    `progress` hears, every few seconds of a long resolution, how far it got."""
     provider = _Provider(finder=finder, environment=environment,
                          no_deps=frozenset(canonicalize_name(n) for n in no_deps),
                          preferred={canonicalize_name(k): v for k, v in (preferred or {}).items()})
@@ -216,15 +283,16 @@ def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
             continue
         req = Req.parse(requirement, f"group '{group}'")
         provider.origins.setdefault(provider.identify(req), []).append((req, None))
+        provider.requested.setdefault(provider.identify(req), len(provider.requested))
         requirements.append(req)
     finder.prefetch(requirements)
+    reporter = _Reporter(progress)
     try:
-        state = _Resolvelib(provider, BaseReporter()).resolve(requirements, max_rounds=20000)
+        state = _Resolvelib(provider, reporter).resolve(requirements, max_rounds=max_rounds)
     except ResolutionImpossible as exc:
         raise _explain(exc, provider, finder, target) from None
     except ResolutionTooDeep:
-        raise ResolutionError(f"gave up resolving for {target}: too many backtracking "
-                              "rounds; pin the packages that conflict more tightly") from None
+        raise reporter.gave_up(target) from None
     mapping, edges = _reachable(state)
 
     pins: dict[NormalizedName, Candidate] = {}

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
@@ -131,3 +135,49 @@ def test_a_parent_cycle_left_behind_by_backtracking_still_resolves():
     preferred = {name: c.version for name, c in first.pins.items()}
     again = resolve([("main", Requirement("a"))], GraphFinder(graph), ENV, preferred=preferred)
     assert {n: c.version for n, c in again.pins.items()} == preferred
+
+
+def _seed_000() -> dict[str, Any]:
+    path = Path(__file__).parent / "data" / "seed000-backtracking.json"
+    return json.loads(path.read_text())
+
+
+def test_the_under_pinned_seed_manifest_resolves_to_the_pins_uv_chooses():
+    # transformers==4.35.0 + modelscope==1.11.0 on CPython 3.11, from PyPI's real metadata:
+    # the previous provider backtracked through datasets and huggingface-hub until it gave
+    # up after 20,000 rounds; pip's order (pinned, then upper-bounded, then the causes of
+    # the last backtrack) goes straight to datasets 2.14.7 and huggingface-hub 0.17.3.
+    seed = _seed_000()
+    resolution = resolve([("main", Requirement(r)) for r in seed["roots"]],
+                         GraphFinder(seed["graph"]), Target(seed["python"]).marker_environment)
+    assert {name: str(c.version) for name, c in resolution.pins.items()} == seed["pins"]
+
+
+def test_a_resolution_that_gives_up_names_what_it_kept_backtracking_on():
+    seed = _seed_000()
+    with pytest.raises(ResolutionError) as caught:
+        resolve([("main", Requirement(r)) for r in seed["roots"]], GraphFinder(seed["graph"]),
+                Target(seed["python"]).marker_environment, max_rounds=25)
+    message = str(caught.value)
+    assert message.startswith("gave up resolving") and "versions tried" in message
+    assert "depends on" in message  # the requirements that kept colliding, in words
+
+
+def test_a_long_resolution_says_how_far_it_got(monkeypatch):
+    from gpulock import resolve as module
+
+    monkeypatch.setattr(module._Reporter, "EVERY", 0.0)
+    seed = _seed_000()
+    said: list[str] = []
+    resolve([("main", Requirement(r)) for r in seed["roots"]], GraphFinder(seed["graph"]),
+            Target(seed["python"]).marker_environment, progress=said.append)
+    assert said and all(line.startswith("resolving: ") and "rounds" in line for line in said)
+    assert any("packages pinned" in line for line in said)
+
+
+def test_excluding_a_pre_release_is_not_an_opt_in_to_pre_releases():
+    graph: Graph = {"a": {"1.0.0": [], "2.0.0b1": [], "2.0.0b2": []}}
+    excluded = resolve([("main", Requirement("a!=2.0.0b1"))], GraphFinder(graph), ENV)
+    assert str(excluded.pins["a"].version) == "1.0.0"
+    asked = resolve([("main", Requirement("a>=2.0.0b1"))], GraphFinder(graph), ENV)
+    assert str(asked.pins["a"].version) == "2.0.0b2"
