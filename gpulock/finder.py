@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +36,8 @@ class IndexFinder:
                  indexes: Mapping[NormalizedName, Index], metadata: MetadataSource,
                  builders: Mapping[NormalizedName, Builder], default_builder: Builder,
                  preferred: Mapping[NormalizedName, Version] | None = None,
-                 no_deps: Iterable[str] = (), workers: int = 16) -> None:
+                 no_deps: Iterable[str] = (), workers: int = 16,
+                 no_build: Callable[[NormalizedName], bool] = lambda _name: False) -> None:
         self.target = target
         self.default_index = default_index
         self.indexes = dict(indexes)
@@ -45,6 +46,7 @@ class IndexFinder:
         self.default_builder = default_builder
         self.preferred = dict(preferred or {})
         self.no_deps = frozenset(canonicalize_name(n) for n in no_deps)
+        self.no_build = no_build
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulock")
         self._lock = threading.Lock()
         self._pages: dict[NormalizedName, Future[list[Candidate]]] = {}
@@ -104,6 +106,7 @@ class IndexFinder:
                 by_version[dist.version].append(dist)
         reasons: list[str] = []
         wrong_cuda: list[str] = []
+        no_wheel: list[str] = []
         candidates: list[tuple[tuple[object, ...], Candidate]] = []
         label = self.target.cuda_label
         for version, dists in by_version.items():
@@ -120,6 +123,9 @@ class IndexFinder:
             if wheels:
                 chosen = min(wheels, key=lambda d: (self.target.wheel_rank(d.filename),
                                                     d.filename))
+            elif self.no_build(name):
+                no_wheel.append(str(version))
+                continue
             else:
                 chosen = sorted(usable, key=lambda d: not d.filename.endswith(".tar.gz"))[0]
             yanked = all(d.yanked for d in usable)
@@ -131,6 +137,10 @@ class IndexFinder:
             reasons.append(f"{name} {', '.join(sorted(wrong_cuda, key=Version))} "
                            f"{'is' if len(wrong_cuda) == 1 else 'are'} built for another "
                            f"CUDA than project.cuda = {self.target.cuda} (+{label})")
+        if no_wheel:
+            newest = sorted(no_wheel, key=Version)[-3:]
+            reasons.append(f"{name} {', '.join(newest)} only have sdists, and no_build is set "
+                           "for it (a pod never compiles by surprise)")
         if not by_version and not listing.skipped:
             reasons.append(f"{self.index_for(name).url} has no files for {name}")
         self._unusable[name] = (reasons, listing.skipped, set(by_version))
@@ -157,6 +167,9 @@ class IndexFinder:
     # -- direct references ----------------------------------------------------------------
 
     def url_candidate(self, name: NormalizedName, url: str) -> Candidate:
+        if self.no_build(name):
+            raise GpulockError(f"{name} @ {url} would be built from source, but no_build is "
+                               "set for it")
         with self._lock:
             future = self._git.get(url)
             if future is None:

@@ -95,10 +95,11 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     metadata = MetadataSource(http, cache)
     finder = IndexFinder(target, index(manifest.project.index), routed, metadata, builders,
                          Builder(target.python), preferred=preferred, no_deps=no_deps,
-                         workers=workers)
+                         workers=workers, no_build=manifest.no_build_for)
     try:
         resolution = resolve(roots, finder, target.marker_environment, no_deps=no_deps,
-                             preferred=preferred, target=target.describe(), progress=progress)
+                             preferred=preferred, target=target.describe(), progress=progress,
+                             prerelease=manifest.prerelease_for)
         known = {ref.url: p for p in (previous.packages if previous else ())
                  if (ref := p.wheel or p.sdist) is not None}
 

@@ -44,6 +44,9 @@ MODEL_SCHEMES = ("hf://", "ms://", "https://", "http://")
 PYTHON_MINORS = range(8, 16)  # CPython 3.8 to 3.15: the releases uv and PyPI wheels know
 MAX_BYTES = 2**20  # a gpu.toml larger than this is not a manifest
 MAX_DEPTH = 100  # arrays and inline tables nested deeper than this are refused
+# When a pre-release may be chosen, as uv names it: never, always, when only pre-releases
+# fit, when a requirement names one (`>=2.0b1`), or either of the last two (the default).
+PRERELEASES = ("disallow", "allow", "if-necessary", "explicit", "if-necessary-or-explicit")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Group:
     no_deps: bool = False
     no_build_isolation: bool = False
     env: tuple[tuple[str, str], ...] = ()
+    no_build: bool | None = None  # None: the project's setting
+    prerelease: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class Project:
     glibc: str = "2.28"
     cuda: str | None = None
     index: str = DEFAULT_INDEX
+    no_build: bool = False  # wheels only: a pod never compiles by surprise
+    prerelease: str = "if-necessary-or-explicit"
 
 
 @dataclass(frozen=True)
@@ -93,21 +100,34 @@ class Manifest:
 
     def index_for(self, name: str) -> str:
         """The one index a package may come from (explicit-index semantics)."""
+        group = self._group_of(name)
+        return group.index if group and group.index else self.project.index
+
+    def no_build_for(self, name: str) -> bool:
+        """Whether only wheels may be locked for this package (its group's, else project's)."""
+        group = self._group_of(name)
+        return group.no_build if group and group.no_build is not None else self.project.no_build
+
+    def prerelease_for(self, name: str) -> str:
+        """When pre-releases may be chosen for this package (uv's names for the policies)."""
+        group = self._group_of(name)
+        return group.prerelease if group and group.prerelease else self.project.prerelease
+
+    def _group_of(self, name: str) -> Group | None:
         key = canonicalize_name(name)
-        for group in self.groups:
-            if group.index and any(canonicalize_name(r.name) == key for r in group.packages):
-                return group.index
-        return self.project.index
+        return next((g for g in self.groups
+                     if any(canonicalize_name(r.name) == key for r in g.packages)), None)
 
 
 # Each table's keys and the type each value must have; "REQ" marks PEP 508 lists.
 _SCHEMA: dict[str, dict[str, Any]] = {
     "project": {
         "name": str, "python": str, "platform": str, "glibc": str, "cuda": str, "index": str,
+        "no_build": bool, "prerelease": str,
     },
     "group": {
         "packages": "REQ", "index": str, "no_deps": bool, "no_build_isolation": bool,
-        "env": dict,
+        "env": dict, "no_build": bool, "prerelease": str,
     },
     "model": {
         "source": str, "revision": str, "include": list, "exclude": list, "extract": bool,
@@ -196,6 +216,8 @@ class _Reader:
                     # Common aliases from pip/uv configs get a pointer too.
                     aliases = {"index_url": "index", "index-url": "index", "nodeps": "no_deps",
                                "no-deps": "no_deps", "requirements": "packages",
+                               "only_binary": "no_build", "only-binary": "no_build",
+                               "no-build": "no_build", "pre": "prerelease",
                                "dependencies": "packages", "python_version": "python"}
                     hint = [aliases[key]] if key in aliases else []
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else (
@@ -374,7 +396,16 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
         raise reader.error(table, "cuda", f"cuda = {cuda!r} must look like \"12.1\"")
     index = _index(reader, table, raw.get("index", DEFAULT_INDEX))
     return Project(name=raw["name"], python=python, platform=platform, glibc=glibc,
-                   cuda=cuda, index=index)
+                   cuda=cuda, index=index, no_build=raw.get("no_build", False),
+                   prerelease=_prerelease(reader, table, raw) or Project.prerelease)
+
+
+def _prerelease(reader: _Reader, table: tuple[str, ...], raw: dict[str, Any]) -> str | None:
+    value = raw.get("prerelease")
+    if value is not None and value not in PRERELEASES:
+        raise reader.error(table, "prerelease", f"prerelease = {value!r} must be one of: "
+                           f"{', '.join(PRERELEASES)}")
+    return value
 
 
 def _index(reader: _Reader, table: tuple[str, ...], index: str) -> str:
@@ -431,7 +462,8 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
         groups.append(Group(name=name, packages=tuple(requirements), index=index,
                             no_deps=body.get("no_deps", False),
                             no_build_isolation=body.get("no_build_isolation", False),
-                            env=tuple(sorted(env.items()))))
+                            env=tuple(sorted(env.items())), no_build=body.get("no_build"),
+                            prerelease=_prerelease(reader, table, body)))
     return tuple(groups)
 
 

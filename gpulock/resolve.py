@@ -106,12 +106,20 @@ def _allows_prerelease(specifier: SpecifierSet) -> bool:
     return False
 
 
+def _prereleases_allowed(policy: str, reqs: Sequence[Req], base: Sequence[Candidate]) -> bool:
+    explicit = any(_allows_prerelease(r.specifier) for r in reqs)
+    necessary = bool(base) and all(c.version.is_prerelease for c in base)
+    return {"allow": True, "disallow": False, "explicit": explicit, "if-necessary": necessary,
+            "if-necessary-or-explicit": explicit or necessary}[policy]
+
+
 @dataclass
 class _Provider(AbstractProvider):  # type: ignore[misc]
     finder: Finder
     environment: Mapping[str, str]
     no_deps: frozenset[NormalizedName]
     preferred: Mapping[NormalizedName, Version]
+    prerelease: Callable[[NormalizedName], str] = lambda _name: "if-necessary-or-explicit"
     origins: dict[str, list[tuple[Req, Candidate | None]]] = field(default_factory=dict)
     requested: dict[str, int] = field(default_factory=dict)  # manifest order of the roots
 
@@ -163,8 +171,7 @@ class _Provider(AbstractProvider):  # type: ignore[misc]
             base = [self.finder.url_candidate(name, urls.pop())]
         else:
             base = list(self.finder.candidates(name))
-        prerelease = any(_allows_prerelease(r.specifier) for r in reqs) or all(
-            c.version.is_prerelease for c in base)
+        prerelease = _prereleases_allowed(self.prerelease(name), reqs, base)
         exact = {s.version for r in reqs for s in r.specifier if s.operator in ("==", "===")
                  and "*" not in s.version}
         matches = []
@@ -269,13 +276,17 @@ def resolve(roots: Sequence[tuple[str, Requirement]], finder: Finder,
             environment: Mapping[str, str], *, no_deps: Iterable[str] = (),
             preferred: Mapping[NormalizedName, Version] | None = None,
             target: str = "the target", progress: Callable[[str], None] | None = None,
-            max_rounds: int = 200_000) -> Resolution:
+            max_rounds: int = 200_000,
+            prerelease: Callable[[NormalizedName], str] | None = None) -> Resolution:
     """Resolve `(group, requirement)` roots together; raise ResolutionError in words.
 
-    `progress` hears, every few seconds of a long resolution, how far it got."""
+    `progress` hears, every few seconds of a long resolution, how far it got; `prerelease`
+    gives each package's pre-release policy (manifest.PRERELEASES)."""
     provider = _Provider(finder=finder, environment=environment,
                          no_deps=frozenset(canonicalize_name(n) for n in no_deps),
                          preferred={canonicalize_name(k): v for k, v in (preferred or {}).items()})
+    if prerelease is not None:
+        provider.prerelease = prerelease
     requirements = []
     for group, requirement in roots:
         if requirement.marker is not None and not requirement.marker.evaluate(

@@ -384,3 +384,48 @@ def test_html_only_indexes_are_read_like_json_ones(make_index, project: Project)
     lock = project.lock()
     assert lock.package("lib").wheel.size == (index.folder / lock.package("lib").wheel.name
                                               ).stat().st_size
+
+
+def test_no_build_locks_only_wheels_and_names_what_has_none(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", requires=["lib"])
+    make_wheel(index.folder, "lib", "1.0")
+    make_sdist(index.folder, "lib", "2.0")  # newer, but it would be compiled on the pod
+    make_sdist(index.folder, "srconly", "1.0")
+    project.write(manifest(index.url, '[groups.main]\npackages = ["app"]\n',
+                           extra="no_build = true"))
+    assert project.pins() == {"app": "1.0", "lib": "1.0"}
+    project.write(manifest(index.url, '[groups.main]\npackages = ["app"]\n'
+                                      '[groups.src]\nno_build = true\npackages = ["srconly"]\n'))
+    result = project.gpulock("lock")
+    assert result.code == 1 and "srconly 1.0 only have sdists, and no_build is set" in result.err
+    # Only the group's own packages: the project still takes lib's newer sdist.
+    project.write(manifest(index.url, '[groups.main]\npackages = ["app"]\n'
+                                      '[groups.src]\nno_build = true\npackages = ["lib<2"]\n'))
+    assert project.pins() == {"app": "1.0", "lib": "1.0"}
+
+
+@pytest.mark.parametrize("policy, expected", [
+    (None, "1.0"), ("allow", "2.0b2"), ("if-necessary", "1.0"), ("explicit", "1.0"),
+    ("disallow", "1.0")])
+def test_prerelease_policies_choose_as_uv_does(make_index, project: Project, policy, expected):
+    index = make_index()
+    for version in ("1.0", "2.0b1", "2.0b2"):
+        make_wheel(index.folder, "lib", version)
+    setting = f'prerelease = "{policy}"' if policy else ""
+    project.write(manifest(index.url, '[groups.main]\npackages = ["lib"]\n', extra=setting))
+    assert project.pins() == {"lib": expected}
+
+
+def test_a_group_may_allow_pre_releases_for_its_own_packages(make_index, project: Project):
+    index = make_index()
+    for name in ("lib", "other"):
+        for version in ("1.0", "2.0rc1"):
+            make_wheel(index.folder, name, version)
+    project.write(manifest(index.url, '[groups.main]\npackages = ["other"]\n'
+                                      '[groups.edge]\nprerelease = "allow"\npackages = ["lib"]\n'))
+    assert project.pins() == {"lib": "2.0rc1", "other": "1.0"}
+    project.write(manifest(index.url, '[groups.main]\npackages = ["other"]\n',
+                           extra='prerelease = "sometimes"'))
+    result = project.gpulock("lock")
+    assert result.code == 1 and "prerelease = 'sometimes' must be one of" in result.err
