@@ -50,6 +50,13 @@ packages = []
 """
 
 
+def _manifest_arg(args: argparse.Namespace) -> str | None:
+    """--manifest, else --project's gpu.toml, else None (search from here)."""
+    if args.manifest:
+        return str(args.manifest)
+    return str(Path(args.project) / "gpu.toml") if args.project else None
+
+
 def _find_manifest(given: str | None) -> Path:
     if given:
         return Path(given)
@@ -80,7 +87,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_lock(args: argparse.Namespace) -> int:
     from gpulock import lock, lockfile, manifest
 
-    spec = manifest.load(_find_manifest(args.manifest))
+    spec = manifest.load(_find_manifest(_manifest_arg(args)))
     path = Path(args.lock) if args.lock else lockfile.default_path(spec)
     if args.check:
         locked = lockfile.check(spec, path)
@@ -116,8 +123,7 @@ def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
     from gpulock import lockfile, manifest
     from gpulock.store import Store, default_store
 
-    given = args.manifest or (str(Path(args.project) / "gpu.toml") if args.project else None)
-    spec = manifest.load(_find_manifest(given))
+    spec = manifest.load(_find_manifest(_manifest_arg(args)))
     path = Path(args.lock) if args.lock else lockfile.default_path(spec)
     root = Path(args.store) if args.store else default_store(spec.path.parent)
     return spec, path, Store(root)
@@ -210,6 +216,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(gen.created))
         print(f"{mark} gen-{gen.number}  {stamp}  {len(gen.packages)} packages  "
               f"Python {gen.python_version}")
+    if now and generations and generations[-1].number > now.number:
+        print(f"rolled back: generation {now.number} is current, {generations[-1].number} is "
+              "newer; the next 'gpulock sync' builds the lock again")
     _print_models(store, lock_path)
     return 0
 
@@ -334,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lock = sub.add_parser("lock", help="resolve gpu.toml into pylock.gpu.toml for the pod")
     lock.add_argument("--manifest", help="the manifest (default: gpu.toml here or above)")
+    lock.add_argument("--project", help="the folder of the project's gpu.toml")
     lock.add_argument("--lock", help="the lock file (default: pylock.gpu.toml beside it)")
     lock.add_argument("--upgrade", action="store_true", help="ignore existing pins")
     lock.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",

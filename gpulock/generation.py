@@ -266,16 +266,33 @@ def _write_script(bin_dir: Path, entry: Entry, name: str, data: bytes) -> None:
     os.chmod(bin_dir / name, 0o755)
 
 
+# Imports each module of [verify] (names checked by the manifest) and, on failure, says the
+# whole chain of causes: torch's "ImportError" hides "libc10_cuda.so: cannot open ...".
+_VERIFY = """\
+import sys
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except BaseException as error:
+        chain, seen = [], set()
+        while error is not None and id(error) not in seen and len(chain) < 6:
+            seen.add(id(error))
+            chain.append(f"{type(error).__name__}: {error}")
+            error = error.__cause__ or error.__context__
+        print(f"import {name}: " + "; caused by ".join(chain))
+        sys.exit(1)
+"""
+
+
 def _verify(root: Path, minor: str, imports: Sequence[str]) -> None:
     if not imports:
         return
-    code = "\n".join(f"import {name}" for name in imports)
-    result = subprocess.run([str(root / "bin" / "python"), "-c", code], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run([str(root / "bin" / "python"), "-c", _VERIFY, *imports],
+                            capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        said = (result.stdout.strip() or result.stderr.strip() or "(no output)").splitlines()
         raise GpulockError(f"[verify] imports failed in the new environment, which was not "
-                           f"made current: {last}")
+                           f"made current: {' '.join(said[-1].split())}")
 
 
 def switch(store: Store, project: str, generation: Generation) -> None:

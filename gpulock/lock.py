@@ -20,7 +20,7 @@ from gpulock import lockfile
 from gpulock.build import Builder
 from gpulock.cache import Cache
 from gpulock.diff import diff
-from gpulock.errors import LockfileError
+from gpulock.errors import GpulockError, LockfileError
 from gpulock.finder import IndexFinder
 from gpulock.http import Http
 from gpulock.index import DistFile, Index
@@ -56,6 +56,13 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
          workers: int = 16, progress: Callable[[str], None] | None = None) -> LockResult:
     upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
     previous = read_previous(path)
+    named = {p.name for p in previous.packages} if previous else set()
+    named |= {canonicalize_name(r.name) for g in manifest.groups for r in g.packages}
+    named |= {canonicalize_name(m.name) for m in manifest.models}
+    unknown = sorted(upgrade_names - named)
+    if unknown:
+        raise GpulockError(f"--upgrade-package {unknown[0]}: no package or model of that name "
+                           "is in gpu.toml or the lock")
     if (previous is not None and not upgrade and not upgrade_names
             and previous.manifest_hash == manifest.content_hash
             and previous.target == manifest.target

@@ -152,6 +152,11 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
     if previous is not None and previous.lock_digest == digest:
         return SyncResult(previous, reused=len(previous.packages), nothing_to_do=True,
                           seconds=time.perf_counter() - started)
+    newest = generation.all_generations(store, project)
+    if previous is not None and newest and newest[-1].number > previous.number:
+        log(f"note: generation {previous.number} is current by 'gpulock rollback'; this sync "
+            f"builds the lock again as a new generation ('gpulock rollback {previous.number}' "
+            "goes back)")
 
     plan = {p.name: (p, entry_key(p, builder_for(manifest, p, python))) for p in lock.packages}
     # Rooted before the store is read: a gc running now keeps (or restores) these entries.

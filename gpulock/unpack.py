@@ -19,6 +19,7 @@ import os
 import posixpath
 import stat
 import subprocess
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ from gpulock.names import member_problem, path_problem, script_problem
 
 if TYPE_CHECKING:
     from installer.scripts import ScriptSection
+
+# installer skips a wheel's shipped __pycache__ (we compile our own) and warns each time.
+warnings.filterwarnings("ignore", message="Skip installing", category=RuntimeWarning)
 
 _SCHEME_DIRS = {"purelib": "site", "platlib": "site", "scripts": "scripts",
                 "headers": "headers", "data": "data"}

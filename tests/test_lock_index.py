@@ -429,3 +429,13 @@ def test_a_group_may_allow_pre_releases_for_its_own_packages(make_index, project
                            extra='prerelease = "sometimes"'))
     result = project.gpulock("lock")
     assert result.code == 1 and "prerelease = 'sometimes' must be one of" in result.err
+
+
+def test_upgrading_a_package_the_project_does_not_have_is_an_error(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    project.write(manifest(index.url, '[groups.main]\npackages = ["app"]\n'))
+    project.lock()
+    result = project.gpulock("lock", "--upgrade-package", "nosuchpkg")
+    assert result.code == 1 and "--upgrade-package nosuchpkg: no package" in result.err
+    assert project.gpulock("lock", "--upgrade-package", "App").code == 0

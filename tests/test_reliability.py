@@ -559,3 +559,17 @@ def test_a_sync_that_lost_the_race_for_a_generation_number_takes_the_next(make_i
                          text=True)
     assert ran.stdout.strip() == "ok"
     assert json.loads((envs / "gen-2" / "gpulock-generation.json").read_text())["number"] == 2
+
+
+def test_a_rollback_is_shown_in_status_and_a_sync_says_it_builds_the_lock_again(make_index,
+                                                                                 project):
+    index = make_index()
+    two_versions(index.folder)
+    sync_versions(project, index.url, ["1.0", "2.0"])
+    assert gpulock(project, "rollback").returncode == 0
+    status = gpulock(project, "status")
+    assert "rolled back: generation 1 is current, 2 is newer" in status.stdout
+    again = gpulock(project, "sync", "--frozen")
+    assert again.returncode == 0
+    assert "generation 1 is current by 'gpulock rollback'" in again.stderr
+    assert current_version(project) == "2.0"

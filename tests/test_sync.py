@@ -205,14 +205,17 @@ def test_frozen_refuses_a_stale_lock_and_plain_sync_relocks(make_index, project:
 def test_failed_verify_leaves_the_current_generation(make_index, project: Project):
     index = make_index()
     make_wheel(index.folder, "app", "1.0")
-    make_wheel(index.folder, "broken", "1.0",
-               files={"broken/__init__.py": b"raise ImportError('no')\n"})
+    make_wheel(index.folder, "broken", "1.0", files={"broken/__init__.py": (
+        b"try:\n    open('/nonexistent/libc10_cuda.so')\n"
+        b"except OSError as exc:\n    raise ImportError('no') from exc\n")})
     write_manifest(project, index.url, ["app"], verify='"app"')
     assert sync(project)[0] == 0
     good = env_root(project).resolve()
     write_manifest(project, index.url, ["app", "broken"], verify='"app", "broken"')
     code, err = sync(project)
-    assert code == 1 and "[verify] imports failed" in err and "ImportError: no" in err
+    assert code == 1 and "[verify] imports failed" in err and "import broken: " in err
+    # The cause is said, not only the outermost exception.
+    assert "ImportError: no; caused by FileNotFoundError" in err and "libc10_cuda.so" in err
     assert env_root(project).resolve() == good
 
 
@@ -362,3 +365,14 @@ def test_an_env_synced_into_a_relative_store_from_a_throwaway_venv_works_anywher
     shell = subprocess.run(["bash", "-c", f"{exported}\nhello && python -c 'import app'"],
                            cwd=elsewhere, env=plain, capture_output=True, text=True)
     assert shell.returncode == 0 and "hello from" in shell.stdout, shell.stderr
+
+
+def test_a_wheel_shipping_its_own_bytecode_syncs_without_warnings(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": b"",
+                                                   "app/__pycache__/stale.cpython-311.pyc": b""})
+    write_manifest(project, index.url, ["app"])
+    synced = subprocess.run([sys.executable, "-m", "gpulock", "sync", "--manifest",
+                             str(project.manifest), "--store", str(project.root / "store")],
+                            capture_output=True, text=True)
+    assert synced.returncode == 0 and "Warning" not in synced.stderr, synced.stderr
