@@ -27,6 +27,8 @@ def exports(store: Store, project: str, python: str, hub_models: bool = False,
     if hub_models:
         # huggingface_hub reads HF_HUB_OFFLINE at import: the pinned snapshots are complete.
         values["HF_HUB_CACHE"] = str(store.layout.hf.absolute())
+        # huggingface_hub before 0.20 (transformers 4.35 pins 0.17) reads only this name.
+        values["HUGGINGFACE_HUB_CACHE"] = values["HF_HUB_CACHE"]
         values["HF_HUB_OFFLINE"] = "1"
     if modelscope_models:
         # ModelScope loads offline with snapshot_download(repo, local_files_only=True).

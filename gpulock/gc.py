@@ -212,6 +212,14 @@ def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover
                     remove(snapshot, f"snapshot {cache.name}/{repo.name}@{snapshot.name}")
             if repo.name not in {name for name, _ in live_ms}:
                 _prune_empty(repo, remove.dry_run)
+        # modelscope 1.x's own layout beside it: <owner>/<name>, one per project.
+        for owner in _dirs(cache):
+            if owner.name in ("models", "temp"):
+                continue
+            for repo in _dirs(owner):
+                if f"{owner.name}--{repo.name}" not in {name for name, _ in live_ms}:
+                    remove(repo, f"modelscope 1.x view {cache.name}/{owner.name}/{repo.name}")
+            _prune_empty(owner, remove.dry_run)
     live_trees = {str(f.sha256) for m in pinned if m.extract for f in m.files}
     for tree in _dirs(layout.trees):
         if tree.name not in live_trees:

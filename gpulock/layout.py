@@ -16,7 +16,8 @@ through.
     blobs/git-sha1/<aa>/<rest>          links indexing small hub files by git blob id
     hf/<kind>s--<owner>--<name>/        the Hugging Face cache view (snapshots by commit)
     modelscope/<project>/models/<o>--<n>/  each project's ModelScope cache view (a revision's
-                                        files can differ between two projects' locks)
+                                        files can differ between two projects' locks), and
+    modelscope/<project>/<o>/<n>/       the same files where modelscope 1.x looks
     files/<project>/<model>/            plain downloads and extracted archives
     trees/<sha256>/                     archives unpacked once
     roots/models/<project>.json         GC roots: each project's synced models
@@ -129,6 +130,12 @@ class Layout:
         """`modelscope/<project>`: the project's MODELSCOPE_CACHE."""
         _checked("a project name", project, name_problem(project))
         return self.modelscope / project
+
+    def ms_legacy_repo(self, project: str, repo_id: str) -> Path:
+        """`modelscope/<project>/<owner>/<name>`, as modelscope 1.x before modelscope-hub
+        names it (no revision: one per project)."""
+        _checked("a repository id", repo_id, repo_problem(repo_id))
+        return self.ms_cache(project).joinpath(*repo_id.split("/"))
 
     def ms_repo(self, project: str, repo_id: str) -> Path:
         """`modelscope/<project>/models/<owner>--<name>`, as modelscope-hub names it."""

@@ -137,14 +137,17 @@ def _size(path: Path) -> int:
         return -1
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename: readers see the old content or the new.
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Replace `path` with `content` in one rename: readers see the old content or the new.
 
     The parent folder must exist (the store's layout makes and checks it).
     """
     temporary = path.parent / f".{path.name}.{tag()}.tmp"
     try:
-        temporary.write_text(text)
+        if isinstance(content, bytes):
+            temporary.write_bytes(content)
+        else:
+            temporary.write_text(content)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
