@@ -10,6 +10,7 @@ metadata of its most likely candidate is.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,6 +30,30 @@ from gpulock.resolve import Candidate, Req
 from gpulock.target import Target
 from gpulock.vcs import GitSource, checkout
 from gpulock.vcs import resolve as resolve_git
+
+# packaging parses quoted marker values with ast.literal_eval, and CPython 3.11 keeps the AST
+# builder's recursion depth in state shared by all threads: two threads parsing at once can
+# fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+# The pool and the resolver both parse requirements, so they take turns; each text is parsed
+# once per process.
+_PARSE = threading.Lock()
+
+
+@functools.cache
+def _parse_cached(text: str) -> Requirement | InvalidRequirement:
+    try:
+        return Requirement(text)
+    except InvalidRequirement as exc:
+        return exc
+
+
+def parse_requirement(text: str) -> Requirement:
+    """`Requirement(text)`, safe to call from any thread (raises InvalidRequirement)."""
+    with _PARSE:
+        parsed = _parse_cached(text)
+    if isinstance(parsed, InvalidRequirement):
+        raise parsed
+    return parsed
 
 
 class IndexFinder:
@@ -222,7 +247,7 @@ class IndexFinder:
         environment = {**self.target.marker_environment, "extra": ""}
         for text in metadata.requires_dist:
             try:
-                requirement = Requirement(text)
+                requirement = parse_requirement(text)
             except InvalidRequirement:
                 continue  # reported when the resolver asks for this candidate's dependencies
             if requirement.marker is None or requirement.marker.evaluate(environment):
@@ -238,7 +263,7 @@ class IndexFinder:
         requirements = []
         for text in metadata.requires_dist:
             try:
-                requirements.append(Requirement(text))
+                requirements.append(parse_requirement(text))
             except InvalidRequirement as exc:
                 raise GpulockError(f"{where} declares an invalid requirement {text!r}: "
                                    f"{exc}") from None
