@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 
 FORMATS = ("sh", "dotenv", "dockerfile", "json")
 
-_LATER = {
-    "import": "migrate requirements.txt or dependencies.yaml",
-}
-
 _INIT_TEMPLATE = """\
 # gpu.toml: what this project needs on the GPU pod. `gpulock lock` pins it.
 [project]
@@ -325,8 +321,26 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _later(name: str) -> int:
-    raise GpulockError(f"'gpulock {name}' is not available in gpulock {__version__} yet")
+def _cmd_import(args: argparse.Namespace) -> int:
+    from gpulock.importer import import_file
+    from gpulock.scratch import write_atomic
+
+    out = Path(args.manifest or "gpu.toml")
+    if out.exists() and not args.force:
+        raise GpulockError(f"{out} already exists; pass --force to overwrite it")
+    imported = import_file(Path(args.source), python=args.python,
+                           models=Path(args.models) if args.models else None)
+    text = imported.text()
+    write_atomic(out, text)
+    manifest = imported.manifest()
+    packages = sum(len(g.packages) for g in manifest.groups)
+    print(f"Wrote {out}: {len(manifest.groups)} group(s), {packages} package(s), "
+          f"{len(manifest.models)} model(s) for CPython {manifest.project.python}",
+          file=sys.stderr)
+    for line in imported.dropped:
+        print(f"  not carried over: {line}", file=sys.stderr)
+    print("Next: 'gpulock lock', then 'gpulock sync' on the pod", file=sys.stderr)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -412,10 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="its number (default: the one before current)")
     rollback.set_defaults(func=_cmd_rollback)
 
-    for name, summary in _LATER.items():
-        later = sub.add_parser(name, help=f"{summary} (coming)", add_help=True)
-        later.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        later.set_defaults(func=lambda _args, name=name: _later(name))
+    imported = sub.add_parser("import", help="write gpu.toml from dependencies.yaml, "
+                              "requirements.txt or pyproject.toml")
+    imported.add_argument("source", help="the file to import")
+    imported.add_argument("--models", help="a models dict {modelscope: [...], huggingface: "
+                          "[...]} in YAML/JSON, or a config.py whose `models` returns one")
+    imported.add_argument("--python", help="the pod's CPython (default: the file's, else this "
+                          "one's)")
+    imported.add_argument("--manifest", help="where to write it (default: ./gpu.toml)")
+    imported.add_argument("--force", action="store_true", help="overwrite an existing file")
+    imported.set_defaults(func=_cmd_import)
     return parser
 
 

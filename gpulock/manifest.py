@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -513,3 +514,61 @@ def _content_hash(data: dict[str, Any]) -> str:
     relevant = {k: v for k, v in data.items() if k != "verify"}
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(redact(canonical).encode()).hexdigest()
+
+
+def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str = "") -> str:
+    """gpu.toml text for `manifest`: only what differs from the defaults, with `header` and a
+    comment above each table `notes` names ("project", "groups.x", "models.y").
+
+    `parse(dump(m))` gives back `m`, so dumping that again gives the same text.
+    """
+    notes = notes or {}
+    project = manifest.project
+    out: list[str] = [f"# {line}".rstrip() for line in header.splitlines()]
+    defaults = Project(name=project.name, python=project.python)
+    out += _table(("project",), notes, [
+        (key, getattr(project, key)) for key in ("name", "python", "platform", "glibc", "cuda",
+                                                  "index", "no_build", "prerelease")
+        if key in ("name", "python") or getattr(project, key) != getattr(defaults, key)])
+    for group in manifest.groups:
+        out += _table(("groups", group.name), notes, [
+            ("index", group.index), ("no_deps", group.no_deps or None),
+            ("no_build", group.no_build), ("prerelease", group.prerelease),
+            ("no_build_isolation", group.no_build_isolation or None),
+            ("env", dict(group.env) or None),
+            ("packages", [str(r) for r in group.packages])])
+    for model in manifest.models:
+        out += _table(("models", model.name), notes, [
+            ("source", model.source), ("revision", model.revision),
+            ("include", list(model.include) or None), ("exclude", list(model.exclude) or None),
+            ("extract", model.extract or None)])
+    if manifest.verify_imports:
+        out += _table(("verify",), notes, [("imports", list(manifest.verify_imports))])
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _table(name: tuple[str, ...], notes: Mapping[str, str], items: list[tuple[str, Any]]
+           ) -> list[str]:
+    dotted = ".".join(_toml_key(part) for part in name)
+    lines = ["", *(f"# {line}".rstrip() for line in notes.get(".".join(name), "").splitlines()),
+             f"[{dotted}]"]
+    for key, value in items:
+        if value is None:
+            continue
+        if isinstance(value, list) and value:
+            lines.append(f"{key} = [")
+            lines += [f"    {_toml_value(item)}," for item in value]
+            lines.append("]")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return lines
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: object) -> str:
+    import tomli_w
+
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
