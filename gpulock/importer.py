@@ -20,11 +20,15 @@ import ast
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 
 from gpulock.credentials import credentials_in, redact
 from gpulock.errors import GpulockError
@@ -35,9 +39,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-_FLAGS = {"extra_index_urls": "--extra-index-url", "find_links": "--find-links"}
+_FLAGS = {"extra_index_urls": "--extra-index-url", "find_links": "--find-links",
+          "trusted_hosts": "--trusted-host", "only_binary": "--only-binary",
+          "no_binary": "--no-binary"}
 _ONE_INDEX = ("gpulock takes each package from one index; put the packages that come from "
               "it in a group with index = ...")
+_ADVICE = {"extra_index_urls": _ONE_INDEX, "find_links": _ONE_INDEX,
+           "only_binary": "put those packages in a group with no_build = true",
+           "no_binary": "gpulock installs the wheels the lock pins; a package must be built "
+                        "from source when its index has only an sdist",
+           "trusted_hosts": "gpulock checks TLS for every index"}
+_YAML_GROUP_KEYS = {"index_url", "no_deps", "packages", "description"}
 MODEL_SCHEMES = {"modelscope": "ms://", "huggingface": "hf://", "hf": "hf://", "ms": "ms://"}
 
 
@@ -59,12 +71,17 @@ class Imported:
             raise GpulockError(f"{self.source} cannot become a gpu.toml: "
                                f"{str(exc).split(': ', 1)[-1]}") from None
 
-    def text(self) -> str:
+    def header(self) -> str:
+        """The comment that opens the file: where it came from and what did not carry over."""
         header = (f"gpu.toml: imported from {self.source.name} by `gpulock import`.\n"
                   "All groups are resolved together; `gpulock lock` pins them for the pod.")
         if self.dropped:
-            header += "\nNot carried over:\n" + "\n".join(f"- {d}" for d in self.dropped)
-        return dump(self.manifest(), self.notes, header)
+            header += ("\nNot carried over as written:\n"
+                       + "\n".join(f"- {d}" for d in self.dropped))
+        return header
+
+    def text(self) -> str:
+        return dump(self.manifest(), self.notes, self.header())
 
 
 def import_file(path: Path, python: str | None = None, models: Path | None = None
@@ -84,10 +101,32 @@ def import_file(path: Path, python: str | None = None, models: Path | None = Non
         project["python"] = python
     project.setdefault("python", f"{sys.version_info.major}.{sys.version_info.minor}")
     if models is not None:
-        imported.data["models"] = {**imported.data.get("models", {}), **_models(
-            _read_models(models), imported)}
-    imported.data.setdefault("groups", {"main": {"packages": []}})
+        _models(_read_models(models), models, imported)
+    imported.data["groups"] = _listed_once(imported.data.get("groups") or {}, imported) or {
+        "main": {"packages": []}}
     return imported
+
+
+def _listed_once(groups: dict[str, Any], imported: Imported) -> dict[str, Any]:
+    """Each package in the first group that lists it (gpu.toml resolves all groups together
+    and lists a package once); a group left with nothing of its own goes."""
+    first: dict[str, tuple[str, str]] = {}
+    kept: dict[str, Any] = {}
+    for group, body in groups.items():
+        packages = []
+        for text in body.get("packages", []):
+            name = canonicalize_name(Requirement(text).name)
+            if name not in first:
+                first[name] = (group, text)
+                packages.append(text)
+            elif first[name][1] != text:
+                imported.dropped.append(f"{text} in group {group!r}: {name} is listed in "
+                                        f"group {first[name][0]!r} as {first[name][1]}")
+        if packages or not body.get("packages"):
+            kept[group] = {**body, "packages": packages}
+        else:
+            imported.dropped.append(f"group {group!r}: all its packages are in earlier groups")
+    return kept
 
 
 # -- dependencies.yaml ---------------------------------------------------------------------
@@ -110,6 +149,8 @@ def _dependencies_yaml(path: Path) -> Imported:
         if not isinstance(body, dict):
             imported.dropped.append(f"group {name!r}: not a table")
             continue
+        for key in sorted(set(body) - _YAML_GROUP_KEYS, key=str):
+            imported.dropped.append(f"group {name!r}: {key}: gpu.toml has no such setting")
         group: dict[str, Any] = {}
         if body.get("index_url"):
             group["index"] = _bare_index(str(body["index_url"]), imported)
@@ -118,17 +159,25 @@ def _dependencies_yaml(path: Path) -> Imported:
                 project["cuda"] = f"{cuda.group(1)}.{cuda.group(2)}"
         if body.get("no_deps"):
             group["no_deps"] = True
-        group["packages"] = _requirements_of(body.get("packages") or [], f"group {name!r}",
+        group["packages"] = _requirements_of(_listed(body.get("packages")), f"group {name!r}",
                                              imported)
-        groups[_name(str(name))] = group
+        table = _unique(str(name), groups, imported, "group")
+        groups[table] = group
         if body.get("description"):
-            imported.notes[f"groups.{_name(str(name))}"] = str(body["description"])
+            imported.notes[f"groups.{table}"] = str(body["description"])
     imported.data["groups"] = groups
-    if raw.get("install_order"):
+    for key in sorted(set(raw) - {"groups", "install_order", "metadata", "models"}, key=str):
+        imported.dropped.append(f"{key}: gpu.toml has no such setting")
+    order = raw.get("install_order")
+    for name in raw["groups"]:
+        if isinstance(order, list) and name not in order:
+            imported.dropped.append(f"group {name!r} is not in install_order (which skips it): "
+                                    "gpulock resolves it with the others")
+    if order:
         imported.dropped.append("install_order: not needed, all groups resolve together "
                                 "(a later group can no longer upgrade an earlier one's pins)")
     if isinstance(raw.get("models"), dict):
-        imported.data["models"] = _models(raw["models"], imported)
+        _models(raw["models"], path, imported)
     return imported
 
 
@@ -154,25 +203,40 @@ def _requirements(path: Path) -> Imported:
                 f"{option.requirement_line.line_number}", project, imported)
     for req in parsed.requirements:
         where = f"{req.requirement_line.filename}:{req.requirement_line.line_number}"
-        if req.is_editable:
-            imported.dropped.append(f"{where}: editable install {req.link.url if req.link else ''}"
-                                    ": a pod's environment is built from the lock; build it "
-                                    "as a wheel or name it as a git+ URL")
-        elif req.is_constraint:
-            imported.dropped.append(f"{where}: constraint {req.req}: gpu.toml has no "
-                                    "constraints; add it to a group if it must hold")
-        elif req.req is None:
-            imported.dropped.append(f"{where}: {req.link.url if req.link else '?'} names no "
-                                    "package")
-        else:
-            if req.hash_options:
-                imported.dropped.append(f"{where}: hashes of {req.name}: `gpulock lock` "
-                                        "records every file's hash itself")
-            marker = f"; {req.marker}" if req.marker and not req.req.marker else ""
-            packages += _requirements_of([f"{req.req}{marker}"], where, imported)
+        packages += _requirement_line(req, where, imported)
     imported.data["project"] = project
     imported.data["groups"] = {"main": {"packages": packages}}
     return imported
+
+
+def _requirement_line(req: Any, where: str, imported: Imported) -> list[str]:
+    """What one requirement line of pip's parser becomes in gpu.toml (or why nothing)."""
+    url = redact(req.link.url) if req.link else ""
+    if req.is_editable:
+        imported.dropped.append(f"{where}: editable install {url}: a pod's environment is "
+                                "built from the lock; build it as a wheel or name it as a git+ "
+                                "URL")
+        return []
+    if req.is_constraint:
+        imported.dropped.append(f"{where}: constraint {req.req}: gpu.toml has no constraints; "
+                                "add it to a group if it must hold")
+        return []
+    if req.req is None:
+        imported.dropped.append(f"{where}: {url or '?'} names no package (write NAME @ URL)")
+        return []
+    if req.hash_options:
+        imported.dropped.append(f"{where}: hashes of {req.name}: `gpulock lock` records every "
+                                "file's hash itself")
+    marker = f"; {req.marker}" if req.marker and not req.req.marker else ""
+    if req.link and not req.req.url:
+        # A bare URL (`git+https://...#egg=name`, a wheel's URL): pip names the package from
+        # the fragment or the file name; gpu.toml keeps the URL, never a registry lookup.
+        parts = urlsplit(req.link.url)
+        fragment = "&".join(p for p in parts.fragment.split("&") if p and
+                            not p.startswith("egg="))
+        bare = urlunsplit(parts._replace(fragment=fragment))
+        return _requirements_of([f"{req.name} @ {bare}{marker}"], where, imported)
+    return _requirements_of([f"{req.req}{marker}"], where, imported)
 
 
 def _option(options: dict[str, Any], where: str, project: dict[str, Any],
@@ -190,8 +254,7 @@ def _option(options: dict[str, Any], where: str, project: dict[str, Any],
             shown = ", ".join(redact(str(v)) for v in (value if isinstance(value, list)
                                                        else [value]))
             flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
-            advice = (_ONE_INDEX if key in ("extra_index_urls", "find_links")
-                      else "gpu.toml has no such setting")
+            advice = _ADVICE.get(key, "gpu.toml has no such setting")
             imported.dropped.append(f"{where}: {flag} {shown}: {advice}")
 
 
@@ -206,21 +269,27 @@ def _pyproject(path: Path) -> Imported:
     project: dict[str, Any] = {}
     if table.get("name"):
         project["name"] = _name(str(table["name"]))
-    lowest = re.search(r">=\s*3\.(\d+)", str(table.get("requires-python", "")))
-    if lowest:
-        project["python"] = f"3.{lowest.group(1)}"
+    python = _lowest_python(str(table.get("requires-python", "")))
+    if python:
+        project["python"] = python
+    if "dependencies" in (table.get("dynamic") or []):
+        imported.dropped.append("[project] dynamic = [\"dependencies\"]: the build backend "
+                                "computes them; list them in gpu.toml")
     imported.data["project"] = project
-    groups = {"main": {"packages": _requirements_of(table.get("dependencies") or [],
-                                                    "[project] dependencies", imported)}}
-    extras = table.get("optional-dependencies") or {}
-    for name, packages in {**extras, **(raw.get("dependency-groups") or {})}.items():
-        plain = [p for p in packages if isinstance(p, str)]
-        if len(plain) != len(packages):
-            imported.dropped.append(f"group {name!r}: include-group entries (list their "
-                                    "packages in the group instead)")
-        groups[_name(str(name))] = {"packages": _requirements_of(plain, f"group {name!r}",
-                                                                 imported)}
-    imported.data["groups"] = groups
+    extras: dict[str, Any] = table.get("optional-dependencies") or {}
+    listed: dict[str, tuple[str, list[Any]]] = {"main": ("[project] dependencies",
+                                                         _listed(table.get("dependencies")))}
+    for kind, tables in (("extra", extras), ("dependency group",
+                                             raw.get("dependency-groups") or {})):
+        for name, packages in tables.items():
+            listed[_unique(str(name), listed, imported, "group")] = (f"{kind} {name!r}",
+                                                                     _listed(packages))
+    own = canonicalize_name(str(table.get("name", "")))
+    imported.data["groups"] = {
+        group: {"packages": _requirements_of(
+            _expand(packages, own, extras, raw.get("dependency-groups") or {}, where, imported),
+            where, imported)}
+        for group, (where, packages) in listed.items()}
     for tool in ("uv", "pdm", "poetry"):
         if tool in (raw.get("tool") or {}):
             imported.dropped.append(f"[tool.{tool}] settings (indexes, sources): give a group "
@@ -240,34 +309,39 @@ def _read_models(path: Path) -> Any:
     except (SyntaxError, ValueError) as exc:
         raise GpulockError(f"{path}: not readable Python: {exc}") from None
     for node in ast.walk(tree):
+        found: ast.expr | None = None
         if isinstance(node, ast.FunctionDef) and node.name == "models":
-            for inner in ast.walk(node):
-                if isinstance(inner, ast.Return) and isinstance(inner.value, ast.Dict):
-                    return ast.literal_eval(inner.value)
-        if isinstance(node, ast.Assign) and any(
+            found = next((inner.value for inner in ast.walk(node) if isinstance(inner, ast.Return)
+                          and isinstance(inner.value, ast.Dict)), None)
+        elif isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id in ("models", "MODELS") for t in node.targets):
-            return ast.literal_eval(node.value)
+            found = node.value
+        if found is not None:
+            try:
+                return ast.literal_eval(found)
+            except ValueError:
+                raise GpulockError(f"{path}:{found.lineno}: the models dict is computed, not "
+                                   "written out; list the repositories in a YAML or JSON file "
+                                   "for --models") from None
     raise GpulockError(f"{path}: found no `models` dict literal to import")
 
 
-def _models(raw: Any, imported: Imported) -> dict[str, Any]:
+def _models(raw: Any, where: Path, imported: Imported) -> None:
+    """Add the models of a `{hub: [repository id, ...]}` dict read from `where`."""
     if not isinstance(raw, dict):
-        raise GpulockError(f"the models to import are not a dict of hub -> repository ids: "
-                           f"{type(raw).__name__}")
-    models: dict[str, Any] = {}
+        raise GpulockError(f"{where}: the models are not a dict of hub -> repository ids "
+                           f"(found a {type(raw).__name__})")
+    models: dict[str, Any] = imported.data.setdefault("models", {})
     for hub, repos in raw.items():
         scheme = MODEL_SCHEMES.get(str(hub).lower())
         if scheme is None:
             imported.dropped.append(f"models from {hub!r}: gpulock knows modelscope and "
                                     "huggingface")
             continue
-        for repo in repos or []:
+        for repo in _listed(repos):
             owner, _, repo_name = str(repo).partition("/")
-            name = _name(repo_name or owner)
-            if name in models:
-                name = _name(f"{owner}-{repo_name}")
-            models[name] = {"source": f"{scheme}{repo}"}
-    return models
+            models[_unique(repo_name or owner, models, imported, "model")] = {
+                "source": f"{scheme}{repo}"}
 
 
 # -- shared ----------------------------------------------------------------------------------
@@ -328,6 +402,73 @@ def _requirements_of(texts: list[Any], where: str, imported: Imported) -> list[s
                                     "put them in ~/.netrc")
         kept.append(str(requirement))
     return kept
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list as written; one item alone (`packages: torch`) as a list of one."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _unique(label: str, taken: Mapping[str, Any], imported: Imported, kind: str) -> str:
+    """A gpu.toml name for `label` that no other group or model has taken yet."""
+    name = base = _name(label)
+    number = 2
+    while name in taken:
+        name, number = f"{base}-{number}", number + 1
+    if name != label:
+        imported.dropped.append(f"{kind} {label!r} is named {name!r} in gpu.toml")
+    return name
+
+
+def _expand(packages: list[Any], own: str, extras: Mapping[str, Any],
+            groups: Mapping[str, Any], where: str, imported: Imported, depth: int = 0
+            ) -> list[str]:
+    """pyproject requirements with `{include-group = ...}` (PEP 735) and the project's own
+    extras (`svc[dev]`) replaced by what they list: gpu.toml has no project to refer to."""
+    out: list[str] = []
+    for item in packages:
+        nested: list[Any] = []
+        if isinstance(item, dict) and "include-group" in item:
+            name = str(item["include-group"])
+            if name not in groups:
+                imported.dropped.append(f"{where}: include-group {name!r}: no such group")
+            nested = _listed(groups.get(name))
+        elif isinstance(item, str) and own and _names_project(item, own):
+            for extra in Requirement(item).extras:
+                nested += _listed(extras.get(extra))
+        elif isinstance(item, str):
+            out.append(item)
+            continue
+        else:
+            imported.dropped.append(f"{where}: {item!r} is not a requirement")
+        if nested and depth > 8:
+            imported.dropped.append(f"{where}: {item!r} includes itself")
+        elif nested:
+            out += _expand(nested, own, extras, groups, where, imported, depth + 1)
+    return out
+
+
+def _names_project(text: str, own: str) -> bool:
+    try:
+        return canonicalize_name(Requirement(text).name) == own
+    except InvalidRequirement:
+        return False
+
+
+def _lowest_python(requires: str) -> str | None:
+    """The oldest CPython minor (3.8-3.15) that `requires-python` admits."""
+    try:
+        specifier = SpecifierSet(requires)
+    except InvalidSpecifier:
+        return None
+    if not requires.strip():
+        return None
+    for minor in range(8, 16):
+        if any(specifier.contains(f"3.{minor}.{patch}") for patch in (0, 99)):
+            return f"3.{minor}"
+    return None
 
 
 def _bare_index(url: str, imported: Imported) -> str:

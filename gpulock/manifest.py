@@ -569,6 +569,9 @@ def _toml_key(key: str) -> str:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, dict):  # an inline table, as gpu.toml writes `env`
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return f"{{ {items} }}" if items else "{}"
     import tomli_w
 
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
