@@ -30,6 +30,7 @@ from typing import Any
 
 from gpulock import generation, roots
 from gpulock.errors import GpulockError
+from gpulock.layout import Layout
 from gpulock.models import from_dict
 from gpulock.names import hex_problem
 from gpulock.scratch import STALE_SECONDS, abandoned, alive_writers, tag
@@ -212,14 +213,15 @@ def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover
                     remove(snapshot, f"snapshot {cache.name}/{repo.name}@{snapshot.name}")
             if repo.name not in {name for name, _ in live_ms}:
                 _prune_empty(repo, remove.dry_run)
-        # modelscope 1.x's own layout beside it: <owner>/<name>, one per project.
+        # modelscope 1.x's own layouts beside it (Layout.ms_legacy_names), one per project.
+        live_legacy = {parts for name, _ in live_ms
+                       for parts in Layout.ms_legacy_names(name.replace("--", "/", 1))}
+        for repo, parts in _ms_legacy_folders(cache):
+            if parts not in live_legacy:
+                remove(repo, f"modelscope 1.x view {cache.name}/{'/'.join(parts)}")
         for owner in _dirs(cache):
-            if owner.name in ("models", "temp"):
-                continue
-            for repo in _dirs(owner):
-                if f"{owner.name}--{repo.name}" not in {name for name, _ in live_ms}:
-                    remove(repo, f"modelscope 1.x view {cache.name}/{owner.name}/{repo.name}")
-            _prune_empty(owner, remove.dry_run)
+            if owner.name not in ("models", "temp"):
+                _prune_empty(owner, remove.dry_run)
     live_trees = {str(f.sha256) for m in pinned if m.extract for f in m.files}
     for tree in _dirs(layout.trees):
         if tree.name not in live_trees:
@@ -227,6 +229,20 @@ def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover
     for path in _files(layout.files):
         if path.is_symlink() and not path.exists():
             remove(path)  # its blob or tree was collected above
+
+
+def _ms_legacy_folders(cache: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """Every `<owner>/<name>` and `hub/<owner>/<name>` folder below a project's cache."""
+    found: list[tuple[Path, tuple[str, ...]]] = []
+    for owner in _dirs(cache):
+        if owner.name in ("models", "temp"):
+            continue
+        for repo in _dirs(owner):
+            if owner.name == "hub":
+                found += [(inner, ("hub", repo.name, inner.name)) for inner in _dirs(repo)]
+            else:
+                found.append((repo, (owner.name, repo.name)))
+    return found
 
 
 def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:

@@ -131,11 +131,21 @@ class Layout:
         _checked("a project name", project, name_problem(project))
         return self.modelscope / project
 
-    def ms_legacy_repo(self, project: str, repo_id: str) -> Path:
-        """`modelscope/<project>/<owner>/<name>`, as modelscope 1.x before modelscope-hub
-        names it (no revision: one per project)."""
+    def ms_legacy_repos(self, project: str, repo_id: str) -> list[Path]:
+        """Where modelscope 1.x before modelscope-hub looks for a repository under
+        MODELSCOPE_CACHE (no revision: one per project): `<owner>/<name>` up to 1.13,
+        `<owner>/<name with '.' as '___'>` from 1.14, and the same below `hub/` from the
+        release that made `hub/` the model cache root (1.20 reads it)."""
         _checked("a repository id", repo_id, repo_problem(repo_id))
-        return self.ms_cache(project).joinpath(*repo_id.split("/"))
+        cache = self.ms_cache(project)
+        return [cache.joinpath(*parts) for parts in self.ms_legacy_names(repo_id)]
+
+    @staticmethod
+    def ms_legacy_names(repo_id: str) -> list[tuple[str, ...]]:
+        """The relative parts of `ms_legacy_repos`, for gc to tell live folders from dead."""
+        owner, name = repo_id.split("/")
+        masked = name.replace(".", "___")
+        return list(dict.fromkeys([(owner, name), (owner, masked), ("hub", owner, masked)]))
 
     def ms_repo(self, project: str, repo_id: str) -> Path:
         """`modelscope/<project>/models/<owner>--<name>`, as modelscope-hub names it."""

@@ -495,28 +495,29 @@ def _ms_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Pa
 
 def _ms_legacy_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]
                     ) -> None:
-    """`<owner>/<name>/{path}` with the index files modelscope 1.x before modelscope-hub
-    reads (its hub/utils/caching.py): `.msc`, a pickled list of {Path, Revision} the cache
-    holds (with `local_files_only=True` a non-empty list is the whole check), and `.mdl`, a
-    pickled {"id": "owner/name"}. Both are plain files: that client rewrites `.mdl` when it
-    loads, and must never write through a link into a blob."""
+    """Each folder modelscope 1.x before modelscope-hub reads (Layout.ms_legacy_repos), with
+    the index files of its hub/utils/caching.py: `.msc`, a pickled list of {Path, Revision}
+    the cache holds (with `local_files_only=True` a non-empty list is the whole check), and
+    `.mdl`, a pickled {"id": "owner/name"}. Both are plain files: that client rewrites `.mdl`
+    when it loads, and must never write through a link into a blob."""
     import pickle
 
     repo_id = model.source.removeprefix("ms://")
-    root = store.layout.ready(store.layout.ms_legacy_repo(project, repo_id))
-    _lay_out(store, model, root, {
-        file.path: os.path.relpath(blobs[file.path], Layout.inside(root, file.path).parent)
-        for file in model.files})
     revision = model.revision or "master"
     index = pickle.dumps([{"Path": f.path, "Revision": revision}
                           for f in sorted(model.files, key=lambda f: f.path)], protocol=2)
     meta = pickle.dumps({"id": repo_id}, protocol=2)
-    for name, content in ((".msc", index), (".mdl", meta)):
-        path = root / name
-        with contextlib.suppress(OSError):
-            if not path.is_symlink() and path.read_bytes() == content:
-                continue
-        write_atomic(path, content)
+    for folder in store.layout.ms_legacy_repos(project, repo_id):
+        root = store.layout.ready(folder)
+        _lay_out(store, model, root, {
+            file.path: os.path.relpath(blobs[file.path], Layout.inside(root, file.path).parent)
+            for file in model.files})
+        for name, content in ((".msc", index), (".mdl", meta)):
+            path = root / name
+            with contextlib.suppress(OSError):
+                if not path.is_symlink() and path.read_bytes() == content:
+                    continue
+            write_atomic(path, content)
 
 
 def _file_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]

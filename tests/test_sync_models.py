@@ -337,3 +337,26 @@ def test_a_model_dropped_from_the_manifest_is_left_to_gc(hub, make_index, projec
     assert collected.returncode == 0 and f"{len(FILES)} model file(s)" in collected.stderr
     assert not (project.root / "store" / "v1" / "hf" / "models--org--tiny").exists()
     assert not store_blob(project, WEIGHTS).exists()
+
+
+def test_gc_keeps_the_modelscope_1_x_folders_of_pinned_models_and_drops_the_rest(
+        modelscope, make_index, project):
+    modelscope.repos["Qwen/Qwen2.5-0.5B"] = {"master": {"config.json": b'{"q": 1}'}}
+    modelscope.repos["iic/gone"] = {"master": {"model.pt": WEIGHTS}}
+    index = make_index()
+    both = ('[models.qwen]\nsource = "ms://Qwen/Qwen2.5-0.5B"\n'
+            '[models.gone]\nsource = "ms://iic/gone"\n')
+    setup(project, index.url, both)
+    assert sync(project)[0] == 0
+    cache = project.root / "store" / "v1" / "modelscope" / "m"
+    qwen = [("Qwen", "Qwen2.5-0.5B"), ("Qwen", "Qwen2___5-0___5B"),
+            ("hub", "Qwen", "Qwen2___5-0___5B")]
+    for parts in [*qwen, ("iic", "gone"), ("hub", "iic", "gone")]:
+        assert (cache.joinpath(*parts) / ".msc").is_file(), parts
+    setup(project, index.url, both.split("[models.gone]")[0])
+    assert sync(project)[0] == 0
+    assert cli(project, "gc").returncode == 0
+    for parts in qwen:
+        assert (cache.joinpath(*parts) / "config.json").read_bytes() == b'{"q": 1}', parts
+    assert not (cache / "iic").exists() and not (cache / "hub" / "iic").exists()
+    assert cli(project, "verify").returncode == 0

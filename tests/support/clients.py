@@ -22,10 +22,12 @@ CLIENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "huggingface_hub 0.19.4": (("huggingface_hub==0.19.4",), ()),
     "huggingface_hub 0.20.3": (("huggingface_hub==0.20.3",), ()),
     "transformers 4.35.0": (("transformers==4.35.0",), ()),
-    "modelscope 1.11.0": (("addict", "gast", "pandas", "pyyaml", "requests", "simplejson",
-                           "sortedcontainers", "tqdm", "yapf", "packaging"),
-                          ("modelscope==1.11.0",)),
 }
+_MODELSCOPE_HUB_NEEDS = ("addict", "gast", "pandas", "pyyaml", "requests", "simplejson",
+                         "sortedcontainers", "tqdm", "yapf", "packaging", "filelock",
+                         "setuptools", "urllib3")
+for _version in ("1.9.5", "1.11.0", "1.14.0", "1.20.0"):
+    CLIENTS[f"modelscope {_version}"] = (_MODELSCOPE_HUB_NEEDS, (f"modelscope=={_version}",))
 
 
 def client_python(name: str, root: Path) -> Path:
