@@ -69,6 +69,35 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class _Status:
+    """A long step's progress: one redrawn line on a terminal, a line every few seconds in
+    logs (CI keeps every line it is given)."""
+
+    LOG_EVERY = 5.0
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self._said = time.monotonic()
+        self._drawn = False
+
+    def __call__(self, line: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\033[K{line}")
+            sys.stderr.flush()
+            self._drawn = True
+        elif time.monotonic() - self._said >= self.LOG_EVERY:
+            self._said = time.monotonic()
+            _say(line)
+
+    def __enter__(self) -> _Status:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._drawn:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.manifest or "gpu.toml")
     if path.exists() and not args.force:
@@ -90,8 +119,9 @@ def _cmd_lock(args: argparse.Namespace) -> int:
         print(f"{path} is up to date ({len(locked.packages)} packages)", file=sys.stderr)
         return 0
     started = time.perf_counter()
-    result = lock.lock(spec, path, upgrade=args.upgrade, upgrade_packages=args.upgrade_package,
-                       progress=_say)
+    with _Status() as status:
+        result = lock.lock(spec, path, upgrade=args.upgrade,
+                           upgrade_packages=args.upgrade_package, progress=status)
     elapsed = time.perf_counter() - started
     count = len(result.lock.packages)
     if result.up_to_date:
@@ -138,7 +168,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         except StaleLockError:  # a damaged or unsafe lock is refused, never replaced silently
             from gpulock import lock
 
-            result = lock.lock(spec, path, progress=_say)
+            with _Status() as status:
+                result = lock.lock(spec, path, progress=status)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
     outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), jobs=args.jobs,
@@ -316,8 +347,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     spec, _, store = _project_paths(args)
     target, was = rollback(_opened(store), spec.project.name, args.generation)
     before = f" (was generation {was})" if was is not None else ""
-    print(f"generation {target.number} of '{spec.project.name}' is current{before}",
-          file=sys.stderr)
+    print(f"generation {target.number} of '{spec.project.name}' is current{before}; the next "
+          "'gpulock sync' builds the lock again (revert or pin gpu.toml and the lock to stay "
+          "here)", file=sys.stderr)
     return 0
 
 

@@ -236,7 +236,7 @@ class _Provider(AbstractProvider):  # type: ignore[misc]
 class _Reporter(BaseReporter):  # type: ignore[misc]
     """Counts rounds and what is backtracked on, and says so every few seconds."""
 
-    EVERY = 5.0  # seconds between progress lines
+    EVERY = 0.25  # seconds between progress reports (the CLI thins them out for logs)
 
     def __init__(self, progress: Callable[[str], None] | None) -> None:
         self.progress = progress
@@ -399,6 +399,14 @@ def _explain(exc: ResolutionImpossible, provider: _Provider, finder: Finder,
         versions = sorted({str(c.version) for c in available}, key=Version)
         if available:
             details.append(f"  available for {target}: {', '.join(versions[-8:])}")
+        held_back = [str(c.version) for c in available if c.version.is_prerelease
+                     and req.specifier.contains(c.version, prereleases=True)]
+        if held_back:
+            policy = provider.prerelease(canonicalize_name(name))
+            details.append(f"  {', '.join(held_back[:4])} would fit but "
+                           f"{'is a pre-release' if len(held_back) == 1 else 'are pre-releases'}"
+                           f", which prerelease = \"{policy}\" leaves out (set prerelease = "
+                           "\"allow\" on its group to take them)")
         details.extend(f"  {reason}" for reason in finder.why_unusable(name))
         return ResolutionError(f"cannot lock for {target}: no version of {name} satisfies "
                                f"{req}", details=details)

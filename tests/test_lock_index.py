@@ -431,6 +431,18 @@ def test_a_group_may_allow_pre_releases_for_its_own_packages(make_index, project
     assert result.code == 1 and "prerelease = 'sometimes' must be one of" in result.err
 
 
+def test_a_version_only_a_pre_release_could_satisfy_names_the_policy(make_index,
+                                                                     project: Project):
+    index = make_index()
+    for version in ("1.0", "2.0b1"):
+        make_wheel(index.folder, "lib", version)
+    project.write(manifest(index.url, '[groups.main]\npackages = ["lib>1.0"]\n',
+                           extra='prerelease = "disallow"'))
+    result = project.gpulock("lock")
+    assert result.code == 1 and "no version of lib satisfies lib>1.0" in result.err
+    assert 'is a pre-release, which prerelease = "disallow" leaves out' in result.err
+
+
 def test_upgrading_a_package_the_project_does_not_have_is_an_error(make_index, project: Project):
     index = make_index()
     make_wheel(index.folder, "app", "1.0")

@@ -428,6 +428,7 @@ def test_rollback_steps_back_and_refuses_what_does_not_exist(make_index, project
     back = gpulock(project, "rollback")
     assert back.returncode == 0
     assert "generation 1 of 'demo' is current (was generation 2)" in back.stderr
+    assert "the next 'gpulock sync' builds the lock again" in back.stderr
     assert current_version(project) == "1.0"
     oldest = gpulock(project, "rollback")
     assert oldest.returncode == 1 and "nothing to roll back to" in oldest.stderr
