@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,7 +61,11 @@ class Imported:
     source: Path
     data: dict[str, Any] = field(default_factory=dict)  # gpu.toml's tables, as TOML data
     notes: dict[str, str] = field(default_factory=dict)  # table -> a comment above it
-    dropped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # through say(): safe to print
+
+    def say(self, text: str) -> None:
+        """Note what did not carry over: credentials left out, one printable line."""
+        self.dropped.append("".join(c if c.isprintable() else "?" for c in redact(text)))
 
     def manifest(self) -> Manifest:
         import tomli_w
@@ -120,12 +125,12 @@ def _listed_once(groups: dict[str, Any], imported: Imported) -> dict[str, Any]:
                 first[name] = (group, text)
                 packages.append(text)
             elif first[name][1] != text:
-                imported.dropped.append(f"{text} in group {group!r}: {name} is listed in "
+                imported.say(f"{text} in group {group!r}: {name} is listed in "
                                         f"group {first[name][0]!r} as {first[name][1]}")
         if packages or not body.get("packages"):
             kept[group] = {**body, "packages": packages}
         else:
-            imported.dropped.append(f"group {group!r}: all its packages are in earlier groups")
+            imported.say(f"group {group!r}: all its packages are in earlier groups")
     return kept
 
 
@@ -147,10 +152,10 @@ def _dependencies_yaml(path: Path) -> Imported:
     groups: dict[str, Any] = {}
     for name, body in raw["groups"].items():
         if not isinstance(body, dict):
-            imported.dropped.append(f"group {name!r}: not a table")
+            imported.say(f"group {name!r}: not a table")
             continue
         for key in sorted(set(body) - _YAML_GROUP_KEYS, key=str):
-            imported.dropped.append(f"group {name!r}: {key}: gpu.toml has no such setting")
+            imported.say(f"group {name!r}: {key}: gpu.toml has no such setting")
         group: dict[str, Any] = {}
         if body.get("index_url"):
             group["index"] = _bare_index(str(body["index_url"]), imported)
@@ -167,14 +172,14 @@ def _dependencies_yaml(path: Path) -> Imported:
             imported.notes[f"groups.{table}"] = str(body["description"])
     imported.data["groups"] = groups
     for key in sorted(set(raw) - {"groups", "install_order", "metadata", "models"}, key=str):
-        imported.dropped.append(f"{key}: gpu.toml has no such setting")
+        imported.say(f"{key}: gpu.toml has no such setting")
     order = raw.get("install_order")
     for name in raw["groups"]:
         if isinstance(order, list) and name not in order:
-            imported.dropped.append(f"group {name!r} is not in install_order (which skips it): "
+            imported.say(f"group {name!r} is not in install_order (which skips it): "
                                     "gpulock resolves it with the others")
     if order:
-        imported.dropped.append("install_order: not needed, all groups resolve together "
+        imported.say("install_order: not needed, all groups resolve together "
                                 "(a later group can no longer upgrade an earlier one's pins)")
     if isinstance(raw.get("models"), dict):
         _models(raw["models"], path, imported)
@@ -184,48 +189,80 @@ def _dependencies_yaml(path: Path) -> Imported:
 # -- requirements.txt ------------------------------------------------------------------------
 
 def _requirements(path: Path) -> Imported:
-    from pip_requirements_parser import InstallationError, RequirementsFile
-
     imported = Imported(path)
-    _text(path)  # one sentence for a file that is not text, before pip's parser reads it
-    try:
-        parsed = RequirementsFile.from_file(str(path), include_nested=True)
-    except (InstallationError, OSError, UnicodeDecodeError) as exc:
-        why = str(exc).replace("|n", " ").splitlines()[0]
-        raise GpulockError(f"{path}: a file it includes cannot be read: {why}") from None
     packages: list[str] = []
     project: dict[str, Any] = {}
-    for bad in parsed.invalid_lines:
-        imported.dropped.append(f"{bad.filename}:{bad.line_number}: {bad.line.strip()!r} "
-                                f"cannot be read ({bad.error_message})")
-    for option in parsed.options:
-        _option(option.options, f"{option.requirement_line.filename}:"
-                f"{option.requirement_line.line_number}", project, imported)
-    for req in parsed.requirements:
-        where = f"{req.requirement_line.filename}:{req.requirement_line.line_number}"
-        packages += _requirement_line(req, where, imported)
+    _requirements_file(path, path.resolve().parent, imported, project, packages, {path.resolve()})
     imported.data["project"] = project
     imported.data["groups"] = {"main": {"packages": packages}}
     return imported
+
+
+def _requirements_file(path: Path, root: Path, imported: Imported, project: dict[str, Any],
+                       packages: list[str], seen: set[Path], constraint: bool = False) -> None:
+    """One requirements file read by pip's parser; its `-r`/`-c` files are followed here, so
+    that only files in the imported file's folder are ever read (a hostile `-r
+    /proc/self/environ` or `-r .env` must not end up quoted in gpu.toml)."""
+    from pip_requirements_parser import InstallationError, RequirementsFile
+
+    _text(path)  # one sentence for a file that is not text, before pip's parser reads it
+    try:
+        parsed = RequirementsFile.from_file(str(path), include_nested=False)
+    except (InstallationError, OSError, UnicodeDecodeError) as exc:
+        why = str(exc).replace("|n", " ").splitlines()[0]
+        raise GpulockError(f"{path}: cannot be read: {why}") from None
+    for bad in parsed.invalid_lines:  # never quoted: the line may hold anything
+        imported.say(f"{bad.filename}:{bad.line_number}: a line pip's parser cannot read")
+    for option in parsed.options:
+        where = f"{option.requirement_line.filename}:{option.requirement_line.line_number}"
+        options = dict(option.options)
+        for key in ("requirements", "constraints"):
+            for name in options.pop(key, None) or []:
+                nested = _included(path, str(name), root, where)
+                if nested not in seen:
+                    seen.add(nested)
+                    _requirements_file(nested, root, imported, project, packages, seen,
+                                       constraint or key == "constraints")
+        _option(options, where, project, imported)
+    for req in parsed.requirements:
+        where = f"{req.requirement_line.filename}:{req.requirement_line.line_number}"
+        if constraint:
+            imported.say(f"{where}: constraint {req.req or req.link}: gpu.toml has no "
+                         "constraints; add it to a group if it must hold")
+        else:
+            packages += _requirement_line(req, where, imported)
+
+
+def _included(path: Path, name: str, root: Path, where: str) -> Path:
+    """The file a `-r`/`-c` line names, if it lies in the imported file's folder."""
+    if "://" in name:
+        raise GpulockError(f"{where}: -r {redact(name)}: gpulock import reads only local files; "
+                           "download it beside the requirements file")
+    nested = (path.parent / name).resolve()
+    if not nested.is_relative_to(root):
+        raise GpulockError(f"{where}: -r {name}: gpulock import reads only files in {root}")
+    if not nested.exists():
+        raise GpulockError(f"{where}: -r {name}: no such file")
+    return nested
 
 
 def _requirement_line(req: Any, where: str, imported: Imported) -> list[str]:
     """What one requirement line of pip's parser becomes in gpu.toml (or why nothing)."""
     url = redact(req.link.url) if req.link else ""
     if req.is_editable:
-        imported.dropped.append(f"{where}: editable install {url}: a pod's environment is "
+        imported.say(f"{where}: editable install {url}: a pod's environment is "
                                 "built from the lock; build it as a wheel or name it as a git+ "
                                 "URL")
         return []
     if req.is_constraint:
-        imported.dropped.append(f"{where}: constraint {req.req}: gpu.toml has no constraints; "
+        imported.say(f"{where}: constraint {req.req}: gpu.toml has no constraints; "
                                 "add it to a group if it must hold")
         return []
     if req.req is None:
-        imported.dropped.append(f"{where}: {url or '?'} names no package (write NAME @ URL)")
+        imported.say(f"{where}: {url or '?'} names no package (write NAME @ URL)")
         return []
     if req.hash_options:
-        imported.dropped.append(f"{where}: hashes of {req.name}: `gpulock lock` records every "
+        imported.say(f"{where}: hashes of {req.name}: `gpulock lock` records every "
                                 "file's hash itself")
     marker = f"; {req.marker}" if req.marker and not req.req.marker else ""
     if req.link and not req.req.url:
@@ -255,7 +292,7 @@ def _option(options: dict[str, Any], where: str, project: dict[str, Any],
                                                        else [value]))
             flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
             advice = _ADVICE.get(key, "gpu.toml has no such setting")
-            imported.dropped.append(f"{where}: {flag} {shown}: {advice}")
+            imported.say(f"{where}: {flag} {shown}: {advice}")
 
 
 # -- pyproject.toml ------------------------------------------------------------------------
@@ -273,7 +310,7 @@ def _pyproject(path: Path) -> Imported:
     if python:
         project["python"] = python
     if "dependencies" in (table.get("dynamic") or []):
-        imported.dropped.append("[project] dynamic = [\"dependencies\"]: the build backend "
+        imported.say("[project] dynamic = [\"dependencies\"]: the build backend "
                                 "computes them; list them in gpu.toml")
     imported.data["project"] = project
     extras: dict[str, Any] = table.get("optional-dependencies") or {}
@@ -292,7 +329,7 @@ def _pyproject(path: Path) -> Imported:
         for group, (where, packages) in listed.items()}
     for tool in ("uv", "pdm", "poetry"):
         if tool in (raw.get("tool") or {}):
-            imported.dropped.append(f"[tool.{tool}] settings (indexes, sources): give a group "
+            imported.say(f"[tool.{tool}] settings (indexes, sources): give a group "
                                     "an index = ... where a package must come from one")
     return imported
 
@@ -335,20 +372,34 @@ def _models(raw: Any, where: Path, imported: Imported) -> None:
     for hub, repos in raw.items():
         scheme = MODEL_SCHEMES.get(str(hub).lower())
         if scheme is None:
-            imported.dropped.append(f"models from {hub!r}: gpulock knows modelscope and "
+            imported.say(f"models from {hub!r}: gpulock knows modelscope and "
                                     "huggingface")
             continue
         for repo in _listed(repos):
-            owner, _, repo_name = str(repo).partition("/")
+            if not isinstance(repo, str):
+                imported.say(f"models from {hub!r}: {repo!r} is not a repository id")
+                continue
+            owner, _, repo_name = repo.partition("/")
             models[_unique(repo_name or owner, models, imported, "model")] = {
                 "source": f"{scheme}{repo}"}
 
 
 # -- shared ----------------------------------------------------------------------------------
 
+MAX_INPUT = 4 * 1024 * 1024  # a dependency file larger than this is not one
+
+
 def _text(path: Path) -> str:
+    """A regular, not too large UTF-8 file's text, or one sentence saying why not."""
     try:
-        return path.read_text(encoding="utf-8")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise GpulockError(f"{path}: not a regular file")
+        if info.st_size > MAX_INPUT:
+            raise GpulockError(f"{path}: {info.st_size} bytes is too large to be a dependency "
+                               f"file (at most {MAX_INPUT})")
+        with path.open("rb") as handle:
+            return handle.read(MAX_INPUT + 1)[:MAX_INPUT].decode("utf-8")
     except FileNotFoundError:
         raise GpulockError(f"{path}: no such file to import") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -377,6 +428,10 @@ def _load(path: Path) -> Any:
         first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     try:
+        # Aliases let a few hundred bytes stand for billions of items: none are followed.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader)):
+            raise GpulockError(f"{path}: uses YAML aliases (*name), which gpulock import does "
+                               "not follow; write the values out")
         return yaml.load(text, Loader=Loader)
     except (yaml.YAMLError, RecursionError) as exc:
         raise GpulockError(f"{path}: not readable YAML: {' '.join(str(exc).split())}"
@@ -389,16 +444,16 @@ def _requirements_of(texts: list[Any], where: str, imported: Imported) -> list[s
         try:
             requirement = Requirement(str(text))
         except InvalidRequirement as exc:
-            imported.dropped.append(f"{where}: {redact(str(text))!r} is not a requirement "
+            imported.say(f"{where}: {redact(str(text))!r} is not a requirement "
                                     f"({str(exc).splitlines()[0]})")
             continue
         if requirement.url and not requirement.url.startswith("git+"):
-            imported.dropped.append(f"{where}: {redact(str(text))!r}: only git+ URLs can be "
+            imported.say(f"{where}: {redact(str(text))!r}: only git+ URLs can be "
                                     "locked; give the package's name and version instead")
             continue
         if requirement.url and credentials_in(requirement.url):
             requirement.url = redact(requirement.url)
-            imported.dropped.append(f"{where}: the credentials in {requirement.name}'s URL: "
+            imported.say(f"{where}: the credentials in {requirement.name}'s URL: "
                                     "put them in ~/.netrc")
         kept.append(str(requirement))
     return kept
@@ -418,7 +473,7 @@ def _unique(label: str, taken: Mapping[str, Any], imported: Imported, kind: str)
     while name in taken:
         name, number = f"{base}-{number}", number + 1
     if name != label:
-        imported.dropped.append(f"{kind} {label!r} is named {name!r} in gpu.toml")
+        imported.say(f"{kind} {label!r} is named {name!r} in gpu.toml")
     return name
 
 
@@ -433,7 +488,7 @@ def _expand(packages: list[Any], own: str, extras: Mapping[str, Any],
         if isinstance(item, dict) and "include-group" in item:
             name = str(item["include-group"])
             if name not in groups:
-                imported.dropped.append(f"{where}: include-group {name!r}: no such group")
+                imported.say(f"{where}: include-group {name!r}: no such group")
             nested = _listed(groups.get(name))
         elif isinstance(item, str) and own and _names_project(item, own):
             for extra in Requirement(item).extras:
@@ -442,9 +497,9 @@ def _expand(packages: list[Any], own: str, extras: Mapping[str, Any],
             out.append(item)
             continue
         else:
-            imported.dropped.append(f"{where}: {item!r} is not a requirement")
+            imported.say(f"{where}: {item!r} is not a requirement")
         if nested and depth > 8:
-            imported.dropped.append(f"{where}: {item!r} includes itself")
+            imported.say(f"{where}: {item!r} includes itself")
         elif nested:
             out += _expand(nested, own, extras, groups, where, imported, depth + 1)
     return out
@@ -473,7 +528,7 @@ def _lowest_python(requires: str) -> str | None:
 
 def _bare_index(url: str, imported: Imported) -> str:
     if credentials_in(url):
-        imported.dropped.append(f"the credentials in {redact(url)}: put them in ~/.netrc "
+        imported.say(f"the credentials in {redact(url)}: put them in ~/.netrc "
                                 "(gpu.toml and the lock keep bare URLs)")
     return redact(url).rstrip("/")
 

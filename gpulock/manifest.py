@@ -524,7 +524,7 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
     """
     notes = notes or {}
     project = manifest.project
-    out: list[str] = [f"# {line}".rstrip() for line in header.splitlines()]
+    out: list[str] = [_comment(line) for line in header.splitlines()]
     defaults = Project(name=project.name, python=project.python)
     out += _table(("project",), notes, [
         (key, getattr(project, key)) for key in ("name", "python", "platform", "glibc", "cuda",
@@ -550,7 +550,7 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
 def _table(name: tuple[str, ...], notes: Mapping[str, str], items: list[tuple[str, Any]]
            ) -> list[str]:
     dotted = ".".join(_toml_key(part) for part in name)
-    lines = ["", *(f"# {line}".rstrip() for line in notes.get(".".join(name), "").splitlines()),
+    lines = ["", *(_comment(line) for line in notes.get(".".join(name), "").splitlines()),
              f"[{dotted}]"]
     for key, value in items:
         if value is None:
@@ -562,6 +562,11 @@ def _table(name: tuple[str, ...], notes: Mapping[str, str], items: list[tuple[st
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     return lines
+
+
+def _comment(line: str) -> str:
+    """A TOML comment line; characters TOML does not allow in one become '?'."""
+    return ("# " + "".join(c if c.isprintable() or c == "\t" else "?" for c in line)).rstrip()
 
 
 def _toml_key(key: str) -> str:

@@ -163,15 +163,17 @@ def test_unreadable_inputs_are_one_sentence_naming_the_file(project: Project, tm
              "models.yaml": ("a: [\n", "not readable YAML"),
              "config.py": ("def (", "not readable Python"),
              "binary.txt": (b"\xff\xfe\x00", "not a readable UTF-8 text file"),
-             "nested.txt": ("-r missing.txt\n", "a file it includes cannot be read")}
+             "nested.txt": ("-r missing.txt\n", "-r missing.txt: no such file"),
+             "aliases.yaml": ("a: &a [x, x]\nb: [*a, *a]\n", "uses YAML aliases"),
+             "zero.txt": ("-r /dev/zero\n", "reads only files in")}
     for name, (content, words) in cases.items():
         path = tmp_path / name
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
             path.write_text(content)
-        args = (str(path),) if name.endswith(".txt") else (str(requirements), "--models",
-                                                             str(path))
+        args = ((str(path),) if name.endswith(".txt") or name == "aliases.yaml"
+                else (str(requirements), "--models", str(path)))
         result = project.gpulock("import", *args)
         assert result.code == 1, (name, result.err)
         assert words in result.err and name in result.err, result.err
@@ -271,3 +273,35 @@ def test_a_models_dict_that_is_computed_is_one_sentence_and_one_repo_is_a_list(
     result = import_file(DATA / "dependencies.yaml", models=listed)
     assert {m.name: m.source for m in result.manifest().models} == {"a": "ms://iic/a",
                                                                       "b": "hf://org/b"}
+
+
+def test_import_never_quotes_a_secret_or_a_file_outside_the_project(project: Project,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_ENVSECRET")
+    folder = tmp_path / "service"
+    folder.mkdir()
+    (folder / ".env").write_text("HF_TOKEN=hf_DOTENVSECRET\n")
+    (folder / "c.txt").write_text("bar @ git+https://u:CONSECRET@h.example/r.git\n")
+    source = folder / "requirements.txt"
+    source.write_text("requests\n-r .env\n-c c.txt\n"
+                      "-e git+https://user:EDITSECRET@git.example/r.git#egg=foo\n"
+                      'foo @ https://u:INVALIDSECRET@host/x.whl ; python_version >>> "3"\n')
+    result = project.gpulock("import", str(source), "--python", "3.11")
+    assert result.code == 0, result.err
+    written = project.manifest.read_text()
+    for secret in ("DOTENVSECRET", "CONSECRET", "EDITSECRET", "INVALIDSECRET", "ENVSECRET"):
+        assert secret not in written and secret not in result.err, secret
+    assert ".env:1: a line pip's parser cannot read" in written
+    escaping = folder / "more.txt"
+    escaping.write_text("-r /proc/self/environ\n")
+    refused = project.gpulock("import", str(escaping), "--force")
+    assert refused.code == 1 and "reads only files in" in refused.err
+    assert "ENVSECRET" not in refused.err and project.manifest.read_text() == written
+
+
+def test_control_characters_in_notes_leave_a_readable_gpu_toml(tmp_path: Path):
+    source = tmp_path / "dependencies.yaml"
+    source.write_text('groups:\n  g:\n    packages: [torch]\n    description: "a\\x01b"\n')
+    text = import_file(source, python="3.10").text()
+    assert "# a?b" in text and parse(text, Path("gpu.toml")).groups[0].name == "g"
