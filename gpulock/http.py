@@ -11,13 +11,15 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import queue
 import ssl
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from gpulock import __version__
@@ -37,6 +39,55 @@ def stall_timeout() -> float:
         return max(0.1, float(os.environ.get("GPULOCK_STALL_TIMEOUT") or _STALL))
     except ValueError:
         return _STALL
+
+
+T = TypeVar("T")
+
+
+def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
+          distinct: Callable[[T], object] | None = None) -> list[T]:
+    """Every item of `produce()` (a hub client's call or paginated listing), read on a daemon
+    thread: the clients take no stall timeout of gpulock's, so their answers are given up
+    here when no item arrives for twice GPULOCK_STALL_TIMEOUT, past `limit` items, or (with
+    `distinct`) at the first item seen twice, as a pagination that loops sends."""
+    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in produce():
+                if stop.is_set():
+                    return
+                items.put(("item", item))
+            items.put(("end", None))
+        except BaseException as exc:  # re-raised on the caller's thread
+            items.put(("error", exc))
+
+    threading.Thread(target=run, daemon=True, name="gpulock-paced").start()
+    wait = 2 * stall_timeout()
+    out: list[T] = []
+    seen: set[object] = set()
+    try:
+        while True:
+            try:
+                kind, value = items.get(timeout=wait)
+            except queue.Empty:
+                raise FetchError(f"{what}: nothing arrived for {wait:g} s "
+                                 "(2 x GPULOCK_STALL_TIMEOUT); stopped") from None
+            if kind == "end":
+                return out
+            if kind == "error":
+                raise value
+            if distinct is not None:
+                key = distinct(value)
+                if key in seen:
+                    raise FetchError(f"{what}: the hub listed {key!r} twice; stopped")
+                seen.add(key)
+            out.append(value)
+            if len(out) > limit:
+                raise FetchError(f"{what}: the answer goes on past {limit:,} entries; stopped")
+    finally:
+        stop.set()
 
 
 class Body:

@@ -277,9 +277,9 @@ class Index:
             if "json" in head.get("content_type", ""):
                 return parse_json(body, page_url, self.url, keep)
             return parse_html(body.decode("utf-8", "replace"), page_url, self.url, keep)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise FetchError(f"index {redact(self.url)} served an unreadable page for "
-                             f"{url}: {exc}") from None
+                             f"{url}: {str(exc) or type(exc).__name__}") from None
 
 
 def _project_of(filename: str) -> str | None:

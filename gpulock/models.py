@@ -233,17 +233,20 @@ def _pin_ms(model: Model) -> PinnedModel:
     from modelscope_hub.api import HubApi
     from modelscope_hub.errors import HubError
 
+    from gpulock.http import paced
+
     repo_id = model.source.removeprefix("ms://")
     revision = requested_revision(model) or "master"
     where = f"model '{model.name}' ({model.source}@{revision})"
     api = HubApi(endpoint=modelscope_endpoint(),
                  token=os.environ.get("MODELSCOPE_API_TOKEN") or None)
     try:
-        listing = api.list_repo_files(repo_id, "model", revision=revision, recursive=True)
+        listing = paced(lambda: api.list_repo_files(repo_id, "model", revision=revision,
+                                                    recursive=True), where)
     except (HubError, OSError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise GpulockError(f"{where}: ModelScope answered: {reason}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise GpulockError(f"{where}: ModelScope answered something that is not a file "
                            f"listing ({type(exc).__name__})") from None
     _check_listing(where, [(f.path, f.size, f.sha256) for f in listing])
@@ -259,8 +262,13 @@ def _pin_ms(model: Model) -> PinnedModel:
 
 
 def _check_listing(where: str, files: list[tuple[object, object, object]]) -> None:
-    """Refuse a listing whose paths, sizes or hashes have types no hub sends."""
+    """Refuse a listing whose paths, sizes or hashes have types no hub sends, or that names
+    a path twice (a pagination that loops)."""
+    seen: set[object] = set()
     for path, size, digest in files:
+        if path in seen:
+            raise GpulockError(f"{where}: the hub listed {path!r} twice; nothing was pinned")
+        seen.add(path)
         if not (isinstance(path, str) and isinstance(size, int) and not isinstance(size, bool)
                 and (digest is None or isinstance(digest, str))):
             raise GpulockError(f"{where}: the hub listed a file as {path!r} of size {size!r}, "
@@ -290,6 +298,8 @@ def _pin_hf(model: Model) -> PinnedModel:
     )
     from huggingface_hub.hf_api import RepoFile
 
+    from gpulock.http import paced
+
     repo_id = model.source.removeprefix("hf://")
     repo_type = "model"
     if repo_id.startswith("datasets/"):
@@ -299,12 +309,15 @@ def _pin_hf(model: Model) -> PinnedModel:
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None,
                 token=os.environ.get("HF_TOKEN") or False)
     try:
-        commit = api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+        (info,) = paced(lambda: [api.repo_info(repo_id, revision=revision,
+                                               repo_type=repo_type)], where)
+        commit = info.sha
         if not isinstance(commit, str) or hex_problem(commit, 40):  # goes into a request path
             raise GpulockError(f"{where}: the Hub answered the commit {commit!r}, which is not "
                                "a commit id; nothing was pinned")
-        tree = [f for f in api.list_repo_tree(repo_id, recursive=True, revision=commit,
-                                              repo_type=repo_type) if isinstance(f, RepoFile)]
+        tree = [f for f in paced(lambda: api.list_repo_tree(
+            repo_id, recursive=True, revision=commit, repo_type=repo_type), where,
+            distinct=lambda f: getattr(f, "path", None)) if isinstance(f, RepoFile)]
     except GatedRepoError:
         raise GpulockError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN"
                            ) from None
@@ -316,7 +329,7 @@ def _pin_hf(model: Model) -> PinnedModel:
     except (HfHubHTTPError, OSError) as exc:
         reason = str(exc).splitlines()[0]
         raise GpulockError(f"{where}: the Hub answered: {reason}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise GpulockError(f"{where}: the Hub answered something that is not a repository "
                            f"listing ({type(exc).__name__})") from None
     _check_listing(where, [(f.path, f.size, f.lfs.sha256 if f.lfs else f.blob_id)
@@ -370,7 +383,7 @@ def _weights(model: PinnedModel) -> tuple[tuple[str, Any], ...]:
         second = http.get(urls[file.path], {**auth, "Range": f"bytes=8-{7 + length}"})
         try:
             return json.loads(second.body) if second.status == 206 else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
 
     parameters = size = 0

@@ -622,6 +622,26 @@ def test_a_hub_that_trickles_a_model_file_is_given_up_in_one_sentence(hub, make_
     synced(project)
 
 
+def test_a_hub_that_is_silent_or_pages_forever_at_lock_is_given_up_in_one_sentence(
+        hub, make_index, project, canary, monkeypatch):
+    import time
+
+    hub.repo("org/weights").commit({"config.json": b"{}"})
+    setup(project, make_index().url, models='[models.weights]\nsource = "hf://org/weights"\n')
+    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "1")
+    hub.api_silence = 5
+    started = time.monotonic()
+    refused(project.gpulock("lock"), "model 'weights' (hf://org/weights@main)",
+            "nothing arrived for 2 s")
+    assert time.monotonic() - started < 20
+    hub.api_silence = 0
+    hub.endless = True
+    refused(project.gpulock("lock"), "model 'weights'", "listed 'config.json' twice")
+    assert len(hub.requests) < 100
+    hub.endless = False
+    project.lock()
+
+
 # -- careless or hostile input -------------------------------------------------------------
 
 def _manifest(body: str) -> str:
@@ -818,8 +838,9 @@ JSON_PAGE = "application/vnd.pypi.simple.v1+json"
                             "hashes": {"sha256": "../../x"}}]}).encode(), JSON_PAGE, None),
     (b"not deflate", JSON_PAGE, {"Content-Encoding": "deflate"}),
     (b'<a href="/f/app-1.0-py3-none-any.whl#sha256=zz">app</a>', "text/html", None),
+    (b"[" * 200_000 + b"]" * 200_000, JSON_PAGE, None),
 ], ids=["list", "string entry", "hashes list", "numeric filename", "sha256 path", "deflate",
-        "html sha256"])
+        "html sha256", "deep json"])
 def test_an_index_page_of_the_wrong_shape_is_one_sentence(project, canary, body, kind, headers):
     server = _Canned(body, kind, headers)
     try:

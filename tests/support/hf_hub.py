@@ -55,6 +55,8 @@ class FakeHub(Loopback):
     trickle: float = 0.0  # seconds between single bytes sent by /resolve/ (a stalling hub)
     # A hostile hub: ("revision" | "tree", the JSON it would send) -> the JSON it sends.
     rewrite: Callable[[str, Any], Any] | None = None
+    api_silence: float = 0.0  # seconds the API waits before it answers (a silent hub)
+    endless: bool = False  # the tree's next page is always the first one again
 
     def __post_init__(self) -> None:
         self.serve()
@@ -161,7 +163,9 @@ class FakeHub(Loopback):
         start = int(query.get("cursor", ["0"])[0])
         page = entries[start: start + self.page_size]
         headers = {}
-        if start + self.page_size < len(entries):
+        if self.endless:
+            headers["Link"] = f'<{self.url}{handler.path}>; rel="next"'
+        elif start + self.page_size < len(entries):
             base = handler.path.split("?", 1)[0]
             headers["Link"] = (f'<{self.url}{base}?recursive=True&cursor='
                                f'{start + self.page_size}>; rel="next"')
@@ -172,6 +176,7 @@ class FakeHub(Loopback):
 
     def _json(self, handler: BaseHTTPRequestHandler, value: object,
               headers: dict[str, str] | None = None) -> None:
+        time.sleep(self.api_silence)
         body = json.dumps(value).encode()
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
