@@ -215,6 +215,28 @@ class Layout:
             self._real.add(current)
         return path
 
+    def present(self, path: Path) -> bool:
+        """Whether `path` exists in the store, reached only through real folders: what a sync
+        may reuse. A link planted on the way (at `pkgs/<key>`, a blob's shard) is refused,
+        never read through: what it leads to was never verified."""
+        relative = path.relative_to(self.base)
+        current = self.base
+        for part in ("", *relative.parts):
+            current = current / part if part else current
+            if current in self._real:
+                continue
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                return False
+            if stat.S_ISLNK(mode):
+                raise UnsafeNameError(f"the store path {current} is a symbolic link gpulock did "
+                                      "not make; nothing was read through it: run 'gpulock "
+                                      "verify --repair'")
+            if stat.S_ISDIR(mode) and current != path:
+                self._real.add(current)
+        return True
+
     def ready(self, path: Path) -> Path:
         """`path`, once its parent is a real folder of the store (see `folder`)."""
         self.folder(path.parent)

@@ -93,7 +93,8 @@ class Store:
         return self.layout.entry(key)
 
     def has(self, key: str) -> bool:
-        return (self.entry_path(key) / ENTRY_MANIFEST).is_file()
+        """Whether the entry is published (refusing one reached through a planted link)."""
+        return self.layout.present(self.entry_path(key) / ENTRY_MANIFEST)
 
     def entry(self, key: str) -> Entry:
         path = self.entry_path(key)

@@ -42,7 +42,7 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Damage:
-    kind: str  # "entry", "blob", "generation" or "view"
+    kind: str  # "entry", "blob", "generation", "view" or "link" (planted in a store folder)
     key: str  # entry key, blob sha256, project/gen-N, or a view's path under v1/
     problem: str
 
@@ -178,8 +178,41 @@ def _blobs(store: Store) -> list[Path]:
     return sorted(found)
 
 
+def _planted(store: Store) -> list[Damage]:
+    """Links where gpulock only ever makes real folders and files: an entry, a shard of
+    blobs, an extracted tree, a download in progress (nothing is read through them)."""
+    layout = store.layout
+    xxh3 = layout.base / "blobs" / "xxh3"
+    found = []
+    for folder in (layout.pkgs, layout.blobs, xxh3, layout.git_blobs, layout.trees,
+                   layout.downloads, layout.model_parts):
+        for name in sorted(os.listdir(folder)) if layout.present(folder) else []:
+            path = folder / name
+            if os.path.islink(path):
+                found.append(Damage("link", os.path.relpath(path, layout.base),
+                                    "is a symbolic link, which gpulock never makes there"))
+    return found
+
+
+def _missing_blobs(store: Store) -> list[Damage]:
+    """Files a synced model pins whose blob is gone (their views' links now dangle)."""
+    from gpulock.models import from_dict
+
+    found = []
+    for entry in roots.model_roots(store):
+        model = from_dict(entry)
+        for file in model.files:
+            if file.sha256 and not os.path.lexists(store.layout.blob(file.sha256)):
+                found.append(Damage("blob", file.sha256, f"is missing: model '{model.name}' "
+                                    f"pins it as {file.path}"))
+    return found
+
+
 def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
     result = Checked()
+    result.damage += _planted(store)
+    if result.damage:  # nothing below is read through a planted link
+        return result
     pkgs = store.layout.pkgs
     keys = sorted(os.listdir(pkgs)) if pkgs.is_dir() else []
     blobs = _blobs(store)
@@ -213,6 +246,8 @@ def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
             result.bytes += size
             if problem:
                 result.damage.append(Damage("blob", blob.parent.name + blob.name, problem))
+    known = {d.key for d in result.damage}
+    result.damage += [d for d in _missing_blobs(store) if d.key not in known]
     damaged = {d.key for d in result.damage}
     for folder in _projects(store):
         result.damage += _check_project(store, folder, damaged, result)
@@ -291,6 +326,13 @@ def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
     """Fetch damaged entries and blobs again, rebuild damaged generations, drop stray links
     from the model views; return what was repaired."""
     repaired: list[str] = []
+    for item in damage:
+        if item.kind == "link":
+            os.unlink(store.layout.base / item.key)
+            log(f"removed {item.key}, a link gpulock did not make")
+            repaired.append(item.key)
+    if repaired:  # the rest is judged again, now that nothing is read through a link
+        return repaired
     wanted = {d.key for d in damage if d.kind == "entry"}
     for gen in _generations(store):
         wanted |= {key for key in gen.packages.values() if not store.has(key)}

@@ -73,7 +73,7 @@ def stored_blob(store: Store, file: ModelFile) -> Path | None:
     layout = store.layout
     if file.sha256:
         path = layout.blob(file.sha256)
-        return path if path.is_file() else None
+        return path if layout.present(path) and path.is_file() else None
     if file.git_sha1:
         return indexed_blob(layout, layout.git_index(file.git_sha1))
     return None
@@ -92,7 +92,7 @@ def indexed_blob(layout: Layout, index: Path) -> Path | None:
         blob = layout.blob(aa + rest)
     except GpulockError:
         return None
-    return blob if blob.is_file() else None
+    return blob if layout.present(blob) and blob.is_file() else None
 
 
 def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,

@@ -329,11 +329,43 @@ def test_an_entry_swapped_for_a_link_to_a_copy_is_found_by_verify_and_repaired(s
     shutil.rmtree(entry)
     os.symlink(copy_of, entry)
     checked = gpulock(project, "verify")
-    assert checked.code == 1 and f"damaged entry {entry.name}: it is a symbolic link" in checked.err
+    assert checked.code == 1
+    assert f"damaged link pkgs/{entry.name}: is a symbolic link" in checked.err
     repaired = gpulock(project, "verify", "--repair")
     assert repaired.code == 0, repaired.err
     assert not entry.is_symlink() and copy_of.is_dir()
     assert gpulock(project, "verify").code == 0
+
+
+@pytest.mark.parametrize("where", ["entry", "blob shard"])
+def test_a_link_planted_where_sync_reuses_work_is_never_read_through(hub, make_index, project,
+                                                                    canary, where):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    hub.repo("org/weights").commit({"config.json": b"{}", "model.safetensors": WEIGHTS})
+    models = '[models.weights]\nsource = "hf://org/weights"\n'
+    setup(project, index.url, '"app"', models)
+    synced(project)
+    v1 = project.root / "store" / "v1"
+    if where == "entry":
+        (planted,) = (v1 / "pkgs").iterdir()
+    else:
+        planted = v1 / "blobs" / "sha256" / hashlib.sha256(WEIGHTS).hexdigest()[:2]
+    outside = project.root.parent / f"outside-{planted.name}"
+    shutil.copytree(planted, outside, symlinks=True)
+    shutil.rmtree(planted)
+    os.symlink(outside, planted)
+    before = state(outside, ())
+    make_wheel(index.folder, "extra", "1.0")
+    setup(project, index.url, '"app", "extra"', models)  # a new generation reuses app
+    refused(gpulock(project, "sync"), str(planted), "symbolic link gpulock did not make",
+            "verify --repair")
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and "is a symbolic link" in checked.err, checked.err
+    repaired = gpulock(project, "verify", "--repair")
+    assert repaired.code == 0 and "the store verifies" in repaired.err, repaired.err
+    assert not planted.is_symlink() and state(outside, ()) == before
+    synced(project)
 
 
 @pytest.mark.parametrize("tamper", ["file to link", "extra file", "farm link", "view link",
