@@ -120,36 +120,42 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
          packages: bool = True, models: bool = True,
          log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
     started = time.perf_counter()
-    result = _sync_packages(manifest, lock, lock_text, store, jobs, log) if packages else None
-    if models and lock.models:
-        from gpulock.models import from_dict
-        from gpulock.views import sync_models
+    laid_out: list[tuple[int, int]] = []
 
-        with roots.temporary(store, models=lock.models):
-            fetched, size = sync_models(store, manifest.project.name,
-                                        [from_dict(m) for m in lock.models], log, jobs)
-            roots.record_models(store, manifest.project.name, lock.models)
-        if result is not None and fetched:
-            result.nothing_to_do = False
-        if result is None:
-            result = SyncResult(None, nothing_to_do=not fetched)
-        result.model_files, result.model_bytes = fetched, size
-    elif models:
-        roots.forget_models(store, manifest.project.name)  # its models are gc's to take
-    if result is None:
+    def models_step() -> None:
+        """Models before the switch: a sync that fails on a model leaves current as it was."""
+        if models and lock.models:
+            from gpulock.models import from_dict
+            from gpulock.views import sync_models
+
+            with roots.temporary(store, models=lock.models):
+                laid_out.append(sync_models(store, manifest.project.name,
+                                            [from_dict(m) for m in lock.models], log, jobs))
+                roots.record_models(store, manifest.project.name, lock.models)
+        elif models:
+            roots.forget_models(store, manifest.project.name)  # its models are gc's to take
+
+    if packages:
+        result = _sync_packages(manifest, lock, lock_text, store, jobs, log, models_step)
+    else:
+        models_step()
         result = SyncResult(None, nothing_to_do=True)
+    if laid_out:
+        result.model_files, result.model_bytes = laid_out[0]
+        result.nothing_to_do = result.nothing_to_do and not result.model_files
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int,
-                   log: Log) -> SyncResult:
+                   log: Log, before_switch: Callable[[], None]) -> SyncResult:
     started = time.perf_counter()
     project = manifest.project.name
     python, python_version = find_interpreter(lock.target.python)
     digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)
     if previous is not None and previous.lock_digest == digest:
+        before_switch()
         return SyncResult(previous, reused=len(previous.packages), nothing_to_do=True,
                           seconds=time.perf_counter() - started)
     newest = generation.all_generations(store, project)
@@ -163,12 +169,13 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
     with roots.temporary(store, pkgs=[key for _, key in plan.values()], digest=digest):
         faults.point("plan", store.base)
         return _build(manifest, lock, lock_text, store, jobs, log, plan, previous,
-                      (python, python_version, digest), started)
+                      (python, python_version, digest), started, before_switch)
 
 
 def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int, log: Log,
            plan: dict[str, tuple[LockedPackage, str]], previous: generation.Generation | None,
-           interpreter: tuple[str, str, str], started: float) -> SyncResult:
+           interpreter: tuple[str, str, str], started: float,
+           before_switch: Callable[[], None]) -> SyncResult:
     python, python_version, digest = interpreter
     project = manifest.project.name
     missing = [(p, key) for p, key in plan.values() if not store.has(key)]
@@ -213,6 +220,7 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
     built = generation.create(store, project, entries, python, python_version, digest,
                               lock_text, manifest.verify_imports)
+    before_switch()
     faults.point("switch", built.generation.path)
     generation.switch(store, project, built.generation)
     return SyncResult(built.generation, added=added, reused=len(plan) - len(missing),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Project, dead_writers_part
+from tests.support.dists import make_wheel
 from tests.support.hf_hub import FakeHub
 
 WEIGHTS = os.urandom(300_000)
@@ -95,6 +96,26 @@ def test_a_file_changed_upstream_is_an_error_and_no_snapshot_appears(hub, make_i
     assert "model 'm': model.safetensors from" in err and "changed upstream" in err
     hf = project.root / "store" / "v1" / "hf" / "models--org--moving"
     assert not (hf / "snapshots" / commit).exists()
+
+
+def test_a_sync_that_fails_on_a_model_leaves_the_current_environment(hub, make_index,
+                                                                      project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    hub.repo("org/kept").commit({"config.json": b"{}"})
+    setup(project, index.url, '[models.kept]\nsource = "hf://org/kept"\n')
+    assert sync(project)[0] == 0
+    env = project.root / "store" / "v1" / "envs" / "m"
+    before = os.readlink(env / "current")
+    repo = hub.repo("org/moving")
+    commit = repo.commit({"model.safetensors": WEIGHTS})
+    project.write(project.manifest.read_text().replace("packages = []", 'packages = ["app"]')
+                  + '[models.m]\nsource = "hf://org/moving"\n')
+    project.lock()
+    repo.commits[commit]["model.safetensors"] = b"tampered" + WEIGHTS[8:]
+    code, err = sync(project, "--frozen")
+    assert code == 1 and "changed upstream" in err
+    assert os.readlink(env / "current") == before  # the new packages wait for their models
 
 
 def test_models_only_and_no_models(hub, make_index, project):
