@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import filecmp
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +33,18 @@ class _Source:
     is_dir: bool
 
 
-def build(target: Path, entries: Sequence[Entry]) -> FarmStats:
-    """Fill the (new, empty) folder `target` with the merged site trees of `entries`."""
+def build(target: Path, entries: Sequence[Entry], reserved: Collection[str] = ()
+          ) -> FarmStats:
+    """Fill the (new, empty) folder `target` with the merged site trees of `entries`; a
+    wheel with a top-level name in `reserved` (the environment's own files) is refused."""
     stats = FarmStats()
     target.mkdir(parents=True, exist_ok=True)
     roots = [_Source(e, e.site, True) for e in entries if e.site.is_dir()]
+    for root in roots:
+        for name in sorted(set(reserved) & set(os.listdir(root.path))):
+            raise GpulockError(f"{_label(root)} ships {name}, which the environment keeps for "
+                               "gpulock's own use (its pip guard and .pth support); this "
+                               "wheel cannot be installed by gpulock")
     _merge(target, "", roots, stats)
     return stats
 

@@ -175,9 +175,8 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
             f"version = {python_version}\nexecutable = {python}\n"
             f"command = gpulock sync (generation {number})\n")
         site = site_packages(work, minor)
-        stats = build(site, list(entries.values()))
-        if not (site / "sitecustomize.py").exists():
-            (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(python=minor))
+        stats = build(site, list(entries.values()), reserved=("sitecustomize.py",))
+        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(python=minor))
         scripts = _write_scripts(bin_dir, final / "bin" / "python", entries.values())
         (work / "pylock.gpu.toml").write_text(lock_text)
         generation = Generation(path=final, number=number, lock_digest=lock_digest,

@@ -287,6 +287,16 @@ def test_a_wheel_whose_script_would_replace_the_interpreter_is_refused(make_inde
     synced(project)
 
 
+def test_a_wheel_shipping_its_own_sitecustomize_is_refused(make_index, project, canary):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "sc", "1.0", files={"sitecustomize.py": b"print('mine')\n"})
+    setup(project, index.url, '"app", "sc"')
+    refused(gpulock(project, "sync"), "sc 1.0 ships sitecustomize.py")
+    setup(project, index.url, '"app"')
+    synced(project)
+
+
 # -- links planted in the store ------------------------------------------------------------
 
 @pytest.mark.parametrize("folder", ["tmp", "tmp/downloads", "tmp/models", "roots/tmp", "pkgs",
