@@ -57,9 +57,23 @@ def login_for(url: str) -> Login | None:
     if same:
         under = [item for item in same if path.startswith(item[0])]
         return max(under or same, key=lambda item: len(item[0]))[1]
-    host = urlsplit(url).hostname or ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    # netrc names hosts, not ports or schemes (as for curl and pip): its passwords are sent
+    # only over https, or to this machine, never in clear text to a redirect's http:// URL.
+    if not host or (parts.scheme != "https" and not _loopback(host)):
+        return None
     logins = _netrc_logins()
-    return logins.get(host) or logins.get("default") if host else None
+    return logins.get(host) or logins.get("default")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def from_keyring(url: str) -> Login | None:

@@ -477,6 +477,23 @@ def test_netrc_gives_a_private_index_its_credentials(make_index, project, tmp_pa
     assert _secret_anywhere(project.root) == []
 
 
+def test_netrc_passwords_never_travel_in_clear_text(tmp_path, monkeypatch):
+    from gpulock import credentials
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine pypi.example login user password {SECRET}\n"
+                     f"machine localhost login me password {SECRET}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    credentials.forget()
+    try:
+        assert credentials.login_for("https://pypi.example:8443/simple/") == ("user", SECRET)
+        assert credentials.login_for("http://pypi.example/files/app.whl") is None
+        assert credentials.login_for("http://localhost:8000/simple/") == ("me", SECRET)
+    finally:
+        credentials.forget()
+
+
 def test_keyring_gives_credentials_when_the_index_asks(make_index, project, monkeypatch):
     import types
 
