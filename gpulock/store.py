@@ -60,6 +60,10 @@ class Store:
         # Absolute before anything is written: shebangs and links made from a relative
         # `./store` would break as soon as a command runs from another folder.
         self.root = Path(os.path.abspath(root))
+        if os.pathsep in str(self.root) or "\n" in str(self.root):
+            # Its environments go on PATH and PYTHONPATH, which split at ':'.
+            raise GpulockError(f"the store path {str(self.root)!r} holds {os.pathsep!r} or a "
+                               "newline, which PATH and PYTHONPATH cannot hold; choose another")
         self.base = self.root / f"v{LAYOUT_VERSION}"
         self.layout = Layout(self.base)
 

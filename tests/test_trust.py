@@ -477,6 +477,15 @@ def test_netrc_gives_a_private_index_its_credentials(make_index, project, tmp_pa
     assert _secret_anywhere(project.root) == []
 
 
+def test_a_store_path_that_path_variables_cannot_hold_is_refused(project, canary):
+    project.write(f'[project]\nname = "m"\npython = "{HOST_PYTHON}"\n'
+                  '[groups.main]\npackages = []\n')
+    for command in ("sync", "env", "status"):
+        refused(project.gpulock(command, "--store", str(project.root / "co:lon")),
+                "PATH and PYTHONPATH cannot hold")
+    assert not (project.root / "co:lon").exists()
+
+
 def test_netrc_passwords_never_travel_in_clear_text(tmp_path, monkeypatch):
     from gpulock import credentials
 
