@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,7 +39,7 @@ import os as _os
 import site as _site
 import sys as _sys
 
-_here = _os.path.dirname(_os.path.abspath(__file__))
+_here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if "%d.%d" % _sys.version_info[:2] != {python!r}:
     _sys.stderr.write("gpulock: this environment was built for Python {python}, but Python "
                       + _sys.version.split()[0] + " is running it\\n")
@@ -175,8 +177,14 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
             f"version = {python_version}\nexecutable = {python}\n"
             f"command = gpulock sync (generation {number})\n")
         site = site_packages(work, minor)
-        stats = build(site, list(entries.values()), reserved=("sitecustomize.py",))
-        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(python=minor))
+        stats = build(site, list(entries.values()),
+                      reserved=("sitecustomize.py", "sitecustomize"))
+        # A package whose __pycache__ is a file: Python can never write bytecode into the
+        # generation (it would be a file verify cannot tell from a planted one).
+        (site / "sitecustomize").mkdir()
+        (site / "sitecustomize" / "__init__.py").write_text(
+            _SITECUSTOMIZE.format(python=minor))
+        (site / "sitecustomize" / "__pycache__").write_bytes(b"")
         scripts = _write_scripts(bin_dir, final / "bin" / "python", entries.values())
         (work / "pylock.gpu.toml").write_text(lock_text)
         generation = Generation(path=final, number=number, lock_digest=lock_digest,
@@ -190,6 +198,7 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
         _verify(work, minor, verify_imports)
         faults.point("farm", work)
         while True:
+            _seal(work)
             try:
                 os.rename(work, final)
                 break
@@ -207,6 +216,49 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
         shutil.rmtree(work, ignore_errors=True)
         raise
     return Built(generation, stats, scripts)
+
+
+def _seal(work: Path) -> None:
+    """Record the sha256 of every file the generation holds (its links are checked by
+    where they lead), so that verify finds one added or changed later."""
+    record = json.loads((work / RECORD).read_text())
+    record["files"] = {path: digest for path, digest in _files(work) if path != RECORD}
+    (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
+
+
+def _files(root: Path) -> Iterator[tuple[str, str]]:
+    """(relative path, sha256) of each regular file below `root`; "" for anything else that
+    is neither a folder nor a link (a FIFO, a device)."""
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            digest = ""
+            if stat.S_ISREG(mode):
+                with open(path, "rb") as handle:  # small files: scripts, configs
+                    digest = hashlib.sha256(handle.read()).hexdigest()
+            yield os.path.relpath(path, root), digest
+
+
+def tampered(generation: Generation) -> str | None:
+    """What was added to or changed in a generation since it was sealed (None when nothing,
+    or when an older gpulock built it without a seal)."""
+    try:
+        sealed = json.loads((generation.path / RECORD).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return "its record cannot be read"
+    if not isinstance(sealed, dict):
+        return None
+    found = dict(_files(generation.path))
+    found.pop(RECORD, None)
+    for path in sorted(set(found) | set(sealed)):
+        if path not in sealed:
+            return f"{path} was not made by gpulock"
+        if found.get(path) != sealed[path]:
+            return f"{path} was changed or removed since gpulock made it"
+    return None
 
 
 def _next_number(envs: Path) -> int:

@@ -278,7 +278,7 @@ def _check_project(store: Store, folder: Path, damaged: set[str], result: Checke
         if gone:
             found.append(Damage("generation", where, "needs entries that are missing or "
                                 f"damaged: {', '.join(gone[:5])}"))
-        stray = _stray_link(store, gen)
+        stray = _stray_link(store, gen) or generation.tampered(gen)
         if stray:
             found.append(Damage("generation", where, stray))
     return found

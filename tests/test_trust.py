@@ -187,9 +187,9 @@ LOCK_EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
 
 @pytest.fixture
 def synced_project(hub, make_index, project: Project) -> Project:
-    """A project with one wheel and one Hugging Face model, synced."""
+    """A project with one wheel (and its console script) and one Hugging Face model, synced."""
     index = make_index()
-    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "app", "1.0", entry_points="[console_scripts]\napp-cli = app:main\n")
     hub.repo("org/weights").commit({"config.json": b"{}", "model.safetensors": WEIGHTS})
     setup(project, index.url, '"app"', '[models.weights]\nsource = "hf://org/weights"\n')
     synced(project)
@@ -379,7 +379,8 @@ def test_a_link_planted_where_sync_reuses_work_is_never_read_through(hub, make_i
 
 
 @pytest.mark.parametrize("tamper", ["file to link", "extra file", "farm link", "view link",
-                                    "current link"])
+                                    "current link", "pth in the farm", "edited script",
+                                    "edited sitecustomize"])
 def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them(
         synced_project, canary, tamper):
     project = synced_project
@@ -405,6 +406,16 @@ def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them
         link.unlink()
         os.symlink(evil, link)
         expected = "is a link that leads outside the store's blobs"
+    elif tamper == "pth in the farm":
+        (site / "zz-evil.pth").write_text("import os\n")
+        expected = f"lib/python{HOST_PYTHON}/site-packages/zz-evil.pth was not made by gpulock"
+    elif tamper == "edited script":
+        (site.parents[2] / "bin" / "app-cli").write_text("#!/bin/sh\necho evil\n")
+        expected = "bin/app-cli was changed"
+    elif tamper == "edited sitecustomize":
+        with (site / "sitecustomize" / "__init__.py").open("a") as handle:
+            handle.write("import os\n")
+        expected = "sitecustomize/__init__.py was changed"
     else:
         (v1 / "envs" / "m" / "current").unlink()
         os.symlink(project.root / "canary", v1 / "envs" / "m" / "current")
