@@ -49,7 +49,8 @@ def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
     """Every item of `produce()` (a hub client's call or paginated listing), read on a daemon
     thread: the clients take no stall timeout of gpulock's, so their answers are given up
     here when no item arrives for twice GPULOCK_STALL_TIMEOUT, past `limit` items, or (with
-    `distinct`) at the first item seen twice, as a pagination that loops sends."""
+    `distinct`, which names an item in words) at the first item seen twice, as a pagination
+    that loops sends."""
     items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
     stop = threading.Event()
 
@@ -81,7 +82,7 @@ def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
             if distinct is not None:
                 key = distinct(value)
                 if key in seen:
-                    raise FetchError(f"{what}: the hub listed {key!r} twice; stopped")
+                    raise FetchError(f"{what}: the hub listed {key} twice; stopped")
                 seen.add(key)
             out.append(value)
             if len(out) > limit:

@@ -317,7 +317,8 @@ def _pin_hf(model: Model) -> PinnedModel:
                                "a commit id; nothing was pinned")
         tree = [f for f in paced(lambda: api.list_repo_tree(
             repo_id, recursive=True, revision=commit, repo_type=repo_type), where,
-            distinct=lambda f: getattr(f, "path", None)) if isinstance(f, RepoFile)]
+            distinct=lambda f: repr(f.path) if isinstance(f, RepoFile) else f"folder {f.path!r}")
+            if isinstance(f, RepoFile)]
     except GatedRepoError:
         raise GpulockError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN"
                            ) from None

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import mmap
 import os
+import pickle
 import re
 import shutil
 import stat
@@ -251,7 +252,7 @@ def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
     damaged = {d.key for d in result.damage}
     for folder in _projects(store):
         result.damage += _check_project(store, folder, damaged, result)
-    result.damage += _check_views(store)
+    result.damage += _check_views(store) + _check_indexes(store)
     return result
 
 
@@ -316,6 +317,53 @@ def _check_views(store: Store) -> list[Damage]:
                     found.append(Damage("view", os.path.relpath(path, layout.base),
                                         "is a link that leads outside the store's blobs"))
     return found
+
+
+def _check_indexes(store: Store) -> list[Damage]:
+    """The files the clients read as an index and trust: Hugging Face refs (a commit whose
+    snapshot is there) and modelscope 1.x's pickles (`.msc`, `.mdl`), which that client
+    unpickles, so one that would run code, or that lists a file the folder lacks, is
+    damage."""
+    layout = store.layout
+    found = []
+    for refs in sorted(layout.hf.glob("*/refs")) if layout.present(layout.hf) else []:
+        for ref in sorted(p for p in refs.rglob("*") if not p.is_dir()):
+            commit = ref.read_bytes().decode("ascii", "replace") if ref.is_file() else ""
+            if hex_problem(commit, 40) or not (refs.parent / "snapshots" / commit).is_dir():
+                found.append(Damage("view", os.path.relpath(ref, layout.base),
+                                    "names no snapshot this store holds"))
+    indexes = ([*layout.modelscope.rglob(".msc"), *layout.modelscope.rglob(".mdl")]
+               if layout.present(layout.modelscope) else [])
+    for index in sorted(indexes):
+        problem = _index_problem(index)
+        if problem:
+            found.append(Damage("view", os.path.relpath(index, layout.base), problem))
+    return found
+
+
+class _Plain(pickle.Unpickler):
+    """Unpickles lists, dicts and strings only: a class or function reference is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+
+def _index_problem(index: Path) -> str | None:
+    try:
+        with index.open("rb") as handle:
+            data = _Plain(handle).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        return f"is not a plain pickle ({exc}), and the modelscope client unpickles it"
+    if index.name == ".mdl":
+        return None if isinstance(data, dict) else "is not the dict modelscope writes"
+    if not isinstance(data, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("Path"), str) for item in data):
+        return "is not the file list modelscope writes"
+    for item in data:
+        if path_problem(item["Path"]) or not os.path.isfile(
+                index.parent / item["Path"]):
+            return f"lists {item['Path']!r}, which the folder does not hold"
+    return None
 
 
 def _within(path: str, folder: str) -> bool:

@@ -380,7 +380,7 @@ def test_a_link_planted_where_sync_reuses_work_is_never_read_through(hub, make_i
 
 @pytest.mark.parametrize("tamper", ["file to link", "extra file", "farm link", "view link",
                                     "current link", "pth in the farm", "edited script",
-                                    "edited sitecustomize"])
+                                    "edited sitecustomize", "zeroed ref"])
 def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them(
         synced_project, canary, tamper):
     project = synced_project
@@ -412,6 +412,9 @@ def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them
     elif tamper == "edited script":
         (site.parents[2] / "bin" / "app-cli").write_text("#!/bin/sh\necho evil\n")
         expected = "bin/app-cli was changed"
+    elif tamper == "zeroed ref":
+        (v1 / "hf" / "models--org--weights" / "refs" / "main").write_text("0" * 40)
+        expected = "refs/main: names no snapshot this store holds"
     elif tamper == "edited sitecustomize":
         with (site / "sitecustomize" / "__init__.py").open("a") as handle:
             handle.write("import os\n")
@@ -430,6 +433,20 @@ def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them
     assert repaired.code == 0, repaired.err
     synced(project)
     assert (site / "app" / "__init__.py").read_text().startswith("VERSION")
+
+
+def test_a_modelscope_index_that_would_run_code_is_found_by_verify(modelscope, make_index,
+                                                                    project, canary):
+    modelscope.repos["iic/tiny"] = {"master": {"model.pt": WEIGHTS}}
+    setup(project, make_index().url, models='[models.t]\nsource = "ms://iic/tiny"\n')
+    synced(project)
+    mdl = project.root / "store" / "v1" / "modelscope" / "m" / "iic" / "tiny" / ".mdl"
+    mdl.write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")  # what pickle.loads would run
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and "iic/tiny/.mdl: is not a plain pickle" in checked.err
+    assert gpulock(project, "verify", "--repair").code == 0
+    synced(project)
+    assert not (project.root / "pwned").exists()
 
 
 # -- credentials ---------------------------------------------------------------------------
