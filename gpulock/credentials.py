@@ -57,14 +57,19 @@ def login_for(url: str) -> Login | None:
     if same:
         under = [item for item in same if path.startswith(item[0])]
         return max(under or same, key=lambda item: len(item[0]))[1]
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    # netrc names hosts, not ports or schemes (as for curl and pip): its passwords are sent
-    # only over https, or to this machine, never in clear text to a redirect's http:// URL.
-    if not host or (parts.scheme != "https" and not _loopback(host)):
+    host = urlsplit(url).hostname or ""
+    if not private(url):
         return None
     logins = _netrc_logins()
     return logins.get(host) or logins.get("default")
+
+
+def private(url: str) -> bool:
+    """Whether a password from netrc or keyring may travel to `url`: they name hosts, not
+    ports or schemes (as for curl and pip), so they go only over https, or to this machine,
+    never in clear text to an http:// link or redirect."""
+    parts = urlsplit(url)
+    return bool(parts.hostname) and (parts.scheme == "https" or _loopback(parts.hostname or ""))
 
 
 def _loopback(host: str) -> bool:
@@ -78,6 +83,8 @@ def _loopback(host: str) -> bool:
 
 def from_keyring(url: str) -> Login | None:
     """Credentials keyring holds for this URL or its host, when keyring is installed."""
+    if not private(url):
+        return None
     try:
         import keyring  # type: ignore[import-not-found]
     except ImportError:

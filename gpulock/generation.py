@@ -28,7 +28,7 @@ from typing import Literal
 from gpulock import faults
 from gpulock.errors import GpulockError
 from gpulock.farm import FarmStats, build
-from gpulock.names import entry_key_problem, script_problem
+from gpulock.names import entry_key_problem, optimized_bytecode, script_problem
 from gpulock.scratch import link_atomic, tag
 from gpulock.store import Entry, Store
 
@@ -59,10 +59,19 @@ else:
                           "'gpulock sync'\\n")
         _sys.stderr.flush()
         _os._exit(1)
+# The next sitecustomize on the path runs too: the system's, or another gpulock
+# environment's when several are on PYTHONPATH (each then adds its own site directory);
+# each runs once, whichever chain reaches it.
+_ran = _sys.__dict__.setdefault("_gpulock_sitecustomized", set())
+_ran.add(_os.path.realpath(_here))
 for _entry in list(_sys.path):
-    _candidate = _os.path.join(_entry or ".", "sitecustomize.py")
-    if _os.path.realpath(_entry or ".") != _os.path.realpath(_here) and _os.path.isfile(
-            _candidate):
+    if _os.path.realpath(_entry or ".") in _ran:
+        continue
+    _candidate = next((_c for _c in (_os.path.join(_entry or ".", "sitecustomize.py"),
+                                     _os.path.join(_entry or ".", "sitecustomize",
+                                                   "__init__.py")) if _os.path.isfile(_c)),
+                      None)
+    if _candidate:
         with open(_candidate, "rb") as _handle:
             exec(compile(_handle.read(), _candidate, "exec"),
                  {{"__name__": "sitecustomize", "__file__": _candidate}})
@@ -219,32 +228,36 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
 
 
 def _seal(work: Path) -> None:
-    """Record the sha256 of every file the generation holds (its links are checked by
-    where they lead), so that verify finds one added or changed later."""
+    """Record every file of the generation by its sha256 and every link by where it leads,
+    so that verify finds one added, changed or removed later."""
     record = json.loads((work / RECORD).read_text())
     record["files"] = {path: digest for path, digest in _files(work) if path != RECORD}
     (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
 
 
 def _files(root: Path) -> Iterator[tuple[str, str]]:
-    """(relative path, sha256) of each regular file below `root`; "" for anything else that
-    is neither a folder nor a link (a FIFO, a device)."""
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
+    """(relative path, what it is) below `root`: a file's sha256, `-> target` for a link, ""
+    for anything that is neither (a FIFO, a device). Links are not followed."""
+    for folder, dirs, names in os.walk(root):
+        for name in [*dirs, *names]:
             path = os.path.join(folder, name)
             mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
+            if stat.S_ISDIR(mode):
                 continue
-            digest = ""
-            if stat.S_ISREG(mode):
+            if stat.S_ISLNK(mode):
+                what = "-> " + os.readlink(path)
+            elif stat.S_ISREG(mode):
                 with open(path, "rb") as handle:  # small files: scripts, configs
-                    digest = hashlib.sha256(handle.read()).hexdigest()
-            yield os.path.relpath(path, root), digest
+                    what = hashlib.sha256(handle.read()).hexdigest()
+            else:
+                what = ""
+            yield os.path.relpath(path, root), what
 
 
 def tampered(generation: Generation) -> str | None:
-    """What was added to or changed in a generation since it was sealed (None when nothing,
-    or when an older gpulock built it without a seal)."""
+    """What was added to, changed in or removed from a generation since it was sealed (None
+    when nothing, or when an older gpulock built it without a seal). Bytecode Python writes
+    for `-O` runs beside a known source is not gpulock's to judge."""
     try:
         sealed = json.loads((generation.path / RECORD).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
@@ -254,9 +267,9 @@ def tampered(generation: Generation) -> str | None:
     found = dict(_files(generation.path))
     found.pop(RECORD, None)
     for path in sorted(set(found) | set(sealed)):
-        if path not in sealed:
+        if path not in sealed and not optimized_bytecode(path, found):
             return f"{path} was not made by gpulock"
-        if found.get(path) != sealed[path]:
+        if path in sealed and found.get(path) != sealed[path]:
             return f"{path} was changed or removed since gpulock made it"
     return None
 

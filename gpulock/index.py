@@ -239,8 +239,12 @@ class Index:
         if response.status == 404:
             return Listing()
         if response.status in (401, 403):
+            from gpulock.credentials import private
+
+            where = ("its URL, ~/.netrc or keyring" if private(self.url) else
+                     "its URL (netrc and keyring passwords are sent over https only)")
             raise FetchError(f"index {redact(self.url)} refused access to '{name}' "
-                             f"(HTTP {response.status}); check the credentials in its URL")
+                             f"(HTTP {response.status}); check the credentials in {where}")
         if response.status != 200:
             raise FetchError(f"index {redact(self.url)} answered HTTP {response.status} "
                              f"for '{name}'")

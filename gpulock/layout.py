@@ -229,8 +229,12 @@ class Layout:
                 mode = os.lstat(current).st_mode
             except FileNotFoundError:
                 return False
-            if stat.S_ISLNK(mode):
-                raise UnsafeNameError(f"the store path {current} is a symbolic link gpulock did "
+            except NotADirectoryError:  # a file where a folder belongs, one level up
+                mode = stat.S_IFREG
+                current = current.parent
+            if stat.S_ISLNK(mode) or (current != path and not stat.S_ISDIR(mode)):
+                what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+                raise UnsafeNameError(f"the store path {current} is {what}, which gpulock did "
                                       "not make; nothing was read through it: run 'gpulock "
                                       "verify --repair'")
             if stat.S_ISDIR(mode) and current != path:

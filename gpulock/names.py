@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Collection
 from urllib.parse import urlsplit
 
 # Project and model names: one folder name, portable, never hidden, never `.` or `..`.
@@ -155,3 +156,17 @@ def git_url_problem(url: str) -> str | None:
     if revision.startswith("-"):
         return "names a revision that starts with '-'"
     return None
+
+
+_OPTIMIZED = re.compile(r"(?:(.*)/)?__pycache__/([^/]+)\.[^/.]+\.opt-[12]\.pyc")
+
+
+def optimized_bytecode(path: str, present: Collection[str]) -> bool:
+    """Whether `path` is bytecode Python writes for a `-O`/`-OO` run (`__pycache__/m.<tag>.
+    opt-1.pyc`) beside a source `m.py` that `present` holds: the only file Python adds to a
+    tree gpulock compiled (it compiles for plain runs)."""
+    match = _OPTIMIZED.fullmatch(path)
+    if match is None:
+        return False
+    folder, module = match.groups()
+    return f"{folder}/{module}.py" in present if folder else f"{module}.py" in present

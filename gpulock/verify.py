@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import mmap
 import os
 import pickle
@@ -31,7 +32,7 @@ import xxhash
 
 from gpulock import generation, roots
 from gpulock.errors import GpulockError
-from gpulock.names import entry_key_problem, hex_problem, path_problem
+from gpulock.names import entry_key_problem, hex_problem, optimized_bytecode, path_problem
 from gpulock.scratch import tag
 from gpulock.store import ENTRY_MANIFEST, ENTRY_RECORDS, Record, Store
 
@@ -43,7 +44,8 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Damage:
-    kind: str  # "entry", "blob", "generation", "view" or "link" (planted in a store folder)
+    kind: str  # "entry", "blob", "generation", "view" or "link" (a link or file planted
+    # where the store only makes folders)
     key: str  # entry key, blob sha256, project/gen-N, or a view's path under v1/
     problem: str
 
@@ -114,7 +116,8 @@ def _foreign(root: Path, recorded: set[str]) -> str | None:
                 return f"{relative} is a symbolic link, which gpulock never puts in an entry"
             if name in names and not stat.S_ISREG(mode):
                 return f"{relative} is not a regular file"
-            if name in names and relative not in recorded and relative not in _OWN_FILES:
+            if (name in names and relative not in recorded and relative not in _OWN_FILES
+                    and not optimized_bytecode(relative, recorded)):
                 return f"{relative} was not in the entry when it was published"
     return None
 
@@ -183,15 +186,18 @@ def _planted(store: Store) -> list[Damage]:
     """Links where gpulock only ever makes real folders and files: an entry, a shard of
     blobs, an extracted tree, a download in progress (nothing is read through them)."""
     layout = store.layout
-    xxh3 = layout.base / "blobs" / "xxh3"
+    folders_only = (layout.pkgs, layout.blobs, layout.base / "blobs" / "xxh3", layout.git_blobs)
     found = []
-    for folder in (layout.pkgs, layout.blobs, xxh3, layout.git_blobs, layout.trees,
-                   layout.downloads, layout.model_parts):
+    for folder in (*folders_only, layout.trees, layout.downloads, layout.model_parts):
         for name in sorted(os.listdir(folder)) if layout.present(folder) else []:
             path = folder / name
             if os.path.islink(path):
-                found.append(Damage("link", os.path.relpath(path, layout.base),
-                                    "is a symbolic link, which gpulock never makes there"))
+                problem = "is a symbolic link, which gpulock never makes there"
+            elif folder in folders_only and not path.is_dir():
+                problem = "is not a folder, and gpulock only makes folders there"
+            else:
+                continue
+            found.append(Damage("link", os.path.relpath(path, layout.base), problem))
     return found
 
 
@@ -323,22 +329,47 @@ def _check_indexes(store: Store) -> list[Damage]:
     """The files the clients read as an index and trust: Hugging Face refs (a commit whose
     snapshot is there) and modelscope 1.x's pickles (`.msc`, `.mdl`), which that client
     unpickles, so one that would run code, or that lists a file the folder lacks, is
-    damage."""
+    damage. Nothing is read through a link, and only a few KiB of each."""
     layout = store.layout
     found = []
-    for refs in sorted(layout.hf.glob("*/refs")) if layout.present(layout.hf) else []:
-        for ref in sorted(p for p in refs.rglob("*") if not p.is_dir()):
-            commit = ref.read_bytes().decode("ascii", "replace") if ref.is_file() else ""
-            if hex_problem(commit, 40) or not (refs.parent / "snapshots" / commit).is_dir():
-                found.append(Damage("view", os.path.relpath(ref, layout.base),
-                                    "names no snapshot this store holds"))
-    indexes = ([*layout.modelscope.rglob(".msc"), *layout.modelscope.rglob(".mdl")]
-               if layout.present(layout.modelscope) else [])
-    for index in sorted(indexes):
-        problem = _index_problem(index)
-        if problem:
-            found.append(Damage("view", os.path.relpath(index, layout.base), problem))
+    for repo in _real_dirs(layout.hf):
+        for folder, _dirs, names in os.walk(repo / "refs"):
+            for name in names:
+                ref = Path(folder) / name
+                commit = (_small(ref) or b"").decode("ascii", "replace")
+                if hex_problem(commit, 40) or not (repo / "snapshots" / commit).is_dir():
+                    found.append(Damage("view", os.path.relpath(ref, layout.base),
+                                        "names no snapshot this store holds"))
+    for folder, _dirs, names in os.walk(layout.modelscope) if layout.present(
+            layout.modelscope) else ():
+        for name in sorted({".msc", ".mdl"} & set(names)):
+            index = Path(folder) / name
+            problem = _index_problem(index)
+            if problem:
+                found.append(Damage("view", os.path.relpath(index, layout.base), problem))
     return found
+
+
+def _real_dirs(folder: Path) -> list[Path]:
+    """The real (not linked) folders in `folder`."""
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _small(path: Path, limit: int = 1 << 16) -> bytes | None:
+    """A regular file's bytes when it holds at most `limit`; None for anything else (a
+    link, a FIFO, a huge file): never blocks, never fills memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        return handle.read(limit + 1)
 
 
 class _Plain(pickle.Unpickler):
@@ -349,19 +380,20 @@ class _Plain(pickle.Unpickler):
 
 
 def _index_problem(index: Path) -> str | None:
+    raw = _small(index)
+    if raw is None:
+        return "is not a small regular file, as modelscope writes it"
     try:
-        with index.open("rb") as handle:
-            data = _Plain(handle).load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        return f"is not a plain pickle ({exc}), and the modelscope client unpickles it"
+        data = _Plain(io.BytesIO(raw)).load()
+    except Exception as exc:  # any way a hostile pickle fails is damage, not a crash
+        return f"is not a plain pickle ({type(exc).__name__}), and modelscope unpickles it"
     if index.name == ".mdl":
         return None if isinstance(data, dict) else "is not the dict modelscope writes"
     if not isinstance(data, list) or not all(
             isinstance(item, dict) and isinstance(item.get("Path"), str) for item in data):
         return "is not the file list modelscope writes"
     for item in data:
-        if path_problem(item["Path"]) or not os.path.isfile(
-                index.parent / item["Path"]):
+        if path_problem(item["Path"]) or not os.path.isfile(index.parent / item["Path"]):
             return f"lists {item['Path']!r}, which the folder does not hold"
     return None
 

@@ -376,3 +376,34 @@ def test_a_wheel_shipping_its_own_bytecode_syncs_without_warnings(make_index, pr
                              str(project.manifest), "--store", str(project.root / "store")],
                             capture_output=True, text=True)
     assert synced.returncode == 0 and "Warning" not in synced.stderr, synced.stderr
+
+
+def test_several_environments_on_pythonpath_each_run_their_pth_files_once(make_index,
+                                                                           project: Project,
+                                                                           tmp_path: Path):
+    from gpulock.cli import main
+
+    index = make_index()
+    for name in ("one", "two"):
+        make_wheel(index.folder, f"hook-{name}", "1.0", files={
+            f"hook_{name}.pth": f"import hook_{name}_mod\n".encode(),
+            f"hook_{name}_mod.py": f"import sys\nsys.hooks = getattr(sys, 'hooks', []) + "
+                                   f"[{name!r}]\n".encode()})
+    write_manifest(project, index.url, ["hook-one"])
+    assert sync(project)[0] == 0
+    other = tmp_path / "tools" / "gpu.toml"
+    other.parent.mkdir()
+    other.write_text(f'[project]\nname = "tools"\npython = "{HOST_PYTHON}"\n'
+                     f'index = "{index.url}"\n[groups.main]\npackages = ["hook-two"]\n')
+    assert main(["sync", "--manifest", str(other), "--store", str(project.root / "store")]) == 0
+    tools = (project.root / "store" / "v1" / "envs" / "tools" / "current" / "lib"
+             / f"python{HOST_PYTHON}" / "site-packages")
+    system = tmp_path / "system"
+    system.mkdir()
+    (system / "sitecustomize.py").write_text("import sys\nsys.hooks = getattr(sys, 'hooks', [])"
+                                             " + ['system']\n")
+    ran = subprocess.run([sys.executable, "-c", "import sys; print(sorted(sys.hooks))"],
+                         capture_output=True, text=True, env={
+                             **os.environ, "PYTHONPATH": f"{site(project)}:{tools}:{system}"})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "['one', 'system', 'two']"
