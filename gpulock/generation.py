@@ -309,10 +309,19 @@ def _write_scripts(bin_dir: Path, interpreter: Path, entries: Iterable[Entry]) -
                 data = source.read_bytes()
                 # `#!python` in .data/scripts means "the interpreter that installs me".
                 if re.match(rb"#!pythonw?(\r?\n)", data):
-                    data = b"#!" + str(interpreter).encode() + data[data.index(b"\n"):]
+                    data = _shebang(str(interpreter)) + data[data.index(b"\n"):]
                 _write_script(bin_dir, entry, source.name, data)
                 count += 1
     return count
+
+
+def _shebang(interpreter: str) -> bytes:
+    """`#!interpreter`, or where the kernel cannot read that (a space, over 127 bytes) the
+    /bin/sh trampoline installer writes into console scripts."""
+    if " " not in interpreter and len(interpreter) + 3 <= 127:
+        return b"#!" + interpreter.encode()
+    quoted = interpreter.replace('"', '\\"')
+    return ("#!/bin/sh\n'''exec' \"" + quoted + "\" \"$0\" \"$@\"\n' '''").encode()
 
 
 def _write_script(bin_dir: Path, entry: Entry, name: str, data: bytes) -> None:

@@ -407,3 +407,19 @@ def test_several_environments_on_pythonpath_each_run_their_pth_files_once(make_i
                              **os.environ, "PYTHONPATH": f"{site(project)}:{tools}:{system}"})
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "['one', 'system', 'two']"
+
+
+def test_scripts_run_from_a_store_whose_path_has_a_space(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "tool", "1.0", files={
+        "tool/__init__.py": b"def main():\n    print('console')\n",
+        "tool-1.0.data/scripts/data-tool": b"#!python\nimport sys\nprint('data', sys.prefix)\n",
+    }, entry_points="[console_scripts]\nconsole-tool = tool:main\n")
+    write_manifest(project, index.url, ["tool"])
+    store = project.root / "a store"
+    result = project.gpulock("sync", "--store", str(store))
+    assert result.code == 0, result.err
+    bin_dir = store / "v1" / "envs" / "demo" / "current" / "bin"
+    for script, said in (("console-tool", "console"), ("data-tool", "data")):
+        ran = subprocess.run([str(bin_dir / script)], capture_output=True, text=True)
+        assert ran.returncode == 0 and ran.stdout.startswith(said), ran.stderr
