@@ -48,9 +48,9 @@ def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
           distinct: Callable[[T], object] | None = None) -> list[T]:
     """Every item of `produce()` (a hub client's call or paginated listing), read on a daemon
     thread: the clients take no stall timeout of gpulock's, so their answers are given up
-    here when no item arrives for twice GPULOCK_STALL_TIMEOUT, past `limit` items, or (with
-    `distinct`, which names an item in words) at the first item seen twice, as a pagination
-    that loops sends."""
+    here when no item arrives for twice GPULOCK_STALL_TIMEOUT, when the whole answer takes
+    30 times that, past `limit` items, or (with `distinct`, which names an item in words)
+    at the first item seen twice, as a pagination that loops sends."""
     items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
     stop = threading.Event()
 
@@ -66,15 +66,21 @@ def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
 
     threading.Thread(target=run, daemon=True, name="gpulock-paced").start()
     wait = 2 * stall_timeout()
+    # A hub that drips a page every so often is given up too: the whole answer has
+    # 30 x GPULOCK_STALL_TIMEOUT (30 min by default, for listings of 100,000s of files).
+    deadline = time.monotonic() + 30 * stall_timeout()
     out: list[T] = []
     seen: set[object] = set()
     try:
         while True:
+            left = deadline - time.monotonic()
             try:
-                kind, value = items.get(timeout=wait)
+                kind, value = items.get(timeout=max(0.0, min(wait, left)))
             except queue.Empty:
-                raise FetchError(f"{what}: nothing arrived for {wait:g} s "
-                                 "(2 x GPULOCK_STALL_TIMEOUT); stopped") from None
+                took = (f"took over {30 * stall_timeout():g} s (30 x GPULOCK_STALL_TIMEOUT)"
+                        if left <= wait else f"sent nothing for {wait:g} s "
+                        "(2 x GPULOCK_STALL_TIMEOUT)")
+                raise FetchError(f"{what}: the hub {took}; stopped") from None
             if kind == "end":
                 return out
             if kind == "error":

@@ -732,13 +732,22 @@ def test_a_hub_that_is_silent_or_pages_forever_at_lock_is_given_up_in_one_senten
     hub.api_silence = 5
     started = time.monotonic()
     refused(project.gpulock("lock"), "model 'weights' (hf://org/weights@main)",
-            "nothing arrived for 2 s")
+            "sent nothing for 2 s")
     assert time.monotonic() - started < 20
     hub.api_silence = 0
     hub.endless = True
     refused(project.gpulock("lock"), "model 'weights'", "listed 'config.json' twice")
     assert len(hub.requests) < 100
     hub.endless = False
+    # One page at a time, each just in time: the whole listing has 30 stall periods.
+    hub.repo("org/weights").commit({f"f{i}.json": b"{}" for i in range(200)})
+    hub.page_size, hub.api_silence = 1, 0.3
+    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "0.2")
+    started = time.monotonic()
+    refused(project.gpulock("lock"), "model 'weights'", "took over 6 s")
+    assert time.monotonic() - started < 20
+    hub.page_size, hub.api_silence = 1000, 0
+    monkeypatch.delenv("GPULOCK_STALL_TIMEOUT")
     project.lock()
 
 
