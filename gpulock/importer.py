@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import stat
 import sys
@@ -169,7 +170,7 @@ def _dependencies_yaml(path: Path) -> Imported:
         table = _unique(str(name), groups, imported, "group")
         groups[table] = group
         if body.get("description"):
-            imported.notes[f"groups.{table}"] = str(body["description"])
+            imported.notes[f"groups.{table}"] = redact(str(body["description"]))
     imported.data["groups"] = groups
     for key in sorted(set(raw) - {"groups", "install_order", "metadata", "models"}, key=str):
         imported.say(f"{key}: gpu.toml has no such setting")
@@ -192,7 +193,7 @@ def _requirements(path: Path) -> Imported:
     imported = Imported(path)
     packages: list[str] = []
     project: dict[str, Any] = {}
-    _requirements_file(path, path.resolve().parent, imported, project, packages, {path.resolve()})
+    _requirements_file(path, _root(path), imported, project, packages, {_lexical(path)})
     imported.data["project"] = project
     imported.data["groups"] = {"main": {"packages": packages}}
     return imported
@@ -233,16 +234,30 @@ def _requirements_file(path: Path, root: Path, imported: Imported, project: dict
             packages += _requirement_line(req, where, imported)
 
 
+def _root(path: Path) -> Path:
+    """Where `-r`/`-c` files may be read from: the current folder (a repository's root, as
+    `gpulock import docs/requirements.txt` is run) when the imported file lies in it, else
+    the imported file's own folder."""
+    here, folder = _lexical(Path.cwd()), _lexical(path).parent
+    return here if folder.is_relative_to(here) else folder
+
+
+def _lexical(path: Path) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
 def _included(path: Path, name: str, root: Path, where: str) -> Path:
-    """The file a `-r`/`-c` line names, if it lies in the imported file's folder."""
+    """The file a `-r`/`-c` line names, if it lies below `root` (judged by its name: its
+    unreadable lines are never quoted, so a link in the project may lead elsewhere)."""
+    shown = ascii(redact(name))
     if "://" in name:
-        raise GpulockError(f"{where}: -r {redact(name)}: gpulock import reads only local files; "
+        raise GpulockError(f"{where}: -r {shown}: gpulock import reads only local files; "
                            "download it beside the requirements file")
-    nested = (path.parent / name).resolve()
+    nested = _lexical(path.parent / name)
     if not nested.is_relative_to(root):
-        raise GpulockError(f"{where}: -r {name}: gpulock import reads only files in {root}")
+        raise GpulockError(f"{where}: -r {shown}: gpulock import reads only files in {root}")
     if not nested.exists():
-        raise GpulockError(f"{where}: -r {name}: no such file")
+        raise GpulockError(f"{where}: -r {shown}: no such file")
     return nested
 
 

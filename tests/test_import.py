@@ -163,7 +163,7 @@ def test_unreadable_inputs_are_one_sentence_naming_the_file(project: Project, tm
              "models.yaml": ("a: [\n", "not readable YAML"),
              "config.py": ("def (", "not readable Python"),
              "binary.txt": (b"\xff\xfe\x00", "not a readable UTF-8 text file"),
-             "nested.txt": ("-r missing.txt\n", "-r missing.txt: no such file"),
+             "nested.txt": ("-r missing.txt\n", "-r 'missing.txt': no such file"),
              "aliases.yaml": ("a: &a [x, x]\nb: [*a, *a]\n", "uses YAML aliases"),
              "zero.txt": ("-r /dev/zero\n", "reads only files in")}
     for name, (content, words) in cases.items():
@@ -305,3 +305,17 @@ def test_control_characters_in_notes_leave_a_readable_gpu_toml(tmp_path: Path):
     source.write_text('groups:\n  g:\n    packages: [torch]\n    description: "a\\x01b"\n')
     text = import_file(source, python="3.10").text()
     assert "# a?b" in text and parse(text, Path("gpu.toml")).groups[0].name == "g"
+
+
+def test_a_requirements_file_may_include_files_of_the_folder_import_runs_in(
+        tmp_path: Path, monkeypatch):
+    (tmp_path / "common.txt").write_text("tqdm\n")
+    (tmp_path / "svc").mkdir()
+    source = tmp_path / "svc" / "requirements.txt"
+    source.write_text("-r ../common.txt\nnumpy\n")
+    monkeypatch.chdir(tmp_path)
+    packages = import_file(source, python="3.10").manifest().groups[0].packages
+    assert [str(r) for r in packages] == ["tqdm", "numpy"]
+    monkeypatch.chdir(tmp_path / "svc")
+    with pytest.raises(GpulockError, match=r"-r '\.\./common\.txt': gpulock import reads only"):
+        import_file(source, python="3.10")

@@ -439,6 +439,15 @@ def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them
     assert (site / "app" / "__init__.py").read_text().startswith("VERSION")
 
 
+def test_a_damaged_model_root_is_named_by_verify(synced_project, canary):
+    project = synced_project
+    (project.root / "store" / "v1" / "roots" / "models" / "evil.json").write_text(
+        '{"models": ["x"]}')
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and "damaged root roots/models: a model root is" in checked.err
+    assert "Traceback" not in checked.err
+
+
 def test_a_modelscope_index_that_would_run_code_is_found_by_verify(modelscope, make_index,
                                                                     project, canary):
     modelscope.repos["iic/tiny"] = {"master": {"model.pt": WEIGHTS}}
