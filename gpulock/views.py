@@ -446,17 +446,50 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
                     _refuse_escapes(model, [m.name for m in members]
                                     + [m.linkname for m in members if m.issym() or m.islnk()])
                     archive.extractall(work, filter="data")  # no devices, FIFOs, escapes
+            elif _is_7z(blob):
+                _extract_7z(model, blob, work)
             else:
-                raise GpulockError(f"model '{model.name}': {file.path} is not a zip or tar "
-                                   "archive this gpulock can extract (7z and rar are not "
-                                   "supported); set extract = false to keep it as one file")
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+                raise GpulockError(f"model '{model.name}': {file.path} is not a zip, tar or "
+                                   "7z archive (rar is not supported); set extract = false "
+                                   "to keep it as one file")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, _SevenZipError) as exc:
             raise GpulockError(f"model '{model.name}': the archive {file.path} cannot be "
                                f"extracted ({exc}); nothing was extracted") from None
         except (NotADirectoryError, FileExistsError, IsADirectoryError):
             raise GpulockError(f"model '{model.name}': the archive {file.path} holds a file "
                                "and a folder of the same name; nothing was extracted") from None
     return tree
+
+
+class _SevenZipError(Exception):
+    """A 7z archive py7zr cannot read (its own errors, raised as this)."""
+
+
+def _is_7z(blob: Path) -> bool:
+    with blob.open("rb") as handle:
+        return handle.read(6) == b"7z\xbc\xaf\x27\x1c"
+
+
+def _extract_7z(model: PinnedModel, blob: Path, work: Path) -> None:
+    """Unpack a 7z archive (seed 004's ETH3D data) by the rules of zip and tar: no member
+    outside the tree, and no links (7z has no safe-link filter like tar's "data")."""
+    import py7zr
+    from py7zr.exceptions import ArchiveError
+
+    try:
+        with py7zr.SevenZipFile(blob) as archive:
+            members = archive.list()
+            _refuse_escapes(model, [m.filename for m in members])
+            linked = next((m.filename for m in members if m.is_symlink), None)
+            if linked is not None:
+                raise GpulockError(f"model '{model.name}': the archive holds a link, "
+                                   f"{linked!r}, and gpulock extracts 7z archives without "
+                                   "links; nothing was extracted")
+            archive.extractall(work)
+    except (ArchiveError, py7zr.Bad7zFile, py7zr.DecompressionBombError,
+            py7zr.PasswordRequired, py7zr.UnsupportedCompressionMethodError,
+            ValueError) as exc:
+        raise _SevenZipError(str(exc) or type(exc).__name__) from None
 
 
 def _refuse_escapes(model: PinnedModel, names: list[str]) -> None:

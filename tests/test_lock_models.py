@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +200,56 @@ def test_an_archive_escaping_its_tree_is_refused(make_index, project):
     assert result.code == 1 and "outside its own tree" in result.err
     assert "nothing was extracted" in result.err
     assert not (project.root / "store" / "v1" / "files" / "m" / "evil").exists()
+
+
+def _seven_zip(folder: Path, files: dict[str, bytes]) -> None:
+    import py7zr
+
+    source = folder / "tree"
+    for name, data in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    with py7zr.SevenZipFile(folder / "data.7z", "w") as archive:
+        archive.writeall(source, "eth3d")
+
+
+def test_seed_004_weights_over_https_and_a_7z_dataset_are_read_from_files(make_index, project,
+                                                                         tmp_path: Path):
+    index = make_index()
+    weights = os.urandom(50_000)
+    (index.folder / "model.pt").write_bytes(weights)
+    _seven_zip(tmp_path, {"courtyard/images/dslr_images/0.JPG": b"jpeg",
+                          "courtyard/dslr_calibration_undistorted/cameras.txt": b"K 1 2"})
+    (index.folder / "multi_view.7z").write_bytes((tmp_path / "data.7z").read_bytes())
+    files = index.url.replace("/simple", "/files")
+    write(project, index, f'[models.vggt]\nsource = "{files}/model.pt"\n'
+                          f'[models.eth3d]\nsource = "{files}/multi_view.7z"\nextract = true\n')
+    store = project.root / "store"
+    result = project.gpulock("sync", "--models-only", "--store", str(store))
+    assert result.code == 0, result.err
+    views = store / "v1" / "files" / "m"
+    assert (views / "vggt" / "model.pt").read_bytes() == weights
+    scene = views / "eth3d" / "eth3d" / "courtyard"
+    assert (scene / "images" / "dslr_images" / "0.JPG").read_bytes() == b"jpeg"
+    assert (scene / "dslr_calibration_undistorted" / "cameras.txt").read_bytes() == b"K 1 2"
+
+
+@pytest.mark.parametrize("kind", ["escaping", "link"])
+def test_a_7z_archive_that_would_leave_its_tree_is_refused(make_index, project, tmp_path: Path,
+                                                           kind):
+    import py7zr
+
+    index = make_index()
+    with py7zr.SevenZipFile(index.folder / "evil.7z", "w") as archive:
+        if kind == "escaping":  # py7zr's public writer refuses such a name: a hostile one
+            archive._writestr(b"x", "../evil.txt")
+        else:
+            (tmp_path / "target").write_text("x")
+            (tmp_path / "link").symlink_to("/etc/passwd")
+            archive.write(tmp_path / "link", "data/link")
+    url = index.url.replace("/simple", "/files/evil.7z")
+    write(project, index, f'[models.evil]\nsource = "{url}"\nextract = true\n')
+    result = project.gpulock("sync", "--models-only", "--store", str(project.root / "store"))
+    assert result.code == 1 and "nothing was extracted" in result.err, result.err
+    assert "Traceback" not in result.err
+    assert not any((project.root / "store" / "v1" / "trees").iterdir())
