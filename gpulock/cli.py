@@ -172,8 +172,23 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                 result = lock.lock(spec, path, progress=status)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
-    outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), jobs=args.jobs,
-                   packages=not args.models_only, models=not args.no_models)
+    opened = store.open()
+
+    def preflight() -> None:
+        """doctor's blockers, before anything is fetched for a new generation; a machine
+        without a GPU builds CUDA environments (a Docker build stage), so that one is not."""
+        from gpulock import doctor
+
+        found = doctor.checks(spec, locked, opened, doctor.probe_driver())
+        blocker = next((c for c in found if c.status == doctor.BLOCKER and c.name != "driver"),
+                       None)
+        if blocker is not None:
+            raise GpulockError(f"{blocker.message} ('gpulock doctor' says more; 'sync "
+                               "--no-check' skips the checks)")
+
+    outcome = sync(spec, locked, path.read_text(encoding="utf-8"), opened, jobs=args.jobs,
+                   packages=not args.models_only, models=not args.no_models,
+                   preflight=(lambda: None) if args.no_check else preflight)
     gen = outcome.generation
     models = (f", {len(locked.models)} model(s) in {store.layout.hf}"
               if locked.models and not args.no_models else "")
@@ -345,6 +360,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from gpulock import doctor, lockfile
+
+    spec, lock_path, store = _project_paths(args)
+    if not lock_path.is_file():
+        raise GpulockError(f"{lock_path} does not exist; run 'gpulock lock' first")
+    found = doctor.checks(spec, lockfile.read(lock_path), store, doctor.probe_driver())
+    if args.format == "json":
+        print(json.dumps(doctor.as_json(found), indent=2))
+    else:
+        for check in found:
+            print(f"{check.status:<8} {check.message}")
+    blockers = sum(c.status == doctor.BLOCKER for c in found)
+    if blockers and args.format != "json":
+        print(f"{blockers} blocker(s): sync would build an environment this pod cannot run",
+              file=sys.stderr)
+    return 1 if blockers else 0
+
+
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from gpulock.generation import rollback
 
@@ -415,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="refuse a lock that does not match the manifest (never re-lock)")
     sync.add_argument("--jobs", type=int, default=8, help="parallel downloads (default 8)")
     which = sync.add_mutually_exclusive_group()
+    sync.add_argument("--no-check", action="store_true",
+                      help="skip doctor's blocking checks (driver, glibc, disk, GPU archs)")
     which.add_argument("--no-models", action="store_true", help="sync packages only")
     which.add_argument("--models-only", action="store_true", help="sync models only")
     sync.set_defaults(func=_cmd_sync)
@@ -428,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     project_options(run)
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     run.set_defaults(func=_cmd_run)
+
+    doctor = sub.add_parser("doctor", help="check this pod (driver, GPUs, glibc, Python, "
+                            "disk, model memory) against the lock")
+    project_options(doctor)
+    doctor.add_argument("--format", choices=("text", "json"), default="text")
+    doctor.set_defaults(func=_cmd_doctor)
 
     status = sub.add_parser("status", help="show generations and what the store holds")
     project_options(status)

@@ -118,6 +118,7 @@ def find_interpreter(version: str) -> tuple[str, str]:
 
 def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: int = 8,
          packages: bool = True, models: bool = True,
+         preflight: Callable[[], None] = lambda: None,
          log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
     started = time.perf_counter()
     laid_out: list[tuple[int, int]] = []
@@ -136,7 +137,8 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
             roots.forget_models(store, manifest.project.name)  # its models are gc's to take
 
     if packages:
-        result = _sync_packages(manifest, lock, lock_text, store, jobs, log, models_step)
+        result = _sync_packages(manifest, lock, lock_text, store, jobs, log, models_step,
+                                preflight)
     else:
         models_step()
         result = SyncResult(None, nothing_to_do=True)
@@ -148,7 +150,10 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
 
 
 def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int,
-                   log: Log, before_switch: Callable[[], None]) -> SyncResult:
+                   log: Log, before_switch: Callable[[], None],
+                   preflight: Callable[[], None]) -> SyncResult:
+    """The lock's packages as the project's current generation; `preflight` runs once a new
+    generation is to be built (a no-op sync skips it), `before_switch` before it is current."""
     started = time.perf_counter()
     project = manifest.project.name
     python, python_version = find_interpreter(lock.target.python)
@@ -158,6 +163,7 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
         before_switch()
         return SyncResult(previous, reused=len(previous.packages), nothing_to_do=True,
                           seconds=time.perf_counter() - started)
+    preflight()
     newest = generation.all_generations(store, project)
     if previous is not None and newest and newest[-1].number > previous.number:
         log(f"note: generation {previous.number} is current by 'gpulock rollback'; this sync "

@@ -1,0 +1,238 @@
+"""`gpulock doctor`: the pod it runs on against what the lock needs, one line a check.
+
+The driver and GPUs come from `nvidia-smi` (every NVIDIA driver install ships it, and its
+output is the boundary tests fake): the driver version, the highest CUDA it runs, and each
+GPU's name, compute capability and free memory. Against the lock: its CUDA, the glibc its
+wheels were chosen for, its CPython, the space sync still needs on the store's filesystem,
+each model's weight memory, and the `TORCH_CUDA_ARCH_LIST` of groups that build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from gpulock.lockfile import Lock
+from gpulock.manifest import Manifest
+from gpulock.store import Store
+
+OK, INFO, WARN, BLOCKER = "ok", "info", "warn", "blocker"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: what was checked, how it stands, and the sentence that says so."""
+
+    name: str
+    status: str  # OK, INFO, WARN or BLOCKER (the last makes doctor and sync fail)
+    message: str
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    capability: str  # "9.0"
+    free_mib: int
+    total_mib: int
+
+
+@dataclass(frozen=True)
+class Driver:
+    version: str
+    cuda: str | None  # the highest CUDA this driver runs
+    gpus: tuple[Gpu, ...]
+
+
+def probe_driver() -> Driver | str | None:
+    """The NVIDIA driver and its GPUs; None without one; a sentence when nvidia-smi fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=20)
+        rows = subprocess.run([smi, "--query-gpu=index,name,compute_cap,memory.free,"
+                               "memory.total", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"nvidia-smi did not answer ({type(exc).__name__})"
+    if header.returncode != 0 or rows.returncode != 0:
+        said = (header.stdout + header.stderr).strip().splitlines() or ["no output"]
+        return f"nvidia-smi failed: {said[0][:200]}"
+    version = _after(header.stdout, "Driver Version:")
+    if version is None:
+        return "nvidia-smi named no driver version"
+    gpus = []
+    for line in rows.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            gpus.append(Gpu(int(parts[0]), parts[1], parts[2], int(float(parts[3])),
+                            int(float(parts[4]))))
+        except (IndexError, ValueError):
+            return f"nvidia-smi described a GPU as {line[:200]!r}"
+    return Driver(version, _after(header.stdout, "CUDA Version:"), tuple(gpus))
+
+
+def _after(text: str, label: str) -> str | None:
+    _, found, rest = text.partition(label)
+    return rest.split()[0] if found and rest.split() else None
+
+
+def checks(manifest: Manifest, lock: Lock, store: Store,
+           driver: Driver | str | None) -> list[Check]:
+    """Every check, in the order doctor prints them."""
+    found = [*_driver_checks(lock, driver), _glibc(lock), _python(lock), _disk(lock, store)]
+    gpus = driver.gpus if isinstance(driver, Driver) else ()
+    found += [_model(model, gpus) for model in lock.models if model.get("weights")]
+    found += _arch_lists(manifest, gpus)
+    return found
+
+
+def _driver_checks(lock: Lock, driver: Driver | str | None) -> list[Check]:
+    cuda = lock.target.cuda
+    if not isinstance(driver, Driver):
+        why = driver or "no NVIDIA driver here (nvidia-smi is not on PATH)"
+        if cuda:
+            return [Check("driver", BLOCKER, f"{why}, and the lock's environment needs CUDA "
+                          f"{cuda} at run time")]
+        return [Check("driver", INFO, f"{why}; the lock needs no CUDA")]
+    found = [Check("driver", OK, f"NVIDIA driver {driver.version}, runs CUDA up to "
+                   f"{driver.cuda or 'an unknown version'}")]
+    found += [Check(f"gpu {g.index}", OK, f"GPU {g.index}: {g.name}, compute capability "
+                    f"{g.capability}, {g.free_mib / 1024:.1f} GiB free of "
+                    f"{g.total_mib / 1024:.1f} GiB") for g in driver.gpus]
+    if not driver.gpus:
+        found.append(Check("gpu", WARN, "the driver sees no GPU"))
+    if cuda and driver.cuda:
+        found.append(_cuda(cuda, driver))
+    return found
+
+
+def _cuda(cuda: str, driver: Driver) -> Check:
+    need, have = _version(cuda), _version(driver.cuda or "")
+    if need is None or have is None or have >= need:
+        return Check("cuda", OK, f"the lock's CUDA {cuda} runs on this driver")
+    if have.major == need.major:
+        # CUDA minor-version compatibility: a 12.x build runs on any 12.x driver, save for
+        # code that needs the newer driver's PTX JIT or features.
+        return Check("cuda", WARN, f"the lock's CUDA {cuda} is newer than the {driver.cuda} "
+                     f"driver {driver.version} runs; it works through CUDA minor-version "
+                     "compatibility, except kernels JIT-compiled from PTX")
+    return Check("cuda", BLOCKER, f"the lock's CUDA {cuda} needs a newer driver than "
+                 f"{driver.version} (it runs CUDA {driver.cuda} at most): update the driver "
+                 f"or lock with project.cuda = \"{driver.cuda}\"")
+
+
+def _version(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def _glibc(lock: Lock) -> Check:
+    try:
+        here = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        here = ""
+    have, need = _version(here.removeprefix("glibc ")), _version(lock.target.glibc)
+    if have is None or need is None:
+        return Check("glibc", WARN, f"cannot tell this machine's glibc ({here or 'none'}); "
+                     f"the lock's wheels need {lock.target.glibc}")
+    if have < need:
+        return Check("glibc", BLOCKER, f"glibc {have} is older than the {need} the lock's "
+                     "wheels were chosen for: lock with project.glibc = "
+                     f"\"{have.major}.{have.minor}\"")
+    return Check("glibc", OK, f"glibc {have}, the lock's wheels need {need}")
+
+
+def _python(lock: Lock) -> Check:
+    from gpulock.interpreter import find_python
+
+    version = lock.target.python
+    found = find_python(version)
+    if found is None:
+        return Check("python", BLOCKER, f"CPython {version}, the lock's target, is not "
+                     f"installed: 'uv python install {version}'")
+    return Check("python", OK, f"CPython {version} at {found}")
+
+
+def _disk(lock: Lock, store: Store) -> Check:
+    """What sync would still download (entries and model files the store lacks) against
+    the free space of the store's filesystem."""
+    from gpulock.models import from_dict
+    from gpulock.views import stored_blob
+
+    present = {entry.split("-", 1)[0] for entry in (os.listdir(store.layout.pkgs)
+                                                    if store.layout.pkgs.is_dir() else [])}
+    needed = sum(ref.size for p in lock.packages if (ref := p.wheel or p.sdist) is not None
+                 and not (p.wheel and p.wheel.sha256 in present))
+    for model in (from_dict(m) for m in lock.models):
+        needed += sum(f.size for f in model.files if stored_blob(store, f) is None)
+    folder = Path(store.root)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    said = (f"sync needs at most {needed / 2**30:.2f} GiB more; {free / 2**30:.1f} GiB free "
+            f"on {folder}")
+    return Check("disk", BLOCKER if needed > free else OK, said)
+
+
+def _model(model: dict[str, object], gpus: tuple[Gpu, ...]) -> Check:
+    weights = model["weights"]
+    size = int(weights.get("bytes", 0)) if isinstance(weights, dict) else 0
+    name = f"model {model.get('name')}"
+    if not gpus:
+        return Check(name, INFO, f"{model.get('name')}: {size / 2**30:.2f} GiB of weights; "
+                     "no GPU here to hold them")
+    fits = [g for g in gpus if g.free_mib * 2**20 >= size]
+    if fits:
+        best = max(fits, key=lambda g: g.free_mib)
+        return Check(name, OK, f"{model.get('name')} {size / 2**30:.2f} GiB fits on GPU "
+                     f"{best.index} ({best.free_mib / 1024:.1f} GiB free)")
+    most = max(gpus, key=lambda g: g.free_mib)
+    return Check(name, WARN, f"{model.get('name')} {size / 2**30:.2f} GiB of weights fits on "
+                 f"no GPU (at most {most.free_mib / 1024:.1f} GiB free, on GPU {most.index}):"
+                 " shard it across GPUs, quantize it, or free memory")
+
+
+def _arch_lists(manifest: Manifest, gpus: tuple[Gpu, ...]) -> list[Check]:
+    """A group's TORCH_CUDA_ARCH_LIST must name every GPU's capability (or a lower one with
+    +PTX), else what it builds has no kernel for that GPU."""
+    found = []
+    for group in manifest.groups:
+        listed = dict(group.env).get("TORCH_CUDA_ARCH_LIST")
+        if not listed or not gpus:
+            continue
+        archs = listed.replace(";", " ").split()
+        missing = sorted({g.capability for g in gpus if not _covers(archs, g.capability)})
+        name = f"arch {group.name}"
+        if missing:
+            found.append(Check(name, BLOCKER, f"group '{group.name}' builds for "
+                               f"TORCH_CUDA_ARCH_LIST=\"{listed}\", which has no kernels for "
+                               f"compute capability {', '.join(missing)} of this pod's GPUs"))
+        else:
+            found.append(Check(name, OK, f"group '{group.name}' builds for every GPU here "
+                               f"(TORCH_CUDA_ARCH_LIST=\"{listed}\")"))
+    return found
+
+
+def _covers(archs: list[str], capability: str) -> bool:
+    have = _version(capability)
+    for arch in archs:
+        base = _version(arch.removesuffix("+PTX"))
+        if arch.removesuffix("+PTX") == capability or (
+                arch.endswith("+PTX") and base is not None and have is not None
+                and base <= have):
+            return True
+    return False
+
+
+def as_json(found: list[Check]) -> dict[str, object]:
+    return {"checks": [asdict(c) for c in found],
+            "blockers": sum(c.status == BLOCKER for c in found)}
