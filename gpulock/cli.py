@@ -179,7 +179,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         without a GPU builds CUDA environments (a Docker build stage), so that one is not."""
         from gpulock import doctor
 
-        found = doctor.checks(spec, locked, opened, doctor.probe_driver())
+        found = doctor.checks(spec, locked, opened, doctor.probe_driver(), interpreter=False)
         blocker = next((c for c in found if c.status == doctor.BLOCKER and c.name != "driver"),
                        None)
         if blocker is not None:

@@ -83,10 +83,12 @@ def _after(text: str, label: str) -> str | None:
     return rest.split()[0] if found and rest.split() else None
 
 
-def checks(manifest: Manifest, lock: Lock, store: Store,
-           driver: Driver | str | None) -> list[Check]:
-    """Every check, in the order doctor prints them."""
-    found = [*_driver_checks(lock, driver), _glibc(lock), _python(lock), _disk(lock, store)]
+def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | None,
+           interpreter: bool = True) -> list[Check]:
+    """Every check, in the order doctor prints them (`interpreter=False`: not the target
+    CPython, which sync has found before it asks)."""
+    found = [*_driver_checks(lock, driver), _glibc(lock),
+             *([_python(lock)] if interpreter else []), _disk(lock, store)]
     gpus = driver.gpus if isinstance(driver, Driver) else ()
     found += [_model(model, gpus) for model in lock.models if model.get("weights")]
     found += _arch_lists(manifest, gpus)
