@@ -226,6 +226,10 @@ def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover
     for tree in _dirs(layout.trees):
         if tree.name not in live_trees:
             remove(tree)
+    for sealed in _names(layout.trees):  # the seals beside the trees, never inside one
+        if sealed.name.endswith(".seal.json") and not sealed.is_dir() and (
+                sealed.name.removesuffix(".seal.json") not in live_trees):
+            remove(sealed)
     for path in _files(layout.files):
         if path.is_symlink() and not path.exists():
             remove(path)  # its blob or tree was collected above

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gpulock import faults
+from gpulock import faults, seal
 from gpulock.errors import GpulockError
 from gpulock.farm import FarmStats, build
 from gpulock.names import entry_key_problem, optimized_bytecode, script_problem
@@ -231,27 +229,8 @@ def _seal(work: Path) -> None:
     """Record every file of the generation by its sha256 and every link by where it leads,
     so that verify finds one added, changed or removed later."""
     record = json.loads((work / RECORD).read_text())
-    record["files"] = {path: digest for path, digest in _files(work) if path != RECORD}
+    record["files"] = {path: what for path, what in seal.contents(work) if path != RECORD}
     (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
-
-
-def _files(root: Path) -> Iterator[tuple[str, str]]:
-    """(relative path, what it is) below `root`: a file's sha256, `-> target` for a link, ""
-    for anything that is neither (a FIFO, a device). Links are not followed."""
-    for folder, dirs, names in os.walk(root):
-        for name in [*dirs, *names]:
-            path = os.path.join(folder, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISDIR(mode):
-                continue
-            if stat.S_ISLNK(mode):
-                what = "-> " + os.readlink(path)
-            elif stat.S_ISREG(mode):
-                with open(path, "rb") as handle:  # small files: scripts, configs
-                    what = hashlib.sha256(handle.read()).hexdigest()
-            else:
-                what = ""
-            yield os.path.relpath(path, root), what
 
 
 def tampered(generation: Generation) -> str | None:
@@ -264,14 +243,7 @@ def tampered(generation: Generation) -> str | None:
         return "its record cannot be read"
     if not isinstance(sealed, dict):
         return None
-    found = dict(_files(generation.path))
-    found.pop(RECORD, None)
-    for path in sorted(set(found) | set(sealed)):
-        if path not in sealed and not optimized_bytecode(path, found):
-            return f"{path} was not made by gpulock"
-        if path in sealed and found.get(path) != sealed[path]:
-            return f"{path} was changed or removed since gpulock made it"
-    return None
+    return seal.broken(generation.path, sealed, skip=(RECORD,), tolerated=optimized_bytecode)
 
 
 def _next_number(envs: Path) -> int:

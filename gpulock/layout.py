@@ -168,6 +168,11 @@ class Layout:
         _checked("a sha256", sha256, hex_problem(sha256, 64))
         return self.trees / sha256
 
+    def tree_seal(self, sha256: str) -> Path:
+        """`trees/<sha256>.seal.json`: what the extracted tree held when it was made."""
+        _checked("a sha256", sha256, hex_problem(sha256, 64))
+        return self.trees / f"{sha256}.seal.json"
+
     def model_root(self, project: str) -> Path:
         _checked("a project name", project, name_problem(project))
         return self.model_roots / f"{project}.json"

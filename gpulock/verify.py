@@ -16,6 +16,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import json
 import mmap
 import os
 import pickle
@@ -44,8 +45,8 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Damage:
-    kind: str  # "entry", "blob", "generation", "view" or "link" (a link or file planted
-    # where the store only makes folders)
+    kind: str  # "entry", "blob", "generation", "view", "tree" or "link" (a link or file
+    # planted where the store only makes folders)
     key: str  # entry key, blob sha256, project/gen-N, or a view's path under v1/
     problem: str
 
@@ -263,8 +264,30 @@ def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
     damaged = {d.key for d in result.damage}
     for folder in _projects(store):
         result.damage += _check_project(store, folder, damaged, result)
-    result.damage += _check_views(store) + _check_indexes(store)
+    result.damage += _check_views(store) + _check_indexes(store) + _check_trees(store)
     return result
+
+
+def _check_trees(store: Store) -> list[Damage]:
+    """Extracted archives against their seals (a tree from before seals is not judged)."""
+    from gpulock import seal
+
+    found = []
+    for tree in _real_dirs(store.layout.trees):
+        if hex_problem(tree.name, 64):
+            continue  # work in progress, or not gpulock's: gc judges those
+        raw = _small(store.layout.tree_seal(tree.name), 256 * 2**20)
+        if raw is None:
+            continue
+        try:
+            sealed = json.loads(raw)
+        except (ValueError, RecursionError):
+            sealed = None
+        problem = (seal.broken(tree, sealed) if isinstance(sealed, dict)
+                   else "its seal cannot be read")
+        if problem:
+            found.append(Damage("tree", tree.name, problem))
+    return found
 
 
 def _check_project(store: Store, folder: Path, damaged: set[str], result: Checked
@@ -438,6 +461,11 @@ def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
     if blobs:
         repaired += _refetch_blobs(store, blobs, log)
     for item in damage:
+        if item.kind == "tree":
+            shutil.rmtree(store.layout.tree(item.key))
+            store.layout.tree_seal(item.key).unlink(missing_ok=True)
+            log(f"removed the extracted tree {item.key}; the next 'gpulock sync' of its "
+                "project extracts it again")
         if item.kind == "view":
             (store.layout.base / item.key).unlink(missing_ok=True)
             log(f"removed {item.key}; the next 'gpulock sync' of its project lays it out again")

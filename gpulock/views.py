@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import xxhash
 
-from gpulock import faults
+from gpulock import faults, seal
 from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.layout import Layout
 from gpulock.models import ModelFile, PinnedModel
@@ -458,6 +458,9 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
         except (NotADirectoryError, FileExistsError, IsADirectoryError):
             raise GpulockError(f"model '{model.name}': the archive {file.path} holds a file "
                                "and a folder of the same name; nothing was extracted") from None
+        # Sealed before the tree is published: verify tells what it held from what it holds.
+        write_atomic(store.layout.tree_seal(str(file.sha256)),
+                     json.dumps(dict(seal.contents(work)), sort_keys=True))
     return tree
 
 

@@ -439,6 +439,37 @@ def test_verify_flags_links_and_files_gpulock_did_not_make_and_repair_mends_them
     assert (site / "app" / "__init__.py").read_text().startswith("VERSION")
 
 
+@pytest.mark.parametrize("tamper", ["edited", "added"])
+def test_an_extracted_archive_changed_after_extraction_is_found_and_extracted_again(
+        make_index, project, canary, tamper):
+    import io
+    import tarfile
+
+    index = make_index()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("scene/calib.txt")
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"K"))
+    (index.folder / "scene.tar").write_bytes(buffer.getvalue())
+    url = index.url.replace("/simple", "/files/scene.tar")
+    setup(project, index.url, models=f'[models.scene]\nsource = "{url}"\nextract = true\n')
+    synced(project)
+    (tree,) = [p for p in (project.root / "store" / "v1" / "trees").iterdir() if p.is_dir()]
+    if tamper == "edited":
+        (tree / "scene" / "calib.txt").write_text("evil")
+        expected = "scene/calib.txt was changed"
+    else:
+        (tree / "scene" / "evil.pth").write_text("import os\n")
+        expected = "scene/evil.pth was not made by gpulock"
+    checked = gpulock(project, "verify")
+    assert checked.code == 1 and f"damaged tree {tree.name}: {expected}" in checked.err
+    assert gpulock(project, "verify", "--repair").code == 0
+    synced(project)
+    view = project.root / "store" / "v1" / "files" / "m" / "scene" / "scene" / "calib.txt"
+    assert view.read_bytes() == b"K"
+
+
 def test_a_damaged_model_root_is_named_by_verify(synced_project, canary):
     project = synced_project
     (project.root / "store" / "v1" / "roots" / "models" / "evil.json").write_text(
