@@ -90,7 +90,11 @@ def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | 
     found = [*_driver_checks(lock, driver), _glibc(lock),
              *([_python(lock)] if interpreter else []), _disk(lock, store)]
     gpus = driver.gpus if isinstance(driver, Driver) else ()
-    found += [_model(model, gpus) for model in lock.models if model.get("weights")]
+    from gpulock.models import from_dict
+
+    pinned = [from_dict(model) for model in lock.models]
+    found += [_model(model.name, dict(model.weights), gpus) for model in pinned
+              if model.weights]
     found += _arch_lists(manifest, gpus)
     return found
 
@@ -185,22 +189,22 @@ def _disk(lock: Lock, store: Store) -> Check:
     return Check("disk", BLOCKER if needed > free else OK, said)
 
 
-def _model(model: dict[str, object], gpus: tuple[Gpu, ...]) -> Check:
-    weights = model["weights"]
-    size = int(weights.get("bytes", 0)) if isinstance(weights, dict) else 0
-    name = f"model {model.get('name')}"
+def _model(model: str, weights: dict[str, object], gpus: tuple[Gpu, ...]) -> Check:
+    raw = weights.get("bytes")
+    size = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else 0
+    name = f"model {model}"
     if not gpus:
-        return Check(name, INFO, f"{model.get('name')}: {size / 2**30:.2f} GiB of weights; "
-                     "no GPU here to hold them")
+        return Check(name, INFO, f"{model}: {size / 2**30:.2f} GiB of weights; no GPU here to "
+                     "hold them")
     fits = [g for g in gpus if g.free_mib * 2**20 >= size]
     if fits:
         best = max(fits, key=lambda g: g.free_mib)
-        return Check(name, OK, f"{model.get('name')} {size / 2**30:.2f} GiB fits on GPU "
-                     f"{best.index} ({best.free_mib / 1024:.1f} GiB free)")
+        return Check(name, OK, f"{model} {size / 2**30:.2f} GiB fits on GPU {best.index} "
+                     f"({best.free_mib / 1024:.1f} GiB free)")
     most = max(gpus, key=lambda g: g.free_mib)
-    return Check(name, WARN, f"{model.get('name')} {size / 2**30:.2f} GiB of weights fits on "
-                 f"no GPU (at most {most.free_mib / 1024:.1f} GiB free, on GPU {most.index}):"
-                 " shard it across GPUs, quantize it, or free memory")
+    return Check(name, WARN, f"{model} {size / 2**30:.2f} GiB of weights fits on no GPU (at "
+                 f"most {most.free_mib / 1024:.1f} GiB free, on GPU {most.index}): shard it "
+                 "across GPUs, quantize it, or free memory")
 
 
 def _arch_lists(manifest: Manifest, gpus: tuple[Gpu, ...]) -> list[Check]:
