@@ -179,7 +179,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         without a GPU builds CUDA environments (a Docker build stage), so that one is not."""
         from gpulock import doctor
 
-        found = doctor.checks(spec, locked, opened, doctor.probe_driver(), interpreter=False)
+        found = doctor.checks(spec, locked, opened, doctor.probe_driver(), interpreter=False,
+                              packages=not args.models_only, models=not args.no_models)
         blocker = next((c for c in found if c.status == doctor.BLOCKER and c.name != "driver"),
                        None)
         if blocker is not None:

@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from gpulock.lockfile import Lock
@@ -61,21 +62,27 @@ def probe_driver() -> Driver | str | None:
                               capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"nvidia-smi did not answer ({type(exc).__name__})"
-    if header.returncode != 0 or rows.returncode != 0:
-        said = (header.stdout + header.stderr).strip().splitlines() or ["no output"]
-        return f"nvidia-smi failed: {said[0][:200]}"
     version = _after(header.stdout, "Driver Version:")
     if version is None:
-        return "nvidia-smi named no driver version"
+        failed = header if header.returncode != 0 else rows
+        said = (failed.stderr + failed.stdout).strip().splitlines() or ["no output"]
+        return f"nvidia-smi failed: {said[-1][:200]}"
     gpus = []
-    for line in rows.stdout.strip().splitlines():
+    for line in rows.stdout.strip().splitlines() if rows.returncode == 0 else []:
         parts = [p.strip() for p in line.split(",")]
-        try:
-            gpus.append(Gpu(int(parts[0]), parts[1], parts[2], int(float(parts[3])),
-                            int(float(parts[4]))))
-        except (IndexError, ValueError):
+        if len(parts) < 5 or not parts[0].isdigit():
             return f"nvidia-smi described a GPU as {line[:200]!r}"
-    return Driver(version, _after(header.stdout, "CUDA Version:"), tuple(gpus))
+        # vGPU and MIG set-ups answer [N/A] or [Not Supported] for some fields.
+        gpus.append(Gpu(int(parts[0]), parts[1], parts[2], _mib(parts[3]), _mib(parts[4])))
+    cuda = _after(header.stdout, "CUDA Version:")
+    return Driver(version, cuda if _version(cuda or "") else None, tuple(gpus))
+
+
+def _mib(field: str) -> int:
+    try:
+        return int(float(field))
+    except ValueError:
+        return 0  # unknown: no model is said to fit
 
 
 def _after(text: str, label: str) -> str | None:
@@ -84,18 +91,21 @@ def _after(text: str, label: str) -> str | None:
 
 
 def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | None,
-           interpreter: bool = True) -> list[Check]:
+           interpreter: bool = True, packages: bool = True, models: bool = True
+           ) -> list[Check]:
     """Every check, in the order doctor prints them (`interpreter=False`: not the target
-    CPython, which sync has found before it asks)."""
+    CPython, which sync has found before it asks; `packages`/`models`: what the sync that
+    asks will fetch)."""
     found = [*_driver_checks(lock, driver), _glibc(lock),
-             *([_python(lock)] if interpreter else []), _disk(lock, store)]
+             *([_python(lock)] if interpreter else []),
+             _disk(lock, store, packages, models)]
     gpus = driver.gpus if isinstance(driver, Driver) else ()
     from gpulock.models import from_dict
 
     pinned = [from_dict(model) for model in lock.models]
     found += [_model(model.name, dict(model.weights), gpus) for model in pinned
               if model.weights]
-    found += _arch_lists(manifest, gpus)
+    found += _arch_lists(manifest, lock, gpus)
     return found
 
 
@@ -168,25 +178,32 @@ def _python(lock: Lock) -> Check:
     return Check("python", OK, f"CPython {version} at {found}")
 
 
-def _disk(lock: Lock, store: Store) -> Check:
-    """What sync would still download (entries and model files the store lacks) against
-    the free space of the store's filesystem."""
+def _disk(lock: Lock, store: Store, packages: bool = True, models: bool = True) -> Check:
+    """What sync would still download (wheels and sdists whose entries the store lacks,
+    model files it lacks) against the free space of the store's filesystem. Unpacked
+    wheels and extracted archives take more than that: the check is a floor."""
     from gpulock.models import from_dict
     from gpulock.views import stored_blob
 
     present = {entry.split("-", 1)[0] for entry in (os.listdir(store.layout.pkgs)
                                                     if store.layout.pkgs.is_dir() else [])}
     needed = sum(ref.size for p in lock.packages if (ref := p.wheel or p.sdist) is not None
-                 and not (p.wheel and p.wheel.sha256 in present))
-    for model in (from_dict(m) for m in lock.models):
+                 and not (p.wheel and p.wheel.sha256 in present)) if packages else 0
+    for model in (from_dict(m) for m in lock.models) if models else ():
         needed += sum(f.size for f in model.files if stored_blob(store, f) is None)
     folder = Path(store.root)
     while not folder.exists():
         folder = folder.parent
     free = shutil.disk_usage(folder).free
-    said = (f"sync needs at most {needed / 2**30:.2f} GiB more; {free / 2**30:.1f} GiB free "
-            f"on {folder}")
+    said = f"sync downloads {_size(needed)} more; {_size(free)} free on {folder}"
     return Check("disk", BLOCKER if needed > free else OK, said)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _model(model: str, weights: dict[str, object], gpus: tuple[Gpu, ...]) -> Check:
@@ -207,15 +224,23 @@ def _model(model: str, weights: dict[str, object], gpus: tuple[Gpu, ...]) -> Che
                  "across GPUs, quantize it, or free memory")
 
 
-def _arch_lists(manifest: Manifest, gpus: tuple[Gpu, ...]) -> list[Check]:
-    """A group's TORCH_CUDA_ARCH_LIST must name every GPU's capability (or a lower one with
-    +PTX), else what it builds has no kernel for that GPU."""
+# What torch's cpp_extension makes of the architecture names TORCH_CUDA_ARCH_LIST takes.
+_NAMED = {"Kepler": "3.5+PTX", "Maxwell": "5.0;5.2+PTX", "Pascal": "6.0;6.1+PTX",
+          "Volta": "7.0+PTX", "Turing": "7.5+PTX", "Ampere": "8.0;8.6+PTX", "Ada": "8.9+PTX",
+          "Hopper": "9.0+PTX"}
+
+
+def _arch_lists(manifest: Manifest, lock: Lock, gpus: tuple[Gpu, ...]) -> list[Check]:
+    """A group that builds from source with a TORCH_CUDA_ARCH_LIST must cover every GPU's
+    compute capability, else what it builds has no kernel for that GPU."""
+    built = {p.name for p in lock.packages if p.wheel is None}
     found = []
     for group in manifest.groups:
         listed = dict(group.env).get("TORCH_CUDA_ARCH_LIST")
-        if not listed or not gpus:
+        names = {canonicalize_name(r.name) for r in group.packages}
+        if not listed or not gpus or not names & built:
             continue
-        archs = listed.replace(";", " ").split()
+        archs = ";".join(_NAMED.get(a, a) for a in listed.replace(";", " ").split()).split(";")
         missing = sorted({g.capability for g in gpus if not _covers(archs, g.capability)})
         name = f"arch {group.name}"
         if missing:
@@ -229,12 +254,22 @@ def _arch_lists(manifest: Manifest, gpus: tuple[Gpu, ...]) -> list[Check]:
 
 
 def _covers(archs: list[str], capability: str) -> bool:
+    """Whether code built for `archs` runs on `capability`: a binary for X.y runs on X.z
+    with z >= y; PTX for X.y is compiled at load on any later GPU; an arch-specific target
+    (9.0a) runs on exactly that GPU."""
     have = _version(capability)
+    if have is None:
+        return True
     for arch in archs:
-        base = _version(arch.removesuffix("+PTX"))
-        if arch.removesuffix("+PTX") == capability or (
-                arch.endswith("+PTX") and base is not None and have is not None
-                and base <= have):
+        ptx = arch.endswith("+PTX")
+        target = arch.removesuffix("+PTX")
+        specific = target.endswith(("a", "f"))
+        base = _version(target.rstrip("af"))
+        if base is None:
+            continue
+        if specific and base == have:
+            return True
+        if not specific and base <= have and (base.major == have.major or ptx):
             return True
     return False
 

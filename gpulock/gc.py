@@ -33,7 +33,7 @@ from gpulock.errors import GpulockError
 from gpulock.layout import Layout
 from gpulock.models import from_dict
 from gpulock.names import hex_problem
-from gpulock.scratch import STALE_SECONDS, abandoned, alive_writers, tag
+from gpulock.scratch import STALE_SECONDS, abandoned, alive_writers, tag, tagged
 from gpulock.store import Store
 from gpulock.views import HubRepo, indexed_blob
 
@@ -263,12 +263,15 @@ def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:
     for root in _names(layout.tmp_roots) + _names(layout.collectors):
         if abandoned(root, remove.alive) and remove(root):
             result.other.append(str(root))
-    # Views and blobs are built beside their final names, as dot-names that carry a writer.
-    for root in (layout.hf, layout.modelscope, layout.trees, layout.files,
-                 layout.base / "blobs", layout.base / "roots"):
-        for path in _walk(root, lambda p: p.name.startswith(".")):
-            if abandoned(path, remove.alive) and remove(path):
-                result.other.append(str(path))
+    # Views and blobs are built beside their final names, as dot-names that carry a writer;
+    # a published tree is never walked into (its own dot-files are the archive's).
+    leftovers = [p for root in (layout.hf, layout.modelscope, layout.files,
+                                layout.base / "blobs", layout.base / "roots")
+                 for p in _walk(root, lambda p: tagged(p.name))]
+    leftovers += [p for p in _names(layout.trees) if tagged(p.name)]
+    for path in leftovers:
+        if abandoned(path, remove.alive) and remove(path):
+            result.other.append(str(path))
 
 
 def _walk(root: Path, pick: Callable[[Path], bool]) -> Iterator[Path]:

@@ -159,13 +159,23 @@ def git_url_problem(url: str) -> str | None:
 
 
 _OPTIMIZED = re.compile(r"(?:(.*)/)?__pycache__/([^/]+)\.[^/.]+\.opt-[12]\.pyc")
+_BYTECODE = re.compile(r"(?:(.*)/)?__pycache__/([^/]+)\.[^/.]+(?:\.opt-[12])?\.pyc")
 
 
 def optimized_bytecode(path: str, present: Collection[str]) -> bool:
     """Whether `path` is bytecode Python writes for a `-O`/`-OO` run (`__pycache__/m.<tag>.
     opt-1.pyc`) beside a source `m.py` that `present` holds: the only file Python adds to a
     tree gpulock compiled (it compiles for plain runs)."""
-    match = _OPTIMIZED.fullmatch(path)
+    return _beside_source(_OPTIMIZED.fullmatch(path), present)
+
+
+def bytecode(path: str, present: Collection[str]) -> bool:
+    """Whether `path` is any bytecode Python writes beside a source `present` holds (in a
+    tree gpulock did not compile, such as an extracted archive whose .py files are run)."""
+    return _beside_source(_BYTECODE.fullmatch(path), present)
+
+
+def _beside_source(match: re.Match[str] | None, present: Collection[str]) -> bool:
     if match is None:
         return False
     folder, module = match.groups()

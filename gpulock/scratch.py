@@ -45,6 +45,12 @@ def tag() -> str:
     return f"{HOST}~{os.getpid()}~{os.urandom(4).hex()}"
 
 
+def tagged(name: str) -> bool:
+    """Whether `name` is one of gpulock's temporary names: a dot-name that carries its
+    writer (a dataset's own `.gitattributes` or `.meta/` is not)."""
+    return name.startswith(".") and _OWNER.search(name) is not None
+
+
 def abandoned(path: Path, alive: Collection[str] = ()) -> bool:
     """Whether the writer named in `path` can no longer be writing to it.
 

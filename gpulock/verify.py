@@ -33,7 +33,13 @@ import xxhash
 
 from gpulock import generation, roots
 from gpulock.errors import GpulockError
-from gpulock.names import entry_key_problem, hex_problem, optimized_bytecode, path_problem
+from gpulock.names import (
+    bytecode,
+    entry_key_problem,
+    hex_problem,
+    optimized_bytecode,
+    path_problem,
+)
 from gpulock.scratch import tag
 from gpulock.store import ENTRY_MANIFEST, ENTRY_RECORDS, Record, Store
 
@@ -283,7 +289,7 @@ def _check_trees(store: Store) -> list[Damage]:
             sealed = json.loads(raw)
         except (ValueError, RecursionError):
             sealed = None
-        problem = (seal.broken(tree, sealed) if isinstance(sealed, dict)
+        problem = (seal.broken(tree, sealed, tolerated=bytecode) if isinstance(sealed, dict)
                    else "its seal cannot be read")
         if problem:
             found.append(Damage("tree", tree.name, problem))

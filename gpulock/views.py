@@ -13,6 +13,7 @@ or absent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -475,9 +476,9 @@ def _is_7z(blob: Path) -> bool:
 
 def _extract_7z(model: PinnedModel, blob: Path, work: Path) -> None:
     """Unpack a 7z archive (seed 004's ETH3D data) by the rules of zip and tar: no member
-    outside the tree, and no links (7z has no safe-link filter like tar's "data")."""
+    outside the tree, and no links (7z has no safe-link filter like tar's "data"); never
+    more bytes than its members declare, nor than the volume has free."""
     import py7zr
-    from py7zr.exceptions import ArchiveError
 
     try:
         with py7zr.SevenZipFile(blob) as archive:
@@ -488,10 +489,20 @@ def _extract_7z(model: PinnedModel, blob: Path, work: Path) -> None:
                 raise GpulockError(f"model '{model.name}': the archive holds a link, "
                                    f"{linked!r}, and gpulock extracts 7z archives without "
                                    "links; nothing was extracted")
+            declared = sum(m.uncompressed or 0 for m in members)
+            if declared > shutil.disk_usage(work).free:
+                raise GpulockError(f"model '{model.name}': the archive unpacks to {declared:,} "
+                                   "bytes, more than the store's volume has free; nothing was "
+                                   "extracted")
+        with py7zr.SevenZipFile(blob, max_extract_size=declared) as archive:
             archive.extractall(work)
-    except (ArchiveError, py7zr.Bad7zFile, py7zr.DecompressionBombError,
-            py7zr.PasswordRequired, py7zr.UnsupportedCompressionMethodError,
-            ValueError) as exc:
+    except (GpulockError, MemoryError):
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _SevenZipError(str(exc) or type(exc).__name__) from None
+    except Exception as exc:  # py7zr's codecs fail in their own ways (LZMAError, zlib...)
         raise _SevenZipError(str(exc) or type(exc).__name__) from None
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Project
+from tests.support.dists import make_sdist
 
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 H100 = ("NVIDIA H100 80GB HBM3", "9.0", 80_000, 81_559)
@@ -47,6 +48,7 @@ def pod(project: Project, make_index, hub, monkeypatch, tmp_path: Path):
     """Write a project (CUDA, a model, a build group's arch list), lock it, and run doctor
     with a given driver on PATH (or none)."""
     index = make_index()
+    make_sdist(index.folder, "ext", "1.0")  # built on the pod: its group's arch list matters
 
     def run(*, cuda: str | None = "12.4", driver: Path | None = None, arch: str | None = None,
             weights: list[int] | None = None, fmt: str = "text") -> tuple[int, str]:
@@ -56,8 +58,8 @@ def pod(project: Project, make_index, hub, monkeypatch, tmp_path: Path):
             hub.repo(repo).commit({"model.safetensors": header_only_safetensors(weights)},
                                   lfs={"model.safetensors"})
             models = f'[models.big]\nsource = "hf://{repo}"\n'
-        build = (f'[groups.ext]\npackages = []\nenv = {{ TORCH_CUDA_ARCH_LIST = "{arch}" }}\n'
-                 if arch else "")
+        build = (f'[groups.ext]\npackages = ["ext"]\n'
+                 f'env = {{ TORCH_CUDA_ARCH_LIST = "{arch}" }}\n' if arch else "")
         project.write(f'[project]\nname = "p"\npython = "{HOST_PYTHON}"\n'
                       + (f'cuda = "{cuda}"\n' if cuda else "")
                       + f'index = "{index.url}"\n[groups.main]\npackages = []\n{build}{models}')
@@ -99,12 +101,26 @@ def test_each_models_weight_memory_is_set_against_each_gpu(pod, tmp_path: Path):
     assert code == 0 and "warn     big 32.00 GiB of weights fits on no GPU" in out
 
 
-def test_a_build_arch_list_that_misses_the_gpu_is_a_blocker(pod, tmp_path: Path):
-    h100 = fake_driver(tmp_path / "h100")
-    code, out = pod(driver=h100, arch="8.0;8.6")
-    assert code == 1 and "has no kernels for compute capability 9.0" in out
-    code, out = pod(driver=h100, arch="8.0;8.6+PTX")
-    assert code == 0 and "group 'ext' builds for every GPU here" in out
+@pytest.mark.parametrize("arch, gpu, covered", [
+    ("8.0;8.6", H100, False), ("8.0;8.6+PTX", H100, True), ("Ampere", H100, True),
+    ("9.0a", H100, True), ("8.0", ("NVIDIA A10G", "8.6", 20_000, 23_028), True),
+    ("8.9", ("NVIDIA A100", "8.0", 40_000, 40_960), False),
+    ("9.0a+PTX", ("NVIDIA B200", "10.0", 180_000, 183_359), False)])
+def test_a_build_arch_list_that_misses_the_gpu_is_a_blocker(pod, tmp_path: Path, arch, gpu,
+                                                            covered):
+    code, out = pod(driver=fake_driver(tmp_path / "gpu", gpus=(gpu,)), arch=arch)
+    if covered:
+        assert code == 0 and "group 'ext' builds for every GPU here" in out, out
+    else:
+        assert code == 1 and f"has no kernels for compute capability {gpu[1]}" in out, out
+
+
+def test_unknown_gpu_fields_leave_the_rest_of_the_report(pod, tmp_path: Path):
+    vgpu = fake_driver(tmp_path / "vgpu", gpus=(("GRID A100-40C", "[N/A]", "[N/A]",
+                                                 "[Not Supported]"),))  # type: ignore[arg-type]
+    code, out = pod(driver=vgpu, weights=[1024, 1024])
+    assert code == 0 and "GPU 0: GRID A100-40C, compute capability [N/A]" in out
+    assert "warn     big 0.00 GiB of weights fits on no GPU" in out
 
 
 def test_doctor_speaks_json_for_scripts(pod, tmp_path: Path):

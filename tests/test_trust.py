@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -468,6 +469,33 @@ def test_an_extracted_archive_changed_after_extraction_is_found_and_extracted_ag
     synced(project)
     view = project.root / "store" / "v1" / "files" / "m" / "scene" / "scene" / "calib.txt"
     assert view.read_bytes() == b"K"
+
+
+def test_gc_and_verify_leave_an_archives_own_dot_files_and_bytecode_alone(make_index, project,
+                                                                         canary):
+    import io
+    import tarfile
+
+    index = make_index()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in {"scene/.gitattributes": b"*.bin lfs", "scene/.meta/info.json": b"{}",
+                           "scene/code/helper.py": b"VALUE = 1\n"}.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_000_000  # old: no writer, long quiet
+            archive.addfile(info, io.BytesIO(data))
+    (index.folder / "scene.tar").write_bytes(buffer.getvalue())
+    url = index.url.replace("/simple", "/files/scene.tar")
+    setup(project, index.url, models=f'[models.scene]\nsource = "{url}"\nextract = true\n')
+    synced(project)
+    view = project.root / "store" / "v1" / "files" / "m" / "scene" / "scene"
+    subprocess.run([sys.executable, "-c", "import helper"], cwd=view / "code", check=True,
+                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    assert gpulock(project, "gc").code == 0
+    assert (view / ".gitattributes").read_bytes() == b"*.bin lfs"
+    assert (view / ".meta" / "info.json").is_file()
+    checked = gpulock(project, "verify")
+    assert checked.code == 0, checked.err
 
 
 def test_a_damaged_model_root_is_named_by_verify(synced_project, canary):
