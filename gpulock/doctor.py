@@ -168,14 +168,15 @@ def _glibc(lock: Lock) -> Check:
 
 
 def _python(lock: Lock) -> Check:
-    from gpulock.interpreter import find_python
+    """The base CPython the environment's `bin/python` will link to, as sync finds it."""
+    from gpulock.errors import GpulockError
+    from gpulock.sync import find_interpreter
 
-    version = lock.target.python
-    found = find_python(version)
-    if found is None:
-        return Check("python", BLOCKER, f"CPython {version}, the lock's target, is not "
-                     f"installed: 'uv python install {version}'")
-    return Check("python", OK, f"CPython {version} at {found}")
+    try:
+        python, full = find_interpreter(lock.target.python)
+    except GpulockError as exc:
+        return Check("python", BLOCKER, str(exc))
+    return Check("python", OK, f"CPython {full} at {python}")
 
 
 def _disk(lock: Lock, store: Store, packages: bool = True, models: bool = True) -> Check:
