@@ -173,22 +173,15 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
     opened = store.open()
+    with_packages, with_models = not args.models_only, not args.no_models
 
     def preflight() -> None:
-        """doctor's blockers, before anything is fetched for a new generation; a machine
-        without a GPU builds CUDA environments (a Docker build stage), so that one is not."""
-        from gpulock import doctor
+        from gpulock.doctor import preflight
 
-        found = doctor.checks(spec, locked, opened, doctor.probe_driver(), interpreter=False,
-                              packages=not args.models_only, models=not args.no_models)
-        blocker = next((c for c in found if c.status == doctor.BLOCKER and c.name != "driver"),
-                       None)
-        if blocker is not None:
-            raise GpulockError(f"{blocker.message} ('gpulock doctor' says more; 'sync "
-                               "--no-check' skips the checks)")
+        preflight(spec, locked, opened, packages=with_packages, models=with_models)
 
     outcome = sync(spec, locked, path.read_text(encoding="utf-8"), opened, jobs=args.jobs,
-                   packages=not args.models_only, models=not args.no_models,
+                   packages=with_packages, models=with_models,
                    preflight=(lambda: None) if args.no_check else preflight)
     gen = outcome.generation
     models = (f", {len(locked.models)} model(s) in {store.layout.hf}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from gpulock.errors import GpulockError
 from gpulock.lockfile import Lock
 from gpulock.manifest import Manifest
 from gpulock.store import Store
@@ -169,7 +170,6 @@ def _glibc(lock: Lock) -> Check:
 
 def _python(lock: Lock) -> Check:
     """The base CPython the environment's `bin/python` will link to, as sync finds it."""
-    from gpulock.errors import GpulockError
     from gpulock.sync import find_interpreter
 
     try:
@@ -273,6 +273,19 @@ def _covers(archs: list[str], capability: str) -> bool:
         if not specific and base <= have and (base.major == have.major or ptx):
             return True
     return False
+
+
+def preflight(manifest: Manifest, lock: Lock, store: Store, *, packages: bool = True,
+              models: bool = True) -> None:
+    """sync's checks before it fetches for a new generation: the first blocker, as an error.
+    A machine without a GPU builds CUDA environments (a Docker build stage), so that one is
+    not; nor the target CPython, which sync has found before it asks."""
+    found = checks(manifest, lock, store, probe_driver(), interpreter=False,
+                   packages=packages, models=models)
+    blocker = next((c for c in found if c.status == BLOCKER and c.name != "driver"), None)
+    if blocker is not None:
+        raise GpulockError(f"{blocker.message} ('gpulock doctor' says more; 'sync "
+                           "--no-check' skips the checks)")
 
 
 def as_json(found: list[Check]) -> dict[str, object]:
