@@ -47,6 +47,24 @@ def remember(url: str) -> str:
     return redact(url)
 
 
+def with_credentials(url: str) -> str:
+    """`url` with the login gpu.toml gave for it put back, for a uv child process that reads
+    it from its environment (never from its command line, which `ps` shows); uv reads
+    ~/.netrc itself."""
+    origin, path = _origin(url), urlsplit(url).path
+    with _lock:
+        under = [(prefix, login) for (where, prefix), login in _remembered.items()
+                 if where == origin and path.startswith(prefix)]
+    if not under:
+        return url
+    user, password = max(under, key=lambda item: len(item[0]))[1]
+    from urllib.parse import quote
+
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return parts._replace(netloc=netloc).geturl()
+
+
 def login_for(url: str) -> Login | None:
     """The credentials to send with a request for `url`: those remembered for its host (for
     the longest path it lies under, when there are several), else ~/.netrc's for its host."""

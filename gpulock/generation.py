@@ -175,24 +175,8 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
     work = Path(tempfile.mkdtemp(prefix=f".building-{tag()}-", dir=envs))
     work.chmod(0o755)
     try:
-        bin_dir = work / "bin"
-        bin_dir.mkdir()
-        for name in ("python", "python3", f"python{minor}"):
-            os.symlink(python, bin_dir / name)
-        (work / "pyvenv.cfg").write_text(
-            f"home = {Path(python).parent}\ninclude-system-site-packages = false\n"
-            f"version = {python_version}\nexecutable = {python}\n"
-            f"command = gpulock sync (generation {number})\n")
-        site = site_packages(work, minor)
-        stats = build(site, list(entries.values()),
-                      reserved=("sitecustomize.py", "sitecustomize"))
-        # A package whose __pycache__ is a file: Python can never write bytecode into the
-        # generation (it would be a file verify cannot tell from a planted one).
-        (site / "sitecustomize").mkdir()
-        (site / "sitecustomize" / "__init__.py").write_text(
-            _SITECUSTOMIZE.format(python=minor))
-        (site / "sitecustomize" / "__pycache__").write_bytes(b"")
-        scripts = _write_scripts(bin_dir, final / "bin" / "python", entries.values())
+        stats, scripts = scaffold(work, list(entries.values()), python, python_version,
+                                  final / "bin" / "python", f"generation {number}")
         (work / "pylock.gpu.toml").write_text(lock_text)
         generation = Generation(path=final, number=number, lock_digest=lock_digest,
                                 packages={n: e.key for n, e in entries.items()},
@@ -223,6 +207,30 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
         shutil.rmtree(work, ignore_errors=True)
         raise
     return Built(generation, stats, scripts)
+
+
+def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: str,
+             interpreter: Path, what: str = "a build environment") -> tuple[FarmStats, int]:
+    """Lay out a venv of `entries` on `python` in the empty folder `work`: interpreter links,
+    pyvenv.cfg, the farm with gpulock's sitecustomize, and console scripts that start
+    `interpreter` (the environment's `bin/python` where it will finally live)."""
+    minor = ".".join(python_version.split(".")[:2])
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "python3", f"python{minor}"):
+        os.symlink(python, bin_dir / name)
+    (work / "pyvenv.cfg").write_text(
+        f"home = {Path(python).parent}\ninclude-system-site-packages = false\n"
+        f"version = {python_version}\nexecutable = {python}\n"
+        f"command = gpulock sync ({what})\n")
+    site = site_packages(work, minor)
+    stats = build(site, entries, reserved=("sitecustomize.py", "sitecustomize"))
+    # A package whose __pycache__ is a file: Python can never write bytecode into the
+    # generation (it would be a file verify cannot tell from a planted one).
+    (site / "sitecustomize").mkdir()
+    (site / "sitecustomize" / "__init__.py").write_text(_SITECUSTOMIZE.format(python=minor))
+    (site / "sitecustomize" / "__pycache__").write_bytes(b"")
+    return stats, _write_scripts(bin_dir, interpreter, entries)
 
 
 def _seal(work: Path) -> None:

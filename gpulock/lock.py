@@ -8,7 +8,7 @@ existing lock is answered from the lock alone, with no network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from gpulock.finder import IndexFinder
 from gpulock.http import Http
 from gpulock.index import DistFile, Index
 from gpulock.lockfile import FileRef, Lock, LockedPackage, VcsRef
-from gpulock.manifest import Manifest, Model
+from gpulock.manifest import Group, Manifest, Model
 from gpulock.metadata import MetadataSource
 from gpulock.models import PinnedModel
 from gpulock.resolve import resolve
@@ -88,6 +88,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     no_deps: set[str] = set()
     roots = []
     for group in manifest.groups:
+        builder = _builder(manifest, group, preferred)
         for requirement in group.packages:
             name = canonicalize_name(requirement.name)
             if group.index:
@@ -95,9 +96,10 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
             if group.no_deps:
                 no_deps.add(name)
             if group.no_build_isolation or group.env:
-                builders[name] = Builder(target.python, isolation=not group.no_build_isolation,
-                                         env=group.env)
+                builders[name] = builder
             roots.append((group.name, requirement))
+        # Locked with everything else: the build sees the versions that run beside it.
+        roots += [(group.name, requirement) for requirement in group.build_requires]
 
     metadata = MetadataSource(http, cache)
     finder = IndexFinder(target, index(manifest.project.index), routed, metadata, builders,
@@ -132,6 +134,18 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
         "bytes_received": http.bytes_received,
     }
     return result
+
+
+def _builder(manifest: Manifest, group: Group, preferred: Mapping[NormalizedName, Version]
+             ) -> Builder:
+    """How the group's sources build; a no-isolation metadata build takes build_requires
+    from the group's index first, then the project's and the other groups'."""
+    indexes = dict.fromkeys([group.index or manifest.project.index, manifest.project.index,
+                             *(g.index for g in manifest.groups if g.index)])
+    return Builder(manifest.target.python, isolation=not group.no_build_isolation,
+                   env=group.env, build_requires=tuple(str(r) for r in group.build_requires),
+                   indexes=tuple(i for i in indexes if i),
+                   pins=tuple(sorted((n, str(v)) for n, v in preferred.items())))
 
 
 def _locked(source: object, name: str, version: Version, dependencies: Sequence[str],

@@ -60,6 +60,9 @@ class Group:
     env: tuple[tuple[str, str], ...] = ()
     no_build: bool | None = None  # None: the project's setting
     prerelease: str | None = None
+    # What a no_build_isolation build compiles against (torch, setuptools...): locked with
+    # the project, so the build sees the very versions that run beside it.
+    build_requires: tuple[Requirement, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     },
     "group": {
         "packages": "REQ", "index": str, "no_deps": bool, "no_build_isolation": bool,
-        "env": dict, "no_build": bool, "prerelease": str,
+        "env": dict, "no_build": bool, "prerelease": str, "build_requires": "REQ",
     },
     "model": {
         "source": str, "revision": str, "include": list, "exclude": list, "extract": bool,
@@ -219,7 +222,9 @@ class _Reader:
                                "no-deps": "no_deps", "requirements": "packages",
                                "only_binary": "no_build", "only-binary": "no_build",
                                "no-build": "no_build", "pre": "prerelease",
-                               "dependencies": "packages", "python_version": "python"}
+                               "dependencies": "packages", "python_version": "python",
+                               "build-requires": "build_requires",
+                               "extra-build-dependencies": "build_requires"}
                     hint = [aliases[key]] if key in aliases else []
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else (
                     f"; expected one of: {', '.join(schema)}")
@@ -429,29 +434,20 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
         reader.check_keys(table, body, "group")
         if "packages" not in body:
             raise reader.error(table, None, f"[groups.{name}] needs 'packages'")
-        requirements = []
-        for text in reader.strings(table, "packages", body["packages"]):
-            try:
-                req = Requirement(text)
-            except InvalidRequirement as exc:
-                reason = redact(str(exc).splitlines()[0])  # packaging adds a caret diagram
-                raise reader.error(table, "packages", f"invalid requirement {redact(text)!r} in "
-                                   f"[groups.{name}]: {reason}") from None
-            if req.url and not req.url.startswith("git+"):
-                raise reader.error(table, "packages", f"requirement {redact(text)!r} in "
-                                   f"[groups.{name}]: only git+ URLs are supported as direct "
-                                   "references")
-            if req.url:
-                if problem := git_url_problem(req.url.removeprefix("git+")):
-                    raise reader.error(table, "packages", f"requirement {redact(text)!r} in "
-                                       f"[groups.{name}]: the git URL {problem}")
-                req.url = "git+" + remember(req.url.removeprefix("git+"))
+        requirements = _requirements(reader, table, "packages", body["packages"])
+        for req in requirements:
             key = canonicalize_name(req.name)
             if key in seen and seen[key] != name:
                 raise reader.error(table, "packages", f"{req.name} is listed in both "
                                    f"[groups.{seen[key]}] and [groups.{name}]; list it once")
             seen[key] = name
-            requirements.append(req)
+        build_requires = _requirements(reader, table, "build_requires",
+                                       body.get("build_requires", []))
+        if build_requires and not body.get("no_build_isolation", False):
+            raise reader.error(table, "build_requires", f"build_requires in [groups.{name}] "
+                               "is for builds that see the environment: set "
+                               "no_build_isolation = true, or list them in the package's "
+                               "pyproject.toml for an isolated build")
         index = body.get("index")
         if index is not None:
             index = _index(reader, table, index)
@@ -464,8 +460,34 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
                             no_deps=body.get("no_deps", False),
                             no_build_isolation=body.get("no_build_isolation", False),
                             env=tuple(sorted(env.items())), no_build=body.get("no_build"),
-                            prerelease=_prerelease(reader, table, body)))
+                            prerelease=_prerelease(reader, table, body),
+                            build_requires=build_requires))
     return tuple(groups)
+
+
+def _requirements(reader: _Reader, table: tuple[str, ...], key: str, texts: list[Any]
+                  ) -> tuple[Requirement, ...]:
+    """A group's PEP 508 list: names with versions and markers, or git+ URLs."""
+    name = table[-1]
+    requirements = []
+    for text in reader.strings(table, key, texts):
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as exc:
+            reason = redact(str(exc).splitlines()[0])  # packaging adds a caret diagram
+            raise reader.error(table, key, f"invalid requirement {redact(text)!r} in "
+                               f"[groups.{name}]: {reason}") from None
+        if req.url and not req.url.startswith("git+"):
+            raise reader.error(table, key, f"requirement {redact(text)!r} in "
+                               f"[groups.{name}]: only git+ URLs are supported as direct "
+                               "references")
+        if req.url:
+            if problem := git_url_problem(req.url.removeprefix("git+")):
+                raise reader.error(table, key, f"requirement {redact(text)!r} in "
+                                   f"[groups.{name}]: the git URL {problem}")
+            req.url = "git+" + remember(req.url.removeprefix("git+"))
+        requirements.append(req)
+    return tuple(requirements)
 
 
 def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
@@ -536,6 +558,7 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
             ("no_build", group.no_build), ("prerelease", group.prerelease),
             ("no_build_isolation", group.no_build_isolation or None),
             ("env", dict(group.env) or None),
+            ("build_requires", [str(r) for r in group.build_requires] or None),
             ("packages", [str(r) for r in group.packages])])
     for model in manifest.models:
         out += _table(("models", model.name), notes, [

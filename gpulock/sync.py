@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from packaging.utils import canonicalize_name
-
 from gpulock import faults, generation, lockfile, roots
 from gpulock.errors import GpulockError
 from gpulock.lockfile import Lock, LockedPackage
@@ -29,7 +27,6 @@ from gpulock.manifest import Manifest
 from gpulock.store import Entry, Store
 
 if TYPE_CHECKING:
-    from gpulock.build import Builder
     from gpulock.http import Http
 
 Log = Callable[[str], None]
@@ -50,25 +47,6 @@ class SyncResult:
 
 def lock_digest(lock_text: str, python: str) -> str:
     return hashlib.sha256((lock_text + "\0" + python).encode()).hexdigest()
-
-
-def builder_for(manifest: Manifest, package: LockedPackage, python: str) -> Builder:
-    from gpulock.build import Builder
-
-    for group in manifest.groups:
-        if any(canonicalize_name(r.name) == package.name for r in group.packages):
-            return Builder(python, isolation=not group.no_build_isolation, env=group.env)
-    return Builder(python)
-
-
-def entry_key(package: LockedPackage, builder: Builder) -> str:
-    if package.wheel:
-        digest = package.wheel.sha256
-    else:
-        # A built wheel depends on the source, the interpreter and the build settings.
-        digest = hashlib.sha256(f"{package.artifact}|{builder.python}|{builder.key}"
-                                .encode()).hexdigest()
-    return f"{digest}-{package.name}-{package.version}"
 
 
 # The found interpreter's version and its base install: a venv's python (uv finds the active
@@ -170,7 +148,10 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
             f"builds the lock again as a new generation ('gpulock rollback {previous.number}' "
             "goes back)")
 
-    plan = {p.name: (p, entry_key(p, builder_for(manifest, p, python))) for p in lock.packages}
+    from gpulock.buildenv import store_keys
+
+    keys = store_keys(manifest, lock)
+    plan = {p.name: (p, keys[p.name]) for p in lock.packages}
     # Rooted before the store is read: a gc running now keeps (or restores) these entries.
     with roots.temporary(store, pkgs=[key for _, key in plan.values()], digest=digest):
         faults.point("plan", store.base)
@@ -198,6 +179,9 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
     http = Http()
     added: list[str] = []
     progress = Progress(log)
+    from gpulock.buildenv import build_inputs
+
+    inputs = build_inputs(manifest, lock)
     if missing:
         total = sum(ref.size for p, _ in missing if (ref := p.wheel or p.sdist) is not None)
         log(f"Fetching {len(missing)} of {len(plan)} packages ({_size(total)})")
@@ -205,7 +189,9 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
 
         def add(item: tuple[LockedPackage, str]) -> str:
             package, key = item
-            wheel = _wheel_for(package, store, http, manifest, python, progress.advance)
+            wheel = _wheel_for(package, store, http, manifest, (python, python_version),
+                               {n: store.entry(plan[n][1]) for n in inputs.get(package.name, ())},
+                               progress.advance)
             origin = ({"url": package.wheel.url, "sha256": package.wheel.sha256,
                        "size": package.wheel.size, "name": package.wheel.name}
                       if package.wheel else None)
@@ -218,9 +204,17 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
 
         from concurrent.futures import ThreadPoolExecutor
 
+        # No-isolation builds wait for the entries they compile against, then run one at a
+        # time in the order their inputs allow (each may use every core: MAX_JOBS).
+        later = [item for item in missing if item[0].name in inputs]
         try:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                added.extend(pool.map(add, missing))
+                added.extend(pool.map(add, [i for i in missing if i not in later]))
+            while later:
+                ready = [i for i in later if all(store.has(plan[n][1])
+                                                 for n in inputs[i[0].name])]
+                added.append(add(ready[0]))  # store_keys refused a cycle: one is ready
+                later.remove(ready[0])
         finally:
             progress.stop()
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
@@ -235,14 +229,18 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
 
 
 def _wheel_for(package: LockedPackage, store: Store, http: Http, manifest: Manifest,
-               python: str, progress: Callable[[int], None]) -> Path:
-    """The package's wheel in a folder of this writer's under tmp/ (see fetch.discard)."""
+               interpreter: tuple[str, str], build_env: dict[str, Entry],
+               progress: Callable[[int], None]) -> Path:
+    """The package's wheel in a folder of this writer's under tmp/ (see fetch.discard); a
+    no-isolation build runs against `build_env`, the store entries of its build inputs."""
     from gpulock.fetch import discard, fetch
 
     label = f"{package.name} {package.version}"
     if package.wheel:
         return fetch(package.wheel, label, store.layout, http, progress)
-    builder = builder_for(manifest, package, python)
+    from gpulock.buildenv import builder_for
+
+    builder = builder_for(manifest, package)
     out = store.work_dir(f"build-{package.name}")
     sdist = None
     try:
@@ -257,7 +255,13 @@ def _wheel_for(package: LockedPackage, store: Store, http: Http, manifest: Manif
             source = checkout(GitSource(package.vcs.url, package.vcs.requested_revision,
                                         package.vcs.commit_id, package.vcs.subdirectory),
                               Cache().root)
-        return builder.build(source, out, label)
+        if builder.isolation:
+            return builder.build(source, out, label, interpreter[0])
+        from gpulock.buildenv import describe, environment
+
+        with environment(store, package.name, list(build_env.values()),
+                         *interpreter) as python:
+            return builder.build(source, out, label, str(python), describe(builder, build_env))
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
