@@ -163,10 +163,27 @@ class Builder:
         from gpulock.credentials import with_credentials
 
         env = dict(os.environ)
-        if self.indexes:
-            env["UV_INDEX_URL"] = with_credentials(self.indexes[0])
-            env["UV_EXTRA_INDEX_URL"] = " ".join(with_credentials(i) for i in self.indexes[1:])
+        flat = [i for i in self.indexes if _flat_folder(i)]
+        served = [with_credentials(i) for i in self.indexes if i not in flat]
+        if served:
+            env["UV_INDEX_URL"] = served[0]
+            env["UV_EXTRA_INDEX_URL"] = " ".join(served[1:])
+        if flat:  # a file:// folder of wheels is pip's find-links to uv, not an index
+            env["UV_FIND_LINKS"] = " ".join(flat)
         return env
+
+
+def _flat_folder(index: str) -> bool:
+    """Whether `index` is a file:// folder of archives rather than a simple index."""
+    from urllib.parse import unquote, urlsplit
+
+    if not index.startswith("file://"):
+        return False
+    folder = Path(unquote(urlsplit(index).path))
+    try:
+        return any(p.suffix in (".whl", ".gz", ".zip") for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _failed(label: str, what: str, environment: str, log: str) -> GpulockError:
