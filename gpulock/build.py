@@ -169,7 +169,7 @@ class Builder:
             env["UV_INDEX_URL"] = served[0]
             env["UV_EXTRA_INDEX_URL"] = " ".join(served[1:])
         if flat:  # a file:// folder of wheels is pip's find-links to uv, not an index
-            env["UV_FIND_LINKS"] = " ".join(flat)
+            env["UV_FIND_LINKS"] = ",".join(flat)  # uv splits this one on commas
         return env
 
 
