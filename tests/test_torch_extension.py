@@ -37,9 +37,47 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("add_one", &add_one); }
 """
 
 
-def _sdist(folder: Path) -> None:
+_CUDA_SETUP = """\
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+setup(name="addone", version="1.0", packages=["addone"], install_requires=["torch"],
+      ext_modules=[CUDAExtension("addone._C", ["addone/addone.cpp", "addone/kernel.cu"])],
+      cmdclass={"build_ext": BuildExtension})
+"""
+_CUDA_SOURCE = """\
+#include <torch/extension.h>
+
+torch::Tensor add_one_cuda(const torch::Tensor& x);
+
+torch::Tensor add_one(const torch::Tensor& x) { return x.is_cuda() ? add_one_cuda(x) : x + 1; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("add_one", &add_one); }
+"""
+_KERNEL = """\
+#include <torch/extension.h>
+
+__global__ void add_one_kernel(const float* in, float* out, int64_t n) {
+  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) out[i] = in[i] + 1.0f;
+}
+
+torch::Tensor add_one_cuda(const torch::Tensor& x) {
+  auto in = x.contiguous().to(torch::kFloat);
+  auto out = torch::empty_like(in);
+  int64_t n = in.numel();
+  add_one_kernel<<<(n + 255) / 256, 256>>>(in.data_ptr<float>(), out.data_ptr<float>(), n);
+  return out;
+}
+"""
+
+
+def _sdist(folder: Path, cuda: bool = False) -> None:
     """addone 1.0 as most extension packages ship: setup.py, PKG-INFO Metadata 2.1."""
-    files = {"setup.py": _SETUP, "addone/addone.cpp": _SOURCE,
+    sources = ({"setup.py": _CUDA_SETUP, "addone/addone.cpp": _CUDA_SOURCE,
+                "addone/kernel.cu": _KERNEL} if cuda
+               else {"setup.py": _SETUP, "addone/addone.cpp": _SOURCE})
+    files = {**sources,
              "addone/__init__.py": "import torch  # loads libtorch for _C\n"
                                    "from addone._C import add_one\n",
              "PKG-INFO": "Metadata-Version: 2.1\nName: addone\nVersion: 1.0\n\n"}
@@ -52,13 +90,16 @@ def _sdist(folder: Path) -> None:
             archive.addfile(member, io.BytesIO(data))
 
 
-def _manifest(name: str, sources: Path) -> str:
-    assert TORCH is not None
-    return (f'[project]\nname = "{name}"\npython = "3.11"\nindex = "{MIRROR.as_uri()}"\n'
-            f'[groups.pytorch]\nindex = "{TORCH.parent.as_uri()}"\n'
-            'packages = ["torch==2.13.0"]\n'
+def _manifest(name: str, sources: Path, cuda: bool = False) -> str:
+    torch = ('[groups.pytorch]\npackages = ["torch==2.13.0"]\n' if cuda else
+             f'[groups.pytorch]\nindex = "{TORCH.parent.as_uri()}"\n'  # type: ignore[union-attr]
+             'packages = ["torch==2.13.0"]\n')
+    env = ('{ MAX_JOBS = "2", CUDA_HOME = "/usr/local/cuda-13.0", '
+           'TORCH_CUDA_ARCH_LIST = "8.0;9.0" }' if cuda else '{ MAX_JOBS = "2" }')
+    index = "https://pypi.org/simple" if cuda else MIRROR.as_uri()
+    return (f'[project]\nname = "{name}"\npython = "3.11"\nindex = "{index}"\n{torch}'
             f'[groups.extensions]\nindex = "{sources.as_uri()}"\nno_build_isolation = true\n'
-            'build_requires = ["torch", "setuptools", "ninja"]\nenv = { MAX_JOBS = "2" }\n'
+            f'build_requires = ["torch", "setuptools", "ninja"]\nenv = {env}\n'
             'packages = ["addone"]\n[verify]\nimports = ["addone"]\n')
 
 
@@ -95,3 +136,28 @@ def test_a_torch_cpp_extension_builds_once_against_the_locked_torch_and_serves_t
     assert again.returncode == 0, again.stderr
     assert "Fetching" not in again.stderr  # every entry, the built extension too, reused
     assert sorted((Path(store) / "v1" / "pkgs").glob("*-addone-1.0")) == built
+
+
+@pytest.mark.network
+@pytest.mark.skipif(find_python("3.11") is None, reason="the extension is built for CPython 3.11")
+@pytest.mark.skipif(not Path("/usr/local/cuda-13.0/bin/nvcc").is_file(),
+                    reason="needs the CUDA 13 toolkit at /usr/local/cuda-13.0")
+def test_a_cuda_extension_builds_with_nvcc_against_torch_from_pypi(project: Project,
+                                                                   tmp_path: Path):
+    sources = tmp_path / "sources"
+    _sdist(sources, cuda=True)
+    project.write(_manifest("cuda", sources, cuda=True))
+    store = str(project.root / "store")
+    result = project.gpulock("sync", "--store", store)
+    assert result.code == 0, result.err
+    built = sorted((Path(store) / "v1" / "pkgs").glob("*-addone-1.0"))
+    assert len(built) == 1
+    library = next(built[0].rglob("_C.cpython-311-x86_64-linux-gnu.so"))
+    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True)
+    assert "libc10_cuda.so" in dynamic.stdout  # built as a CUDA extension, nvcc's code in it
+    gpulock = str(Path(sys.executable).parent / "gpulock")
+    run = subprocess.run([gpulock, "run", "--manifest", str(project.manifest), "--store", store,
+                          "--", "python", "-c", COMPUTE], capture_output=True, text=True,
+                         env=dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[2.0, 2.0, 2.0]"
