@@ -164,6 +164,9 @@ def _reason(stderr: str) -> str:
     said = [line.split(":", 1)[1].strip() for line in lines
             if line.startswith(("error:", "cause:", "Caused by:"))]
     said = [part.rstrip(".") for part in said if part]
+    # uv repeats the innermost cause with and without its context: keep the longer one.
+    said = [part for index, part in enumerate(said)
+            if not any(part in other for other in said[:index])]
     if any(part.startswith("Hash mismatch") for part in said):
         said.append("the downloaded archive's sha256 is not the one the downloads list "
                     "names")
