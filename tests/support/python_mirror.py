@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from tests.support.loopback import Loopback
 
 PBS_PREFIX = "https://github.com/astral-sh/python-build-standalone/releases/download"
 BUILD = "20990101"  # a release date no real python-build-standalone build has
+ARCH = platform.machine()  # the archive is this machine's CPython: x86_64 or aarch64
 _SKIPPED = {"test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip",
             "site-packages", "__pycache__"}
 
@@ -55,7 +57,7 @@ class Archive:
 
     @property
     def filename(self) -> str:
-        return f"cpython-{self.version}+{BUILD}-x86_64-unknown-linux-gnu-install_only.tar.gz"
+        return f"cpython-{self.version}+{BUILD}-{ARCH}-unknown-linux-gnu-install_only.tar.gz"
 
 
 def build_install_only(prefix: Path, out: Path) -> Archive:
@@ -136,9 +138,9 @@ class PythonMirror(Loopback):
         """uv's downloads list naming the archive where python-build-standalone would have
         it (the mirror setting rewrites that prefix), with its sha256."""
         major, minor, patch = (int(part) for part in self.archive.version.split("."))
-        key = f"cpython-{self.archive.version}-linux-x86_64-gnu"
+        key = f"cpython-{self.archive.version}-linux-{ARCH}-gnu"
         return json.dumps({key: {
-            "name": "cpython", "arch": {"family": "x86_64", "variant": None}, "os": "linux",
+            "name": "cpython", "arch": {"family": ARCH, "variant": None}, "os": "linux",
             "libc": "gnu", "major": major, "minor": minor, "patch": patch, "prerelease": "",
             "url": f"{PBS_PREFIX}/{BUILD}/{self.archive.filename.replace('+', '%2B')}",
             "sha256": self.archive.sha256, "variant": None, "build": BUILD}})
