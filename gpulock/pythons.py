@@ -130,8 +130,10 @@ def install(store: Store, version: str, arch: str, log: Log) -> tuple[str, str]:
     python, full = found
     said = _runs(python)
     if said != full:
-        raise GpulockError(f"the CPython uv installed at {python} does not run on this "
-                           f"machine ({said or 'it printed nothing'}); remove "
+        problem = (f"says it is CPython {said}, not the {full} its folder names"
+                   if re.fullmatch(r"\d+\.\d+\.\d+\S*", said)
+                   else f"does not run on this machine ({said or 'it printed nothing'})")
+        raise GpulockError(f"the CPython uv installed at {python} {problem}; remove "
                            f"{Path(python).parents[1]} and check the downloads list or "
                            "mirror it came from")
     log(f"Installed CPython {full} at {python}")

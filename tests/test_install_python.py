@@ -325,3 +325,21 @@ def test_a_planted_python_folder_is_refused(tmp_path: Path):
         Store(tmp_path / "store").open()
     with pytest.raises(UnsafeNameError):
         store.layout.interpreter("3.10/../..", "x86_64")
+
+
+def test_doctor_names_the_store_interpreter_and_what_install_python_will_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from gpulock.doctor import BLOCKER, OK, _python
+    from gpulock.lockfile import Lock
+    from gpulock.target import Target
+
+    monkeypatch.setattr("gpulock.interpreter.find_python", lambda version: None)
+    store = Store(tmp_path / "store").open()
+    lock = Lock(Target(python="3.15"), "sha256:0", ())
+    missing = _python(lock, store)
+    assert missing.status == BLOCKER and "--install-python" in missing.message
+    planned = _python(lock, store, install=True)
+    assert planned.status == OK and "sync installs it into" in planned.message
+    installed = _fake_install(store.layout, "cpython-3.15.1-linux-x86_64-gnu", "3.15")
+    found = _python(lock, store)
+    assert found.status == OK and found.message == f"CPython 3.15.1 at {installed}"
