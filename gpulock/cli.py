@@ -182,6 +182,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     outcome = sync(spec, locked, path.read_text(encoding="utf-8"), opened, jobs=args.jobs,
                    packages=with_packages, models=with_models,
+                   install_python=args.install_python or spec.project.install_python,
                    preflight=(lambda: None) if args.no_check else preflight)
     gen = outcome.generation
     models = (f", {len(locked.models)} model(s) in {store.layout.hf}"
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--frozen", action="store_true",
                       help="refuse a lock that does not match the manifest (never re-lock)")
     sync.add_argument("--jobs", type=int, default=8, help="parallel downloads (default 8)")
+    sync.add_argument("--install-python", action="store_true",
+                      help="when the store has no CPython of the lock's target, install it "
+                      "there with uv (as [project] install-python = true does)")
     which = sync.add_mutually_exclusive_group()
     sync.add_argument("--no-check", action="store_true",
                       help="skip doctor's blocking checks (driver, glibc, disk, GPU archs)")

@@ -97,8 +97,8 @@ def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | 
     """Every check, in the order doctor prints them (`interpreter=False`: not the target
     CPython, which sync has found before it asks; `packages`/`models`: what the sync that
     asks will fetch)."""
-    found = [*_driver_checks(lock, driver), _glibc(lock),
-             *([_python(lock)] if interpreter else []),
+    python = [_python(lock, store, manifest.project.install_python)] if interpreter else []
+    found = [*_driver_checks(lock, driver), _glibc(lock), *python,
              _disk(lock, store, packages, models)]
     gpus = driver.gpus if isinstance(driver, Driver) else ()
     from gpulock.models import from_dict
@@ -168,13 +168,19 @@ def _glibc(lock: Lock) -> Check:
     return Check("glibc", OK, f"glibc {have}, the lock's wheels need {need}")
 
 
-def _python(lock: Lock) -> Check:
-    """The base CPython the environment's `bin/python` will link to, as sync finds it."""
+def _python(lock: Lock, store: Store, install: bool = False) -> Check:
+    """The base CPython the environment's `bin/python` will link to, as sync finds it (the
+    store's own first); with `install-python` a missing one is sync's to install."""
     from gpulock.sync import find_interpreter
 
     try:
-        python, full = find_interpreter(lock.target.python)
+        python, full = find_interpreter(lock.target.python, store,
+                                        platform=lock.target.platform)
     except GpulockError as exc:
+        if install:
+            return Check("python", OK, f"CPython {lock.target.python} is not on this machine "
+                         f"nor in the store; sync installs it into {store.layout.python} "
+                         "with uv (install-python)")
         return Check("python", BLOCKER, str(exc))
     return Check("python", OK, f"CPython {full} at {python}")
 

@@ -3,6 +3,12 @@
 Paths go through the stable `current` link, so an image or shell configured once follows
 every later sync. The dockerfile form is an `ENV` block for a serverless image whose Python
 is the system one (PYTHONPATH mode; the environment's sitecustomize runs its .pth files).
+
+`PATH` starts with the generation's `bin/`, whose `python`, `python3` and `pythonX.Y` link
+to the interpreter the generation was built on: with `sync --install-python` that is the
+CPython uv installed into the store, so an image with another Python, or none, runs the
+environment from the volume. The interpreter's own `bin/` is not put on PATH: its `pip`
+would install into the interpreter the whole volume shares.
 """
 
 from __future__ import annotations

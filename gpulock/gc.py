@@ -14,6 +14,11 @@ entry is first renamed out of `pkgs/`, the roots read once more, and anything ro
 between renamed back before anything is deleted. Everything gc walks may vanish under it
 (a sync renaming its work into place): a path that is gone is simply no longer gc's.
 `dry_run` reads and counts, and changes nothing at all.
+
+Never touched: `python/`, the CPython interpreters uv installed (sync --install-python).
+Generations of every project on the volume link their `bin/python` there, kept ones and
+rolled-back ones alike, and an interpreter is one per minor version, not per lock: gc
+neither walks into that folder nor removes it (remove one nobody uses by hand).
 """
 
 from __future__ import annotations

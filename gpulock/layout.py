@@ -20,6 +20,8 @@ through.
     modelscope/<project>/<o>/<n>/       the same files where modelscope 1.x looks
     files/<project>/<model>/            plain downloads and extracted archives
     trees/<sha256>/                     archives unpacked once
+    python/cpython-<X.Y.Z>-linux-<arch>-gnu/  CPython interpreters uv installed (see pythons.py),
+                                        shared by every project's generations
     roots/models/<project>.json         GC roots: each project's synced models
     roots/tmp/<writer>.json             GC roots of running syncs
     roots/gc/<writer>                   a running gc, while it chooses what goes
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -45,6 +48,7 @@ from gpulock.names import (
 )
 
 HUB_KINDS = ("model", "dataset")
+ARCHES = ("x86_64", "aarch64")  # the architectures of gpu.toml's platforms
 
 
 class UnsafeNameError(GpulockError):
@@ -62,7 +66,7 @@ class Layout:
 
     FIXED = ("pkgs", "envs", "tmp", "tmp/downloads", "tmp/models", "blobs", "blobs/sha256",
              "blobs/xxh3", "blobs/git-sha1", "hf", "modelscope", "files",
-             "trees", "roots", "roots/models", "roots/tmp", "roots/gc")
+             "trees", "python", "roots", "roots/models", "roots/tmp", "roots/gc")
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -77,6 +81,7 @@ class Layout:
         self.modelscope = base / "modelscope"
         self.files = base / "files"
         self.trees = base / "trees"
+        self.python = base / "python"
         self.model_roots = base / "roots" / "models"
         self.tmp_roots = base / "roots" / "tmp"
         self.collectors = base / "roots" / "gc"
@@ -172,6 +177,18 @@ class Layout:
         """`trees/<sha256>.seal.json`: what the extracted tree held when it was made."""
         _checked("a sha256", sha256, hex_problem(sha256, 64))
         return self.trees / f"{sha256}.seal.json"
+
+    def interpreter(self, version: str, arch: str) -> Path:
+        """`python/cpython-<X.Y.Z>-linux-<arch>-gnu/bin/python<X.Y>`: where uv installs that
+        CPython when its install folder is `python/` (uv's own naming, kept as uv writes it)."""
+        _checked("a CPython version", version,
+                 None if re.fullmatch(r"3\.\d{1,2}\.\d{1,3}", version)
+                 else "is not a full CPython version like 3.10.13")
+        _checked("an architecture", arch,
+                 None if arch in ARCHES else f"is not one of {', '.join(ARCHES)}")
+        minor = ".".join(version.split(".")[:2])
+        return (self.python / f"cpython-{version}-linux-{arch}-gnu" / "bin"
+                / f"python{minor}")
 
     def model_root(self, project: str) -> Path:
         _checked("a project name", project, name_problem(project))

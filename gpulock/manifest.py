@@ -85,6 +85,7 @@ class Project:
     index: str = DEFAULT_INDEX
     no_build: bool = False  # wheels only: a pod never compiles by surprise
     prerelease: str = "if-necessary-or-explicit"
+    install_python: bool = False  # sync installs the target CPython into the store (uv)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Manifest:
 _SCHEMA: dict[str, dict[str, Any]] = {
     "project": {
         "name": str, "python": str, "platform": str, "glibc": str, "cuda": str, "index": str,
-        "no_build": bool, "prerelease": str,
+        "no_build": bool, "prerelease": str, "install-python": bool, "install_python": bool,
     },
     "group": {
         "packages": "REQ", "index": str, "no_deps": bool, "no_build_isolation": bool,
@@ -401,9 +402,13 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
     if cuda is not None and not re.fullmatch(r"\d+\.\d+", cuda):
         raise reader.error(table, "cuda", f"cuda = {cuda!r} must look like \"12.1\"")
     index = _index(reader, table, raw.get("index", DEFAULT_INDEX))
+    if "install-python" in raw and "install_python" in raw:
+        raise reader.error(table, "install_python", "[project] holds both 'install-python' "
+                           "and 'install_python'; keep one")
     return Project(name=raw["name"], python=python, platform=platform, glibc=glibc,
                    cuda=cuda, index=index, no_build=raw.get("no_build", False),
-                   prerelease=_prerelease(reader, table, raw) or Project.prerelease)
+                   prerelease=_prerelease(reader, table, raw) or Project.prerelease,
+                   install_python=raw.get("install-python", raw.get("install_python", False)))
 
 
 def _prerelease(reader: _Reader, table: tuple[str, ...], raw: dict[str, Any]) -> str | None:
@@ -528,12 +533,16 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
 
 
 def _content_hash(data: dict[str, Any]) -> str:
-    """Hash of everything that decides the lock's content ([verify] runs after sync).
+    """Hash of everything that decides the lock's content ([verify] runs after sync, and
+    `install-python` says only where sync takes the interpreter from).
 
     Credentials in URLs are left out: they are not part of what is locked (a rotated
     password leaves the lock fresh), and no hash of a secret is kept in the lock.
     """
     relevant = {k: v for k, v in data.items() if k != "verify"}
+    if isinstance(relevant.get("project"), dict):
+        relevant["project"] = {k: v for k, v in relevant["project"].items()
+                               if k not in ("install-python", "install_python")}
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(redact(canonical).encode()).hexdigest()
 
@@ -549,8 +558,9 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
     out: list[str] = [_comment(line) for line in header.splitlines()]
     defaults = Project(name=project.name, python=project.python)
     out += _table(("project",), notes, [
-        (key, getattr(project, key)) for key in ("name", "python", "platform", "glibc", "cuda",
-                                                  "index", "no_build", "prerelease")
+        (key.replace("install_python", "install-python"), getattr(project, key))
+        for key in ("name", "python", "platform", "glibc", "cuda", "index", "no_build",
+                    "prerelease", "install_python")
         if key in ("name", "python") or getattr(project, key) != getattr(defaults, key)])
     for group in manifest.groups:
         out += _table(("groups", group.name), notes, [

@@ -62,15 +62,31 @@ print(os.path.realpath(base))
 """
 
 
-def find_interpreter(version: str) -> tuple[str, str]:
-    """The target's CPython (its base install) and full version, remembered in this machine's
-    cache.
+def find_interpreter(version: str, store: Store | None = None, *,
+                     platform: str = "linux_x86_64", install: bool = False,
+                     log: Log = lambda line: print(line, file=sys.stderr)) -> tuple[str, str]:
+    """The target's CPython (its base install) and full version.
+
+    First the one uv installed into `store` (pythons.managed: a pod that synced with
+    --install-python keeps using it, as do the other projects on the volume); else, when
+    `install`, uv installs it there now; else this machine's own, remembered in this
+    machine's cache.
 
     Discovery runs subprocesses (hundreds of execs through pyenv shims); a no-op sync must
     not pay that, so the answer is kept and trusted while the binary's mtime is unchanged.
     It is kept in the user's cache, not on the shared volume: it describes this machine, and
-    a path planted in the store must never become the interpreter sync runs.
+    a path planted in the store must never become the interpreter sync runs (the store's
+    own interpreters are taken only from where uv installs them, see pythons.py).
     """
+    if store is not None:
+        from gpulock import pythons
+
+        arch = pythons.arch_of(platform)
+        found = pythons.managed(store.layout, version, arch)
+        if found is not None:
+            return found
+        if install:
+            return pythons.install(store, version, arch, log)
     from gpulock.cache import Cache
 
     cache = Cache()
@@ -86,7 +102,8 @@ def find_interpreter(version: str) -> tuple[str, str]:
     python = find_python(version)
     if python is None:
         raise GpulockError(f"CPython {version}, the lock's target, is not installed on this "
-                           f"machine: install it with 'uv python install {version}'")
+                           "machine: run 'gpulock sync --install-python' to install it into "
+                           f"the store with uv (or 'uv python install {version}')")
     full, python = subprocess.run([python, "-c", _BASE_PYTHON], capture_output=True, text=True,
                                   check=True).stdout.split("\n")[:2]
     cache.put_json("interpreters", version, {"path": python, "version": full,
@@ -95,9 +112,11 @@ def find_interpreter(version: str) -> tuple[str, str]:
 
 
 def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: int = 8,
-         packages: bool = True, models: bool = True,
+         packages: bool = True, models: bool = True, install_python: bool = False,
          preflight: Callable[[], None] = lambda: None,
          log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
+    """Make the store hold the lock and switch the project to it; `install_python`: when
+    the store has no CPython of the lock's target, uv installs one there (pythons.py)."""
     started = time.perf_counter()
     laid_out: list[tuple[int, int]] = []
 
@@ -116,7 +135,7 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
 
     if packages:
         result = _sync_packages(manifest, lock, lock_text, store, jobs, log, models_step,
-                                preflight)
+                                preflight, install_python)
     else:
         models_step()
         result = SyncResult(None, nothing_to_do=True)
@@ -129,12 +148,14 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
 
 def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int,
                    log: Log, before_switch: Callable[[], None],
-                   preflight: Callable[[], None]) -> SyncResult:
+                   preflight: Callable[[], None], install_python: bool = False) -> SyncResult:
     """The lock's packages as the project's current generation; `preflight` runs once a new
     generation is to be built (a no-op sync skips it), `before_switch` before it is current."""
     started = time.perf_counter()
     project = manifest.project.name
-    python, python_version = find_interpreter(lock.target.python)
+    python, python_version = find_interpreter(lock.target.python, store,
+                                              platform=lock.target.platform,
+                                              install=install_python, log=log)
     digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)
     if previous is not None and previous.lock_digest == digest:
