@@ -21,6 +21,7 @@ from gpulock.errors import GpulockError, StaleLockError
 if TYPE_CHECKING:
     from gpulock.manifest import Manifest
     from gpulock.store import Store
+    from gpulock.substituters.pull import Substitutes
 
 FORMATS = ("sh", "dotenv", "dockerfile", "json")
 
@@ -183,7 +184,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     outcome = sync(spec, locked, path.read_text(encoding="utf-8"), opened, jobs=args.jobs,
                    packages=with_packages, models=with_models,
                    install_python=args.install_python or spec.project.install_python,
-                   preflight=(lambda: None) if args.no_check else preflight)
+                   preflight=(lambda: None) if args.no_check else preflight,
+                   substitutes=_substitutes(spec))
     gen = outcome.generation
     models = (f", {len(locked.models)} model(s) in {store.layout.hf}"
               if locked.models and not args.no_models else "")
@@ -198,6 +200,64 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                 f"{gen.number} of '{spec.project.name}' is current" if gen
                 else f"'{spec.project.name}' models synced")
     print(f"{packages}{fetched}{models} [{outcome.seconds:.2f}s]", file=sys.stderr)
+    return 0
+
+
+def _substituters(spec: Manifest) -> list[str]:
+    """$GPULOCK_SUBSTITUTERS (space-separated) when set, else gpu.toml's [cache] list."""
+    given = os.environ.get("GPULOCK_SUBSTITUTERS")
+    return given.split() if given is not None else list(spec.cache.substituters)
+
+
+def _substitutes(spec: Manifest) -> Substitutes | None:
+    from gpulock.signing import parse_public
+    from gpulock.substituters import open_substituter
+    from gpulock.substituters.pull import Substitutes
+
+    urls = _substituters(spec)
+    if not urls:
+        return None
+    trusted = [parse_public(k, f"{spec.path} [cache] trusted-keys")
+               for k in spec.cache.trusted_keys]
+    return Substitutes([open_substituter(u) for u in urls], trusted, _say)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from gpulock.signing import keygen
+
+    secret, public = keygen(args.name, Path(args.out))
+    print(f"Wrote {secret} (keep it secret: push signs with it) and {public}; put this line "
+          f"in [cache] trusted-keys of the pods' gpu.toml:\n{public.read_text().strip()}",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from gpulock.generation import current
+    from gpulock.signing import load_secret
+    from gpulock.substituters import open_substituter
+    from gpulock.substituters.push import push
+
+    spec, _, store = _project_paths(args)
+    opened = _opened(store)
+    urls = [args.to] if args.to else _substituters(spec)
+    if not urls:
+        raise GpulockError("push needs a cache: --to URL, [cache] substituters in gpu.toml "
+                           "or $GPULOCK_SUBSTITUTERS")
+    key = load_secret(args.key)
+    if args.all:
+        keys = sorted(p.name for p in opened.layout.pkgs.iterdir() if opened.has(p.name))
+    else:
+        now = current(opened, spec.project.name)
+        if now is None:
+            raise GpulockError(f"'{spec.project.name}' has no synced environment in "
+                               f"{store.root} to push; run 'gpulock sync' (or push --all)")
+        keys = sorted(now.packages.values())
+    cache = open_substituter(urls[0])
+    print(f"Pushing {len(keys)} entries to {cache.url}", file=sys.stderr)
+    result = push(opened, cache, key, keys, _say, jobs=args.jobs)
+    print(f"Pushed {result.entries} entries ({result.bytes / 2**20:.1f} MiB); "
+          f"{result.present} were there already", file=sys.stderr)
     return 0
 
 
@@ -454,6 +514,23 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--no-models", action="store_true", help="sync packages only")
     which.add_argument("--models-only", action="store_true", help="sync models only")
     sync.set_defaults(func=_cmd_sync)
+
+    keygen = sub.add_parser("keygen", help="make a signing key pair for a binary cache")
+    keygen.add_argument("name", help="the key's name, e.g. team-cache-1")
+    keygen.add_argument("--out", required=True, metavar="DIR",
+                        help="where to write NAME.secret and NAME.public")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    pushed = sub.add_parser("push", help="upload the environment's store entries a binary "
+                            "cache lacks, signed")
+    project_options(pushed)
+    pushed.add_argument("--all", action="store_true", help="every entry in the store")
+    pushed.add_argument("--to", metavar="URL", help="the cache (default: the first of "
+                        "[cache] substituters or $GPULOCK_SUBSTITUTERS)")
+    pushed.add_argument("--key", metavar="FILE", help="the secret key (default: "
+                        "$GPULOCK_SIGNING_KEY, the key or its file)")
+    pushed.add_argument("--jobs", type=int, default=4, help="parallel uploads (default 4)")
+    pushed.set_defaults(func=_cmd_push)
 
     env = sub.add_parser("env", help="print PYTHONPATH and PATH exports for the environment")
     project_options(env)

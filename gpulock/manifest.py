@@ -22,8 +22,8 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from gpulock.credentials import redact, remember
-from gpulock.errors import ManifestError
+from gpulock.credentials import credentials_in, redact, remember
+from gpulock.errors import GpulockError, ManifestError
 from gpulock.names import (
     git_url_problem,
     name_problem,
@@ -89,12 +89,21 @@ class Project:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """[cache]: the binary caches sync takes entries from, and the keys it trusts."""
+
+    substituters: tuple[str, ...] = ()
+    trusted_keys: tuple[str, ...] = ()  # NAME:base64 public keys
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     project: Project
     groups: tuple[Group, ...]
     models: tuple[Model, ...] = ()
     verify_imports: tuple[str, ...] = ()
+    cache: CacheSettings = field(default_factory=lambda: CacheSettings())
     content_hash: str = field(default="", compare=False)
 
     @property
@@ -138,8 +147,9 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "source": str, "revision": str, "include": list, "exclude": list, "extract": bool,
     },
     "verify": {"imports": list},
+    "cache": {"substituters": list, "trusted-keys": list, "trusted_keys": list},
 }
-_TOP_LEVEL = ("project", "groups", "models", "verify")
+_TOP_LEVEL = ("project", "groups", "models", "verify", "cache")
 _TYPE_WORDS = {str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
 
@@ -309,7 +319,34 @@ def parse(text: str, path: Path) -> Manifest:
                                "a module name like \"torch\" or \"torch.cuda\"")
 
     return Manifest(path=path, project=project, groups=groups, models=models,
-                    verify_imports=imports, content_hash=_content_hash(data))
+                    verify_imports=imports, cache=_cache(reader, data.get("cache", {})),
+                    content_hash=_content_hash(data))
+
+
+def _cache(reader: _Reader, raw: dict[str, Any]) -> CacheSettings:
+    table = ("cache",)
+    reader.check_keys(table, raw, "cache")
+    if "trusted-keys" in raw and "trusted_keys" in raw:
+        raise reader.error(table, "trusted_keys", "[cache] holds both 'trusted-keys' and "
+                           "'trusted_keys'; keep one")
+    key_name = "trusted-keys" if "trusted-keys" in raw else "trusted_keys"
+    urls = reader.strings(table, "substituters", raw.get("substituters", []))
+    for url in urls:
+        if not re.match(r"(s3://|file:///|/)", url):
+            raise reader.error(table, "substituters", f"substituter {redact(url)!r} must be "
+                               "s3://bucket/prefix, file:///folder or an absolute path")
+        if credentials_in(url):
+            raise reader.error(table, "substituters", f"substituter {redact(url)!r} holds "
+                               "credentials: put them in AWS_* variables or a profile")
+    keys = reader.strings(table, key_name, raw.get(key_name, []))
+    from gpulock.signing import parse_public
+
+    for key in keys:
+        try:
+            parse_public(key, "trusted key")
+        except GpulockError as exc:
+            raise reader.error(table, key_name, str(exc)) from None
+    return CacheSettings(substituters=urls, trusted_keys=keys)
 
 
 def _toml_problem(exc: Exception, text: str) -> str:
@@ -533,13 +570,13 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
 
 
 def _content_hash(data: dict[str, Any]) -> str:
-    """Hash of everything that decides the lock's content ([verify] runs after sync, and
-    `install-python` says only where sync takes the interpreter from).
+    """Hash of everything that decides the lock's content ([verify] runs after sync, [cache]
+    and `install-python` say only where sync takes entries and the interpreter from).
 
     Credentials in URLs are left out: they are not part of what is locked (a rotated
     password leaves the lock fresh), and no hash of a secret is kept in the lock.
     """
-    relevant = {k: v for k, v in data.items() if k != "verify"}
+    relevant = {k: v for k, v in data.items() if k not in ("verify", "cache")}
     if isinstance(relevant.get("project"), dict):
         relevant["project"] = {k: v for k, v in relevant["project"].items()
                                if k not in ("install-python", "install_python")}
@@ -577,6 +614,10 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
             ("extract", model.extract or None)])
     if manifest.verify_imports:
         out += _table(("verify",), notes, [("imports", list(manifest.verify_imports))])
+    if manifest.cache != CacheSettings():
+        out += _table(("cache",), notes, [
+            ("substituters", list(manifest.cache.substituters) or None),
+            ("trusted-keys", list(manifest.cache.trusted_keys) or None)])
     return "\n".join(out).lstrip("\n") + "\n"
 
 

@@ -11,6 +11,7 @@ Correctness never rests on a lock file (network volumes ignore flock).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -128,34 +129,37 @@ class Store:
             shutil.rmtree(work, ignore_errors=True)
 
     def add_wheel(self, wheel: Path, key: str, name: str, version: str,
-                  python: str | None, origin: dict[str, Any] | None = None) -> Entry:
+                  python: str | None, origin: dict[str, Any] | None = None,
+                  keep: bool = False) -> Entry:
         """Unpack a verified wheel into a new entry (a no-op when the entry exists).
 
         `origin` (the locked file: url, sha256, size) is kept so `verify --repair` can
-        fetch the wheel again.
+        fetch the wheel again; a wheel built from source has none and is kept (`keep`) in
+        the entry's `built/` instead, so that `push` can share it.
         """
         if self.has(key):
             return self.entry(key)
         try:
-            return self._unpack(wheel, key, name, version, python, origin)
+            return self._unpack(wheel, key, name, version, python, origin, keep)
         except (GpulockError, OSError):
             if self.has(key):  # a racing writer published it (and took the download)
                 return self.entry(key)
             raise
 
     def _unpack(self, wheel: Path, key: str, name: str, version: str, python: str | None,
-                origin: dict[str, Any] | None) -> Entry:
+                origin: dict[str, Any] | None, keep: bool) -> Entry:
         from gpulock.unpack import unpack
 
         work = self.work_dir(key)
         try:
             unpacked = unpack(wheel, work, f"{name} {version}", python,
                               racing=lambda: self.has(key))
+            built = _keep_wheel(wheel, work, unpacked.records) if keep else None
             # Every file's hashes for `verify`, apart from the small manifest that each
             # environment build reads (torch's records alone are 1.5 MB of JSON).
             (work / ENTRY_RECORDS).write_text(json.dumps({"files": unpacked.records}))
             (work / ENTRY_MANIFEST).write_text(json.dumps({
-                "name": name, "version": version, "origin": origin,
+                "name": name, "version": version, "origin": origin, "built": built,
                 "scripts": unpacked.scripts, "real_dirs": sorted(unpacked.real_dirs),
             }, sort_keys=True))
             faults.point("publish", work)
@@ -172,6 +176,32 @@ class Store:
 
     def origin(self, key: str) -> dict[str, Any] | None:
         return json.loads((self.entry_path(key) / ENTRY_MANIFEST).read_text()).get("origin")
+
+    def built(self, key: str) -> tuple[Path, str, int] | None:
+        """The wheel a built entry was unpacked from (path, sha256, size), if it kept one."""
+        kept = json.loads((self.entry_path(key) / ENTRY_MANIFEST).read_text()).get("built")
+        if not isinstance(kept, dict):
+            return None
+        path = Layout.named(self.entry_path(key) / "built", str(kept.get("filename")),
+                            "a built wheel's filename")
+        return path, str(kept.get("sha256")), int(kept.get("size", 0))
+
+
+def _keep_wheel(wheel: Path, work: Path, records: list[Any]) -> dict[str, Any]:
+    """Copy a built wheel into the entry's `built/`, recorded like every file it holds."""
+    import xxhash
+
+    kept = Layout.named(work / "built", wheel.name, "a built wheel's filename")
+    kept.parent.mkdir()
+    sha256, fast, size = hashlib.sha256(), xxhash.xxh3_128(), 0
+    with wheel.open("rb") as source, kept.open("xb") as out:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+            sha256.update(chunk)
+            fast.update(chunk)
+            size += len(chunk)
+    records.append((f"built/{wheel.name}", sha256.hexdigest(), fast.hexdigest(), size))
+    return {"filename": wheel.name, "sha256": sha256.hexdigest(), "size": size}
 
 
 class Record(NamedTuple):

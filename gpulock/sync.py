@@ -28,6 +28,7 @@ from gpulock.store import Entry, Store
 
 if TYPE_CHECKING:
     from gpulock.http import Http
+    from gpulock.substituters.pull import Substitutes
 
 Log = Callable[[str], None]
 
@@ -114,9 +115,11 @@ def find_interpreter(version: str, store: Store | None = None, *,
 def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: int = 8,
          packages: bool = True, models: bool = True, install_python: bool = False,
          preflight: Callable[[], None] = lambda: None,
+         substitutes: Substitutes | None = None,
          log: Log = lambda line: print(line, file=sys.stderr)) -> SyncResult:
     """Make the store hold the lock and switch the project to it; `install_python`: when
-    the store has no CPython of the lock's target, uv installs one there (pythons.py)."""
+    the store has no CPython of the lock's target, uv installs one there (pythons.py);
+    `substitutes`: binary caches asked for each missing entry before its index or a build."""
     started = time.perf_counter()
     laid_out: list[tuple[int, int]] = []
 
@@ -135,7 +138,7 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
 
     if packages:
         result = _sync_packages(manifest, lock, lock_text, store, jobs, log, models_step,
-                                preflight, install_python)
+                                preflight, install_python, substitutes)
     else:
         models_step()
         result = SyncResult(None, nothing_to_do=True)
@@ -148,7 +151,8 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
 
 def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int,
                    log: Log, before_switch: Callable[[], None],
-                   preflight: Callable[[], None], install_python: bool = False) -> SyncResult:
+                   preflight: Callable[[], None], install_python: bool = False,
+                   substitutes: Substitutes | None = None) -> SyncResult:
     """The lock's packages as the project's current generation; `preflight` runs once a new
     generation is to be built (a no-op sync skips it), `before_switch` before it is current."""
     started = time.perf_counter()
@@ -176,12 +180,13 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
     # Rooted before the store is read: a gc running now keeps (or restores) these entries.
     with roots.temporary(store, pkgs=[key for _, key in plan.values()], digest=digest):
         faults.point("plan", store.base)
-        return _build(manifest, lock, lock_text, store, jobs, log, plan, previous,
+        return _build(manifest, lock, lock_text, store, jobs, log, plan, previous, substitutes,
                       (python, python_version, digest), started, before_switch)
 
 
 def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: int, log: Log,
            plan: dict[str, tuple[LockedPackage, str]], previous: generation.Generation | None,
+           substitutes: Substitutes | None,
            interpreter: tuple[str, str, str], started: float,
            before_switch: Callable[[], None]) -> SyncResult:
     python, python_version, digest = interpreter
@@ -210,14 +215,18 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
 
         def add(item: tuple[LockedPackage, str]) -> str:
             package, key = item
-            wheel = _wheel_for(package, store, http, manifest, (python, python_version),
-                               {n: store.entry(plan[n][1]) for n in inputs.get(package.name, ())},
-                               progress.advance)
+            wheel = substitutes.take(package, key, store, progress.advance) if substitutes \
+                else None
+            if wheel is None:
+                build_env = {n: store.entry(plan[n][1]) for n in inputs.get(package.name, ())}
+                wheel = _wheel_for(package, store, http, manifest, (python, python_version),
+                                   build_env, progress.advance)
             origin = ({"url": package.wheel.url, "sha256": package.wheel.sha256,
                        "size": package.wheel.size, "name": package.wheel.name}
                       if package.wheel else None)
             try:
-                store.add_wheel(wheel, key, package.name, package.version, python, origin)
+                store.add_wheel(wheel, key, package.name, package.version, python, origin,
+                                keep=package.wheel is None)
             finally:
                 discard(store.layout, wheel)
             progress.finished(f"{package.name} {package.version}")

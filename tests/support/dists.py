@@ -84,6 +84,9 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     return os.path.basename(info)
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    if os.environ.get("GPULOCK_TEST_BUILD_LOG"):  # tests count builds
+        with open(os.environ["GPULOCK_TEST_BUILD_LOG"], "a") as handle:
+            handle.write(NAME + "\\n")
     info = f"{{_dist()}}-{{VERSION}}.dist-info"
     path = os.path.join(wheel_directory, f"{{_dist()}}-{{VERSION}}-py3-none-any.whl")
     files = {{f"{{_dist()}}/__init__.py": b"BUILT = True\\n",
