@@ -15,6 +15,10 @@ sync: `gpulock sync` vs `uv pip sync` of the same PEP 751 lock, made from --sync
 (default: the real torch 2.13.0+cpu wheel and transformers from the local mirror, which
 needs no network).
 
+cache: `gpulock push` of the synced --sync-manifest store to a SeaweedFS on 127.0.0.1, then
+a cold `gpulock sync` of an empty store from that cache alone, against the same cold sync
+from the index.
+
 models: `gpulock sync --models-only` vs `huggingface_hub.snapshot_download` of the same
 repository (4 safetensors shards and a config, --model-mib in all) from one fake hub on
 127.0.0.1. Benchmarks are not tests: nothing here asserts a timing.
@@ -326,12 +330,76 @@ def models_table(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def cache_table(args: argparse.Namespace) -> None:
+    """Push the synced --sync-manifest store to SeaweedFS, then sync a second, empty store
+    from that cache alone, against the same sync from the package index."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from s3_clients import KEYS, start_weed
+
+    manifest = load(Path(args.sync_manifest))
+    if find_python(manifest.project.python) is None:
+        raise SystemExit(f"the cache benchmark needs CPython {manifest.project.python}")
+    work = Path(tempfile.mkdtemp(prefix="gpulock-bench-cache-"))
+    weed, endpoint = start_weed(work)
+    try:
+        import boto3
+
+        boto3.session.Session(aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+                              region_name="us-east-1").client(
+            "s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+        cache = f"s3://bench/gpulock?endpoint={endpoint}"
+        env = {**os.environ, **KEYS, "PYTHONPATH": str(ROOT),
+               "GPULOCK_CACHE": str(work / "gp-cache"), "UV_NO_CONFIG": "1",
+               "UV_PYTHON_DOWNLOADS": "never"}
+        shutil.copy(args.sync_manifest, work / "gpu.toml")
+        gpulock = [sys.executable, "-m", "gpulock"]
+        subprocess.run([*gpulock, "lock"], cwd=work, env=env, check=True,
+                       stderr=subprocess.DEVNULL)
+        subprocess.run([*gpulock, "keygen", "bench", "--out", str(work / "keys")], cwd=work,
+                       env=env, check=True, stderr=subprocess.DEVNULL)
+        trusted = (work / "keys" / "bench.public").read_text().strip()
+        with (work / "gpu.toml").open("a") as manifest_file:
+            manifest_file.write(f'\n[cache]\nsubstituters = ["{cache}"]\n'
+                                f'trusted-keys = ["{trusted}"]\n')
+        region_a, region_b = work / "region-a", work / "region-b"
+        plain = {**env, "GPULOCK_SUBSTITUTERS": ""}  # the index only
+        from_index = repeat(args.runs, lambda: shutil.rmtree(region_a, ignore_errors=True),
+                            [*gpulock, "sync", "--frozen", "--store", str(region_a)], plain,
+                            work)
+        pushed = measure([*gpulock, "push", "--store", str(region_a), "--key",
+                          str(work / "keys" / "bench.secret"), "--jobs", "8"], env, work)
+        wheels = sum(int(o["Size"]) for page in boto3.session.Session(
+            aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1").client("s3", endpoint_url=endpoint)
+            .get_paginator("list_objects_v2").paginate(Bucket="bench")
+            for o in page.get("Contents", []))
+        from_cache = repeat(args.runs, lambda: shutil.rmtree(region_b, ignore_errors=True),
+                            [*gpulock, "sync", "--frozen", "--store", str(region_b)], env, work)
+    finally:
+        weed.terminate()
+        weed.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    mb = wheels / 1e6
+    print(f"# binary cache: {Path(args.sync_manifest).name}, {mb:.0f} MB of wheels and "
+          "records in SeaweedFS on 127.0.0.1 (boto3)")
+    print()
+    print("| step | time | throughput | vs cold sync from the index |")
+    print("|---|---:|---:|---:|")
+    print(f"| push every entry (`gpulock push --jobs 8`) | {pushed.seconds:.2f}s | "
+          f"{mb / pushed.seconds:.0f} MB/s | |")
+    print(f"| cold sync from the cache alone | {from_cache.seconds:.2f}s | "
+          f"{mb / from_cache.seconds:.0f} MB/s | {from_cache.seconds / from_index.seconds:.2f}x |")
+    print(f"| cold sync from the index (file://) | {from_index.seconds:.2f}s | | 1.00x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", default=str(ROOT / "gpu.toml.example"))
     parser.add_argument("--sync-manifest", default=str(ROOT / "bench" / "torch-cpu.gpu.toml"))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", choices=["lock", "sync", "models"])
+    parser.add_argument("--only", choices=["lock", "sync", "models", "cache"])
     parser.add_argument("--model-mib", type=int, default=512,
                         help="size of the benchmark model (default 512 MiB)")
     args = parser.parse_args()
@@ -347,6 +415,9 @@ def main() -> None:
         print()
     if args.only in (None, "models"):
         models_table(args)
+        print()
+    if args.only in (None, "cache"):
+        cache_table(args)
 
 
 if __name__ == "__main__":

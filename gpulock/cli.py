@@ -238,7 +238,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from gpulock.substituters import open_substituter
     from gpulock.substituters.push import push
 
-    spec, _, store = _project_paths(args)
+    spec, lock_path, store = _project_paths(args)
     opened = _opened(store)
     urls = [args.to] if args.to else _substituters(spec)
     if not urls:
@@ -246,7 +246,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
                            "or $GPULOCK_SUBSTITUTERS")
     key = load_secret(args.key)
     if args.all:
-        keys = sorted(p.name for p in opened.layout.pkgs.iterdir() if opened.has(p.name))
+        from gpulock.names import entry_key_problem
+
+        keys = sorted(p.name for p in opened.layout.pkgs.iterdir()
+                      if not entry_key_problem(p.name) and opened.has(p.name))
     else:
         now = current(opened, spec.project.name)
         if now is None:
@@ -258,7 +261,32 @@ def _cmd_push(args: argparse.Namespace) -> int:
     result = push(opened, cache, key, keys, _say, jobs=args.jobs)
     print(f"Pushed {result.entries} entries ({result.bytes / 2**20:.1f} MiB); "
           f"{result.present} were there already", file=sys.stderr)
+    blobs = _model_blobs(opened, lock_path, args.all)
+    if blobs:
+        from gpulock.substituters.push import push_blobs
+
+        sent = push_blobs(opened, cache, blobs, _say, jobs=args.jobs)
+        print(f"Pushed {sent.entries} model files ({sent.bytes / 2**20:.1f} MiB); "
+              f"{sent.present} were there already", file=sys.stderr)
     return 0
+
+
+def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
+    """The sha256 of each model file to push: the lock's models', or every blob's."""
+    from gpulock import lockfile
+    from gpulock.models import from_dict
+    from gpulock.names import hex_problem
+
+    if every:
+        shards = store.layout.blobs
+        found = [f"{shard.name}{blob.name}" for shard in sorted(shards.iterdir())
+                 if shard.is_dir() and not shard.is_symlink() for blob in shard.iterdir()
+                 ] if shards.is_dir() else []
+        return sorted(sha for sha in found if not hex_problem(sha, 64))
+    if not lock_path.is_file():
+        return []
+    models = [from_dict(m) for m in lockfile.read(lock_path).models]
+    return sorted({f.sha256 for m in models for f in m.files if f.sha256})
 
 
 def _cmd_env(args: argparse.Namespace) -> int:

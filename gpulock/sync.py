@@ -131,7 +131,8 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
 
             with roots.temporary(store, models=lock.models):
                 laid_out.append(sync_models(store, manifest.project.name,
-                                            [from_dict(m) for m in lock.models], log, jobs))
+                                            [from_dict(m) for m in lock.models], log, jobs,
+                                            substitutes))
                 roots.record_models(store, manifest.project.name, lock.models)
         elif models:
             roots.forget_models(store, manifest.project.name)  # its models are gc's to take

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import xxhash
@@ -41,6 +42,9 @@ from gpulock.scratch import (
     write_atomic,
 )
 from gpulock.store import Store
+
+if TYPE_CHECKING:
+    from gpulock.substituters.pull import Substitutes
 
 _CHUNK = 1 << 20
 PARALLEL_FROM = 64 * 2**20  # files this large may download as parallel ranges
@@ -361,8 +365,9 @@ def _lay_out(store: Store, model: PinnedModel, snapshot: Path, links: dict[str, 
 
 
 def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
-                jobs: int = 8) -> tuple[int, int]:
-    """Fetch what the store lacks and lay out the views; return (files fetched, bytes)."""
+                jobs: int = 8, substitutes: Substitutes | None = None) -> tuple[int, int]:
+    """Fetch what the store lacks (from a binary cache first, when there is one) and lay
+    out the views; return (files fetched, bytes)."""
     from concurrent.futures import ThreadPoolExecutor
 
     endpoint = _hf_endpoint()
@@ -386,8 +391,9 @@ def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
             # Parallelism is a budget: a lone 10 GB file gets all of it as ranges, files
             # that already fill the pool get one stream each (more only adds contention).
             try:
-                found[key] = _download(store, model, file, url, _auth(model),
-                                       ranges=max(1, jobs // len(work)))
+                cached = _from_cache(store, model, file, substitutes) if substitutes else None
+                found[key] = cached or _download(store, model, file, url, _auth(model),
+                                                 ranges=max(1, jobs // len(work)))
             except OSError as exc:
                 raise GpulockError(f"model '{model.name}': {file.path} could not be written "
                                    f"into {store.tmp}: {exc.strerror}; nothing partial is "
@@ -405,6 +411,26 @@ def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
         else:
             _file_view(store, project, model, blobs)
     return len(work), sum(f.size for _, f, _ in work.values())
+
+
+def _from_cache(store: Store, model: PinnedModel, file: ModelFile,
+                substitutes: Substitutes) -> Path | None:
+    """The file's blob from a binary cache, published only when its bytes are the lock's."""
+    if not file.sha256:
+        return None
+    label = f"model '{model.name}': {file.path}"
+    got = substitutes.blob(label, file.sha256, file.size, store)
+    if got is None:
+        return None
+    part, cache = got
+    try:
+        return _publish(store, model, file, cache, part, file.sha256, _hash_part(part, file),
+                        resumed=False)
+    except HashMismatchError as exc:
+        substitutes.log(f"warning: refused {label} from {cache}: {exc}")
+        return None
+    finally:
+        shutil.rmtree(part.parent, ignore_errors=True)
 
 
 def fetch_blob(store: Store, model: PinnedModel, file: ModelFile) -> Path:

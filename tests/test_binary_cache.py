@@ -158,3 +158,38 @@ def test_a_trusted_key_that_is_not_a_key_is_a_manifest_error_with_its_line(
     result = project.gpulock("lock")
     assert result.code == 1
     assert "gpu.toml:6:" in result.err and "32 bytes" in result.err
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_model_files_come_from_the_cache_by_their_locked_sha256(
+        tampered: bool, make_index, project: Project, seaweedfs: SeaweedFS, tmp_path: Path):
+    index = _index(make_index)
+    weights = os.urandom(300_000)
+    (index.folder / "model.pt").write_bytes(weights)
+    prefix = f"models-{tampered}"
+    cache = seaweedfs.bucket(prefix)
+    secret, public = _keys(tmp_path / "keys", "team-1")
+    _project(project, index.url, cache, public, tmp_path / "builds.log")
+    files = index.url.replace("/simple", "/files")
+    with project.manifest.open("a") as manifest:
+        manifest.write(f'[models.vggt]\nsource = "{files}/model.pt"\n')
+    assert project.gpulock("sync", "--store", str(tmp_path / "a")).code == 0
+    pushed = project.gpulock("push", "--store", str(tmp_path / "a"), "--key", str(secret))
+    assert "Pushed 1 model files" in pushed.err, pushed.err
+    if tampered:
+        client = seaweedfs.client()
+        key = _objects(seaweedfs, f"{prefix}/cache/blobs/")[0]
+        client.put_object(Bucket=seaweedfs.BUCKET, Key=key, Body=os.urandom(300_000))
+
+    index.close()
+    store = tmp_path / "b"
+    result = project.gpulock("sync", "--store", str(store), "--frozen")
+    view = store / "v1" / "files" / "regions" / "vggt" / "model.pt"
+    if not tampered:
+        assert result.code == 0, result.err
+        assert view.read_bytes() == weights
+        return
+    assert result.code == 1
+    assert "refused model 'vggt': model.pt from s3://" in result.err
+    assert not view.exists()
+    assert not list((store / "v1" / "blobs" / "sha256").rglob("*"))  # nothing stored

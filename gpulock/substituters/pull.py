@@ -15,6 +15,7 @@ from gpulock.substituters import CacheError, Substituter
 from gpulock.substituters.record import (
     RECORD_LIMIT,
     RecordError,
+    blob_name,
     parse,
     record_name,
     refusal,
@@ -51,6 +52,23 @@ class Substitutes:
             if wheel is not None:
                 self.taken += 1
                 return wheel
+        return None
+
+    def blob(self, label: str, sha256: str, size: int, store: Store
+             ) -> tuple[Path, str] | None:
+        """A model file pinned by `sha256` from the first cache that has it, in a folder of
+        this writer's under tmp/, with the cache's URL; the caller checks its bytes against
+        the lock before it becomes a blob (and removes the folder)."""
+        for cache in self.caches:
+            work = store.work_dir("substitute-blob")
+            try:
+                target = work / "blob"
+                if cache.download(blob_name(sha256), target, size):
+                    self.taken += 1
+                    return target, cache.url
+            except (CacheError, RecordError) as exc:
+                self.log(f"warning: refused {label} from {cache.url}: {exc}")
+            shutil.rmtree(work, ignore_errors=True)
         return None
 
     def _from(self, cache: Substituter, package: LockedPackage, key: str, store: Store,

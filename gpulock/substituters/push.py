@@ -1,8 +1,9 @@
-"""`gpulock push`: put the store's entries a cache lacks into it, signed.
+"""`gpulock push`: put the store's entries and model files a cache lacks into it.
 
 Each entry goes up as its wheel (a built one from the entry's `built/`, an index's fetched
 again from its locked URL and checked against its hash) and then its signed record, so a
-reader never finds a record whose wheel is not there yet.
+reader never finds a record whose wheel is not there yet. Model files go up as they are:
+the lock pins their sha256.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gpulock.lockfile import FileRef
 from gpulock.signing import SecretKey
 from gpulock.store import Store
 from gpulock.substituters import Substituter
-from gpulock.substituters.record import CacheRecord, record_name, wheel_name
+from gpulock.substituters.record import CacheRecord, blob_name, record_name, wheel_name
 
 Log = Callable[[str], None]
 
@@ -53,6 +54,30 @@ def push(store: Store, cache: Substituter, key: SecretKey, keys: Sequence[str], 
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(one, keys))
+    return result
+
+
+def push_blobs(store: Store, cache: Substituter, blobs: Sequence[str], log: Log,
+               jobs: int = 4) -> Pushed:
+    """Upload the model files (by sha256) the store holds and `cache` lacks."""
+    result = Pushed()
+    counting = threading.Lock()
+
+    def one(sha256: str) -> None:
+        path = store.layout.blob(sha256)
+        if not store.layout.present(path) or cache.exists(blob_name(sha256)):
+            with counting:
+                result.present += 1
+            return
+        cache.upload(blob_name(sha256), path)
+        with counting:
+            result.entries += 1
+            result.bytes += path.stat().st_size
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(one, blobs))
+    if result.entries:
+        log(f"  pushed {result.entries} model files")
     return result
 
 

@@ -3,6 +3,9 @@
     entries/<key>.json              the record: key, name, version, the wheel's filename,
                                     sha256 and size, and signatures over all of them
     wheels/<sha256>/<filename>      the packed entry: the wheel it was unpacked from
+    blobs/<sha256>                  a model file; the lock pins its sha256, so it needs no
+                                    record or signature: its bytes either hash to the pin
+                                    or are refused
 
 The packed form is the wheel rather than a tar of the unpacked tree: it is compressed
 (torch's 1 GB tree is a 200 MB wheel), its RECORD lists every file's hash and is checked as
@@ -67,6 +70,12 @@ def record_name(key: str) -> str:
     if problem:
         raise RecordError(f"refused {key!r} as a cache record's key: it {problem}")
     return f"entries/{key}.json"
+
+
+def blob_name(sha256: str) -> str:
+    if problem := hex_problem(sha256, 64):
+        raise RecordError(f"refused {sha256!r} as a blob's sha256: it {problem}")
+    return f"blobs/{sha256}"
 
 
 def wheel_name(record: CacheRecord) -> str:

@@ -9,6 +9,7 @@ multipart transfers.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,6 +42,7 @@ class S3:
         self.endpoint = options.get("endpoint", [None])[0]
         self.region = options.get("region", [None])[0]
         self._client: Any = None
+        self._making = threading.Lock()  # boto3 sessions are not safe to make concurrently
 
     def _key(self, name: str) -> str:
         if name.startswith("/") or ".." in name.split("/"):
@@ -49,6 +51,10 @@ class S3:
 
     @property
     def client(self) -> Any:
+        with self._making:
+            return self._client or self._make_client()
+
+    def _make_client(self) -> Any:
         if self._client is None:
             import boto3
             from botocore.config import Config
@@ -56,7 +62,7 @@ class S3:
             config = Config(retries={"max_attempts": 5, "mode": "standard"},
                             max_pool_connections=32)
             self._client = boto3.session.Session().client(
-                "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1",
+                "s3", endpoint_url=self.endpoint, region_name=self.region,
                 config=config)
         return self._client
 
