@@ -121,8 +121,11 @@ def _cmd_lock(args: argparse.Namespace) -> int:
         return 0
     started = time.perf_counter()
     with _Status() as status:
+        from gpulock.store import Store, default_store
+
+        store = Store(Path(args.store) if args.store else default_store(spec.path.parent))
         result = lock.lock(spec, path, upgrade=args.upgrade,
-                           upgrade_packages=args.upgrade_package, progress=status)
+                           upgrade_packages=args.upgrade_package, progress=status, store=store)
     elapsed = time.perf_counter() - started
     count = len(result.lock.packages)
     if result.up_to_date:
@@ -170,7 +173,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             from gpulock import lock
 
             with _Status() as status:
-                result = lock.lock(spec, path, progress=status)
+                result = lock.lock(spec, path, progress=status, store=store)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
     opened = store.open()
@@ -517,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     lock.add_argument("--upgrade", action="store_true", help="ignore existing pins")
     lock.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",
                       help="free one package's pin (repeatable)")
+    lock.add_argument("--store", help="where ref:// models find the projects they name "
+                      "(default: as for sync)")
     lock.add_argument("--check", action="store_true",
                       help="exit non-zero unless the lock matches the manifest; write nothing")
     lock.set_defaults(func=_cmd_lock)

@@ -29,6 +29,7 @@ from gpulock.manifest import Group, Manifest, Model
 from gpulock.metadata import MetadataSource
 from gpulock.models import PinnedModel
 from gpulock.resolve import resolve
+from gpulock.store import Store, default_store
 from gpulock.vcs import GitSource
 
 
@@ -53,7 +54,10 @@ def read_previous(path: Path) -> Lock | None:
 
 def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
          upgrade_packages: Iterable[str] = (), cache: Cache | None = None,
-         workers: int = 16, progress: Callable[[str], None] | None = None) -> LockResult:
+         workers: int = 16, progress: Callable[[str], None] | None = None,
+         store: Store | None = None) -> LockResult:
+    """Lock `manifest` into `path`; `store` is where ref:// models look up other projects'
+    pins (default: the project's default store)."""
     upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
     previous = read_previous(path)
     named = {p.name for p in previous.packages} if previous else set()
@@ -121,7 +125,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     finally:
         finder.close()
 
-    models = pin_models(manifest, previous, upgrade, upgrade_names)
+    models = pin_models(manifest, previous, upgrade, upgrade_names, store)
     new = Lock(target=target, manifest_hash=manifest.content_hash, packages=tuple(packages),
                models=tuple(m.as_dict() for m in models))
     result = LockResult(lock=new, changes=diff(previous, new))
@@ -174,7 +178,8 @@ def _locked(source: object, name: str, version: Version, dependencies: Sequence[
 
 
 def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
-               upgrade_names: AbstractSet[str]) -> list[PinnedModel]:
+               upgrade_names: AbstractSet[str], store: Store | None = None
+               ) -> list[PinnedModel]:
     """Each model's pin: kept from the previous lock while its request is unchanged."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -187,7 +192,7 @@ def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
         if old is not None and old.matches(model) and not upgrade and (
                 canonicalize_name(model.name) not in upgrade_names):
             return old
-        return pin(model)
+        return pin(model, store or Store(default_store(manifest.path.parent)))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, manifest.models))

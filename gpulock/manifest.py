@@ -41,7 +41,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 PLATFORMS = ("linux_x86_64", "linux_aarch64")
-MODEL_SCHEMES = ("hf://", "ms://", "https://", "http://")
+MODEL_SCHEMES = ("hf://", "ms://", "https://", "http://", "s3://", "git+https://",
+                 "git+http://", "git+file://", "file://", "/", "ref://")
 PYTHON_MINORS = range(8, 16)  # CPython 3.8 to 3.15: the releases uv and PyPI wheels know
 MAX_BYTES = 2**20  # a gpu.toml larger than this is not a manifest
 MAX_DEPTH = 100  # arrays and inline tables nested deeper than this are refused
@@ -546,7 +547,14 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
             raise reader.error(table, None, f"[models.{name}] needs 'source'")
         if not source.startswith(MODEL_SCHEMES):
             raise reader.error(table, "source", f"source = {redact(source)!r} in [models.{name}] "
-                               "must start with hf://, ms:// or https://")
+                               "must start with hf://, ms://, https://, s3://, git+https://, "
+                               "git+file://, file://, / or ref://")
+        from gpulock.sources import source_for
+
+        kind = source_for(source)
+        if kind is not None and (problem := kind.problem(source)):
+            raise reader.error(table, "source", f"source = {redact(source)!r} in "
+                               f"[models.{name}] {problem}")
         if source.startswith("http") and (problem := url_problem(source)):
             raise reader.error(table, "source", f"source = {redact(source)!r} in "
                                f"[models.{name}] {problem}")

@@ -29,6 +29,7 @@ from gpulock.names import (
     revision_problem,
     segment_problem,
 )
+from gpulock.store import Store
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class PinnedModel:
             return "has a source URL with credentials (locks keep bare URLs)"
         if problem := source_problem(self.source, self.revision):
             return problem
-        if self.source.startswith("hf://") and hex_problem(self.commit or "", 40):
+        if self.source.startswith(("hf://", "git+")) and hex_problem(self.commit or "", 40):
             return f"has a commit {self.commit!r} that {hex_problem(self.commit or '', 40)}"
         if not self.files:
             return "lists no file"
@@ -108,8 +109,15 @@ def source_problem(source: str, revision: str | None) -> str | None:
             if problem:
                 return f"has a revision {revision!r} that {problem}"
         return None
+    from gpulock.sources import source_for
+
+    kind = source_for(source)
+    if kind is not None:
+        problem = kind.problem(source)
+        return f"has a source {source!r} that {problem}" if problem else None
     if not source.startswith(("https://", "http://")):
-        return f"has a source {source!r} that is not hf://, ms://, https:// or http://"
+        return (f"has a source {source!r} that is not hf://, ms://, https://, http://, "
+                "s3://, git+https://, git+file://, file://, an absolute path or ref://")
     return None
 
 
@@ -118,7 +126,7 @@ def _files_problem(model: PinnedModel) -> str | None:
     seen: set[str] = set()
     for file in model.files:
         where = f"lists a file {file.path!r}"
-        is_url = not model.source.startswith(("hf://", "ms://"))
+        is_url = model.source.startswith(("https://", "http://"))  # one file, no folders
         problem = (segment_problem(file.path) if is_url else path_problem(file.path))
         if problem:
             return f"{where} that {problem}"
@@ -128,7 +136,8 @@ def _files_problem(model: PinnedModel) -> str | None:
             return f"{where} whose sha256 {problem}"
         if file.git_sha1 is not None and (problem := hex_problem(file.git_sha1, 40)):
             return f"{where} whose git-sha1 {problem}"
-        if not file.sha256 and not (file.git_sha1 and model.source.startswith("hf://")):
+        if not file.sha256 and not (file.git_sha1 and model.source.startswith(("hf://",
+                                                                                "ref://"))):
             return f"{where} with no sha256"
         if file.path in seen:
             return f"{where} twice"
@@ -204,10 +213,15 @@ def _strings(values: list[Any], where: str) -> list[str]:
     return values
 
 
-def pin(model: Model) -> PinnedModel:
+def pin(model: Model, store: Store) -> PinnedModel:
     """Pin a manifest's model to exact files; refuse what a hub or server answered when a
     file name, commit or hash could not be laid out safely in a store."""
-    if model.source.startswith("hf://"):
+    from gpulock.sources import source_for
+
+    kind = source_for(model.source)
+    if kind is not None:
+        pinned = kind.pin(model, store)
+    elif model.source.startswith("hf://"):
         pinned = _pin_hf(model)
     elif model.source.startswith("ms://"):
         pinned = _pin_ms(model)
@@ -251,7 +265,7 @@ def _pin_ms(model: Model) -> PinnedModel:
                            f"listing ({type(exc).__name__})") from None
     _check_listing(where, [(f.path, f.size, f.sha256) for f in listing])
     blobs = [f for f in listing if not f.is_dir and f.path]
-    chosen = _chosen(model, blobs, where)
+    chosen = chosen_files(model, blobs, where)
     missing = [f.path for f in chosen if not f.sha256]
     if missing:
         raise GpulockError(f"{where}: ModelScope gave no sha256 for {missing[0]}, so it cannot "
@@ -275,7 +289,7 @@ def _check_listing(where: str, files: list[tuple[object, object, object]]) -> No
                                "which is not a file listing; nothing was pinned")
 
 
-def _chosen(model: Model, files: list[Any], where: str) -> list[Any]:
+def chosen_files(model: Model, files: list[Any], where: str) -> list[Any]:
     """The repository files `include` / `exclude` select, by huggingface_hub's own rules."""
     from huggingface_hub.utils import filter_repo_objects
 
@@ -335,7 +349,7 @@ def _pin_hf(model: Model) -> PinnedModel:
                            f"listing ({type(exc).__name__})") from None
     _check_listing(where, [(f.path, f.size, f.lfs.sha256 if f.lfs else f.blob_id)
                            for f in tree])
-    chosen = _chosen(model, tree, where)
+    chosen = chosen_files(model, tree, where)
     # git-sha1 is the blob id (for LFS files, the pointer's): the Hub cache's tree listing
     # and non-LFS etags use it; sha256 is the content hash of LFS files.
     files = tuple(ModelFile(path=f.path, size=f.size,

@@ -79,6 +79,15 @@ def record_models(store: Store, project: str, models: Sequence[dict[str, Any]]) 
     _write(store.layout.ready(store.layout.model_root(project)), {"models": list(models)})
 
 
+def project_models(store: Store, project: str) -> list[Any] | None:
+    """The models a project's last sync laid out (its lock's entries), or None."""
+    path = store.layout.model_root(project)
+    if not store.layout.present(path):
+        return None
+    models = _read(path).get("models")
+    return models if isinstance(models, list) else None
+
+
 def forget_models(store: Store, project: str) -> None:
     store.layout.model_root(project).unlink(missing_ok=True)
 

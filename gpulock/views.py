@@ -392,8 +392,8 @@ def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
             # that already fill the pool get one stream each (more only adds contention).
             try:
                 cached = _from_cache(store, model, file, substitutes) if substitutes else None
-                found[key] = cached or _download(store, model, file, url, _auth(model),
-                                                 ranges=max(1, jobs // len(work)))
+                found[key] = cached or _fetch(store, model, file, url,
+                                              ranges=max(1, jobs // len(work)))
             except OSError as exc:
                 raise GpulockError(f"model '{model.name}': {file.path} could not be written "
                                    f"into {store.tmp}: {exc.strerror}; nothing partial is "
@@ -435,7 +435,32 @@ def _from_cache(store: Store, model: PinnedModel, file: ModelFile,
 
 def fetch_blob(store: Store, model: PinnedModel, file: ModelFile) -> Path:
     """Download one pinned file into the blob store (used by `verify --repair`)."""
-    return _download(store, model, file, _url(model, file, _hf_endpoint()), _auth(model))
+    return _fetch(store, model, file, _url(model, file, _hf_endpoint()))
+
+
+def _fetch(store: Store, model: PinnedModel, file: ModelFile, url: str, ranges: int = 1
+           ) -> Path:
+    """One pinned file into the blob store from its source: a hub or https:// over HTTP,
+    another kind (gpulock.sources) through its own fetch; verified against the lock."""
+    from gpulock.sources import source_for
+
+    kind = source_for(model.source)
+    if kind is None:
+        return _download(store, model, file, url, _auth(model), ranges)
+    blob = stored_blob(store, file)
+    if blob is not None:
+        return blob
+    work = store.work_dir(f"source-{model.name}")
+    try:
+        part = work / "file"
+        kind.fetch(store, model, file, part)
+        from gpulock.credentials import redact
+
+        return _publish(store, model, file, redact(model.source), part,
+                        file.sha256 or file.git_sha1 or "", _hash_part(part, file),
+                        resumed=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _hf_endpoint() -> str:

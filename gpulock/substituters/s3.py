@@ -45,8 +45,8 @@ class S3:
         self._making = threading.Lock()  # boto3 sessions are not safe to make concurrently
 
     def _key(self, name: str) -> str:
-        if name.startswith("/") or ".." in name.split("/"):
-            raise CacheError(f"refused the cache object name {name!r}")
+        if name.startswith("/") or ".." in name.split("/") or not name:
+            raise CacheError(f"refused the object name {name!r}")
         return f"{self.prefix}/{name}" if self.prefix else name
 
     @property
@@ -110,6 +110,26 @@ class S3:
                 return False
             raise self._failed(name, exc, "read") from None
         return True
+
+    def listing(self) -> list[tuple[str, int]]:
+        """Every object under the prefix: (its name relative to the prefix, size); the name
+        is "" for an object at the prefix itself (a URL that names one object)."""
+        found = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = str(item["Key"])
+                    if key == self.prefix:
+                        found.append(("", int(item["Size"])))
+                    elif key.startswith(f"{self.prefix}/" if self.prefix else ""):
+                        name = key[len(self.prefix) + 1:] if self.prefix else key
+                        if name and not name.endswith("/"):  # a folder marker is no file
+                            found.append((name, int(item["Size"])))
+        except Exception as exc:
+            raise self._failed(self.prefix or "/", exc, "list") from None
+        return found
 
     def upload(self, name: str, source: Path) -> None:
         from boto3.s3.transfer import TransferConfig
