@@ -108,7 +108,7 @@ def test_inline_table_keys_are_located():
     (('cuda = "12.1"', 'cuda = "twelve"'), "cuda = 'twelve' must look like \"12.1\""),
     (('cuda = "12.1"', 'platform = "linux_x86"'), "did you mean 'linux_x86_64'?"),
     (('source = "hf://Qwen/Qwen2.5-0.5B-Instruct"', 'source = "s4://bucket/x"'),
-     "must start with hf://, ms:// or https://"),
+     "must start with hf://, ms://, https://, s3://"),
     (('source = "hf://Qwen/Qwen2.5-0.5B-Instruct"', 'source = "hf://Qwen"'),
      "must name a repository as owner/name"),
     (('index = "https://download.pytorch.org/whl/cu121"', 'index = "download.pytorch.org"'),
