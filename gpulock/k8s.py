@@ -245,9 +245,11 @@ def job_manifests(spec: Manifest, lock_path: Path, options: JobOptions) -> Rende
 def _pod(project: str, config_map: str, options: JobOptions) -> dict[str, Any]:
     """The Job's pod: an optional init container installing gpulock into an emptyDir venv,
     then `gpulock sync --frozen` as a container with no privileges it does not need."""
-    credentials = {"name": "credentials", "mountPath": CREDENTIALS, "readOnly": True}
-    mounts = [{"name": "project", "mountPath": f"{PROJECTS}/{project}", "readOnly": True},
-              credentials]
+    credentials: dict[str, Any] = {"name": "credentials", "mountPath": CREDENTIALS,
+                                   "readOnly": True}
+    mounts: list[dict[str, Any]] = [
+        {"name": "project", "mountPath": f"{PROJECTS}/{project}", "readOnly": True},
+        credentials]
     volumes: list[dict[str, Any]] = [
         {"name": "project", "configMap": {"name": config_map, "defaultMode": 0o444}},
         {"name": "credentials", "secret": {"secretName": options.secret, "optional": True,
@@ -270,7 +272,7 @@ def _pod(project: str, config_map: str, options: JobOptions) -> dict[str, Any]:
     init: list[dict[str, Any]] = []
     if options.install_gpulock is not None:
         volumes.append({"name": "tools", "emptyDir": {}})
-        tools = {"name": "tools", "mountPath": TOOLS}
+        tools: dict[str, Any] = {"name": "tools", "mountPath": TOOLS}
         init.append(container("install-gpulock", ["sh", "-c", _INSTALL_SCRIPT,
                                                   "install-gpulock", options.install_gpulock],
                               [credentials, tools], "250m", "256Mi"))
