@@ -58,6 +58,7 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+_PYTHON_IMAGE = re.compile(r"(?:docker\.io/)?(?:library/)?python:(3\.\d+)(?:\.\d+)?(?:-|$)")
 _INSTALL_SCRIPT = (f'python3 -m venv {TOOLS} && exec {TOOLS}/bin/pip install --no-cache-dir '
                    '--disable-pip-version-check --progress-bar off "$1"')
 
@@ -145,6 +146,17 @@ def check_options(options: JobOptions) -> None:
                                "netrc key) instead")
 
 
+def _check_image_python(spec: Manifest, options: JobOptions) -> None:
+    """Refuse --no-install-python with an official python image of another minor version
+    than the lock's: sync would find no interpreter for it (other images are not known)."""
+    found = _PYTHON_IMAGE.match(options.image)
+    wanted = ".".join(spec.project.python.split(".")[:2])
+    if not options.install_python and found and found.group(1) != wanted:
+        raise GpulockError(f"--image {options.image} has CPython {found.group(1)}, but the "
+                           f"lock targets CPython {wanted}: use an image with {wanted}, or "
+                           "leave out --no-install-python to install it into the store")
+
+
 def config_files(spec: Manifest, lock_path: Path) -> tuple[dict[str, str], list[str]]:
     """The ConfigMap's data (gpu.toml and the lock) and notes for the user.
 
@@ -198,6 +210,7 @@ def job_manifests(spec: Manifest, lock_path: Path, options: JobOptions) -> Rende
     """The PersistentVolumeClaim (with `create_pvc`), ConfigMap and Job that sync `spec`'s
     project from its lock into the claim's store."""
     check_options(options)
+    _check_image_python(spec, options)
     files, notes = config_files(spec, lock_path)
     project = spec.project.name
     name = options.name or job_name(project)

@@ -37,6 +37,8 @@ from tests.support.python_mirror import ARCH
 from tests.test_install_python import archive, home, mirror  # noqa: F401 (fixtures)
 
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+# The Job built on its image's CPython, this machine's version (as python:X.Y-slim has it).
+IMAGE_PYTHON = ("--no-install-python", "--image", f"python:{HOST_PYTHON}-slim")
 GPULOCK = Path(sys.executable).parent / "gpulock"  # stands for the init container's install
 SETPRIV = shutil.which("setpriv")
 VERSIONS = sorted(set(kv_utils.all_versions()), key=lambda v: tuple(map(int, v.split("."))))
@@ -254,7 +256,7 @@ def test_the_jobs_command_in_a_container_like_folder_syncs_the_project(
         request.getfixturevalue("mirror")  # uv's downloads, served on 127.0.0.1
         args: tuple[str, ...] = ()
     else:
-        target, args = HOST_PYTHON, ("--no-install-python",)
+        target, args = HOST_PYTHON, IMAGE_PYTHON
     _project(project, _index(make_index).url, python=target)
     project.lock()
     documents = _render(project, *args)
@@ -288,7 +290,7 @@ def test_two_projects_jobs_run_at_once_on_one_claim(make_index, project: Project
     rendered = []
     for each in (project, other):
         each.lock()
-        rendered.append(_render(each, "--no-install-python"))
+        rendered.append(_render(each, *IMAGE_PYTHON))
     names = [_kind(docs, "Job")["metadata"]["name"] for docs in rendered]
     assert names[0] == "gpulock-sync-demo" and names[1].startswith("gpulock-sync-other-app-")
     root = tmp_path / "root"
@@ -314,7 +316,7 @@ def test_a_private_index_reaches_the_job_through_the_secrets_netrc_never_the_yam
     index = _index(make_index, auth=("deploy", "s3cret-Pa55"))
     _project(project, index.url.replace("://", "://deploy:s3cret-Pa55@"))
     project.lock()
-    code, out, err = _k8s(project, "--no-install-python")
+    code, out, err = _k8s(project, *IMAGE_PYTHON)
     assert code == 0, err
     assert "s3cret-Pa55" not in out and "deploy" not in out
     assert "note:" in err and "'netrc'" in err and "s3cret" not in err
@@ -428,6 +430,21 @@ def test_bad_options_are_one_sentence_naming_the_flag(make_index, project: Proje
     assert code == 1 and out == "", err
     assert err.startswith(f"error: {says}") and err.count("\n") == 1
     assert "hunter2" not in err
+
+
+def test_the_image_python_must_be_the_locks_when_it_is_not_installed(make_index,
+                                                                    project: Project):
+    _project(project, _index(make_index).url, python="3.10")
+    project.lock()
+    code, out, err = _k8s(project, "--no-install-python", "--image", "python:3.12-slim")
+    assert code == 1 and out == ""
+    assert err == ("error: --image python:3.12-slim has CPython 3.12, but the lock targets "
+                   "CPython 3.10: use an image with 3.10, or leave out --no-install-python to "
+                   "install it into the store\n")
+    for fine in (("--no-install-python", "--image", "python:3.10.14-bookworm"),
+                 ("--no-install-python", "--image", "registry.example/cuda-py:3.12"),
+                 ("--image", "python:3.12-slim")):
+        assert _k8s(project, *fine)[0] == 0, fine
 
 
 def test_no_credential_from_a_url_appears_in_the_output(make_index, project: Project):
