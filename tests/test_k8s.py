@@ -247,16 +247,21 @@ def _run_in_environment(root: Path, project: str, *command: str) -> str:
     return ran.stdout
 
 
+def _python(request: pytest.FixtureRequest, python: str) -> tuple[str, tuple[str, ...]]:
+    """The lock's CPython and the flags for it: by default installed into the store by uv
+    (from a mirror on 127.0.0.1), else the image's, this machine's."""
+    if python == "install-python":
+        target = request.getfixturevalue("archive").minor
+        request.getfixturevalue("mirror")
+        return target, ()
+    return HOST_PYTHON, IMAGE_PYTHON
+
+
 @pytest.mark.parametrize("python", ["install-python", "image-python"])
 def test_the_jobs_command_in_a_container_like_folder_syncs_the_project(
         make_index, project: Project, tmp_path: Path, request: pytest.FixtureRequest,
         python: str):
-    if python == "install-python":  # the default: the lock's CPython into the store, by uv
-        target = request.getfixturevalue("archive").minor
-        request.getfixturevalue("mirror")  # uv's downloads, served on 127.0.0.1
-        args: tuple[str, ...] = ()
-    else:
-        target, args = HOST_PYTHON, IMAGE_PYTHON
+    target, args = _python(request, python)
     _project(project, _index(make_index).url, python=target)
     project.lock()
     documents = _render(project, *args)
@@ -277,20 +282,24 @@ def test_the_jobs_command_in_a_container_like_folder_syncs_the_project(
     assert again.returncode == 0 and "'demo' is up to date" in again.stderr, again.stderr
 
 
+@pytest.mark.parametrize("python", ["install-python", "image-python"])
 def test_two_projects_jobs_run_at_once_on_one_claim(make_index, project: Project,
-                                                    tmp_path: Path, capsys):
+                                                    tmp_path: Path, capsys,
+                                                    request: pytest.FixtureRequest,
+                                                    python: str):
+    target, args = _python(request, python)
     index = _index(make_index)
     make_wheel(index.folder, "other-app", "2.0")
     other = Project(tmp_path / "other", capsys)
     other.root.mkdir()
-    _project(project, index.url, name="demo")
-    other.write(f'[project]\nname = "Other_App"\npython = "{HOST_PYTHON}"\n'
+    _project(project, index.url, name="demo", python=target)
+    other.write(f'[project]\nname = "Other_App"\npython = "{target}"\n'
                 f'platform = "linux_{ARCH}"\nindex = "{index.url}"\n'
                 '[groups.main]\npackages = ["hello-app", "other-app"]\n')
     rendered = []
     for each in (project, other):
         each.lock()
-        rendered.append(_render(each, *IMAGE_PYTHON))
+        rendered.append(_render(each, *args))
     names = [_kind(docs, "Job")["metadata"]["name"] for docs in rendered]
     assert names[0] == "gpulock-sync-demo" and names[1].startswith("gpulock-sync-other-app-")
     root = tmp_path / "root"
@@ -307,8 +316,11 @@ def test_two_projects_jobs_run_at_once_on_one_claim(make_index, project: Project
     assert _run_in_environment(root, "demo", "hello-app") == "hello from the claim\n"
     assert _run_in_environment(root, "Other_App", "python", "-c",
                                "import hello_app, other_app; print(other_app.VERSION)") == "2.0\n"
-    pkgs = root / "workspace" / ".gpulock" / "v1" / "pkgs"
-    assert len([p for p in pkgs.iterdir() if "hello_app" in p.name or "hello-app" in p.name]) == 1
+    store = root / "workspace" / ".gpulock" / "v1"
+    assert len([p for p in (store / "pkgs").iterdir() if "hello" in p.name]) == 1
+    installed = sorted(p.name for p in (store / "python").glob("cpython-3.*.*-linux-*-gnu")
+                       if not p.is_symlink())  # uv's cpython-3.X-... links name the same one
+    assert len(installed) == (1 if python == "install-python" else 0), installed
 
 
 def test_a_private_index_reaches_the_job_through_the_secrets_netrc_never_the_yaml(
