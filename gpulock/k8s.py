@@ -234,7 +234,8 @@ def job_manifests(spec: Manifest, lock_path: Path, options: JobOptions) -> Rende
             claim["storageClassName"] = options.storage_class
         documents.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                           # Shared by every project's Job: no instance label.
-                          "metadata": metadata(options.pvc, dict(LABELS)),
+                          "metadata": metadata(options.pvc, {
+                              **LABELS, "app.kubernetes.io/component": "store"}),
                           "spec": claim})
     documents.append({"apiVersion": "v1", "kind": "ConfigMap",
                       "metadata": metadata(name, labels), "data": files})

@@ -157,7 +157,7 @@ def test_the_yaml_validates_for_every_kubernetes_version_kubernetes_validate_shi
         pvc = documents[0]
         assert pvc["metadata"] == {"name": "shared-store", "namespace": "ml-team",
                                    "labels": {"app.kubernetes.io/name": "gpulock",
-                                              "app.kubernetes.io/component": "sync"}}
+                                              "app.kubernetes.io/component": "store"}}
         assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "efs-sc",
                                "resources": {"requests": {"storage": "2Ti"}}}
         assert {doc["metadata"]["namespace"] for doc in documents} == {"ml-team"}
