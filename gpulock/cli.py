@@ -501,6 +501,47 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_k8s_job(args: argparse.Namespace) -> int:
+    from gpulock import k8s, lockfile, manifest
+
+    if not args.create_pvc and (args.pvc_size or args.storage_class):
+        flag = "--pvc-size" if args.pvc_size else "--storage-class"
+        raise GpulockError(f"{flag} describes a claim to create: add --create-pvc, or leave "
+                           f"it out to use the existing claim '{args.pvc}'")
+    spec = manifest.load(_find_manifest(_manifest_arg(args)))
+    path = Path(args.lock) if args.lock else lockfile.default_path(spec)
+    options = k8s.JobOptions(
+        name=args.name, namespace=args.namespace, pvc=args.pvc, create_pvc=args.create_pvc,
+        pvc_size=args.pvc_size or k8s.DEFAULT_PVC_SIZE, storage_class=args.storage_class,
+        image=args.image, install_gpulock=None if args.no_install_gpulock
+        else args.install_gpulock, install_python=not args.no_install_python,
+        secret=args.secret)
+    rendered = k8s.job_manifests(spec, path, options)
+    for note in rendered.notes:
+        _say(f"note: {note}")
+    text = rendered.yaml()
+    kinds = ", ".join(f"{doc['kind']} {doc['metadata']['name']}" for doc in rendered.documents)
+    if args.out:
+        from gpulock.scratch import write_atomic
+
+        write_atomic(Path(args.out), text)
+        _say(f"Wrote {args.out}: {kinds}; apply it with 'kubectl apply --server-side -f "
+             f"{args.out}'")
+    else:
+        sys.stdout.write(text)
+        _say(f"{kinds}: syncs '{spec.project.name}' into claim '{args.pvc}' at "
+             f"{k8s.STORE}")
+    return 0
+
+
+def _cmd_k8s(parser: argparse.ArgumentParser) -> object:
+    def show(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpulock",
@@ -624,6 +665,49 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--manifest", help="where to write it (default: ./gpu.toml)")
     imported.add_argument("--force", action="store_true", help="overwrite an existing file")
     imported.set_defaults(func=_cmd_import)
+
+    kube = sub.add_parser("k8s", help="Kubernetes manifests that sync the project on a "
+                          "cluster's shared volume")
+    kube.set_defaults(func=_cmd_k8s(kube))
+    kinds = kube.add_subparsers(dest="k8s_command", metavar="KIND")
+    job = kinds.add_parser(
+        "job", help="a Job (and its ConfigMap) running 'gpulock sync --frozen' into a "
+        "ReadWriteMany claim at /workspace; YAML on stdout",
+        description="Write a ConfigMap holding gpu.toml and the lock, and a Job that runs "
+        "'gpulock sync --frozen' on them into the store /workspace/.gpulock of a "
+        "ReadWriteMany PersistentVolumeClaim, as YAML for 'kubectl apply --server-side -f -'.")
+    job.add_argument("--manifest", help="the manifest (default: gpu.toml here or above)")
+    job.add_argument("--project", help="the folder of the project's gpu.toml")
+    job.add_argument("--lock", help="the lock file (default: pylock.gpu.toml beside it); it "
+                     "must be fresh")
+    job.add_argument("--name", help="the Job's and ConfigMap's name (default: "
+                     "gpulock-sync-<project>)")
+    job.add_argument("--namespace", help="their namespace (default: kubectl's current one)")
+    job.add_argument("--pvc", default="gpulock-store", metavar="NAME",
+                     help="the ReadWriteMany claim holding the store (default: gpulock-store)")
+    job.add_argument("--create-pvc", action="store_true",
+                     help="also write that PersistentVolumeClaim")
+    job.add_argument("--pvc-size", metavar="SIZE",
+                     help="with --create-pvc: its size (default: 500Gi)")
+    job.add_argument("--storage-class", metavar="CLASS",
+                     help="with --create-pvc: its storage class (default: the cluster's)")
+    job.add_argument("--image", default="python:3.12-slim",
+                     help="the containers' image (default: python:3.12-slim)")
+    installed = job.add_mutually_exclusive_group()
+    installed.add_argument("--install-gpulock", default=f"gpulock=={__version__}",
+                           metavar="SPEC", help="what an init container pip-installs into a "
+                           f"venv for the Job (default: gpulock=={__version__})")
+    installed.add_argument("--no-install-gpulock", action="store_true",
+                           help="the image has gpulock on PATH: no init container")
+    job.add_argument("--no-install-python", action="store_true",
+                     help="build on the image's CPython instead of installing the lock's "
+                     "into the store (only when the pods using the volume run that image)")
+    job.add_argument("--secret", default="gpulock-credentials", metavar="NAME",
+                     help="an optional Secret whose keys become the Job's environment "
+                     "(AWS_*, HF_TOKEN, ...) and whose 'netrc' key is its netrc file "
+                     "(default: gpulock-credentials)")
+    job.add_argument("--out", metavar="FILE", help="write the YAML here, not to stdout")
+    job.set_defaults(func=_cmd_k8s_job)
     return parser
 
 
