@@ -1,9 +1,11 @@
 """What a source build compiles against, the store key that follows from it, and the
 environment a no-isolation build runs in.
 
-A wheel's store key is its sha256. A wheel built from source is keyed by everything its
-bytes depend on and nothing else, so one lock gives the same key on every pod and an entry
-built once (or taken from a cache) serves them all: the source (sdist hash or git commit),
+A wheel's store key is its sha256 (mixed with the target CPython version when the wheel
+runs on several: an entry's bytecode is one version's). A wheel built from source is keyed
+by everything its bytes depend on and nothing else, so one lock gives the same key on every
+pod and an entry built once (or taken from a cache) serves them all: the source (sdist hash
+or git commit),
 the target CPython ABI and platform, the group's build settings (`env`, build_requires)
 and, for a `no_build_isolation` group, the keys of the packages in its build environment
 — change the locked torch and the extension is built again.
@@ -80,7 +82,7 @@ def store_keys(manifest: Manifest, lock: Lock) -> dict[str, str]:
         visiting.append(name)
         package = packages[name]
         if package.wheel:
-            digest = package.wheel.sha256
+            digest = _wheel_digest(package.wheel.name, package.wheel.sha256, lock.target.python)
         else:
             builder = builder_for(manifest, package)
             seen = [f"{n}={key(n)}" for n in inputs.get(name, ())]
@@ -95,6 +97,23 @@ def store_keys(manifest: Manifest, lock: Lock) -> dict[str, str]:
     for name in packages:
         key(name)
     return keys
+
+
+def _wheel_digest(filename: str, sha256: str, python: str) -> str:
+    """A wheel's sha256, or for one that runs on several CPython versions (pure, abi3) its
+    sha256 with the target's version mixed in: an entry holds bytecode for one version, and
+    a 3.10 project sharing a 3.11 project's entry would compile at every import."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    try:
+        tags = parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return sha256
+    one_version = all(t.interpreter.startswith("cp") and t.abi not in ("abi3", "none")
+                      for t in tags)
+    if one_version:
+        return sha256
+    return hashlib.sha256(f"{sha256}|cp{python.replace('.', '')}".encode()).hexdigest()
 
 
 @contextmanager

@@ -99,7 +99,7 @@ def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | 
     asks will fetch)."""
     python = [_python(lock, store, manifest.project.install_python)] if interpreter else []
     found = [*_driver_checks(lock, driver), _glibc(lock), *python,
-             _disk(lock, store, packages, models)]
+             _disk(manifest, lock, store, packages, models)]
     gpus = driver.gpus if isinstance(driver, Driver) else ()
     from gpulock.models import from_dict
 
@@ -185,17 +185,19 @@ def _python(lock: Lock, store: Store, install: bool = False) -> Check:
     return Check("python", OK, f"CPython {full} at {python}")
 
 
-def _disk(lock: Lock, store: Store, packages: bool = True, models: bool = True) -> Check:
+def _disk(manifest: Manifest, lock: Lock, store: Store, packages: bool = True,
+          models: bool = True) -> Check:
     """What sync would still download (wheels and sdists whose entries the store lacks,
     model files it lacks) against the free space of the store's filesystem. Unpacked
     wheels and extracted archives take more than that: the check is a floor."""
+    from gpulock.buildenv import store_keys
     from gpulock.models import from_dict
     from gpulock.views import stored_blob
 
-    present = {entry.split("-", 1)[0] for entry in (os.listdir(store.layout.pkgs)
-                                                    if store.layout.pkgs.is_dir() else [])}
+    present = set(os.listdir(store.layout.pkgs)) if store.layout.pkgs.is_dir() else set()
+    keys = store_keys(manifest, lock)
     needed = sum(ref.size for p in lock.packages if (ref := p.wheel or p.sdist) is not None
-                 and not (p.wheel and p.wheel.sha256 in present)) if packages else 0
+                 and keys[p.name] not in present) if packages else 0
     for model in (from_dict(m) for m in lock.models) if models else ():
         needed += sum(f.size for f in model.files if stored_blob(store, f) is None)
     folder = Path(store.root)

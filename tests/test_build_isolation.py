@@ -11,6 +11,8 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from gpulock import lockfile
 from gpulock.buildenv import store_keys
 from gpulock.manifest import load
@@ -153,5 +155,24 @@ def test_the_built_entry_key_follows_its_build_inputs_not_the_rest_of_the_lock(
 
     assert changed("unrelated")["ext"] == keys["ext"]
     assert changed("buildhelper")["ext"] != keys["ext"]
-    helper = next(p for p in lock.packages if p.name == "buildhelper")
-    assert helper.wheel and keys["buildhelper"] == f"{helper.wheel.sha256}-buildhelper-1.0"
+
+def test_a_pure_wheel_gets_one_entry_per_python_version_each_with_its_own_bytecode(
+        make_index, project: Project, tmp_path: Path):
+    from gpulock.interpreter import find_python
+
+    versions = [v for v in ("3.10", "3.11") if find_python(v)]
+    if len(versions) < 2:
+        pytest.skip("needs CPython 3.10 and 3.11 (pyenv installs)")
+    index = make_index()
+    make_wheel(index.folder, "purelib", "1.0",
+               files={"purelib/__init__.py": b"VALUE = 42\n"})
+    store = tmp_path / "store"
+    for version in versions:
+        project.write(f'[project]\nname = "p{version.replace(".", "")}"\npython = "{version}"\n'
+                      f'index = "{index.url}"\n[groups.main]\npackages = ["purelib"]\n')
+        assert project.gpulock("sync", "--store", str(store)).code == 0
+        project.lock_path.unlink()
+    entries = sorted((store / "v1" / "pkgs").glob("*-purelib-1.0"))
+    assert len(entries) == 2  # the same wheel, one entry per CPython version
+    tags = sorted(pyc.name.split(".")[1] for e in entries for pyc in e.rglob("*.pyc"))
+    assert tags == ["cpython-310", "cpython-311"]
