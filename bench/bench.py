@@ -46,7 +46,7 @@ from uv import find_uv_bin
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpulock.interpreter import find_python  # noqa: E402
+from gpulock.env.interpreter import find_python  # noqa: E402
 from gpulock.manifest import DEFAULT_INDEX, load  # noqa: E402
 
 

@@ -21,7 +21,7 @@ from gpulock.errors import GpulockError, StaleLockError
 if TYPE_CHECKING:
     from gpulock.manifest import Manifest
     from gpulock.store import Store
-    from gpulock.substituters.pull import Substitutes
+    from gpulock.store.substituters.pull import Substitutes
 
 FORMATS = ("sh", "dotenv", "dockerfile", "json")
 
@@ -111,7 +111,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from gpulock import lock, lockfile, manifest
+    from gpulock import manifest
+    from gpulock.lock import lockfile
+    from gpulock.lock import locking as lock
 
     spec = manifest.load(_find_manifest(_manifest_arg(args)))
     path = Path(args.lock) if args.lock else lockfile.default_path(spec)
@@ -150,7 +152,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
-    from gpulock import lockfile, manifest
+    from gpulock import manifest
+    from gpulock.lock import lockfile
     from gpulock.store import Store, default_store
 
     spec = manifest.load(_find_manifest(_manifest_arg(args)))
@@ -160,7 +163,7 @@ def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from gpulock import lockfile
+    from gpulock.lock import lockfile
     from gpulock.sync import sync
 
     spec, path, store = _project_paths(args)
@@ -170,7 +173,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         try:
             locked = lockfile.check(spec, path)
         except StaleLockError:  # a damaged or unsafe lock is refused, never replaced silently
-            from gpulock import lock
+            from gpulock.lock import locking as lock
 
             with _Status() as status:
                 result = lock.lock(spec, path, progress=status, store=store)
@@ -180,7 +183,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     with_packages, with_models = not args.models_only, not args.no_models
 
     def preflight() -> None:
-        from gpulock.doctor import preflight
+        from gpulock.sync.doctor import preflight
 
         preflight(spec, locked, opened, packages=with_packages, models=with_models)
 
@@ -214,8 +217,8 @@ def _substituters(spec: Manifest) -> list[str]:
 
 def _substitutes(spec: Manifest) -> Substitutes | None:
     from gpulock.signing import parse_public
-    from gpulock.substituters import open_substituter
-    from gpulock.substituters.pull import Substitutes
+    from gpulock.store.substituters import open_substituter
+    from gpulock.store.substituters.pull import Substitutes
 
     urls = _substituters(spec)
     if not urls:
@@ -236,10 +239,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from gpulock.generation import current
+    from gpulock.env.generation import current
     from gpulock.signing import load_secret
-    from gpulock.substituters import open_substituter
-    from gpulock.substituters.push import push
+    from gpulock.store.substituters import open_substituter
+    from gpulock.store.substituters.push import push
 
     spec, lock_path, store = _project_paths(args)
     opened = _opened(store)
@@ -249,7 +252,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
                            "or $GPULOCK_SUBSTITUTERS")
     key = load_secret(args.key)
     if args.all:
-        from gpulock.names import entry_key_problem
+        from gpulock.store.names import entry_key_problem
 
         keys = sorted(p.name for p in opened.layout.pkgs.iterdir()
                       if not entry_key_problem(p.name) and opened.has(p.name))
@@ -266,7 +269,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
           f"{result.present} were there already", file=sys.stderr)
     blobs = _model_blobs(opened, lock_path, args.all)
     if blobs:
-        from gpulock.substituters.push import push_blobs
+        from gpulock.store.substituters.push import push_blobs
 
         sent = push_blobs(opened, cache, blobs, _say, jobs=args.jobs)
         print(f"Pushed {sent.entries} model files ({sent.bytes / 2**20:.1f} MiB); "
@@ -276,9 +279,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
     """The sha256 of each model file to push: the lock's models', or every blob's."""
-    from gpulock import lockfile
+    from gpulock.lock import lockfile
     from gpulock.models import from_dict
-    from gpulock.names import hex_problem
+    from gpulock.store.names import hex_problem
 
     if every:
         shards = store.layout.blobs
@@ -293,8 +296,8 @@ def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from gpulock.envexport import exports, render
-    from gpulock.generation import current
+    from gpulock.env.exports import exports, render
+    from gpulock.env.generation import current
 
     spec, _, store = _project_paths(args)
     if current(store, spec.project.name) is None:
@@ -308,7 +311,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gpulock.generation import current, project_dir
+    from gpulock.env.generation import current, project_dir
 
     spec, _, store = _project_paths(args)
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
@@ -329,7 +332,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from gpulock.generation import all_generations, current
+    from gpulock.env.generation import all_generations, current
 
     spec, lock_path, store = _project_paths(args)
     now = current(store, spec.project.name)
@@ -352,9 +355,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_models(store: Store, lock_path: Path) -> None:
-    from gpulock import lockfile
+    from gpulock.lock import lockfile
     from gpulock.models import from_dict
-    from gpulock.views import stored_blob
+    from gpulock.models.views import stored_blob
 
     try:
         models = [from_dict(m) for m in lockfile.read(lock_path).models]
@@ -368,8 +371,8 @@ def _print_models(store: Store, lock_path: Path) -> None:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from gpulock import lockfile
-    from gpulock.diff import diff
+    from gpulock.lock import lockfile
+    from gpulock.lock.diff import diff
 
     old, new = lockfile.read(Path(args.old)), lockfile.read(Path(args.new))
     lines = diff(old, new)
@@ -403,7 +406,7 @@ def _opened(store: Store) -> Store:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from gpulock.gc import collect, describe
+    from gpulock.store.gc import collect, describe
 
     if args.keep < 1:
         raise GpulockError("--keep must be at least 1: the current generation is always kept")
@@ -415,7 +418,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from gpulock.verify import check, repair
+    from gpulock.store.verify import check, repair
 
     store = _opened(_store_only(args))
     started = time.perf_counter()
@@ -449,7 +452,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     import json
 
-    from gpulock import doctor, lockfile
+    from gpulock.lock import lockfile
+    from gpulock.sync import doctor
 
     spec, lock_path, store = _project_paths(args)
     if not lock_path.is_file():
@@ -468,7 +472,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from gpulock.generation import rollback
+    from gpulock.env.generation import rollback
 
     spec, _, store = _project_paths(args)
     target, was = rollback(_opened(store), spec.project.name, args.generation)
@@ -481,7 +485,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from gpulock.importer import import_file
-    from gpulock.scratch import write_atomic
+    from gpulock.store.scratch import write_atomic
 
     out = Path(args.manifest or "gpu.toml")
     if out.exists() and not args.force:
@@ -502,7 +506,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_k8s_job(args: argparse.Namespace) -> int:
-    from gpulock import k8s, lockfile, manifest
+    from gpulock import k8s, manifest
+    from gpulock.lock import lockfile
 
     if not args.create_pvc and (args.pvc_size or args.storage_class):
         flag = "--pvc-size" if args.pvc_size else "--storage-class"
@@ -522,7 +527,7 @@ def _cmd_k8s_job(args: argparse.Namespace) -> int:
     text = rendered.yaml()
     kinds = ", ".join(f"{doc['kind']} {doc['metadata']['name']}" for doc in rendered.documents)
     if args.out:
-        from gpulock.scratch import write_atomic
+        from gpulock.store.scratch import write_atomic
 
         write_atomic(Path(args.out), text)
         _say(f"Wrote {args.out}: {kinds}; apply it with 'kubectl apply --server-side -f "

@@ -28,9 +28,10 @@ from typing import Any
 
 import yaml
 
-from gpulock import __version__, lockfile
+from gpulock import __version__
 from gpulock.credentials import credentials_in, redact
 from gpulock.errors import GpulockError, ManifestError
+from gpulock.lock import lockfile
 from gpulock.manifest import Manifest, parse
 
 WORKSPACE = "/workspace"  # where the claim is mounted, as a pod's volume is

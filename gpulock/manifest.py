@@ -24,7 +24,8 @@ from packaging.utils import canonicalize_name
 
 from gpulock.credentials import credentials_in, redact, remember
 from gpulock.errors import GpulockError, ManifestError
-from gpulock.names import (
+from gpulock.lock.target import Target
+from gpulock.store.names import (
     git_url_problem,
     name_problem,
     repo_problem,
@@ -32,7 +33,6 @@ from gpulock.names import (
     segment_problem,
     url_problem,
 )
-from gpulock.target import Target
 
 if sys.version_info >= (3, 11):
     import tomllib

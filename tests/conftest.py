@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gpulock import credentials, lockfile
+from gpulock import credentials
 from gpulock.cli import main
+from gpulock.lock import lockfile
 from tests.support import s3
 from tests.support.hf_hub import FakeHub
 from tests.support.index_server import IndexServer
@@ -155,7 +156,7 @@ def clear_cache(path: Path) -> None:
 
 def dead_writers_part(folder: Path, stem: str) -> Path:
     """The name a partial download of `stem` has after its sync on this host was killed."""
-    from gpulock.scratch import HOST
+    from gpulock.store.scratch import HOST
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gpulock import lockfile
-from gpulock.buildenv import store_keys
+from gpulock.build.env import store_keys
+from gpulock.lock import lockfile
 from gpulock.manifest import load
 from tests.conftest import Project
 from tests.support.dists import make_wheel
@@ -158,7 +158,7 @@ def test_the_built_entry_key_follows_its_build_inputs_not_the_rest_of_the_lock(
 
 def test_a_pure_wheel_gets_one_entry_per_python_version_each_with_its_own_bytecode(
         make_index, project: Project, tmp_path: Path):
-    from gpulock.interpreter import find_python
+    from gpulock.env.interpreter import find_python
 
     versions = [v for v in ("3.10", "3.11") if find_python(v)]
     if len(versions) < 2:

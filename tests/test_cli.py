@@ -93,8 +93,8 @@ def test_a_full_disk_is_one_sentence_and_leaves_current(tmp_path: Path, make_ind
     """ENOSPC while unpacking: a clear error, no partial entry, no generation switched."""
     import errno
 
-    from gpulock import unpack
     from gpulock.cli import main
+    from gpulock.store import unpack
 
     index = make_index()
     make_wheel(index.folder, "app", "1.0")

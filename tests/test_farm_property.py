@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpulock.farm import build
+from gpulock.env.farm import build
 from gpulock.store import Entry, Store
 from tests.support.dists import make_wheel
 

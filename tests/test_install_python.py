@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from gpulock import pythons
-from gpulock.elf import search_paths
+from gpulock.env import pythons
 from gpulock.errors import GpulockError, ManifestError
-from gpulock.layout import Layout, UnsafeNameError
 from gpulock.manifest import dump, parse
 from gpulock.store import Store
+from gpulock.store.elf import search_paths
+from gpulock.store.layout import Layout, UnsafeNameError
 from tests.conftest import Project
 from tests.support.dists import make_wheel
 from tests.support.python_mirror import (
@@ -275,7 +275,7 @@ def test_without_install_python_a_missing_cpython_names_the_flag(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch):
     from gpulock.sync import find_interpreter
 
-    monkeypatch.setattr("gpulock.interpreter.find_python", lambda version: None)
+    monkeypatch.setattr("gpulock.env.interpreter.find_python", lambda version: None)
     with pytest.raises(GpulockError, match="gpulock sync --install-python"):
         find_interpreter("3.15", Store(tmp_path / "store").open())
 
@@ -329,11 +329,11 @@ def test_a_planted_python_folder_is_refused(tmp_path: Path):
 
 def test_doctor_names_the_store_interpreter_and_what_install_python_will_do(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from gpulock.doctor import BLOCKER, OK, _python
-    from gpulock.lockfile import Lock
-    from gpulock.target import Target
+    from gpulock.lock.lockfile import Lock
+    from gpulock.lock.target import Target
+    from gpulock.sync.doctor import BLOCKER, OK, _python
 
-    monkeypatch.setattr("gpulock.interpreter.find_python", lambda version: None)
+    monkeypatch.setattr("gpulock.env.interpreter.find_python", lambda version: None)
     store = Store(tmp_path / "store").open()
     lock = Lock(Target(python="3.15"), "sha256:0", ())
     missing = _python(lock, store)

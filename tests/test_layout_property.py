@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpulock.layout import Layout, UnsafeNameError
+from gpulock.store.layout import Layout, UnsafeNameError
 
 BASE = Path("/store/v1")
 pieces = st.sampled_from(["a", "..", ".", "", "/", "\\", "\x00", "\n", "-", "~", "é", "b.c",

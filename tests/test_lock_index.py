@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from gpulock import lockfile
+from gpulock.lock import lockfile
 from tests.conftest import Project
 from tests.support.dists import make_sdist, make_wheel
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpulock import lockfile
 from gpulock.errors import LockfileError
-from gpulock.lockfile import FileRef, Lock, LockedPackage, VcsRef
-from gpulock.target import Target
+from gpulock.lock import lockfile
+from gpulock.lock.lockfile import FileRef, Lock, LockedPackage, VcsRef
+from gpulock.lock.target import Target
 
 names = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True)
 versions = st.from_regex(r"[0-9]{1,2}\.[0-9]{1,2}(\.[0-9])?(\+cu1[0-9]{2}|\+cpu)?",
@@ -82,7 +82,7 @@ def refused(text: str) -> str:
 
 
 def test_the_lock_is_a_pep_751_document():
-    from gpulock.lockfile import tomllib
+    from gpulock.lock.lockfile import tomllib
 
     data = tomllib.loads(sample())
     assert data["lock-version"] == "1.0" and data["created-by"] == "gpulock"

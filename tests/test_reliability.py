@@ -479,7 +479,7 @@ def test_gc_keeps_a_generation_a_paused_sync_built_but_has_not_switched_to(make_
 
 
 def test_a_sync_waits_while_a_gc_chooses_and_not_for_a_dead_one(make_index, project):
-    from gpulock.scratch import HOST
+    from gpulock.store.scratch import HOST
 
     index = make_index()
     two_versions(index.folder)
@@ -503,8 +503,7 @@ def test_a_sync_waits_while_a_gc_chooses_and_not_for_a_dead_one(make_index, proj
 
 def test_gc_puts_back_an_entry_a_sync_rooted_while_it_was_collecting(make_index, project,
                                                                      monkeypatch):
-    from gpulock import gc, roots
-    from gpulock.store import Store
+    from gpulock.store import Store, gc, roots
 
     index = make_index()
     three_versions(index.folder)

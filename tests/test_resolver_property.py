@@ -16,8 +16,8 @@ from packaging.utils import NormalizedName
 from packaging.version import Version
 
 from gpulock.errors import ResolutionError
-from gpulock.resolve import Candidate, Req, resolve
-from gpulock.target import Target
+from gpulock.lock.resolve import Candidate, Req, resolve
+from gpulock.lock.target import Target
 
 NAMES = ["a", "b", "c", "d"]
 VERSIONS = ["1", "2", "3"]
@@ -169,7 +169,7 @@ def test_a_resolution_that_gives_up_names_what_it_kept_backtracking_on():
 
 
 def test_a_long_resolution_says_how_far_it_got(monkeypatch):
-    from gpulock import resolve as module
+    from gpulock.lock import resolve as module
 
     monkeypatch.setattr(module._Reporter, "EVERY", 0.0)
     seed = _seed_000()

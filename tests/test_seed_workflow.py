@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpulock.interpreter import find_python
+from gpulock.env.interpreter import find_python
 from tests.conftest import Project
 from tests.support.clients import client_python
 from tests.support.dists import make_wheel

@@ -316,7 +316,7 @@ def test_entries_carry_hash_based_bytecode(make_index, project: Project):
 
 def test_pythonpath_mode_warns_when_the_python_version_differs(make_index, project: Project):
     other = next((v for v in ("3.10", "3.12", "3.13") if v != HOST_PYTHON), None)
-    from gpulock.interpreter import find_python
+    from gpulock.env.interpreter import find_python
 
     python = find_python(other) if other else None
     if python is None:

@@ -212,7 +212,7 @@ def test_a_modelscope_file_changed_upstream_fails_the_sync(modelscope, make_inde
 def killed_in_ranges(hub: FakeHub, index_url: str, project: Project,
                      monkeypatch: pytest.MonkeyPatch, big: bytes, first: bytes) -> Path:
     """A locked model whose 1 MiB range 0 a killed sync wrote (as `first`) and recorded."""
-    from gpulock import views
+    from gpulock.models import views
 
     monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
     monkeypatch.setattr(views, "RANGE_MIN", 2**20)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpulock.interpreter import find_python
+from gpulock.env.interpreter import find_python
 from tests.conftest import Project, torch_cpu_wheel
 
 TORCH = torch_cpu_wheel()

@@ -639,7 +639,7 @@ def _dead_writer() -> str:
     """A writer tag (host~pid~random) whose process has exited."""
     import subprocess
 
-    from gpulock.scratch import HOST
+    from gpulock.store.scratch import HOST
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -859,7 +859,7 @@ def test_a_huge_manifest_or_lock_is_refused_without_reading_it_all(project, cana
 def test_env_output_quotes_every_value_for_its_format(project, canary, tmp_path):
     import subprocess
 
-    from gpulock.envexport import render
+    from gpulock.env.exports import render
 
     store = tmp_path / "a store with 'quotes', \"double\", $dollar and \\back"
     project.manifest.write_text(_manifest(""))
@@ -897,7 +897,7 @@ def test_gc_never_lists_or_removes_through_a_link_planted_in_a_model_view(synced
 def test_a_writer_in_another_pid_namespace_of_this_host_is_not_taken_for_dead(tmp_path):
     import subprocess
 
-    from gpulock.scratch import HOST, abandoned
+    from gpulock.store.scratch import HOST, abandoned
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from uv import find_uv_bin
 
-from gpulock.interpreter import find_python
+from gpulock.env.interpreter import find_python
 from tests.conftest import Project
 from tests.support.dists import make_sdist, make_wheel
 

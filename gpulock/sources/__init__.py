@@ -7,7 +7,7 @@ one file's bytes to sync, and is one module registered here by its scheme.
     ref://<project>/<model>          what another project on the store pinned      ref.py
 
 Hugging Face, ModelScope and https:// keep their own paths through gpulock.models and
-gpulock.views. Whatever a source returns is a `PinnedModel` that `PinnedModel.problem()`
+gpulock.models.views. Whatever a source returns is a `PinnedModel` that `PinnedModel.problem()`
 checks before anything is written; whatever bytes it brings are hashed against the lock
 before they become a blob, so a source never decides what the store holds.
 """

@@ -10,11 +10,11 @@ import subprocess
 from pathlib import Path
 
 from gpulock.errors import GpulockError
+from gpulock.lock.vcs import GitSource, checkout, resolve
 from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel
 from gpulock.sources import pinned_file, select
 from gpulock.store import Store
-from gpulock.vcs import GitSource, checkout, resolve
 
 _LFS = b"version https://git-lfs.github.com/spec/v1"
 
@@ -23,8 +23,8 @@ class GitModelSource:
     """A repository at a commit."""
 
     def problem(self, source: str) -> str | None:
-        from gpulock.names import git_url_problem, revision_problem
-        from gpulock.vcs import split_url
+        from gpulock.lock.vcs import split_url
+        from gpulock.store.names import git_url_problem, revision_problem
 
         repo, revision, _ = split_url(source)
         if source.rstrip().endswith("@"):
@@ -45,7 +45,7 @@ class GitModelSource:
                            files=files, extract=model.extract)
 
     def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
-        from gpulock.vcs import split_url
+        from gpulock.lock.vcs import split_url
 
         repo, revision, _ = split_url(model.source)
         if not model.commit:

@@ -10,8 +10,8 @@ from pathlib import Path
 from gpulock.errors import GpulockError
 from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel, from_dict
-from gpulock.names import name_problem
 from gpulock.store import Store
+from gpulock.store.names import name_problem
 
 
 def parts(source: str) -> tuple[str, str]:
@@ -36,7 +36,7 @@ class RefSource:
                            weights=other.weights, extract=model.extract)
 
     def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
-        from gpulock.views import fetch_blob
+        from gpulock.models.views import fetch_blob
 
         other = referenced(store, model.name, model.source)
         same = next((f for f in other.files if f.etag == file.etag), None)
@@ -51,7 +51,7 @@ class RefSource:
 
 def referenced(store: Store, name: str, source: str) -> PinnedModel:
     """The model `source` names, as its project's last sync on the store pinned it."""
-    from gpulock import roots
+    from gpulock.store import roots
 
     project, model = parts(source)
     recorded = roots.project_models(store, project)

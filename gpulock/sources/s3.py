@@ -13,8 +13,8 @@ from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel
 from gpulock.sources import pinned_file, select
 from gpulock.store import Store
-from gpulock.substituters import CacheError
-from gpulock.substituters.s3 import S3
+from gpulock.store.substituters import CacheError
+from gpulock.store.substituters.s3 import S3
 
 _LIMIT = 1 << 40  # no one object of a model is a terabyte
 

@@ -1,0 +1,74 @@
+"""`gpulock env`: the exports that put a synced environment on a process's path.
+
+Paths go through the stable `current` link, so an image or shell configured once follows
+every later sync. The dockerfile form is an `ENV` block for a serverless image whose Python
+is the system one (PYTHONPATH mode; the environment's sitecustomize runs its .pth files).
+
+`PATH` starts with the generation's `bin/`, whose `python`, `python3` and `pythonX.Y` link
+to the interpreter the generation was built on: with `sync --install-python` that is the
+CPython uv installed into the store, so an image with another Python, or none, runs the
+environment from the volume. The interpreter's own `bin/` is not put on PATH: its `pip`
+would install into the interpreter the whole volume shares.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from gpulock.env.generation import project_dir, site_packages
+from gpulock.errors import GpulockError
+from gpulock.store import Store
+
+
+def exports(store: Store, project: str, python: str, hub_models: bool = False,
+            modelscope_models: bool = False) -> dict[str, str]:
+    minor = ".".join(python.split(".")[:2])
+    current = project_dir(store, project).absolute() / "current"
+    values = {
+        "PYTHONPATH": str(site_packages(current, minor)),
+        "PATH": f"{current / 'bin'}:$PATH",
+    }
+    if hub_models:
+        # huggingface_hub reads HF_HUB_OFFLINE at import: the pinned snapshots are complete.
+        values["HF_HUB_CACHE"] = str(store.layout.hf.absolute())
+        # huggingface_hub before 0.20 (transformers 4.35 pins 0.17) reads only this name.
+        values["HUGGINGFACE_HUB_CACHE"] = values["HF_HUB_CACHE"]
+        values["HF_HUB_OFFLINE"] = "1"
+    if modelscope_models:
+        # ModelScope loads offline with snapshot_download(repo, local_files_only=True).
+        values["MODELSCOPE_CACHE"] = str(store.layout.ms_cache(project).absolute())
+    return values
+
+
+def render(values: dict[str, str], form: str) -> str:
+    """The exports in one format, every value quoted for it; `:$PATH` extends the caller's PATH.
+
+    A value that a format cannot hold safely (a newline in a Dockerfile, say) is refused in
+    one sentence rather than written so that it ends the line and starts another.
+    """
+    if form == "json":
+        return json.dumps({k: v.removesuffix(":$PATH") for k, v in values.items()}, indent=2,
+                          sort_keys=True)
+    lines = []
+    for key, value in values.items():
+        plain, extends = value.removesuffix(":$PATH"), value.endswith(":$PATH")
+        if form == "sh":
+            lines.append(f"export {key}={shlex.quote(plain)}" + (':"$PATH"' if extends else ""))
+            continue
+        if _UNSAFE.search(plain) or (form == "dotenv" and "$" in plain):
+            raise GpulockError(f"{key} would be {plain!r}, which a {form} file cannot hold "
+                               "safely; use --format sh or json, or a store path without "
+                               "control characters" + (" or '$'" if form == "dotenv" else ""))
+        quoted = plain.replace("\\", "\\\\").replace('"', '\\"')
+        if form == "dotenv":
+            # docker compose and python-dotenv expand ${VAR}; a bare $PATH is not portable.
+            lines.append(f'{key}="{quoted}' + (':${PATH}"' if extends else '"'))
+        else:
+            quoted = quoted.replace("$", "\\$")  # Dockerfile ENV expands $VAR: keep it literal
+            lines.append(f'ENV {key}="{quoted}' + (':$PATH"' if extends else '"'))
+    return "\n".join(lines)
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")

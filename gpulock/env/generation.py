@@ -1,0 +1,387 @@
+"""Generations: immutable, venv-like environments, and the `current` link between them.
+
+`envs/<project>/gen-<N>/` holds `pyvenv.cfg`, `bin/` (the target interpreter's links, the
+console scripts written for this generation) and `lib/pythonX.Y/site-packages/` (the farm
+plus a `sitecustomize` that makes `.pth` files work through PYTHONPATH). A generation is
+built in the store's `tmp/`, renamed into place, and only then made current by renaming a
+new `current` link over the old one: a reader sees the old environment or the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gpulock import faults
+from gpulock.env.farm import FarmStats, build
+from gpulock.errors import GpulockError
+from gpulock.store import Entry, Store, seal
+from gpulock.store.names import entry_key_problem, optimized_bytecode, script_problem
+from gpulock.store.scratch import link_atomic, tag
+
+RECORD = "gpulock-generation.json"
+_SITECUSTOMIZE = '''\
+"""Written by gpulock: makes this environment's .pth files work through PYTHONPATH."""
+import os as _os
+import site as _site
+import sys as _sys
+
+_here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if "%d.%d" % _sys.version_info[:2] != {python!r}:
+    _sys.stderr.write("gpulock: this environment was built for Python {python}, but Python "
+                      + _sys.version.split()[0] + " is running it\\n")
+if _os.path.realpath(_sys.prefix) != _os.path.realpath(_os.path.join(_here, "..", "..", "..")):
+    # Not started through the environment's own interpreter: add it as a site directory.
+    _site.addsitedir(_here)
+else:
+    # pip aimed at this environment (`python -m pip`, `pip --python`) would write through
+    # links into the shared store: refuse, and say where packages are declared.
+    _argv = getattr(_sys, "orig_argv", _sys.argv)
+    _pip = (_argv[1:3] == ["-m", "pip"] or "_PIP_RUNNING_IN_SUBPROCESS" in _os.environ
+            or _os.path.basename((_argv[1:2] or [""])[0].rstrip("/"))
+            in ("pip", "pip3", "pip.pyz", "__pip-runner__.py"))
+    if _pip and {{"install", "uninstall"}} & set(_argv):
+        _sys.stderr.write("gpulock: this environment is built from gpu.toml and shared "
+                          "through the store; add or remove packages in gpu.toml and run "
+                          "'gpulock sync'\\n")
+        _sys.stderr.flush()
+        _os._exit(1)
+# The next sitecustomize on the path runs too: the system's, or another gpulock
+# environment's when several are on PYTHONPATH (each then adds its own site directory);
+# each runs once, whichever chain reaches it.
+_ran = _sys.__dict__.setdefault("_gpulock_sitecustomized", set())
+_ran.add(_os.path.realpath(_here))
+for _entry in list(_sys.path):
+    if _os.path.realpath(_entry or ".") in _ran:
+        continue
+    _candidate = next((_c for _c in (_os.path.join(_entry or ".", "sitecustomize.py"),
+                                     _os.path.join(_entry or ".", "sitecustomize",
+                                                   "__init__.py")) if _os.path.isfile(_c)),
+                      None)
+    if _candidate:
+        with open(_candidate, "rb") as _handle:
+            exec(compile(_handle.read(), _candidate, "exec"),
+                 {{"__name__": "sitecustomize", "__file__": _candidate}})
+        break
+'''
+
+
+@dataclass(frozen=True)
+class Generation:
+    path: Path
+    number: int
+    lock_digest: str
+    packages: dict[str, str]  # name -> store key
+    python: str
+    python_version: str
+    created: float
+
+    @property
+    def python_minor(self) -> str:
+        return ".".join(self.python_version.split(".")[:2])
+
+    @property
+    def site_packages(self) -> Path:
+        return site_packages(self.path, self.python_minor)
+
+
+def site_packages(root: Path, python_minor: str) -> Path:
+    return root / "lib" / f"python{python_minor}" / "site-packages"
+
+
+def project_dir(store: Store, project: str) -> Path:
+    return store.layout.env(project)
+
+
+def read(path: Path) -> Generation | None:
+    """The generation at `path`, or None when its record is missing or not gpulock's."""
+    try:
+        data = json.loads((path / RECORD).read_text())
+        generation = Generation(
+            path=path, number=int(data["number"]), lock_digest=str(data["lock_digest"]),
+            packages=dict(data["packages"]), python=str(data["python"]),
+            python_version=str(data["python_version"]), created=float(data["created"]))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) and not entry_key_problem(v)
+               for k, v in generation.packages.items()):
+        return None
+    return generation
+
+
+def current(store: Store, project: str) -> Generation | None:
+    """The project's current generation, if it has one."""
+    return current_in(project_dir(store, project))
+
+
+def current_in(folder: Path) -> Generation | None:
+    """The generation `folder/current` names; None when there is none (or the link is not
+    gpulock's: it only ever names `gen-<N>` beside it)."""
+    name = current_name(folder)
+    return read(folder / name) if name else None
+
+
+def current_name(folder: Path) -> str | None:
+    """`gen-<N>` when `folder/current` is a link gpulock made, else None."""
+    try:
+        name = os.readlink(folder / "current")
+    except OSError:
+        return None
+    return name if re.fullmatch(r"gen-\d+", name) else None
+
+
+def all_generations(store: Store, project: str) -> list[Generation]:
+    return generations_in(project_dir(store, project))
+
+
+def generations_in(folder: Path) -> list[Generation]:
+    """The readable generations in a project's folder, oldest first (links are not ours)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = [read(folder / n) for n in names
+             if re.fullmatch(r"gen-\d+", n) and not os.path.islink(folder / n)]
+    return sorted((g for g in found if g), key=lambda g: g.number)
+
+
+@dataclass
+class Built:
+    generation: Generation
+    farm: FarmStats
+    scripts: int
+
+
+def create(store: Store, project: str, entries: Mapping[str, Entry], python: str,
+           python_version: str, lock_digest: str, lock_text: str,
+           verify_imports: Sequence[str]) -> Built:
+    """Build a complete generation and publish it (not yet current)."""
+    envs = store.layout.folder(project_dir(store, project))
+    number = _next_number(envs)
+    final = envs / f"gen-{number}"
+    minor = ".".join(python_version.split(".")[:2])
+    # Built beside its final place: the farm's relative links must not change depth.
+    work = Path(tempfile.mkdtemp(prefix=f".building-{tag()}-", dir=envs))
+    work.chmod(0o755)
+    try:
+        stats, scripts = scaffold(work, list(entries.values()), python, python_version,
+                                  final / "bin" / "python", f"generation {number}")
+        (work / "pylock.gpu.toml").write_text(lock_text)
+        generation = Generation(path=final, number=number, lock_digest=lock_digest,
+                                packages={n: e.key for n, e in entries.items()},
+                                python=python, python_version=python_version,
+                                created=time.time())
+        (work / RECORD).write_text(json.dumps({
+            "number": number, "lock_digest": lock_digest, "packages": generation.packages,
+            "python": python, "python_version": python_version,
+            "created": generation.created}, sort_keys=True, indent=1))
+        _verify(work, minor, verify_imports)
+        faults.point("farm", work)
+        while True:
+            _seal(work)
+            try:
+                os.rename(work, final)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            # Another sync published this number first: take the next one. Only the number
+            # and the interpreter path inside scripts name the generation, and scripts
+            # reach python through `bin/python` relative to the generation.
+            number = _next_number(envs)
+            final = envs / f"gen-{number}"
+            _renumber(work, number, final, entries)
+            generation = dataclasses.replace(generation, path=final, number=number)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Built(generation, stats, scripts)
+
+
+def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: str,
+             interpreter: Path, what: str = "a build environment") -> tuple[FarmStats, int]:
+    """Lay out a venv of `entries` on `python` in the empty folder `work`: interpreter links,
+    pyvenv.cfg, the farm with gpulock's sitecustomize, and console scripts that start
+    `interpreter` (the environment's `bin/python` where it will finally live)."""
+    minor = ".".join(python_version.split(".")[:2])
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "python3", f"python{minor}"):
+        os.symlink(python, bin_dir / name)
+    (work / "pyvenv.cfg").write_text(
+        f"home = {Path(python).parent}\ninclude-system-site-packages = false\n"
+        f"version = {python_version}\nexecutable = {python}\n"
+        f"command = gpulock sync ({what})\n")
+    site = site_packages(work, minor)
+    stats = build(site, entries, reserved=("sitecustomize.py", "sitecustomize"))
+    # A package whose __pycache__ is a file: Python can never write bytecode into the
+    # generation (it would be a file verify cannot tell from a planted one).
+    (site / "sitecustomize").mkdir()
+    (site / "sitecustomize" / "__init__.py").write_text(_SITECUSTOMIZE.format(python=minor))
+    (site / "sitecustomize" / "__pycache__").write_bytes(b"")
+    return stats, _write_scripts(bin_dir, interpreter, entries)
+
+
+def _seal(work: Path) -> None:
+    """Record every file of the generation by its sha256 and every link by where it leads,
+    so that verify finds one added, changed or removed later."""
+    record = json.loads((work / RECORD).read_text())
+    record["files"] = {path: what for path, what in seal.contents(work) if path != RECORD}
+    (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
+
+
+def tampered(generation: Generation) -> str | None:
+    """What was added to, changed in or removed from a generation since it was sealed (None
+    when nothing, or when an older gpulock built it without a seal). Bytecode Python writes
+    for `-O` runs beside a known source is not gpulock's to judge."""
+    try:
+        sealed = json.loads((generation.path / RECORD).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return "its record cannot be read"
+    if not isinstance(sealed, dict):
+        return None
+    return seal.broken(generation.path, sealed, skip=(RECORD,), tolerated=optimized_bytecode)
+
+
+def _next_number(envs: Path) -> int:
+    numbers = [int(p.name[4:]) for p in envs.glob("gen-*") if p.name[4:].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def _renumber(work: Path, number: int, final: Path, entries: Mapping[str, Entry]) -> None:
+    record = json.loads((work / RECORD).read_text())
+    record["number"] = number
+    (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
+    config = (work / "pyvenv.cfg").read_text()
+    (work / "pyvenv.cfg").write_text(re.sub(r"\(generation \d+\)", f"(generation {number})",
+                                            config))
+    bin_dir = work / "bin"
+    for script in bin_dir.iterdir():
+        if not script.is_symlink():
+            script.unlink()
+    _write_scripts(bin_dir, final / "bin" / "python", entries.values())
+
+
+def _write_scripts(bin_dir: Path, interpreter: Path, entries: Iterable[Entry]) -> int:
+    from installer.scripts import Script
+
+    count = 0
+    for entry in entries:
+        for name, module, attr, section in entry.scripts:
+            kind: Literal["console", "gui"] = "gui" if section == "gui" else "console"
+            _, data = Script(name, module, attr, kind).generate(str(interpreter), "posix")
+            _write_script(bin_dir, entry, name, data)
+            count += 1
+        scripts = entry.path / "scripts"
+        if scripts.is_dir():
+            for source in scripts.iterdir():
+                data = source.read_bytes()
+                # `#!python` in .data/scripts means "the interpreter that installs me".
+                if re.match(rb"#!pythonw?(\r?\n)", data):
+                    data = _shebang(str(interpreter)) + data[data.index(b"\n"):]
+                _write_script(bin_dir, entry, source.name, data)
+                count += 1
+    return count
+
+
+def _shebang(interpreter: str) -> bytes:
+    """`#!interpreter`, or where the kernel cannot read that (a space, over 127 bytes) the
+    /bin/sh trampoline installer writes into console scripts."""
+    if " " not in interpreter and len(interpreter) + 3 <= 127:
+        return b"#!" + interpreter.encode()
+    quoted = interpreter.replace('"', '\\"')
+    return ("#!/bin/sh\n'''exec' \"" + quoted + "\" \"$0\" \"$@\"\n' '''").encode()
+
+
+def _write_script(bin_dir: Path, entry: Entry, name: str, data: bytes) -> None:
+    """Write one script into `bin/`: never over the interpreter links, never through a link.
+
+    Entries published by older gpulock releases were not checked for such names: check here.
+    """
+    problem = script_problem(name)
+    if problem:
+        raise GpulockError(f"{entry.name} {entry.version} declares a script named {name!r}, "
+                           f"which {problem}; the environment was not built")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    with open(os.open(bin_dir / name, flags, 0o755), "wb") as handle:
+        handle.write(data)
+    os.chmod(bin_dir / name, 0o755)
+
+
+# Imports each module of [verify] (names checked by the manifest) and, on failure, says the
+# whole chain of causes: torch's "ImportError" hides "libc10_cuda.so: cannot open ...".
+_VERIFY = """\
+import sys
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except BaseException as error:
+        chain, seen = [], set()
+        while error is not None and id(error) not in seen and len(chain) < 6:
+            seen.add(id(error))
+            chain.append(f"{type(error).__name__}: {error}")
+            error = error.__cause__ or error.__context__
+        print(f"import {name}: " + "; caused by ".join(chain))
+        sys.exit(1)
+"""
+
+
+def _verify(root: Path, minor: str, imports: Sequence[str]) -> None:
+    if not imports:
+        return
+    result = subprocess.run([str(root / "bin" / "python"), "-c", _VERIFY, *imports],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        said = (result.stdout.strip() or result.stderr.strip() or "(no output)").splitlines()
+        raise GpulockError(f"[verify] imports failed in the new environment, which was not "
+                           f"made current: {' '.join(said[-1].split())}")
+
+
+def switch(store: Store, project: str, generation: Generation) -> None:
+    """Make `generation` current by renaming a fresh link over `current` (atomic)."""
+    link_atomic(project_dir(store, project) / "current", generation.path.name)
+
+
+def rollback(store: Store, project: str, number: int | None) -> tuple[Generation, int | None]:
+    """Make generation `number` (default: the one before current) current again.
+
+    Refuses a generation whose store entries are gone (collected or damaged), so `current`
+    never points at an environment that cannot import.
+    """
+    now = current(store, project)
+    generations = all_generations(store, project)
+    if not generations:
+        raise GpulockError(f"'{project}' has no generations in {store.root}; run 'gpulock sync'")
+    if number is None:
+        if now is None:
+            raise GpulockError(f"'{project}' has no current generation; name one: "
+                               f"{', '.join(str(g.number) for g in generations)}")
+        earlier = [g for g in generations if g.number < now.number]
+        if not earlier:
+            raise GpulockError(f"generation {now.number} is the oldest '{project}' has; "
+                               "there is nothing to roll back to")
+        target = earlier[-1]
+    else:
+        found = [g for g in generations if g.number == number]
+        if not found:
+            raise GpulockError(f"'{project}' has no generation {number}; it has "
+                               f"{', '.join(str(g.number) for g in generations)}")
+        target = found[0]
+    gone = sorted(name for name, key in target.packages.items() if not store.has(key))
+    if gone:
+        raise GpulockError(f"generation {target.number} of '{project}' needs store entries "
+                           f"that are gone ({', '.join(gone[:5])}); 'gpulock verify --repair' "
+                           "restores them")
+    switch(store, project, target)
+    return target, now.number if now else None

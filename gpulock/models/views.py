@@ -1,0 +1,651 @@
+"""Models on the volume: verified blobs, laid out as the Hugging Face cache reads them.
+
+Every pinned file lands once in `blobs/sha256/<aa>/<rest>` (a file shared by two repos or
+projects is stored once; small git files, pinned by their blob sha1, are indexed under
+`blobs/git-sha1/` after their first download). The view `hf/` is a real HF_HUB_CACHE:
+`models--org--name/blobs/<etag>` links into the store, `snapshots/<commit>/<path>` are
+relative links `../../blobs/<etag>`, `refs/<revision>` holds the commit and
+`trees/<commit>.json` lists the files, so huggingface_hub finds a complete snapshot with
+HF_HUB_OFFLINE=1. A snapshot folder is built aside and renamed into place: it is complete
+or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import xxhash
+
+from gpulock import faults
+from gpulock.errors import GpulockError, HashMismatchError
+from gpulock.models import ModelFile, PinnedModel
+from gpulock.store import Store, seal
+from gpulock.store.layout import Layout
+from gpulock.store.names import member_problem
+from gpulock.store.scratch import (
+    alive_writers,
+    built_beside,
+    claim_partial,
+    link_atomic,
+    open_part,
+    write_atomic,
+)
+
+if TYPE_CHECKING:
+    from gpulock.store.substituters.pull import Substitutes
+
+_CHUNK = 1 << 20
+PARALLEL_FROM = 64 * 2**20  # files this large may download as parallel ranges
+RANGE_MIN = 16 * 2**20
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    repo_id: str
+    kind: str  # "model" or "dataset"
+
+    @classmethod
+    def of(cls, source: str) -> HubRepo:
+        repo = source.removeprefix("hf://")
+        if repo.startswith("datasets/"):
+            return cls(repo.removeprefix("datasets/"), "dataset")
+        return cls(repo, "model")
+
+    def folder(self, store: Store) -> Path:
+        """This repository's folder in the store's Hugging Face cache."""
+        return store.layout.hf_repo(self.kind, self.repo_id)
+
+    def url(self, endpoint: str, commit: str, path: str) -> str:
+        prefix = "datasets/" if self.kind == "dataset" else ""
+        return f"{endpoint}/{prefix}{self.repo_id}/resolve/{commit}/{quote(path)}"
+
+
+def stored_blob(store: Store, file: ModelFile) -> Path | None:
+    """The blob holding `file`, if the store has it."""
+    layout = store.layout
+    if file.sha256:
+        path = layout.blob(file.sha256)
+        return path if layout.present(path) and path.is_file() else None
+    if file.git_sha1:
+        return indexed_blob(layout, layout.git_index(file.git_sha1))
+    return None
+
+
+def indexed_blob(layout: Layout, index: Path) -> Path | None:
+    """The blob a `blobs/git-sha1/` link names, if it is a link gpulock made to a blob."""
+    try:
+        target = os.readlink(index)
+    except OSError:
+        return None
+    aa, _, rest = target.removeprefix("../../sha256/").partition("/")
+    if not target.startswith("../../sha256/") or "/" in rest:
+        return None  # not a link gpulock wrote: only ever ../../sha256/<aa>/<rest>
+    try:
+        blob = layout.blob(aa + rest)
+    except GpulockError:
+        return None
+    return blob if layout.present(blob) and blob.is_file() else None
+
+
+def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
+              headers: dict[str, str], ranges: int = 1) -> Path:
+    """Stream one file into the blob store, verifying size and hash; return its blob.
+
+    The partial file is `tmp/models/<expected hash>.part.<writer>`: a sync killed mid-file
+    leaves it, and the next one claims it and continues with Range requests after
+    re-hashing what is already there.
+    """
+    expected = file.sha256 or file.git_sha1 or ""
+    layout = store.layout
+    folder = layout.folder(layout.model_parts)
+    guard = Layout.named(folder, f"{expected}.lock", "a download's name")
+    # Another sync on this host may be fetching the same file: wait for it rather than
+    # repeat its download. flock only saves work (network volumes ignore it); the claimed
+    # partial and the hash check are what keep the bytes right.
+    with open(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "wb") as held:
+        if not os.environ.get("GPULOCK_NO_FLOCK"):
+            fcntl.flock(held, fcntl.LOCK_EX)
+        blob = stored_blob(store, file)
+        if blob is not None:
+            return blob
+        part = claim_partial(folder, expected, alive_writers(layout.tmp_roots))
+        try:
+            return _continue(store, model, file, url, headers, part, expected, ranges)
+        except HashMismatchError as exc:
+            if not exc.resumed:
+                raise
+            # Bytes kept from an earlier run failed the hash: fetch the file once more, whole.
+            part.unlink(missing_ok=True)
+            Path(f"{part}.ranges").unlink(missing_ok=True)
+            return _continue(store, model, file, url, headers, part, expected, ranges)
+        finally:
+            if part.is_file() and part.stat().st_size == 0:
+                part.unlink(missing_ok=True)
+
+
+def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
+              headers: dict[str, str], part: Path, expected: str, ranges: int) -> Path:
+    from gpulock.credentials import redact
+    from gpulock.http import Http
+
+    resumed = part.is_file() and part.stat().st_size > 0
+    if (ranges > 1 and file.size >= PARALLEL_FROM
+            and _ranged(model, file, url, headers, part, ranges)):
+        return _publish(store, model, file, url, part, expected, _hash_part(part, file),
+                        resumed=resumed)
+    if part.is_file() and part.stat().st_size <= file.size:
+        hashes = _hash_part(part, file)
+    else:
+        part.unlink(missing_ok=True)
+        hashes = _Hashes(file)
+    wanted = {**headers, "Range": f"bytes={hashes.size}-"} if hashes.size else dict(headers)
+    if hashes.size < file.size or not hashes.size:
+        with Http().stream(url, wanted, f"model '{model.name}': {file.path}") as (response,
+                                                                                  body):
+            if response.status == 200 and hashes.size:
+                hashes = _Hashes(file)  # the server ignored the Range: start over
+                part.unlink(missing_ok=True)
+            elif response.status not in (200, 206):
+                raise GpulockError(f"model '{model.name}': {file.path} could not be downloaded "
+                                   f"from {redact(url)} (HTTP {response.status})")
+            with open_part(part) as out:
+                while chunk := body.read(_CHUNK):
+                    if hashes.size + len(chunk) > file.size:  # never more than the lock's size
+                        part.unlink(missing_ok=True)
+                        raise GpulockError(f"model '{model.name}': {file.path} from "
+                                           f"{redact(url)} is larger than the {file.size} "
+                                           "bytes the lock says; nothing was stored")
+                    out.write(chunk)
+                    hashes.update(chunk)
+                    faults.point("model", part)
+    return _publish(store, model, file, url, part, expected, hashes, resumed=resumed)
+
+
+def _hash_part(part: Path, file: ModelFile) -> _Hashes:
+    hashes = _Hashes(file)
+    with part.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hashes.update(chunk)
+    return hashes
+
+
+def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, str],
+            part: Path, ranges: int) -> bool:
+    """Fetch a large file as parallel ranges written in place; False if ranges are refused.
+
+    `<part>.ranges` lists the ranges already complete, so a killed sync fetches only the
+    rest. The whole file is hashed afterwards; a bad byte anywhere still fails the sync.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpulock.credentials import redact
+    from gpulock.http import Http
+
+    count = max(1, min(ranges, -(-file.size // RANGE_MIN)))
+    step = -(-file.size // count)
+    spans = [(i * step, min(file.size, (i + 1) * step) - 1) for i in range(count)]
+    state = Path(f"{part}.ranges")
+    try:
+        done = set(json.loads(state.read_text())) if part.is_file() else set()
+    except (OSError, ValueError):
+        done = set()
+    if not done:
+        part.unlink(missing_ok=True)
+    with open_part(part) as handle:
+        if handle.tell() < file.size:
+            handle.truncate(file.size)
+    lock = threading.Lock()
+    refused = threading.Event()
+    http = Http()
+
+    def fetch(index: int) -> None:
+        start, end = spans[index]
+        with http.stream(url, {**headers, "Range": f"bytes={start}-{end}"},
+                         f"model '{model.name}': {file.path}") as (response, body):
+            if response.status == 200:
+                refused.set()  # the server sends the whole file: not worth it per range
+                return
+            if response.status != 206:
+                raise GpulockError(f"model '{model.name}': {file.path} could not be "
+                                   f"downloaded from {redact(url)} (HTTP {response.status})")
+            fd = os.open(part, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                offset = start
+                while chunk := body.read(_CHUNK):
+                    if offset + len(chunk) > end + 1:  # a range never grows the file
+                        raise GpulockError(f"model '{model.name}': {file.path} from "
+                                           f"{redact(url)} sent more than the range asked for")
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+            finally:
+                os.close(fd)
+        with lock:
+            done.add(index)
+            write_atomic(state, json.dumps(sorted(done)))
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        list(pool.map(fetch, [i for i in range(count) if i not in done]))
+    if refused.is_set():
+        part.unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
+        return False
+    state.unlink(missing_ok=True)
+    return True
+
+
+def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: Path,
+             expected: str, hashes: _Hashes, resumed: bool) -> Path:
+    from gpulock.credentials import redact
+
+    size = hashes.size
+    actual = hashes.sha256.hexdigest() if file.sha256 else hashes.git_sha1()
+    if size != file.size or actual != expected:
+        part.unlink(missing_ok=True)
+        Path(f"{part}.ranges").unlink(missing_ok=True)
+        raise HashMismatchError(f"model '{model.name}': {file.path} from {redact(url)} has "
+                                f"{'sha256' if file.sha256 else 'git sha1'} {actual} "
+                                f"({size} bytes), but the lock says {expected} ({file.size} "
+                                "bytes): it changed upstream since the lock; nothing was "
+                                "stored", resumed=resumed)
+    layout = store.layout
+    blob = layout.ready(layout.blob(hashes.sha256.hexdigest()))
+    # The blob's xxh3, recorded now, lets `verify --fast` check it at memory speed.
+    write_atomic(layout.ready(layout.fast_record(hashes.sha256.hexdigest())),
+                 hashes.xxh3.hexdigest())
+    part.chmod(0o444)
+    os.replace(part, blob)
+    if not file.sha256 and file.git_sha1:
+        _link(layout.ready(layout.git_index(file.git_sha1)), blob)
+    return blob
+
+
+class _Hashes:
+    """sha256 and xxh3 of a model file as it streams, and its git blob sha1 when pinned so."""
+
+    def __init__(self, file: ModelFile) -> None:
+        self.sha256 = hashlib.sha256()
+        self.xxh3 = xxhash.xxh3_128()
+        self.size = 0
+        # Small git files are pinned by their blob sha1; LFS files need only the sha256.
+        self.git = None if file.sha256 else hashlib.sha1(b"blob %d\0" % file.size)
+
+    def update(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.xxh3.update(chunk)
+        self.size += len(chunk)
+        if self.git is not None:
+            self.git.update(chunk)
+
+    def git_sha1(self) -> str:
+        return self.git.hexdigest() if self.git is not None else ""
+
+
+def _link(link: Path, target: Path) -> None:
+    """Create or replace a relative symlink atomically."""
+    link_atomic(link, os.path.relpath(target, link.parent))
+
+
+def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
+    layout = store.layout
+    root = HubRepo.of(model.source).folder(store)
+    commit = model.commit or ""
+    links = layout.folder(root / "blobs")
+    for file in model.files:
+        _link(Layout.named(links, str(file.etag), "a blob id"), blobs[file.path])
+    snapshot = layout.ready(Layout.commit_folder(root / "snapshots", commit))
+    _lay_out(store, model, snapshot, {
+        file.path: "../" * (file.path.count("/") + 2) + f"blobs/{file.etag}"
+        for file in model.files})
+    _write_tree(layout.ready(root / "trees" / f"{commit}.json"), model)
+    if model.revision and model.revision != commit:
+        ref = layout.ready(Layout.ref(root, model.revision))
+        with contextlib.suppress(OSError):
+            if ref.read_text() == commit:
+                return snapshot
+        write_atomic(ref, commit)  # no newline: huggingface_hub reads it verbatim
+    return snapshot
+
+
+def _write_tree(path: Path, model: PinnedModel) -> None:
+    """`trees/<commit>.json`: the files of the commit that the snapshot holds, so that
+    huggingface_hub offline finds it complete. Projects pinning other files of the same
+    commit add theirs."""
+    try:
+        files = {} if path.is_symlink() else json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+    if not isinstance(files, dict):
+        files = {}
+    before = dict(files)
+    for file in model.files:
+        entry: dict[str, object] = {"size": file.size, "blob_id": file.git_sha1 or ""}
+        if file.sha256:
+            entry["lfs_sha256"], entry["lfs_size"] = file.sha256, file.size
+        files[file.path] = entry
+    if files != before or not path.exists():
+        write_atomic(path, json.dumps({"format_version": 1, "files": files}, indent=1,
+                                      sort_keys=True))
+
+
+def _lay_out(store: Store, model: PinnedModel, snapshot: Path, links: dict[str, str]) -> None:
+    """Make `snapshot` hold each of `links` (a file's path -> its relative link).
+
+    A new snapshot is built beside and renamed into place: complete or absent. An existing
+    one (another project's pin of the same commit, an earlier lock of a ModelScope
+    revision) gets the links it lacks or holds differently, each replaced in one rename;
+    links other pins need are left alone.
+    """
+    if not os.path.lexists(snapshot):
+        with built_beside(snapshot) as work:
+            for path, target in links.items():
+                os.symlink(target, _new_link_path(model, work, path))
+        return
+    for path, target in links.items():
+        link = Layout.inside(snapshot, path)
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == target:
+                continue
+        if os.path.isdir(link) and not os.path.islink(link):
+            raise GpulockError(f"model '{model.name}': {path} is a folder in the snapshot "
+                               f"{snapshot} but a file in the lock; nothing was laid out")
+        link_atomic(store.layout.ready(link), target)
+
+
+def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
+                jobs: int = 8, substitutes: Substitutes | None = None) -> tuple[int, int]:
+    """Fetch what the store lacks (from a binary cache first, when there is one) and lay
+    out the views; return (files fetched, bytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    endpoint = _hf_endpoint()
+    # One download per distinct content: a file two repos share is fetched once.
+    work: dict[str, tuple[PinnedModel, ModelFile, str]] = {}
+    found: dict[str, Path] = {}
+    for model in models:
+        for file in model.files:
+            key = str(file.etag)
+            blob = stored_blob(store, file)
+            if blob is not None:
+                found[key] = blob
+            elif key not in work:
+                work[key] = (model, file, _url(model, file, endpoint))
+    if work:
+        total = sum(f.size for _, f, _ in work.values())
+        log(f"Fetching {len(work)} model files ({total / 2**20:.1f} MiB)")
+
+        def fetch(key: str) -> None:
+            model, file, url = work[key]
+            # Parallelism is a budget: a lone 10 GB file gets all of it as ranges, files
+            # that already fill the pool get one stream each (more only adds contention).
+            try:
+                cached = _from_cache(store, model, file, substitutes) if substitutes else None
+                found[key] = cached or _fetch(store, model, file, url,
+                                              ranges=max(1, jobs // len(work)))
+            except OSError as exc:
+                raise GpulockError(f"model '{model.name}': {file.path} could not be written "
+                                   f"into {store.tmp}: {exc.strerror}; nothing partial is "
+                                   "visible in the caches, and the next sync resumes it"
+                                   ) from None
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(fetch, list(work)))
+    for model in models:
+        blobs = {f.path: found[str(f.etag)] for f in model.files}
+        if model.source.startswith("hf://"):
+            _hf_view(store, model, blobs)
+        elif model.source.startswith("ms://"):
+            _ms_view(store, project, model, blobs)
+        else:
+            _file_view(store, project, model, blobs)
+    return len(work), sum(f.size for _, f, _ in work.values())
+
+
+def _from_cache(store: Store, model: PinnedModel, file: ModelFile,
+                substitutes: Substitutes) -> Path | None:
+    """The file's blob from a binary cache, published only when its bytes are the lock's."""
+    if not file.sha256:
+        return None
+    label = f"model '{model.name}': {file.path}"
+    got = substitutes.blob(label, file.sha256, file.size, store)
+    if got is None:
+        return None
+    part, cache = got
+    try:
+        return _publish(store, model, file, cache, part, file.sha256, _hash_part(part, file),
+                        resumed=False)
+    except HashMismatchError as exc:
+        substitutes.log(f"warning: refused {label} from {cache}: {exc}")
+        return None
+    finally:
+        shutil.rmtree(part.parent, ignore_errors=True)
+
+
+def fetch_blob(store: Store, model: PinnedModel, file: ModelFile) -> Path:
+    """Download one pinned file into the blob store (used by `verify --repair`)."""
+    return _fetch(store, model, file, _url(model, file, _hf_endpoint()))
+
+
+def _fetch(store: Store, model: PinnedModel, file: ModelFile, url: str, ranges: int = 1
+           ) -> Path:
+    """One pinned file into the blob store from its source: a hub or https:// over HTTP,
+    another kind (gpulock.sources) through its own fetch; verified against the lock."""
+    from gpulock.sources import source_for
+
+    kind = source_for(model.source)
+    if kind is None:
+        return _download(store, model, file, url, _auth(model), ranges)
+    blob = stored_blob(store, file)
+    if blob is not None:
+        return blob
+    work = store.work_dir(f"source-{model.name}")
+    try:
+        part = work / "file"
+        kind.fetch(store, model, file, part)
+        from gpulock.credentials import redact
+
+        return _publish(store, model, file, redact(model.source), part,
+                        file.sha256 or file.git_sha1 or "", _hash_part(part, file),
+                        resumed=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _hf_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _auth(model: PinnedModel) -> dict[str, str]:
+    """Tokens come from the environment only, and go only to their own hub."""
+    if model.source.startswith("hf://"):
+        token = os.environ.get("HF_TOKEN")
+    elif model.source.startswith("ms://"):
+        token = os.environ.get("MODELSCOPE_API_TOKEN")
+    else:
+        token = None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) -> Path:
+    """The archive unpacked once into `trees/<archive sha256>/`, complete or absent."""
+    import tarfile
+    import zipfile
+
+    tree = store.layout.ready(store.layout.tree(str(file.sha256)))
+    if tree.is_dir():
+        return tree
+    with built_beside(tree) as work:
+        try:
+            if zipfile.is_zipfile(blob):
+                with zipfile.ZipFile(blob) as archive:
+                    _refuse_escapes(model, [i.filename for i in archive.infolist()])
+                    archive.extractall(work)
+            elif tarfile.is_tarfile(blob):
+                with tarfile.open(blob) as archive:
+                    members = archive.getmembers()
+                    _refuse_escapes(model, [m.name for m in members]
+                                    + [m.linkname for m in members if m.issym() or m.islnk()])
+                    archive.extractall(work, filter="data")  # no devices, FIFOs, escapes
+            elif _is_7z(blob):
+                _extract_7z(model, blob, work)
+            else:
+                raise GpulockError(f"model '{model.name}': {file.path} is not a zip, tar or "
+                                   "7z archive (rar is not supported); set extract = false "
+                                   "to keep it as one file")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, _SevenZipError) as exc:
+            raise GpulockError(f"model '{model.name}': the archive {file.path} cannot be "
+                               f"extracted ({exc}); nothing was extracted") from None
+        except (NotADirectoryError, FileExistsError, IsADirectoryError):
+            raise GpulockError(f"model '{model.name}': the archive {file.path} holds a file "
+                               "and a folder of the same name; nothing was extracted") from None
+        # Sealed before the tree is published: verify tells what it held from what it holds.
+        write_atomic(store.layout.tree_seal(str(file.sha256)),
+                     json.dumps(dict(seal.contents(work)), sort_keys=True))
+    return tree
+
+
+class _SevenZipError(Exception):
+    """A 7z archive py7zr cannot read (its own errors, raised as this)."""
+
+
+def _is_7z(blob: Path) -> bool:
+    with blob.open("rb") as handle:
+        return handle.read(6) == b"7z\xbc\xaf\x27\x1c"
+
+
+def _extract_7z(model: PinnedModel, blob: Path, work: Path) -> None:
+    """Unpack a 7z archive (seed 004's ETH3D data) by the rules of zip and tar: no member
+    outside the tree, and no links (7z has no safe-link filter like tar's "data"); never
+    more bytes than its members declare, nor than the volume has free."""
+    import py7zr
+
+    try:
+        with py7zr.SevenZipFile(blob) as archive:
+            members = archive.list()
+            _refuse_escapes(model, [m.filename for m in members])
+            linked = next((m.filename for m in members if m.is_symlink), None)
+            if linked is not None:
+                raise GpulockError(f"model '{model.name}': the archive holds a link, "
+                                   f"{linked!r}, and gpulock extracts 7z archives without "
+                                   "links; nothing was extracted")
+            declared = sum(m.uncompressed or 0 for m in members)
+            if declared > shutil.disk_usage(work).free:
+                raise GpulockError(f"model '{model.name}': the archive unpacks to {declared:,} "
+                                   "bytes, more than the store's volume has free; nothing was "
+                                   "extracted")
+        with py7zr.SevenZipFile(blob, max_extract_size=declared) as archive:
+            archive.extractall(work)
+    except (GpulockError, MemoryError):
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _SevenZipError(str(exc) or type(exc).__name__) from None
+    except Exception as exc:  # py7zr's codecs fail in their own ways (LZMAError, zlib...)
+        raise _SevenZipError(str(exc) or type(exc).__name__) from None
+
+
+def _refuse_escapes(model: PinnedModel, names: list[str]) -> None:
+    for name in names:
+        if problem := member_problem(name):
+            raise GpulockError(f"model '{model.name}': the archive holds {name!r}, outside its "
+                               f"own tree (the path {problem}); nothing was extracted")
+
+
+def _url(model: PinnedModel, file: ModelFile, hf_endpoint: str) -> str:
+    if model.source.startswith("hf://"):
+        return HubRepo.of(model.source).url(hf_endpoint, model.commit or "", file.path)
+    if model.source.startswith("ms://"):
+        from gpulock.models import modelscope_endpoint
+
+        repo = model.source.removeprefix("ms://")
+        return (f"{modelscope_endpoint()}/api/v1/models/{repo}/repo?"
+                f"Revision={quote(model.revision or 'master')}&FilePath={quote(file.path)}")
+    return model.source
+
+
+def _ms_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]) -> Path:
+    """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it, in
+    the project's own cache: a revision's files are what this project's lock pinned."""
+    layout = store.layout
+    root = layout.ms_repo(project, model.source.removeprefix("ms://"))
+    snapshot = layout.ready(Layout.ms_snapshot(root, model.revision or "master"))
+    # A revision's files can change between locks (no commits on ModelScope): a link that
+    # names another blob than the lock's is replaced.
+    _lay_out(store, model, snapshot, {
+        file.path: os.path.relpath(blobs[file.path], Layout.inside(snapshot, file.path).parent)
+        for file in model.files})
+    _ms_legacy_view(store, project, model, blobs)
+    return snapshot
+
+
+def _ms_legacy_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]
+                    ) -> None:
+    """Each folder modelscope 1.x before modelscope-hub reads (Layout.ms_legacy_repos), with
+    the index files of its hub/utils/caching.py: `.msc`, a pickled list of {Path, Revision}
+    the cache holds (with `local_files_only=True` a non-empty list is the whole check), and
+    `.mdl`, a pickled {"id": "owner/name"}. Both are plain files: that client rewrites `.mdl`
+    when it loads, and must never write through a link into a blob."""
+    import pickle
+
+    repo_id = model.source.removeprefix("ms://")
+    revision = model.revision or "master"
+    index = pickle.dumps([{"Path": f.path, "Revision": revision}
+                          for f in sorted(model.files, key=lambda f: f.path)], protocol=2)
+    meta = pickle.dumps({"id": repo_id}, protocol=2)
+    for folder in store.layout.ms_legacy_repos(project, repo_id):
+        root = store.layout.ready(folder)
+        _lay_out(store, model, root, {
+            file.path: os.path.relpath(blobs[file.path], Layout.inside(root, file.path).parent)
+            for file in model.files})
+        for name, content in ((".msc", index), (".mdl", meta)):
+            path = root / name
+            with contextlib.suppress(OSError):
+                if not path.is_symlink() and path.read_bytes() == content:
+                    continue
+            write_atomic(path, content)
+
+
+def _file_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]
+               ) -> None:
+    """`files/<project>/<model>/<filename>` for a plain download, `files/<project>/<model>`
+    -> its tree when extracted; a view of the other kind left by an earlier lock is
+    replaced."""
+    view = store.layout.ready(store.layout.file_view(project, model.name))
+    is_link = os.path.islink(view)
+    if model.extract:
+        (file,) = model.files
+        tree = _extracted(store, model, file, blobs[file.path])
+        if os.path.isdir(view) and not is_link:
+            aside = store.work_dir(f"view-{model.name}")
+            os.rename(view, aside / "old")
+            shutil.rmtree(aside)
+        _link(view, tree)
+        return
+    if is_link:
+        view.unlink()
+    for file in model.files:
+        _link(store.layout.ready(Layout.inside(view, file.path)), blobs[file.path])
+
+
+def _new_link_path(model: PinnedModel, work: Path, path: str) -> Path:
+    """Where the link for repository file `path` goes in a snapshot being built in `work`."""
+    link = Layout.inside(work, path)
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise GpulockError(f"model '{model.name}': {path} needs a folder where the repository "
+                           "has a file of the same name; nothing was laid out") from None
+    return link

@@ -1,0 +1,120 @@
+"""Downloading locked files: streamed, verified, resumable, in parallel.
+
+A download is written to `tmp/downloads/<sha256>/wheel.part.<writer>`; a killed sync leaves
+the part, and the next one claims it and continues it with a Range request after re-hashing
+what is there. A verified file moves to `tmp/downloads/<sha256>/<writer>/<filename>` (the
+installer reads name and tags from the filename), which its writer removes once unpacked
+and gc removes once its writer is gone.
+Only a file whose size and sha256 match the lock is ever handed on; a mismatch deletes
+the part and says package, URL, expected and actual hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from gpulock import faults
+from gpulock.credentials import redact
+from gpulock.errors import FetchError, GpulockError
+from gpulock.http import Http
+from gpulock.lock.lockfile import FileRef
+from gpulock.store.layout import Layout
+from gpulock.store.scratch import alive_writers, claim_partial, open_part, tag
+
+_CHUNK = 1 << 20
+Progress = Callable[[int], None]
+
+
+def _hash_file(path: Path, digest: hashlib._Hash) -> int:
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size
+
+
+def fetch(ref: FileRef, label: str, layout: Layout, http: Http,
+          progress: Progress | None = None) -> Path:
+    """A local path holding exactly the locked file (pass it to `discard` when done)."""
+    if ref.url.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        path = Path(unquote(urlsplit(ref.url).path))
+        if not path.is_file():
+            raise GpulockError(f"{label}: {path} is missing; the lock names it as the file "
+                               "to install")
+        digest = hashlib.sha256()
+        size = _hash_file(path, digest)
+        _check(ref, label, digest.hexdigest(), size, path)
+        if progress:
+            progress(size)
+        return path
+    folder = layout.folder(layout.download_folder(ref.sha256))
+    # The wheel keeps its own filename (installers read name and tags from it).
+    final = Layout.named(folder / tag(), ref.name, "a wheel's filename")
+    part = claim_partial(folder, "wheel", alive_writers(layout.tmp_roots))
+    try:
+        return _download(ref, label, part, final, http, progress)
+    except BaseException:
+        if not part.is_file() or part.stat().st_size == 0:
+            part.unlink(missing_ok=True)
+        raise
+
+
+def _download(ref: FileRef, label: str, part: Path, final: Path, http: Http,
+              progress: Progress | None) -> Path:
+    digest = hashlib.sha256()
+    have = _hash_file(part, digest) if part.is_file() else 0
+    resumed = have > 0
+    if have > ref.size:
+        part.unlink()
+        digest, have = hashlib.sha256(), 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    if have < ref.size or not have:
+        with http.stream(ref.url, headers, label) as (response, body):
+            if response.status == 200 and have:
+                digest, have = hashlib.sha256(), 0  # the server ignored the Range
+                part.unlink()
+            elif response.status not in (200, 206):
+                raise FetchError(f"{label}: cannot download {redact(ref.url)}: HTTP "
+                                 f"{response.status}")
+            with open_part(part) as out:
+                while chunk := body.read(_CHUNK):
+                    if have + len(chunk) > ref.size:  # never more bytes than the lock's size
+                        part.unlink(missing_ok=True)
+                        raise FetchError(f"{label}: {redact(ref.url)} sent more than the "
+                                         f"{ref.size} bytes the lock says; it was not stored")
+                    out.write(chunk)
+                    digest.update(chunk)
+                    have += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                    faults.point("download", part)
+    try:
+        _check(ref, label, digest.hexdigest(), have, None)
+    except GpulockError:
+        part.unlink(missing_ok=True)
+        if resumed:  # the bytes kept from before may be the bad ones: once more, whole
+            return _download(ref, label, part, final, http, progress)
+        raise
+    final.parent.mkdir()
+    os.replace(part, final)
+    return final
+
+
+def discard(layout: Layout, wheel: Path) -> None:
+    """Remove a fetched or built wheel once it is unpacked (its own folder under tmp/)."""
+    if layout.tmp in wheel.parents:
+        shutil.rmtree(wheel.parent, ignore_errors=True)
+
+
+def _check(ref: FileRef, label: str, sha256: str, size: int, path: Path | None) -> None:
+    where = str(path) if path else redact(ref.url)
+    if size != ref.size or sha256 != ref.sha256:
+        raise GpulockError(f"{label}: {where} has sha256 {sha256} ({size} bytes), but the "
+                           f"lock says {ref.sha256} ({ref.size} bytes); it was not stored")

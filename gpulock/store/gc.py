@@ -1,0 +1,371 @@
+"""`gpulock gc`: remove what no kept generation, root or running sync references.
+
+Kept: per project the current generation and the `keep` newest ones; the store entries
+they link; the models each project's last sync laid out (roots/models/); whatever a
+running sync has rooted (roots/tmp/: its package keys, the lock digest of the generation it
+builds, its models). Removed: other generations, unreferenced entries, blobs and model
+views, and work in progress whose writer is gone.
+
+No lock makes this safe against syncs running meanwhile (network volumes ignore flock).
+Instead: the roots are read before the generations (a sync switches `current` before it
+drops its root, so a generation is seen either rooted or current); gc announces itself
+while it chooses (roots.collecting) and a sync that has just rooted waits for it; and a dead
+entry is first renamed out of `pkgs/`, the roots read once more, and anything rooted in
+between renamed back before anything is deleted. Everything gc walks may vanish under it
+(a sync renaming its work into place): a path that is gone is simply no longer gc's.
+`dry_run` reads and counts, and changes nothing at all.
+
+Never touched: `python/`, the CPython interpreters uv installed (sync --install-python).
+Generations of every project on the volume link their `bin/python` there, kept ones and
+rolled-back ones alike, and an interpreter is one per minor version, not per lock: gc
+neither walks into that folder nor removes it (remove one nobody uses by hand).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpulock.env import generation
+from gpulock.errors import GpulockError
+from gpulock.models import from_dict
+from gpulock.models.views import HubRepo, indexed_blob
+from gpulock.store import Store, roots
+from gpulock.store.layout import Layout
+from gpulock.store.names import hex_problem
+from gpulock.store.scratch import STALE_SECONDS, abandoned, alive_writers, tag, tagged
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Collected:
+    generations: list[str] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)
+    blobs: int = 0
+    other: list[str] = field(default_factory=list)
+    freed: int = 0
+
+
+class _Remover:
+    """Removes (or, in a dry run, only counts) paths; folders go to a trash folder first, so
+    they leave the store's view at once and are deleted after gc has chosen."""
+
+    def __init__(self, store: Store, dry_run: bool, log: Log, result: Collected) -> None:
+        self.store = store
+        self.trash = store.tmp / f"gc.{tag()}"
+        self.dry_run, self.log, self.result = dry_run, log, result
+        # Writers with a fresh heartbeat: their work in tmp/ is theirs, however long it takes.
+        self.alive = alive_writers(store.layout.tmp_roots)
+        self.beat: Callable[[], None] = lambda: None
+        self._count = 0
+
+    def __call__(self, path: Path, label: str | None = None) -> bool:
+        """Remove `path` (never following it); False when it was gone already."""
+        self.beat()
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        size = _size(path)
+        if label:
+            self.log(f"{'would remove' if self.dry_run else 'removing'} {label}")
+        if not self.dry_run:
+            try:
+                if stat.S_ISDIR(mode):
+                    os.rename(path, self.into_trash(path.name))
+                else:
+                    os.unlink(path)
+            except FileNotFoundError:
+                return False
+        self.result.freed += size
+        return True
+
+    def into_trash(self, name: str) -> Path:
+        if not self._count:
+            self.store.layout.folder(self.trash)
+        self._count += 1
+        return self.trash / f"{self._count}-{name}"
+
+    def empty(self) -> None:
+        shutil.rmtree(self.trash, ignore_errors=True)
+
+
+def collect(store: Store, keep: int = 3, dry_run: bool = False,
+            log: Log = lambda _line: None) -> Collected:
+    result = Collected()
+    remove = _Remover(store, dry_run, log, result)
+    if dry_run:
+        _choose(store, keep, remove, result)
+        return result
+    with roots.collecting(store) as beat:
+        remove.beat = beat
+        _choose(store, keep, remove, result)
+    remove.empty()  # the slow part, after syncs may go on
+    return result
+
+
+def _choose(store: Store, keep: int, remove: _Remover, result: Collected) -> None:
+    rooted = roots.temporary_roots(store)
+    kept = _collect_generations(store, keep, rooted.digests, remove, result)
+    live_pkgs = {key for gen in kept for key in gen.packages.values()} | rooted.pkgs
+    _collect_entries(store, live_pkgs, remove, result)
+    _collect_models(store, roots.model_roots(store) + rooted.models, remove, result)
+    _collect_scratch(store, remove, result)
+
+
+def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Remover,
+                         result: Collected) -> list[generation.Generation]:
+    kept: list[generation.Generation] = []
+    for folder in _dirs(store.layout.envs):
+        now = generation.current_name(folder)
+        if now and generation.read(folder / now) is None and os.path.lexists(folder / now):
+            raise GpulockError(f"the record of {folder / now}, the current generation of "
+                               f"'{folder.name}', is damaged; nothing was collected: run "
+                               "'gpulock verify'")
+        generations = generation.generations_in(folder)
+        newest = {g.number for g in generations[-keep:]}
+        for gen in generations:
+            if gen.number in newest or gen.path.name == now or gen.lock_digest in rooted:
+                kept.append(gen)
+            elif remove(gen.path, f"{folder.name} generation {gen.number}"):
+                result.generations.append(f"{folder.name}/gen-{gen.number}")
+        for leftover in _names(folder):  # half-built generations, stray `current` links
+            if leftover.name.startswith(".") and abandoned(leftover, remove.alive) and remove(
+                    leftover):
+                result.other.append(str(leftover))
+    return kept
+
+
+def _collect_entries(store: Store, live: set[str], remove: _Remover,
+                     result: Collected) -> None:
+    pkgs = store.layout.pkgs
+    dead = [p.name for p in _names(pkgs) if p.name not in live]
+    for key in dead:
+        remove.log(f"{'would remove' if remove.dry_run else 'removing'} package entry {key}")
+    if remove.dry_run:
+        result.entries = dead
+        result.freed += sum(_size(pkgs / key) for key in dead)
+        return
+    moved: dict[str, Path] = {}
+    for key in dead:
+        remove.beat()
+        with contextlib.suppress(FileNotFoundError):
+            aside = remove.into_trash(key)
+            os.rename(pkgs / key, aside)
+            moved[key] = aside
+    # A sync that rooted an entry after the first look must find it again.
+    for key in roots.temporary_roots(store).pkgs & moved.keys():
+        with contextlib.suppress(OSError):  # else the sync published its own copy already
+            os.rename(moved.pop(key), pkgs / key)
+    result.entries = sorted(moved)
+    result.freed += sum(_size(path) for path in moved.values())
+
+
+def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover,
+                    result: Collected) -> None:
+    layout = store.layout
+    pinned = [from_dict(m) for m in models]
+    live_sha = {f.sha256 for m in pinned for f in m.files if f.sha256}
+    live_git = {f.git_sha1 for m in pinned for f in m.files if f.git_sha1 and not f.sha256}
+    for link in _files(layout.git_blobs):
+        target = indexed_blob(layout, link)
+        if link.parent.name + link.name in live_git and target is not None:
+            live_sha.add(target.parent.name + target.name)
+        else:
+            remove(link)
+    for blob in _files(layout.blobs):
+        sha = blob.parent.name + blob.name
+        if sha not in live_sha and remove(blob):
+            result.blobs += 1
+            if not hex_problem(sha, 64):
+                remove(layout.fast_record(sha))
+    # Views: hf snapshots, refs, trees and blob links of commits nothing pins any more.
+    live_hf = {(HubRepo.of(m.source).folder(store).name, m.commit or "") for m in pinned
+               if m.source.startswith("hf://")}
+    # A live repository's folders stay even when empty: a sync may be about to fill them.
+    live_repos = {name for name, _ in live_hf}
+    live_etags = {str(f.etag) for m in pinned for f in m.files}
+    for repo in _dirs(layout.hf):
+        for snapshot in _dirs(repo / "snapshots"):
+            if (repo.name, snapshot.name) not in live_hf:
+                remove(snapshot, f"snapshot {repo.name}@{snapshot.name[:12]}")
+        for tree in _files(repo / "trees"):
+            if (repo.name, tree.name.removesuffix(".json")) not in live_hf:
+                remove(tree)
+        for ref in _files(repo / "refs"):
+            if (repo.name, _text(ref)) not in live_hf:
+                remove(ref)
+        for link in _files(repo / "blobs"):
+            if link.name not in live_etags:
+                remove(link)
+        if repo.name not in live_repos:
+            _prune_empty(repo, remove.dry_run)
+    # ModelScope views are per project; a snapshot stays while any root pins its revision.
+    live_ms = {(m.source.removeprefix("ms://").replace("/", "--"), m.revision or "master")
+               for m in pinned if m.source.startswith("ms://")}
+    for cache in _dirs(layout.modelscope):
+        for repo in _dirs(cache / "models"):
+            for snapshot in _dirs(repo / "snapshots"):
+                if (repo.name, snapshot.name) not in live_ms:
+                    remove(snapshot, f"snapshot {cache.name}/{repo.name}@{snapshot.name}")
+            if repo.name not in {name for name, _ in live_ms}:
+                _prune_empty(repo, remove.dry_run)
+        # modelscope 1.x's own layouts beside it (Layout.ms_legacy_names), one per project.
+        live_legacy = {parts for name, _ in live_ms
+                       for parts in Layout.ms_legacy_names(name.replace("--", "/", 1))}
+        for repo, parts in _ms_legacy_folders(cache):
+            if parts not in live_legacy:
+                remove(repo, f"modelscope 1.x view {cache.name}/{'/'.join(parts)}")
+        for owner in _dirs(cache):
+            if owner.name not in ("models", "temp"):
+                _prune_empty(owner, remove.dry_run)
+    live_trees = {str(f.sha256) for m in pinned if m.extract for f in m.files}
+    for tree in _dirs(layout.trees):
+        if tree.name not in live_trees:
+            remove(tree)
+    for sealed in _names(layout.trees):  # the seals beside the trees, never inside one
+        if sealed.name.endswith(".seal.json") and not sealed.is_dir() and (
+                sealed.name.removesuffix(".seal.json") not in live_trees):
+            remove(sealed)
+    for path in _files(layout.files):
+        if path.is_symlink() and not path.exists():
+            remove(path)  # its blob or tree was collected above
+
+
+def _ms_legacy_folders(cache: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """Every `<owner>/<name>` and `hub/<owner>/<name>` folder below a project's cache."""
+    found: list[tuple[Path, tuple[str, ...]]] = []
+    for owner in _dirs(cache):
+        if owner.name in ("models", "temp"):
+            continue
+        for repo in _dirs(owner):
+            if owner.name == "hub":
+                found += [(inner, ("hub", repo.name, inner.name)) for inner in _dirs(repo)]
+            else:
+                found.append((repo, (owner.name, repo.name)))
+    return found
+
+
+def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:
+    """Work in progress of writers that are gone: unpacks, builds, downloads, roots."""
+    layout = store.layout
+    for path in _walk(layout.tmp, lambda p: "~" in p.name or p.name.endswith(".lock")):
+        if abandoned(path, remove.alive) and remove(path):
+            result.other.append(str(path))
+    for folder in (layout.downloads, layout.model_parts):
+        for item in _dirs(folder):
+            with contextlib.suppress(OSError):  # only empty and quiet ones: a sync may be
+                if not remove.dry_run and _quiet(item):  # about to write into it
+                    item.rmdir()
+    for root in _names(layout.tmp_roots) + _names(layout.collectors):
+        if abandoned(root, remove.alive) and remove(root):
+            result.other.append(str(root))
+    # Views and blobs are built beside their final names, as dot-names that carry a writer;
+    # a published tree is never walked into (its own dot-files are the archive's).
+    leftovers = [p for root in (layout.hf, layout.modelscope, layout.files,
+                                layout.base / "blobs", layout.base / "roots")
+                 for p in _walk(root, lambda p: tagged(p.name))]
+    leftovers += [p for p in _names(layout.trees) if tagged(p.name)]
+    for path in leftovers:
+        if abandoned(path, remove.alive) and remove(path):
+            result.other.append(str(path))
+
+
+def _walk(root: Path, pick: Callable[[Path], bool]) -> Iterator[Path]:
+    """Paths below `root` that `pick` chooses, never descending into links or picked folders."""
+    if os.path.islink(root):
+        return  # not gpulock's: verify names it, gc never goes through it
+    for folder, dirs, names in os.walk(root):
+        for name in names:
+            if pick(path := Path(folder) / name):
+                yield path
+        chosen = [d for d in dirs if pick(Path(folder) / d)]
+        dirs[:] = [d for d in dirs if d not in chosen]
+        for name in chosen:
+            yield Path(folder) / name
+
+
+def _names(folder: Path) -> list[Path]:
+    """What `folder` holds; nothing when it is a link (gc never lists through a link)."""
+    if os.path.islink(folder):
+        return []
+    try:
+        return [folder / n for n in sorted(os.listdir(folder))]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _files(folder: Path) -> list[Path]:
+    """Published files and links below `folder` (dot-names are work in progress)."""
+    found: list[Path] = []
+    if os.path.islink(folder):
+        return found
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent) / n for n in names if not n.startswith(".")]
+    return sorted(found)
+
+
+def _dirs(folder: Path) -> list[Path]:
+    """Real folders (not links) directly in `folder`, published ones only."""
+    found = []
+    for path in _names(folder):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(path).st_mode) and not path.name.startswith("."):
+                found.append(path)
+    return found
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _quiet(folder: Path) -> bool:
+    try:
+        return time.time() - folder.lstat().st_mtime > STALE_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def _prune_empty(folder: Path, dry_run: bool) -> None:
+    """Remove the empty folders of a repository nothing pins (work in progress stays)."""
+    if dry_run or os.path.islink(folder):
+        return
+    for parent, _dirs, _names in os.walk(folder, topdown=False):
+        if not any(part.startswith(".") for part in Path(parent).relative_to(folder).parts):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
+
+def _size(path: Path) -> int:
+    """Bytes a path holds on disk, not following links (a farm's links cost nothing)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+    total = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def describe(result: Collected, dry_run: bool) -> str:
+    size = result.freed / 2**20
+    verb = "would free" if dry_run else "freed"
+    return (f"{verb} {size:.1f} MiB: {len(result.generations)} generation(s), "
+            f"{len(result.entries)} package entr{'y' if len(result.entries) == 1 else 'ies'}, "
+            f"{result.blobs} model file(s), {len(result.other)} leftover(s) of killed syncs")

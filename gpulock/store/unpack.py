@@ -1,0 +1,190 @@
+"""A verified wheel unpacked into a new store entry: pypa's installer, with gpulock's rules.
+
+Before anything is written the wheel's member names are checked (no absolute path, no `..`,
+no link); while installer writes each file, every byte is hashed once (sha256 for `verify`,
+xxh3 for `verify --fast`); scripts are recorded, not written (each environment writes its
+own for its interpreter) and may not be named like the interpreter; RECORD is not written,
+so a pip aimed at an environment cannot uninstall store files. Then bytecode is compiled
+(hash-based pycs) and the folders an ELF `$ORIGIN` climbs out of are noted for the farm.
+Imported only when something is unpacked: installer costs 40 ms to import.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import errno
+import hashlib
+import os
+import posixpath
+import stat
+import subprocess
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import xxhash
+from installer import install
+from installer.destinations import WheelDestination
+from installer.exceptions import InstallerError
+from installer.records import Hash, RecordEntry
+from installer.sources import WheelFile
+from installer.utils import Scheme
+
+from gpulock import faults
+from gpulock.errors import GpulockError
+from gpulock.store.elf import climbing_dirs, is_elf, search_paths
+from gpulock.store.names import member_problem, path_problem, script_problem
+
+if TYPE_CHECKING:
+    from installer.scripts import ScriptSection
+
+# installer skips a wheel's shipped __pycache__ (we compile our own) and warns each time.
+warnings.filterwarnings("ignore", message="Skip installing", category=RuntimeWarning)
+
+_SCHEME_DIRS = {"purelib": "site", "platlib": "site", "scripts": "scripts",
+                "headers": "headers", "data": "data"}
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Unpacked:
+    records: list[tuple[str, str, str, int]]  # path in the entry, sha256, xxh3, size
+    scripts: list[tuple[str, str, str, str]]  # entry points: name, module, attr, section
+    real_dirs: set[str]  # site-relative folders the farm must not link whole
+
+
+def unpack(wheel: Path, work: Path, label: str, python: str | None,
+           racing: Callable[[], bool]) -> Unpacked:
+    """Install `wheel` into the empty folder `work`; compile with `python` when given.
+
+    `racing()` says whether another writer has published the entry meanwhile: then an
+    OSError is that writer's doing (it took the download) and is raised as it is.
+    """
+    _refuse_unsafe_members(wheel, label)
+    destination = EntryDestination(work)
+    try:
+        with WheelFile.open(wheel) as source:
+            # The wheel's sha256 was checked against the lock; names still matter.
+            source.validate_record(validate_contents=False)
+            install(source, destination, {"INSTALLER": b"gpulock\n"})
+    # What a wheel's own files can make installer raise: its RECORD and entry_points.txt are
+    # parsed with configparser and csv, and a script reference it cannot read is an assertion.
+    except (InstallerError, ValueError, KeyError, OSError, configparser.Error,
+            AssertionError) as exc:
+        if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or racing()):
+            raise
+        reason = " ".join(str(exc).split()) or f"{type(exc).__name__} in its RECORD or entry points"
+        raise GpulockError(f"{label}: the wheel {wheel.name} cannot be installed: "
+                           f"{reason}") from None
+    real_dirs = _real_dirs(work / "site")
+    if python:
+        _compile(work / "site", python)
+        destination.record_compiled(work / "site")
+    return Unpacked(destination.records, destination.scripts, real_dirs)
+
+
+def _refuse_unsafe_members(wheel: Path, label: str) -> None:
+    """Refuse a wheel with absolute, `..` or link members before anything is written."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile as exc:
+        raise GpulockError(f"{label}: {wheel.name} is not a readable wheel: {exc}") from None
+    for member in members:
+        name = member.filename
+        mode = member.external_attr >> 16
+        if reason := member_problem(name):
+            problem = f"a path outside its own tree (it {reason})"
+        elif stat.S_ISLNK(mode):
+            problem = "a symbolic link"
+        else:
+            continue
+        raise GpulockError(f"{label}: {wheel.name} holds {problem} ({name!r}); it was "
+                           "refused and nothing was written")
+
+
+class EntryDestination(WheelDestination):
+    """An installer destination that writes each scheme into its own folder of an entry.
+
+    Console scripts are not written here: an entry is shared by environments, and each
+    environment writes scripts for its own interpreter. RECORD is not written either, so a
+    `pip uninstall` aimed at an environment refuses instead of deleting store files.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.scripts: list[tuple[str, str, str, str]] = []
+        self.records: list[tuple[str, str, str, int]] = []
+
+    def record_compiled(self, site: Path) -> None:
+        """Add the bytecode compileall wrote, so `verify` covers what imports will load."""
+        for folder, _dirs, files in os.walk(site):
+            if os.path.basename(folder) != "__pycache__":
+                continue
+            for name in files:
+                path = Path(folder) / name
+                data = path.read_bytes()
+                self.records.append((path.relative_to(self.root).as_posix(),
+                                     hashlib.sha256(data).hexdigest(),
+                                     xxhash.xxh3_128_hexdigest(data), len(data)))
+
+    def write_file(self, scheme: Scheme, path: str | os.PathLike[str], stream: BinaryIO,
+                   is_executable: bool) -> RecordEntry:
+        relative = os.fspath(path)
+        problem = (script_problem(relative) if scheme == "scripts"
+                   else path_problem(posixpath.normpath(relative)))
+        if problem:
+            what = "a script" if scheme == "scripts" else "a file"
+            raise ValueError(f"it holds {what} named {relative!r}, which {problem}")
+        inside = f"{_SCHEME_DIRS[scheme]}/{posixpath.normpath(relative)}"
+        target = self.root / inside
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sha256, fast, size = hashlib.sha256(), xxhash.xxh3_128(), 0
+        with target.open("wb") as handle:
+            while chunk := stream.read(_CHUNK):
+                handle.write(chunk)
+                sha256.update(chunk)
+                fast.update(chunk)
+                size += len(chunk)
+                faults.point("unpack", target)
+        if is_executable:
+            target.chmod(0o755)
+        self.records.append((inside, sha256.hexdigest(), fast.hexdigest(), size))
+        return RecordEntry(relative, Hash("sha256", _urlsafe(sha256.digest())), size)
+
+    def write_script(self, name: str, module: str, attr: str, section: ScriptSection
+                     ) -> RecordEntry:
+        problem = script_problem(name)
+        if problem:
+            raise ValueError(f"it declares a {section} script named {name!r}, which {problem}")
+        self.scripts.append((name, module, attr, section))
+        return RecordEntry(f"bin/{name}", None, None)
+
+    def finalize_installation(self, scheme: Scheme, record_file_path: str,
+                              records: Iterable[tuple[Scheme, RecordEntry]]) -> None:
+        return None
+
+
+def _real_dirs(site: Path) -> set[str]:
+    real: set[str] = set()
+    for folder, _dirs, files in os.walk(site):
+        for name in files:
+            path = Path(folder) / name
+            if (".so" in name or os.access(path, os.X_OK)) and is_elf(path):
+                relative = path.relative_to(site).as_posix()
+                real |= climbing_dirs(relative, search_paths(path))
+    return real
+
+
+def _compile(site: Path, python: str) -> None:
+    """Hash-based pycs, so a shared store is never rewritten at import time (PEP 552)."""
+    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                    "unchecked-hash", str(site)], capture_output=True, check=False)
+
+
+def _urlsafe(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
