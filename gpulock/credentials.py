@@ -31,6 +31,16 @@ def redact(text: str) -> str:
     return _USERINFO.sub("", text) if "@" in text else text
 
 
+def shown(url: str) -> str:
+    """A URL as an error message may quote it: redacted, and when an '@' is left (a password
+    holding '/', '?' or '#' hides the host from any parser) everything up to it elided."""
+    bare = redact(url)
+    scheme, sep, rest = bare.partition("://")
+    if not sep or "@" not in rest:
+        return bare
+    return f"{scheme}://...@{rest.rpartition('@')[2]}"
+
+
 def credentials_in(url: str) -> bool:
     """Whether `url` carries a user name or password."""
     return redact(url) != url

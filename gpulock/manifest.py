@@ -22,7 +22,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from gpulock.credentials import credentials_in, redact, remember
+from gpulock.credentials import credentials_in, redact, remember, shown
 from gpulock.errors import GpulockError, ManifestError
 from gpulock.lock.target import Target
 from gpulock.store.names import (
@@ -460,10 +460,10 @@ def _prerelease(reader: _Reader, table: tuple[str, ...], raw: dict[str, Any]) ->
 def _index(reader: _Reader, table: tuple[str, ...], index: str) -> str:
     """The index URL without credentials (kept in memory for its host, see credentials.py)."""
     if not re.match(r"(https?|file)://", index):
-        raise reader.error(table, "index", f"index = {redact(index)!r} must be an http(s):// "
+        raise reader.error(table, "index", f"index = {shown(index)!r} must be an http(s):// "
                            "URL or a file:// folder")
     if problem := url_problem(index):
-        raise reader.error(table, "index", f"index = {redact(index)!r} {problem}")
+        raise reader.error(table, "index", f"index = {shown(index)!r} {problem}")
     return remember(index).rstrip("/")
 
 
@@ -556,7 +556,7 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
             raise reader.error(table, "source", f"source = {redact(source)!r} in "
                                f"[models.{name}] {problem}")
         if source.startswith("http") and (problem := url_problem(source)):
-            raise reader.error(table, "source", f"source = {redact(source)!r} in "
+            raise reader.error(table, "source", f"source = {shown(source)!r} in "
                                f"[models.{name}] {problem}")
         source = remember(source)
         if source.startswith(("hf://", "ms://")):

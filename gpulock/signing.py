@@ -115,8 +115,9 @@ def load_secret(path: str | None) -> SecretKey:
         if not value:
             raise GpulockError("push needs a signing key: --key FILE or $GPULOCK_SIGNING_KEY "
                                "(make one with 'gpulock keygen NAME --out DIR')")
-        if ":" in value and not os.path.exists(value):
-            return parse_secret(value, "$GPULOCK_SIGNING_KEY")
+        if not os.path.exists(value):  # the key itself: never echoed, whatever it holds
+            return parse_secret(value, "$GPULOCK_SIGNING_KEY (neither a key file nor "
+                                "NAME:base64)")
         path = value
     try:
         text = Path(path).read_text()
@@ -146,7 +147,7 @@ def signed_by(message: bytes, signatures: Iterable[object], trusted: Iterable[Pu
 
 def _split(text: str, where: str, what: str) -> tuple[str, bytes]:
     name, sep, encoded = text.partition(":")
-    if not sep:
+    if not sep or not name:
         raise GpulockError(f"{where}: a {what} is NAME:base64")
     _check_name(name, f"{where}: the {what}'s name")
     try:

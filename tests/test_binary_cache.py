@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -193,3 +194,52 @@ def test_model_files_come_from_the_cache_by_their_locked_sha256(
     assert "refused model 'vggt': model.pt from s3://" in result.err
     assert not view.exists()
     assert not list((store / "v1" / "blobs" / "sha256").rglob("*"))  # nothing stored
+
+
+def _folder_cache(make_index, project: Project, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A project synced into store a and pushed to a folder cache: (cache, secret, log)."""
+    index = _index(make_index)
+    cache = tmp_path / "cache"
+    secret, public = _keys(tmp_path / "keys", "team-1")
+    log = tmp_path / "builds.log"
+    _project(project, index.url, cache.as_uri(), public, log)
+    assert project.gpulock("sync", "--store", str(tmp_path / "a")).code == 0
+    assert project.gpulock("push", "--store", str(tmp_path / "a"), "--key",
+                           str(secret)).code == 0
+    return cache, secret, log
+
+
+@pytest.mark.parametrize("what", ["entries", "wheels"])
+def test_a_fifo_planted_in_a_folder_cache_is_refused_never_waited_on(
+        what: str, make_index, project: Project, tmp_path: Path):
+    cache, _, log = _folder_cache(make_index, project, tmp_path)
+    planted = next(p for p in (cache / what).rglob("*") if p.is_file() and "srcpkg" in p.name)
+    planted.unlink()
+    os.mkfifo(planted)
+    run = subprocess.run([str(Path(sys.executable).parent / "gpulock"), "sync", "--manifest",
+                          str(project.manifest), "--store", str(tmp_path / "b"), "--frozen"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert run.returncode == 0, run.stderr  # refused, then built from the index instead
+    assert "refused srcpkg 1.0" in run.stderr and "is not a regular file" in run.stderr
+    assert _built(log) == 2
+
+
+def test_push_never_writes_through_a_link_planted_in_a_folder_cache(
+        make_index, project: Project, tmp_path: Path):
+    cache, secret, _ = _folder_cache(make_index, project, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(cache / "entries")
+    (cache / "entries").symlink_to(elsewhere)
+    result = project.gpulock("push", "--store", str(tmp_path / "a"), "--key", str(secret))
+    assert result.code == 1 and "is a symbolic link; push never writes through one" in result.err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_signing_key_in_the_environment_is_never_echoed(
+        make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _folder_cache(make_index, project, tmp_path)
+    bare = "U0VDUkVUU0VDUkVUU0VDUkVUU0VDUkVUU0VDUkVUU0VDUkVU"
+    monkeypatch.setenv("GPULOCK_SIGNING_KEY", bare)  # a key without its NAME: prefix
+    result = project.gpulock("push", "--store", str(tmp_path / "a"))
+    assert result.code == 1 and bare not in result.err and "NAME:base64" in result.err

@@ -172,3 +172,23 @@ def test_a_malformed_model_source_is_a_manifest_error_with_its_line(source: str,
     result = project.gpulock("lock")
     assert result.code == 1
     assert "gpu.toml:7:" in result.err, result.err  # the source line
+
+
+def test_a_git_subdirectory_that_leaves_the_repository_is_a_manifest_error(project: Project,
+                                                                            tmp_path: Path):
+    _write(project, "p", '[models.m]\nsource = "git+file:///srv/repo@main#subdirectory='
+                         '../../etc"\n')
+    result = project.gpulock("lock")
+    assert result.code == 1 and "has a '..' segment" in result.err
+
+
+def test_a_fifo_planted_as_another_projects_root_is_refused_never_waited_on(
+        project: Project, tmp_path: Path):
+    roots = tmp_path / "store" / "v1" / "roots" / "models"
+    roots.mkdir(parents=True)
+    os.mkfifo(roots / "shared.json")
+    _write(project, "mine", '[models.data]\nsource = "ref://shared/dataset"\n')
+    run = subprocess.run([str(Path(__import__("sys").executable).parent / "gpulock"), "lock",
+                          "--manifest", str(project.manifest), "--store",
+                          str(tmp_path / "store")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "is damaged" in run.stderr

@@ -1144,3 +1144,21 @@ def test_two_projects_with_a_model_of_the_same_name_keep_their_own_files(make_in
         assert project.gpulock("sync", "--store", store).code == 0
         views[name] = Path(store) / "v1" / "files" / name / "weights" / f"{name}.bin"
     assert views["a"].read_bytes() == b"A-weights" and views["b"].read_bytes() == b"B-weights"
+
+
+@pytest.mark.parametrize("password", ["p#ssSECRET", "p/ssSECRET", "p?ssSECRET", "p ssSECRET"])
+def test_an_index_password_no_parser_can_read_is_refused_without_being_printed(
+        password: str, tmp_path: Path):
+    from gpulock.cli import main
+
+    manifest = tmp_path / "gpu.toml"
+    manifest.write_text('[project]\nname = "x"\npython = "3.11"\n'
+                        f'index = "https://alice:{password}@pypi.example.com/simple"\n')
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["lock", "--manifest", str(manifest)])
+    assert code == 1 and "SECRET" not in err.getvalue()
+    assert "percent-encode" in err.getvalue() and "gpu.toml:4:" in err.getvalue()

@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,7 +210,8 @@ def _source_tree(source: Path, into: Path, label: str) -> Path:
         else:
             with tarfile.open(source) as archive:
                 archive.extractall(into, filter="data")
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, RuntimeError, NotImplementedError,
+            EOFError, zlib.error) as exc:  # zipfile's: encrypted, unknown method, corrupt
         raise GpulockError(f"cannot unpack the sdist {label}: {exc}") from None
     tops = [p for p in into.iterdir() if p.is_dir()]
     return tops[0] if len(tops) == 1 and not (into / "pyproject.toml").exists() else into

@@ -482,6 +482,7 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
     """The archive unpacked once into `trees/<archive sha256>/`, complete or absent."""
     import tarfile
     import zipfile
+    import zlib
 
     tree = store.layout.ready(store.layout.tree(str(file.sha256)))
     if tree.is_dir():
@@ -504,7 +505,8 @@ def _extracted(store: Store, model: PinnedModel, file: ModelFile, blob: Path) ->
                 raise GpulockError(f"model '{model.name}': {file.path} is not a zip, tar or "
                                    "7z archive (rar is not supported); set extract = false "
                                    "to keep it as one file")
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, _SevenZipError) as exc:
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, _SevenZipError, RuntimeError,
+                NotImplementedError, zlib.error) as exc:  # zipfile: encrypted, method, corrupt
             raise GpulockError(f"model '{model.name}': the archive {file.path} cannot be "
                                f"extracted ({exc}); nothing was extracted") from None
         except (NotADirectoryError, FileExistsError, IsADirectoryError):

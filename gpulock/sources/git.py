@@ -24,9 +24,11 @@ class GitModelSource:
 
     def problem(self, source: str) -> str | None:
         from gpulock.lock.vcs import split_url
-        from gpulock.store.names import git_url_problem, revision_problem
+        from gpulock.store.names import git_url_problem, path_problem, revision_problem
 
-        repo, revision, _ = split_url(source)
+        repo, revision, subdirectory = split_url(source)
+        if subdirectory is not None and (problem := path_problem(subdirectory)):
+            return f"has a subdirectory {subdirectory!r} that {problem}"
         if source.rstrip().endswith("@"):
             return "ends with '@' but names no revision (git+URL@REV)"
         if revision is not None and (problem := revision_problem(revision)):
@@ -47,10 +49,10 @@ class GitModelSource:
     def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
         from gpulock.lock.vcs import split_url
 
-        repo, revision, _ = split_url(model.source)
+        repo, revision, subdirectory = split_url(model.source)
         if not model.commit:
             raise GpulockError(f"model '{model.name}': its pin has no commit")
-        tree = self._tree(model, GitSource(repo, revision, model.commit))
+        tree = self._tree(model, GitSource(repo, revision, model.commit, subdirectory))
         shutil.copyfile(tree / file.path, target, follow_symlinks=False)
 
     def _tree(self, model: Model | PinnedModel, source: GitSource) -> Path:

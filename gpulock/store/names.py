@@ -14,6 +14,8 @@ import re
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
+from gpulock.credentials import redact
+
 # Project and model names: one folder name, portable, never hidden, never `.` or `..`.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -130,14 +132,21 @@ def script_problem(value: str) -> str | None:
 
 
 def url_problem(url: str) -> str | None:
-    """What is wrong with an http(s):// or file:// URL, or None (it must parse, port and all)."""
-    if _CONTROL.search(url):
-        return "holds a control character"
+    """What is wrong with an http(s):// or file:// URL, or None (it must parse, port and all).
+
+    The answer never quotes the URL: it may hold a password that could not be told apart."""
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        return "holds a space or a control character (percent-encode it: %20)"
+    if "@" in url and redact(url) == url:
+        # user:p#ss@host: the password holds '/', '?' or '#', so no parser finds the host
+        # (and redact finds no password to hide): refuse it, quoting nothing.
+        return ("holds '@' but no user:password before its host can be read; "
+                "percent-encode the password's '/', '?', '#' (%2F, %3F, %23)")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port out of range
-    except ValueError as exc:
-        return f"cannot be read as a URL ({exc})"
+    except ValueError:
+        return "cannot be read as a URL (its host or port)"
     if parts.scheme in ("http", "https") and not parts.hostname:
         return "names no host"
     return None
@@ -150,9 +159,10 @@ def git_url_problem(url: str) -> str | None:
     """
     if not re.match(r"(https?|ssh|git|file)://[^-]", url):
         return "must start with https://, http://, ssh://, git:// or file://"
-    if problem := url_problem(url):
+    head, _, last = url.partition("#")[0].rpartition("/")
+    revision = last.partition("@")[2]
+    if problem := url_problem(f"{head}/{last.partition('@')[0]}"):  # `@rev` is no login
         return problem
-    revision = url.partition("#")[0].rpartition("/")[2].partition("@")[2]
     if revision.startswith("-"):
         return "names a revision that starts with '-'"
     return None

@@ -174,10 +174,15 @@ def _strings(path: Path, data: dict[str, Any], key: str) -> list[str]:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    from gpulock.store.scratch import open_regular
+
     try:
-        data = json.loads(path.read_text())
+        with open_regular(path) as handle:
+            data = json.loads(handle.read().decode())
     except FileNotFoundError:
         return {}  # its sync just finished
+    except OSError:
+        data = None  # a link, FIFO or folder planted where a root goes
     except (ValueError, RecursionError):
         data = None  # roots are only ever renamed into place: this one was edited by hand
     if not isinstance(data, dict):

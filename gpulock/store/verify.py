@@ -519,9 +519,9 @@ def _package_sources(store: Store) -> dict[str, tuple[dict[str, Any] | None, str
             locked = lockfile.read(gen.path / "pylock.gpu.toml")
         except GpulockError:
             continue
-        by_sha = {p.wheel.sha256: p for p in locked.packages if p.wheel}
-        for key in gen.packages.values():
-            package = by_sha.get(key.split("-", 1)[0])
+        by_name = {p.name: p for p in locked.packages}
+        for name, key in gen.packages.items():
+            package = by_name.get(name)  # the generation records each package's key
             if package and package.wheel:
                 wheel = package.wheel
                 sources[key] = ({"url": wheel.url, "sha256": wheel.sha256, "size": wheel.size,

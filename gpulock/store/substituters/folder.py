@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from gpulock.store.scratch import open_regular
 from gpulock.store.substituters import CacheError, Progress
 
 _CHUNK = 1 << 20
@@ -28,12 +29,13 @@ class Folder:
 
     def read(self, name: str, limit: int) -> bytes | None:
         try:
-            with open(self._path(name), "rb") as handle:
+            with open_regular(self._path(name)) as handle:
                 data = handle.read(limit + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CacheError(f"cannot read {name} from {self.url}: {exc.strerror}") from None
+            raise CacheError(f"cannot read {name} from {self.url}: "
+                             f"{exc.strerror or exc}") from None
         if len(data) > limit:
             raise CacheError(f"{name} in {self.url} is larger than the {limit} bytes it may be")
         return data
@@ -43,7 +45,7 @@ class Folder:
         path = self._path(name)
         copied = 0
         try:
-            with open(path, "rb") as source, open(target, "xb") as out:
+            with open_regular(path) as source, open(target, "xb") as out:
                 while chunk := source.read(_CHUNK):
                     copied += len(chunk)
                     if copied > limit:
@@ -57,8 +59,21 @@ class Folder:
                 raise
             return False
         except OSError as exc:
-            raise CacheError(f"cannot read {name} from {self.url}: {exc.strerror}") from None
+            raise CacheError(f"cannot read {name} from {self.url}: "
+                             f"{exc.strerror or exc}") from None
         return True
+
+    def _folders(self, folder: Path) -> None:
+        """Make `folder` below the root one level at a time, refusing a link on the way: a
+        push never writes through a link someone planted in the cache."""
+        current = self.root
+        current.mkdir(parents=True, exist_ok=True)
+        for part in folder.relative_to(self.root).parts:
+            current = current / part
+            if current.is_symlink():
+                raise CacheError(f"{current} in {self.url} is a symbolic link; push never "
+                                 "writes through one")
+            current.mkdir(exist_ok=True)
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
@@ -66,7 +81,7 @@ class Folder:
     def upload(self, name: str, source: Path) -> None:
         path = self._path(name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders(path.parent)
             handle, temporary = tempfile.mkstemp(prefix=".upload-", dir=path.parent)
             with os.fdopen(handle, "wb") as out, open(source, "rb") as data:
                 shutil.copyfileobj(data, out, _CHUNK)
