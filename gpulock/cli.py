@@ -123,7 +123,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
         return 0
     started = time.perf_counter()
     with _Status() as status:
-        from gpulock.store import Store, default_store
+        from gpulock.locations import default_store
+        from gpulock.store import Store
 
         store = Store(Path(args.store) if args.store else default_store(spec.path.parent))
         result = lock.lock(spec, path, upgrade=args.upgrade,
@@ -153,8 +154,9 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
     from gpulock import manifest
+    from gpulock.locations import default_store
     from gpulock.lock import lockfile
-    from gpulock.store import Store, default_store
+    from gpulock.store import Store
 
     spec = manifest.load(_find_manifest(_manifest_arg(args)))
     path = Path(args.lock) if args.lock else lockfile.default_path(spec)
@@ -163,6 +165,18 @@ def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if not (args.install_python or args.models_only):
+        from gpulock.uptodate import nothing_to_do
+
+        found = _find_manifest(_manifest_arg(args))
+        said = nothing_to_do(found, Path(args.lock) if args.lock else
+                             found.parent / "pylock.gpu.toml",
+                             Path(args.store) if args.store else None,
+                             models=not args.no_models)
+        if said is not None:
+            print(f"{said} [{time.perf_counter() - started:.2f}s]", file=sys.stderr)
+            return 0
     from gpulock.lock import lockfile
     from gpulock.sync import sync
 
@@ -385,7 +399,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 def _store_only(args: argparse.Namespace) -> Store:
     """The store for store-wide commands: --store, else the project's, else the default."""
-    from gpulock.store import Store, default_store
+    from gpulock.locations import default_store
+    from gpulock.store import Store
 
     if args.store:
         return Store(Path(args.store))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
-import json
 import re
 import sys
 from collections.abc import Mapping
@@ -25,6 +23,7 @@ from packaging.utils import canonicalize_name
 from gpulock.credentials import credentials_in, redact, remember, shown
 from gpulock.errors import GpulockError, ManifestError
 from gpulock.lock.target import Target
+from gpulock.manifest_hash import content_hash
 from gpulock.store.names import (
     git_url_problem,
     name_problem,
@@ -321,7 +320,7 @@ def parse(text: str, path: Path) -> Manifest:
 
     return Manifest(path=path, project=project, groups=groups, models=models,
                     verify_imports=imports, cache=_cache(reader, data.get("cache", {})),
-                    content_hash=_content_hash(data))
+                    content_hash=content_hash(data))
 
 
 def _cache(reader: _Reader, raw: dict[str, Any]) -> CacheSettings:
@@ -575,21 +574,6 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
                             exclude=reader.strings(table, "exclude", body.get("exclude", [])),
                             extract=body.get("extract", False)))
     return tuple(models)
-
-
-def _content_hash(data: dict[str, Any]) -> str:
-    """Hash of everything that decides the lock's content ([verify] runs after sync, [cache]
-    and `install-python` say only where sync takes entries and the interpreter from).
-
-    Credentials in URLs are left out: they are not part of what is locked (a rotated
-    password leaves the lock fresh), and no hash of a secret is kept in the lock.
-    """
-    relevant = {k: v for k, v in data.items() if k not in ("verify", "cache")}
-    if isinstance(relevant.get("project"), dict):
-        relevant["project"] = {k: v for k, v in relevant["project"].items()
-                               if k not in ("install-python", "install_python")}
-    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(redact(canonical).encode()).hexdigest()
 
 
 def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str = "") -> str:

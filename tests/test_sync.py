@@ -423,3 +423,39 @@ def test_scripts_run_from_a_store_whose_path_has_a_space(make_index, project: Pr
     for script, said in (("console-tool", "console"), ("data-tool", "data")):
         ran = subprocess.run([str(bin_dir / script)], capture_output=True, text=True)
         assert ran.returncode == 0 and ran.stdout.startswith(said), ran.stderr
+
+
+def _decided_early(project: Project) -> str | None:
+    from gpulock.uptodate import nothing_to_do
+
+    return nothing_to_do(project.manifest, project.lock_path, project.root / "store")
+
+
+def test_a_no_op_sync_is_decided_from_four_files_and_only_when_the_full_sync_agrees(
+        make_index, project: Project, tmp_path: Path):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "other", "1.0")
+    write_manifest(project, index.url, ["app"])
+    assert _decided_early(project) is None  # nothing synced yet
+    assert sync(project)[0] == 0
+    said = _decided_early(project)
+    assert said is not None and said.startswith("'demo' is up to date: generation 1")
+
+    # The fast path imports neither the resolver nor the store's machinery.
+    probe = ("import sys; from gpulock.cli import main; code = main(['sync', '--store', "
+             f"{str(project.root / 'store')!r}, '--manifest', {str(project.manifest)!r}]); "
+             "print(code, sorted(m for m in ('gpulock.sync', 'gpulock.lock.finder', "
+             "'gpulock.manifest', 'packaging.requirements') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.stdout.split("\n")[0] == "0 []", out.stdout + out.stderr
+
+    write_manifest(project, index.url, ["app", "other"])  # stale lock: the full sync looks
+    assert _decided_early(project) is None
+    assert sync(project)[0] == 0 and _decided_early(project) is not None
+    (env_root(project).parent / "current").unlink()  # no current generation
+    assert _decided_early(project) is None
+    assert sync(project)[0] == 0 and _decided_early(project) is not None
+    lock_text = project.lock_path.read_text()
+    project.lock_path.write_text(lock_text + "\n# edited\n")  # other bytes: another digest
+    assert _decided_early(project) is None

@@ -20,6 +20,7 @@ from gpulock.build import Builder
 from gpulock.cache import Cache
 from gpulock.errors import GpulockError, LockfileError
 from gpulock.http import Http
+from gpulock.locations import default_store
 from gpulock.lock import lockfile
 from gpulock.lock.diff import diff
 from gpulock.lock.finder import IndexFinder
@@ -30,7 +31,7 @@ from gpulock.lock.resolve import resolve
 from gpulock.lock.vcs import GitSource
 from gpulock.manifest import Group, Manifest, Model
 from gpulock.models import PinnedModel
-from gpulock.store import Store, default_store
+from gpulock.store import Store
 
 
 @dataclass

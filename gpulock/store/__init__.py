@@ -35,16 +35,6 @@ ENTRY_MANIFEST = "gpulock-entry.json"
 ENTRY_RECORDS = "gpulock-records.json"
 
 
-def default_store(project_dir: Path) -> Path:
-    """--store, else $GPULOCK_STORE, else /workspace/.gpulock on a pod's volume, else ./store."""
-    if env := os.environ.get("GPULOCK_STORE"):
-        return Path(env)
-    workspace = Path("/workspace")
-    if workspace.is_dir() and os.access(workspace, os.W_OK):
-        return workspace / ".gpulock"
-    return project_dir / "store"
-
-
 @dataclass(frozen=True)
 class Entry:
     key: str

@@ -9,7 +9,6 @@ is done at all. doctor.py checks the pod against the lock before a new generatio
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -47,10 +46,6 @@ class SyncResult:
     model_files: int = 0
     model_bytes: int = 0
     seconds: float = 0.0
-
-
-def lock_digest(lock_text: str, python: str) -> str:
-    return hashlib.sha256((lock_text + "\0" + python).encode()).hexdigest()
 
 
 # The found interpreter's version and its base install: a venv's python (uv finds the active
@@ -164,6 +159,8 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
     python, python_version = find_interpreter(lock.target.python, store,
                                               platform=lock.target.platform,
                                               install=install_python, log=log)
+    from gpulock.uptodate import lock_digest
+
     digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)
     if previous is not None and previous.lock_digest == digest:
