@@ -459,3 +459,32 @@ def test_a_no_op_sync_is_decided_from_four_files_and_only_when_the_full_sync_agr
     lock_text = project.lock_path.read_text()
     project.lock_path.write_text(lock_text + "\n# edited\n")  # other bytes: another digest
     assert _decided_early(project) is None
+
+
+def test_an_update_shares_the_unchanged_links_of_the_previous_generation(
+        make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "lib", "1.0")
+    make_wheel(index.folder, "lib", "2.0")
+    write_manifest(project, index.url, ["app", "lib==1.0"])
+    assert sync(project)[0] == 0
+    old = site(project).resolve()
+    write_manifest(project, index.url, ["app", "lib==2.0"])
+    assert sync(project)[0] == 0
+    new = site(project).resolve()
+    assert new != old
+    # app's link is the previous generation's inode; lib's is new; both generations import.
+    assert os.lstat(new / "app").st_ino == os.lstat(old / "app").st_ino
+    assert os.readlink(new / "lib") != os.readlink(old / "lib")
+    assert os.lstat(new / "lib").st_ino != os.lstat(old / "lib").st_ino
+    for root in (old, new):
+        python = root.parents[2] / "bin" / "python"
+        run = subprocess.run([str(python), "-c", "import app, lib; print(lib.VERSION)"],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    assert gpulock_verify(project) == 0
+
+
+def gpulock_verify(project: Project) -> int:
+    return project.gpulock("verify", "--store", str(project.root / "store")).code

@@ -24,6 +24,7 @@ from gpulock.store import Entry
 class FarmStats:
     links: int = 0
     folders: int = 0
+    shared: int = 0  # links taken over from the previous generation (hard links)
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,13 @@ class _Source:
     is_dir: bool
 
 
-def build(target: Path, entries: Sequence[Entry], reserved: Collection[str] = ()
-          ) -> FarmStats:
+def build(target: Path, entries: Sequence[Entry], reserved: Collection[str] = (),
+          previous: Path | None = None) -> FarmStats:
     """Fill the (new, empty) folder `target` with the merged site trees of `entries`; a
-    wheel with a top-level name in `reserved` (the environment's own files) is refused."""
+    wheel with a top-level name in `reserved` (the environment's own files) is refused.
+
+    `previous`: the same folder of the generation this one follows; each link it already
+    holds is taken over (see `link`), so an update makes new links only for what changed."""
     stats = FarmStats()
     target.mkdir(parents=True, exist_ok=True)
     roots = [_Source(e, e.site, True) for e in entries if e.site.is_dir()]
@@ -45,11 +49,12 @@ def build(target: Path, entries: Sequence[Entry], reserved: Collection[str] = ()
             raise GpulockError(f"{_label(root)} ships {name}, which the environment keeps for "
                                "gpulock's own use (its pip guard and .pth support); this "
                                "wheel cannot be installed by gpulock")
-    _merge(target, "", roots, stats)
+    _merge(target, "", roots, stats, previous)
     return stats
 
 
-def _merge(folder: Path, relative: str, sources: list[_Source], stats: FarmStats) -> None:
+def _merge(folder: Path, relative: str, sources: list[_Source], stats: FarmStats,
+           previous: Path | None) -> None:
     children: dict[str, list[_Source]] = {}
     for source in sources:
         with os.scandir(source.path) as listing:
@@ -75,18 +80,40 @@ def _merge(folder: Path, relative: str, sources: list[_Source], stats: FarmStats
                         raise GpulockError(f"{child} differs between {_label(first)} and "
                                            f"{_label(other)}; these wheels cannot share an "
                                            "environment")
-            _link(first.path, dest, stats)
+            _link(first.path, dest, child, stats, previous)
         elif len(dirs) == 1 and child not in dirs[0].entry.real_dirs:
-            _link(dirs[0].path, dest, stats)
+            _link(dirs[0].path, dest, child, stats, previous)
         else:
             dest.mkdir()
             stats.folders += 1
-            _merge(dest, child, dirs, stats)
+            _merge(dest, child, dirs, stats, previous)
 
 
-def _link(source: Path, dest: Path, stats: FarmStats) -> None:
-    os.symlink(os.path.relpath(source, dest.parent), dest)
+def _link(source: Path, dest: Path, relative: str, stats: FarmStats,
+          previous: Path | None) -> None:
+    shared = link(os.path.relpath(source, dest.parent), dest,
+                  previous / relative if previous is not None else None)
     stats.links += 1
+    stats.shared += shared
+
+
+def link(target: str, dest: Path, previous: Path | None) -> bool:
+    """Make `dest` a symbolic link to `target`: a hard link to `previous` when that is a
+    link to the same target (True), else a new one (False).
+
+    Every generation sits at the same depth, so an unchanged package's relative link is the
+    same string in each; sharing its inode costs a directory entry, where a new symbolic link
+    costs an inode (0.4-0.6 ms each on this benchmark's disk, 20x a hard link). A symbolic
+    link's target never changes once made, so the generations stay independent."""
+    if previous is not None:
+        try:
+            if os.readlink(previous) == target:
+                os.link(previous, dest, follow_symlinks=False)
+                return True
+        except OSError:
+            pass  # none there, not a link, or another filesystem: make a new one
+    os.symlink(target, dest)
+    return False
 
 
 def _label(source: _Source) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpulock import faults
-from gpulock.env.farm import FarmStats, build
+from gpulock.env.farm import FarmStats, build, link
 from gpulock.errors import GpulockError
 from gpulock.store import Entry, Store, seal
 from gpulock.store.names import entry_key_problem, optimized_bytecode, script_problem
@@ -165,8 +165,9 @@ class Built:
 
 def create(store: Store, project: str, entries: Mapping[str, Entry], python: str,
            python_version: str, lock_digest: str, lock_text: str,
-           verify_imports: Sequence[str]) -> Built:
-    """Build a complete generation and publish it (not yet current)."""
+           verify_imports: Sequence[str], previous: Generation | None = None) -> Built:
+    """Build a complete generation and publish it (not yet current); the links `previous`
+    (the current generation) already holds are taken over, not made again."""
     envs = store.layout.folder(project_dir(store, project))
     number = _next_number(envs)
     final = envs / f"gen-{number}"
@@ -176,7 +177,8 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
     work.chmod(0o755)
     try:
         stats, scripts = scaffold(work, list(entries.values()), python, python_version,
-                                  final / "bin" / "python", f"generation {number}")
+                                  final / "bin" / "python", f"generation {number}",
+                                  previous.path if previous is not None else None)
         (work / "pylock.gpu.toml").write_text(lock_text)
         generation = Generation(path=final, number=number, lock_digest=lock_digest,
                                 packages={n: e.key for n, e in entries.items()},
@@ -210,21 +212,24 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
 
 
 def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: str,
-             interpreter: Path, what: str = "a build environment") -> tuple[FarmStats, int]:
+             interpreter: Path, what: str = "a build environment",
+             previous: Path | None = None) -> tuple[FarmStats, int]:
     """Lay out a venv of `entries` on `python` in the empty folder `work`: interpreter links,
     pyvenv.cfg, the farm with gpulock's sitecustomize, and console scripts that start
-    `interpreter` (the environment's `bin/python` where it will finally live)."""
+    `interpreter` (the environment's `bin/python` where it will finally live); links the
+    environment `previous` already holds are shared with it (farm.link)."""
     minor = ".".join(python_version.split(".")[:2])
     bin_dir = work / "bin"
     bin_dir.mkdir()
     for name in ("python", "python3", f"python{minor}"):
-        os.symlink(python, bin_dir / name)
+        link(python, bin_dir / name, previous / "bin" / name if previous else None)
     (work / "pyvenv.cfg").write_text(
         f"home = {Path(python).parent}\ninclude-system-site-packages = false\n"
         f"version = {python_version}\nexecutable = {python}\n"
         f"command = gpulock sync ({what})\n")
     site = site_packages(work, minor)
-    stats = build(site, entries, reserved=("sitecustomize.py", "sitecustomize"))
+    stats = build(site, entries, reserved=("sitecustomize.py", "sitecustomize"),
+                  previous=site_packages(previous, minor) if previous else None)
     # A package whose __pycache__ is a file: Python can never write bytecode into the
     # generation (it would be a file verify cannot tell from a planted one).
     (site / "sitecustomize").mkdir()

@@ -250,7 +250,7 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
             progress.stop()
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
     built = generation.create(store, project, entries, python, python_version, digest,
-                              lock_text, manifest.verify_imports)
+                              lock_text, manifest.verify_imports, previous)
     before_switch()
     faults.point("switch", built.generation.path)
     generation.switch(store, project, built.generation)
