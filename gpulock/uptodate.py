@@ -1,12 +1,13 @@
 """The no-op sync, decided from bytes before anything heavy is imported.
 
 A pod's sync is most often a no-op: the lock is the one its current generation was built
-from. That is decidable from four small files: gpu.toml (its content hash must be the
+from. That is decidable from three small files: gpu.toml (its content hash must be the
 lock's `manifest-hash`, or the lock is stale), the lock (its bytes and the interpreter give
-the generation's `lock_digest`), the current generation's record, and the project's model
-roots (the models its last sync laid out). When any of them says anything else, or cannot
-be read, the full sync decides instead: this path may only ever say "nothing to do" when
-the full path would say it too.
+the generation's `lock_digest`) and the current generation's record, once the store's own
+folders are checked to be real folders. When any of them says anything else, or cannot
+be read, or the lock has models (a sync re-checks their views and extracted trees), the full
+sync decides instead: this path may only ever say "nothing to do" when the full path would
+say it too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +54,41 @@ def _decide(manifest_path: Path, lock_path: Path, store_root: Path | None,
         return None  # the store's interpreter: the full path decides
     from gpulock.locations import default_store
 
-    base = (store_root or default_store(manifest_path.parent)).absolute() / "v1"
-    if os.path.lexists(base / "python"):
-        return None  # the store may hold an interpreter sync would prefer
+    root = (store_root or default_store(manifest_path.parent)).absolute()
+    base = root / "v1"
+    if os.path.lexists(base / "python") or not _sound_store(root):
+        return None  # an interpreter sync would prefer, or a store the full path refuses
     record = _current_record(base / "envs" / name)
     interpreter = _cached_interpreter(python)
     if record is None or interpreter is None or record.get("python") != interpreter:
         return None
     if record.get("lock_digest") != lock_digest(lock_text, interpreter):
         return None
-    locked_models = ours.get("models", [])
-    if models and not _models_laid_out(base, name, locked_models):
-        return None
-    where = (f", {len(locked_models)} model(s) in {base / 'hf'}"
-             if locked_models and models else "")
+    if models and (ours.get("models") or os.path.lexists(base / "roots" / "models" /
+                                                         f"{name}.json")):
+        return None  # views and extracted trees to re-check, or models to forget
     return (f"'{name}' is up to date: generation {record['number']}, "
-            f"{len(record['packages'])} packages{where}")
+            f"{len(record['packages'])} packages")
+
+
+def _sound_store(root: Path) -> bool:
+    """Whether the full sync would open this store: no newer layout, no planted links."""
+    from gpulock.store.layout import Layout
+
+    if any(n.startswith("v") and n[1:].isdigit() and int(n[1:]) > 1 for n in os.listdir(root)):
+        return False
+    from gpulock.errors import GpulockError
+
+    try:
+        Layout(root / "v1").check()
+    except (OSError, GpulockError):
+        return False
+    return True
 
 
 def _current_record(project_envs: Path) -> dict[str, Any] | None:
+    if not stat.S_ISDIR(os.lstat(project_envs).st_mode):
+        return None  # a link or file planted where the project's folder goes
     name = os.readlink(project_envs / "current")
     if not _GENERATION.fullmatch(name) or os.path.islink(project_envs / name):
         return None
@@ -86,13 +104,3 @@ def _cached_interpreter(version: str) -> str | None:
     if not isinstance(hit, dict) or os.stat(hit["path"]).st_mtime_ns != hit["mtime_ns"]:
         return None
     return str(hit["path"])
-
-
-def _models_laid_out(base: Path, project: str, locked: list[Any]) -> bool:
-    """Whether the project's last sync laid out exactly the lock's models."""
-    root = base / "roots" / "models" / f"{project}.json"
-    if not locked:
-        return not os.path.lexists(root)
-    if os.path.islink(root):
-        return False
-    return bool(json.loads(root.read_text()).get("models") == locked)

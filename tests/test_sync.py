@@ -431,7 +431,7 @@ def _decided_early(project: Project) -> str | None:
     return nothing_to_do(project.manifest, project.lock_path, project.root / "store")
 
 
-def test_a_no_op_sync_is_decided_from_four_files_and_only_when_the_full_sync_agrees(
+def test_a_no_op_sync_is_decided_from_three_files_and_only_when_the_full_sync_agrees(
         make_index, project: Project, tmp_path: Path):
     index = make_index()
     make_wheel(index.folder, "app", "1.0")
