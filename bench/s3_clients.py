@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,44 +23,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
 PART = 16 << 20
 CONCURRENCY = 8
 KEYS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
         "AWS_REGION": "us-east-1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_weed(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A SeaweedFS server with S3 on a free loopback port; returns it and its endpoint."""
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    ports = [free_port() for _ in range(8)]
-    data = folder / "weed"
-    data.mkdir()
-    process = subprocess.Popen(
-        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
-         f"-s3.port={ports[0]}", f"-master.port={ports[1]}", f"-volume.port={ports[2]}",
-         f"-filer.port={ports[3]}", f"-master.port.grpc={ports[4]}",
-         f"-volume.port.grpc={ports[5]}", f"-filer.port.grpc={ports[6]}",
-         f"-s3.port.grpc={ports[7]}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-         "-master.volumeSizeLimitMB=256", "-volume.max=100"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{ports[0]}"
-    import urllib.request
+    """A SeaweedFS server with S3 on a free loopback port (the tests' own starter)."""
+    from tests.support.s3 import start
 
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError as exc:
-            if getattr(exc, "code", None):  # an HTTP answer: the S3 API is up
-                break
-            time.sleep(0.5)
-    return process, endpoint
+    server = start(folder / "weed")
+    return server.process, server.endpoint
 
 
 def entry_set(folder: Path, mib: int) -> list[Path]:

@@ -76,6 +76,15 @@ def _manifest(index_url: str, flavour: str = "plain") -> str:
             f'env = {{ FLAVOUR = "{flavour}" }}\npackages = ["ext"]\n')
 
 
+def _index(make_index):  # type: ignore[no-untyped-def]
+    """An index serving buildhelper 1.0, unrelated 1.0 and the ext sdist."""
+    index = make_index()
+    make_wheel(index.folder, "buildhelper", "1.0")
+    make_wheel(index.folder, "unrelated", "1.0")
+    _extension_sdist(index.folder)
+    return index
+
+
 def _show(project: Project, store: str) -> str:
     run = subprocess.run([str(Path(sys.executable).parent / "gpulock"), "run", "--manifest",
                           str(project.manifest), "--store", store, "--", "python", "-c", SHOW],
@@ -91,10 +100,7 @@ def _ext_entries(store: str) -> list[str]:
 
 def test_a_no_isolation_build_compiles_against_the_locked_packages_and_rebuilds_when_they_change(
         make_index, project: Project):
-    index = make_index()
-    make_wheel(index.folder, "buildhelper", "1.0")
-    make_wheel(index.folder, "unrelated", "1.0")
-    _extension_sdist(index.folder)
+    index = _index(make_index)
     project.write(_manifest(index.url))
     store = str(project.root / "store")
 
@@ -123,10 +129,7 @@ def test_a_no_isolation_build_compiles_against_the_locked_packages_and_rebuilds_
 
 def test_a_failed_no_isolation_build_names_the_package_its_environment_and_its_log(
         make_index, project: Project):
-    index = make_index()
-    make_wheel(index.folder, "buildhelper", "1.0")
-    make_wheel(index.folder, "unrelated", "1.0")
-    _extension_sdist(index.folder)
+    index = _index(make_index)
     project.write(_manifest(index.url, flavour="broken"))
     result = project.gpulock("sync", "--store", str(project.root / "store"))
     assert result.code == 1
@@ -138,10 +141,7 @@ def test_a_failed_no_isolation_build_names_the_package_its_environment_and_its_l
 
 def test_the_built_entry_key_follows_its_build_inputs_not_the_rest_of_the_lock(
         make_index, project: Project):
-    index = make_index()
-    make_wheel(index.folder, "buildhelper", "1.0")
-    make_wheel(index.folder, "unrelated", "1.0")
-    _extension_sdist(index.folder)
+    index = _index(make_index)
     project.write(_manifest(index.url))
     project.pins()
     manifest, lock = load(project.manifest), lockfile.read(project.lock_path)

@@ -14,7 +14,6 @@ before they become a blob, so a source never decides what the store holds.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -76,17 +75,8 @@ def select(model: Model, paths: list[str]) -> list[str]:
 
 def pinned_file(path: str, local: Path) -> ModelFile:
     """The model file `path`, pinned by the sha256 and size of its bytes at `local`."""
+    from gpulock.digests import hash_file
     from gpulock.models import ModelFile
 
     sha256, size = hash_file(local)
     return ModelFile(path=path, size=size, sha256=sha256)
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    """The sha256 and size of a file, read once."""
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gpulock.digests import hash_file
 from gpulock.lock.lockfile import LockedPackage
 from gpulock.signing import PublicKey
 from gpulock.store import Store
@@ -86,7 +86,7 @@ class Substitutes:
             if not cache.download(wheel_name(record), target, record.size, progress):
                 raise RecordError(f"its record is there but its wheel {wheel_name(record)} "
                                   "is not")
-            sha256, size = _digest(target)
+            sha256, size = hash_file(target)
             if (sha256, size) != (record.sha256, record.size):
                 raise RecordError(f"its wheel has sha256 {sha256} ({size} bytes), but its "
                                   f"signed record says {record.sha256} ({record.size} bytes)")
@@ -95,11 +95,3 @@ class Substitutes:
             raise
         return target
 
-
-def _digest(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size

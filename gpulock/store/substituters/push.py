@@ -8,7 +8,6 @@ the lock pins their sha256.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpulock.digests import hash_file
 from gpulock.errors import GpulockError
 from gpulock.http import Http
 from gpulock.lock.lockfile import FileRef
@@ -91,7 +91,7 @@ def _push_entry(store: Store, cache: Substituter, key: SecretKey, entry_key: str
     fetched = None
     if built is not None:
         wheel, sha256, size = built
-        if _digest(wheel) != (sha256, size):
+        if hash_file(wheel) != (sha256, size):
             raise GpulockError(f"{label}: its built wheel {wheel} is damaged; 'gpulock verify "
                                "--repair' removes the entry and the next sync builds it again")
     else:
@@ -118,11 +118,3 @@ def _push_entry(store: Store, cache: Substituter, key: SecretKey, entry_key: str
             discard(store.layout, fetched)
     return size
 
-
-def _digest(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size

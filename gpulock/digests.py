@@ -1,0 +1,17 @@
+"""A file's sha256 and size, read once: how bytes from a cache, a share or a bucket are
+checked against what a lock or a signed record says."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """The sha256 and size of a file, read once."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
