@@ -73,17 +73,11 @@ def _decide(manifest_path: Path, lock_path: Path, store_root: Path | None,
 
 def _sound_store(root: Path) -> bool:
     """Whether the full sync would open this store: no newer layout, no planted links."""
-    from gpulock.store.layout import Layout
+    from gpulock.locations import sound_store
 
     if any(n.startswith("v") and n[1:].isdigit() and int(n[1:]) > 1 for n in os.listdir(root)):
         return False
-    from gpulock.errors import GpulockError
-
-    try:
-        Layout(root / "v1").check()
-    except (OSError, GpulockError):
-        return False
-    return True
+    return sound_store(root / "v1")
 
 
 def _current_record(project_envs: Path) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ import stat
 from pathlib import Path
 
 from gpulock.errors import GpulockError
+from gpulock.locations import STORE_FOLDERS
 from gpulock.store.names import (
     entry_key_problem,
     hex_problem,
@@ -64,9 +65,7 @@ def _checked(what: str, value: object, problem: str | None) -> None:
 class Layout:
     """Paths of one store's `v1/` folder."""
 
-    FIXED = ("pkgs", "envs", "tmp", "tmp/downloads", "tmp/models", "blobs", "blobs/sha256",
-             "blobs/xxh3", "blobs/git-sha1", "hf", "modelscope", "files",
-             "trees", "python", "roots", "roots/models", "roots/tmp", "roots/gc")
+    FIXED = STORE_FOLDERS
 
     def __init__(self, base: Path) -> None:
         self.base = base
