@@ -200,16 +200,16 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
                                                      for p in lock.packages]
     for line in changes:
         log(line)
-    from gpulock.http import Http
-    from gpulock.store.fetch import discard
-
-    http = Http()
     added: list[str] = []
     progress = Progress(log)
     from gpulock.build.env import build_inputs
 
     inputs = build_inputs(manifest, lock)
     if missing:
+        from gpulock.http import Http
+        from gpulock.store.fetch import discard
+
+        http = Http()  # its TLS context costs 40 ms: only when something is fetched
         total = sum(ref.size for p, _ in missing if (ref := p.wheel or p.sdist) is not None)
         log(f"Fetching {len(missing)} of {len(plan)} packages ({_size(total)})")
         progress.start(total)
