@@ -4,6 +4,7 @@ from `files/<project>/<model>/`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -61,6 +62,8 @@ def test_a_file_changed_on_the_share_after_the_lock_is_an_error_not_a_drift(
     result = project.gpulock("sync", "--models-only", "--frozen", "--store", str(store))
     assert result.code == 1
     assert "model 'data': config.json" in result.err and "the lock says" in result.err
+    changed = hashlib.sha256((share / "config.json").read_bytes()).hexdigest()
+    assert changed not in result.err  # a local file's hash is never printed
     assert not _view(store, "p", "data").exists()
 
 

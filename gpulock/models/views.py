@@ -255,11 +255,14 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
     if size != file.size or actual != expected:
         part.unlink(missing_ok=True)
         Path(f"{part}.ranges").unlink(missing_ok=True)
+        # A local file's own hash is not printed: a hostile lock could aim a file:// model
+        # at /etc/shadow and read its hash from a CI log.
+        found = ("other bytes" if model.source.startswith(("file://", "/")) else
+                 f"{'sha256' if file.sha256 else 'git sha1'} {actual}")
         raise HashMismatchError(f"model '{model.name}': {file.path} from {redact(url)} has "
-                                f"{'sha256' if file.sha256 else 'git sha1'} {actual} "
-                                f"({size} bytes), but the lock says {expected} ({file.size} "
-                                "bytes): it changed upstream since the lock; nothing was "
-                                "stored", resumed=resumed)
+                                f"{found} ({size} bytes), but the lock says {expected} "
+                                f"({file.size} bytes): it changed upstream since the lock; "
+                                "nothing was stored", resumed=resumed)
     layout = store.layout
     blob = layout.ready(layout.blob(hashes.sha256.hexdigest()))
     # The blob's xxh3, recorded now, lets `verify --fast` check it at memory speed.
