@@ -19,6 +19,7 @@ from tests.conftest import Project, torch_cpu_wheel
 TORCH = torch_cpu_wheel()
 MIRROR = Path("/opt/pypi/simple")
 COMPUTE = "import torch, addone; print(addone.add_one(torch.ones(3)).tolist())"
+GPULOCK = str(Path(sys.executable).parent / "gpulock")
 
 _SETUP = """\
 from setuptools import setup
@@ -72,6 +73,15 @@ torch::Tensor add_one_cuda(const torch::Tensor& x) {
 """
 
 
+def _computes(project: Project, store: str) -> None:
+    """The extension adds one to a tensor, run through `gpulock run` in the synced env."""
+    run = subprocess.run([GPULOCK, "run", "--manifest", str(project.manifest), "--store", store,
+                          "--", "python", "-c", COMPUTE], capture_output=True, text=True,
+                         env=dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[2.0, 2.0, 2.0]"
+
+
 def _sdist(folder: Path, cuda: bool = False) -> None:
     """addone 1.0 as most extension packages ship: setup.py, PKG-INFO Metadata 2.1."""
     sources = ({"setup.py": _CUDA_SETUP, "addone/addone.cpp": _CUDA_SOURCE,
@@ -120,18 +130,13 @@ def test_a_torch_cpp_extension_builds_once_against_the_locked_torch_and_serves_t
     assert len(built) == 1
     assert list(built[0].rglob("_C.cpython-311-x86_64-linux-gnu.so"))
 
-    gpulock = str(Path(sys.executable).parent / "gpulock")
-    run = subprocess.run([gpulock, "run", "--manifest", str(project.manifest), "--store", store,
-                          "--", "python", "-c", COMPUTE], capture_output=True, text=True,
-                         env=dict(os.environ))
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[2.0, 2.0, 2.0]"
+    _computes(project, store)
 
     second = tmp_path / "second"
     second.mkdir()
     (second / "gpu.toml").write_text(_manifest("second", sources))
     shutil.copy(project.lock_path, second / "pylock.gpu.toml")
-    again = subprocess.run([gpulock, "sync", "--manifest", str(second / "gpu.toml"), "--store",
+    again = subprocess.run([GPULOCK, "sync", "--manifest", str(second / "gpu.toml"), "--store",
                             store], capture_output=True, text=True, env=dict(os.environ))
     assert again.returncode == 0, again.stderr
     assert "Fetching" not in again.stderr  # every entry, the built extension too, reused
@@ -157,9 +162,4 @@ def test_a_cuda_extension_builds_with_nvcc_against_torch_from_pypi(project: Proj
                              text=True).stdout
     assert "libcudart.so.13" in dynamic and ".nv_fatbin" in dynamic  # nvcc's kernels in it
     assert b"SM_800_900" in library.read_bytes()  # built for TORCH_CUDA_ARCH_LIST 8.0;9.0
-    gpulock = str(Path(sys.executable).parent / "gpulock")
-    run = subprocess.run([gpulock, "run", "--manifest", str(project.manifest), "--store", store,
-                          "--", "python", "-c", COMPUTE], capture_output=True, text=True,
-                         env=dict(os.environ))
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[2.0, 2.0, 2.0]"
+    _computes(project, store)
