@@ -188,7 +188,11 @@ def _flat_folder(index: str) -> bool:
 
 
 def _failed(label: str, what: str, environment: str, log: str) -> GpulockError:
-    tail = log.strip().splitlines()[-LOG_LINES:]
+    from gpulock.credentials import redact
+
+    # uv and build backends got the index logins through their environment: a log line
+    # that echoes an index URL must not carry them to the terminal.
+    tail = [redact(line) for line in log.strip().splitlines()[-LOG_LINES:]]
     return GpulockError(f"building {label} failed ({what}) in {environment}; the last "
                         f"{len(tail)} lines of its log:", details=["  " + line for line in tail])
 
