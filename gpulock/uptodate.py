@@ -24,9 +24,16 @@ _GENERATION = re.compile(r"gen-\d+")
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+# What a generation holds besides the lock's packages (its sitecustomize, its scripts): a
+# gpulock that lays generations out differently raises it, and the next sync builds one.
+GENERATION_FORMAT = "2"
+
+
 def lock_digest(lock_text: str, python: str) -> str:
-    """What a generation records of the lock and interpreter it was built from."""
-    return hashlib.sha256((lock_text + "\0" + python).encode()).hexdigest()
+    """What a generation records of the lock, the interpreter and the layout it was built
+    from."""
+    return hashlib.sha256("\0".join((GENERATION_FORMAT, lock_text, python)).encode()
+                          ).hexdigest()
 
 
 def nothing_to_do(manifest_path: Path, lock_path: Path, store_root: Path | None,
