@@ -210,29 +210,10 @@ def sync_table(args: argparse.Namespace) -> None:
                  repeat(args.runs, nothing, uv, env, work),
                  fs_operations(gp, env, work), fs_operations(uv, env, work)))
 
-    # One package moves: the lock of a manifest that pins numpy elsewhere.
-    old = re.search(r'name = "numpy"\nversion = "([^"]+)"', lock_text)
-    if old:
-        text = (work / "gpu.toml").read_text().replace('"numpy"', '"numpy!=' + old.group(1)
-                                                       + '"')
-        (work / "gpu.toml").write_text(text)
-        subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env,
-                       check=True, stderr=subprocess.DEVNULL)
-        new_lock = (work / "pylock.gpu.toml").read_text()
-
-        def back_to_old() -> None:
-            (work / "pylock.gpu.toml").write_text(lock_text)
-            (work / "gpu.toml").write_text(text.replace('"numpy!=' + old.group(1) + '"',
-                                                        '"numpy"'))
-            subprocess.run([*gp[:-1]], cwd=work, env=env, check=True,
-                           stderr=subprocess.DEVNULL)
-            subprocess.run(uv, cwd=work, env=env, check=True)
-            (work / "gpu.toml").write_text(text)
-            (work / "pylock.gpu.toml").write_text(new_lock)
-
-        rows.append(("one-package update (numpy), warm",
-                     repeat(args.runs, back_to_old, gp, env, work),
-                     repeat(args.runs, back_to_old, uv, env, work), None, None))
+    update = _numpy_update(work, env, lock_text, gp, uv)
+    if update is not None:
+        rows.append(("one-package update (numpy), warm", repeat(args.runs, update, gp, env, work),
+                     repeat(args.runs, update, uv, env, work), None, None))
 
     verified = verify_row("the store: 34 package entries", args.runs, store, env, work)
     packages = lock_text.count("[[packages]]")
@@ -394,12 +375,122 @@ def cache_table(args: argparse.Namespace) -> None:
     print(f"| cold sync from the index (file://) | {from_index.seconds:.2f}s | | 1.00x |")
 
 
+def volume_table(args: argparse.Namespace, latency_ms: float) -> None:
+    """The sync table's steps and a cold import on a network volume: latencyfs adds
+    `latency_ms` to each metadata operation, the kernel caches entries for 1 s, and gpulock's
+    store, uv's cache and uv's venv all live on it (so uv can hard-link, as on a pod)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from volume import Volume, unavailable
+
+    if reason := unavailable():
+        print(f"# network volume ({latency_ms:g} ms): not run, {reason}")
+        return
+    manifest = load(Path(args.sync_manifest))
+    python = find_python(manifest.project.python)
+    if python is None:
+        raise SystemExit(f"the volume benchmark needs CPython {manifest.project.python}")
+    work = Path(tempfile.mkdtemp(prefix="gpulock-bench-volume-"))
+    shutil.copy(args.sync_manifest, work / "gpu.toml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPULOCK_CACHE": str(work / "gp-cache"),
+           "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    gpulock = [sys.executable, "-m", "gpulock"]
+    subprocess.run([*gpulock, "lock"], cwd=work, env=env, check=True, stderr=subprocess.DEVNULL)
+    lock_text = (work / "pylock.gpu.toml").read_text()
+    with Volume(work, latency_ms) as volume:
+        env["UV_CACHE_DIR"] = str(volume.path / "uv-cache")
+        store, venv = volume.path / "store", volume.path / "venv"
+        current = store / "v1" / "envs" / manifest.project.name / "current"
+        gp = [*gpulock, "sync", "--store", str(store), "--frozen"]
+        uv = [find_uv_bin(), "pip", "sync", "-q", "--python", str(venv / "bin" / "python"),
+              str(work / "pylock.gpu.toml")]
+        uv_compiled = [*uv, "--compile-bytecode"]
+        imports = ["-c", "import torch, transformers"]
+
+        def step(prepare: Callable[[], None], command: list[str]) -> tuple[float, int]:
+            prepare()  # through the backing folder: preparing is not measured
+            volume.cold()
+            before = sum(volume.trips().values())
+            seconds = measure(command, env, work).seconds
+            return seconds, sum(volume.trips().values()) - before
+
+        def fresh_venv() -> None:
+            shutil.rmtree(volume.backing / "venv", ignore_errors=True)
+            subprocess.run([find_uv_bin(), "venv", "-q", "--python", python,
+                            str(volume.backing / "venv")],
+                           env=env, check=True)
+
+        def cold_gp() -> None:
+            shutil.rmtree(volume.backing / "store", ignore_errors=True)
+
+        def cold_uv() -> None:
+            shutil.rmtree(volume.backing / "uv-cache", ignore_errors=True)
+            fresh_venv()
+
+        def drop_envs() -> None:
+            shutil.rmtree(volume.backing / "store" / "v1" / "envs", ignore_errors=True)
+
+        def nothing() -> None:
+            return None
+
+        rows = [("cold sync (both compile bytecode)", step(cold_gp, gp),
+                 step(cold_uv, uv_compiled)),
+                ("cold sync, uv without bytecode", step(cold_gp, gp), step(cold_uv, uv))]
+        rows.append(("env build, warm store / warm cache, fresh env", step(drop_envs, gp),
+                     step(fresh_venv, uv_compiled)))
+        rows.append(("no-op sync", step(nothing, gp), step(nothing, uv)))
+        update = _numpy_update(work, env, lock_text, gp, uv_compiled)
+        if update is not None:
+            rows.append(("one-package update (numpy)", step(update, gp),
+                         step(update, uv_compiled)))
+        rows.append(("cold `import torch, transformers`",
+                     step(nothing, [str(current / "bin" / "python"), *imports]),
+                     step(nothing, [str(venv / "bin" / "python"), *imports])))
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"# network volume: latencyfs (FUSE) adding {latency_ms:g} ms to each metadata "
+          "operation, entries and attributes cached 1 s, symlinks not cached; gpulock's "
+          "store, uv's cache and venv on it; each step starts from a fresh mount; uv "
+          "compiles bytecode where the row does not say otherwise; one run")
+    print()
+    print("| step | gpulock | uv | ratio (time) | gpulock round trips | uv round trips |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (ours, our_trips), (theirs, their_trips) in rows:
+        print(f"| {name} | {ours:.2f}s | {theirs:.2f}s | {ours / theirs:.2f}x | "
+              f"{our_trips} | {their_trips} |")
+
+
+def _numpy_update(work: Path, env: dict[str, str], lock_text: str, gp: list[str],
+                  uv: list[str]) -> Callable[[], None] | None:
+    """A `prepare` that syncs both sides to the lock, then moves numpy in gpu.toml and the
+    lock, so the measured command is a one-package update; None if numpy is not locked."""
+    old = re.search(r'name = "numpy"\nversion = "([^"]+)"', lock_text)
+    if old is None:
+        return None
+    manifest = (work / "gpu.toml").read_text()
+    (work / "gpu.toml").write_text(manifest.replace('"numpy"', f'"numpy!={old.group(1)}"'))
+    subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env, check=True,
+                   stderr=subprocess.DEVNULL)
+    moved = ((work / "gpu.toml").read_text(), (work / "pylock.gpu.toml").read_text())
+
+    def back_to_old() -> None:
+        (work / "gpu.toml").write_text(manifest)
+        (work / "pylock.gpu.toml").write_text(lock_text)
+        subprocess.run(gp, cwd=work, env=env, check=True, stderr=subprocess.DEVNULL)
+        subprocess.run(uv, cwd=work, env=env, check=True)
+        (work / "gpu.toml").write_text(moved[0])
+        (work / "pylock.gpu.toml").write_text(moved[1])
+    return back_to_old
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", default=str(ROOT / "gpu.toml.example"))
     parser.add_argument("--sync-manifest", default=str(ROOT / "bench" / "torch-cpu.gpu.toml"))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", choices=["lock", "sync", "models", "cache"])
+    parser.add_argument("--only", choices=["lock", "sync", "models", "cache", "volume"])
+    parser.add_argument("--volume-latency", type=float, action="append", metavar="MS",
+                        help="also run the network-volume table with this latency per "
+                             "metadata operation (repeatable; default with --only volume: "
+                             "0.5 and 2)")
     parser.add_argument("--model-mib", type=int, default=512,
                         help="size of the benchmark model (default 512 MiB)")
     args = parser.parse_args()
@@ -424,6 +515,12 @@ def main() -> None:
         print()
     if args.only in (None, "cache"):
         cache_table(args)
+        print()
+    latencies = args.volume_latency or ([0.5, 2.0] if args.only == "volume" else [])
+    if args.only in (None, "volume"):
+        for latency in latencies:
+            volume_table(args, latency)
+            print()
 
 
 if __name__ == "__main__":
