@@ -71,7 +71,7 @@ def unpack(wheel: Path, work: Path, label: str, compiler: Compiler | None,
     destination = EntryDestination(work, compiler)
     try:
         _install(wheel, destination, label, racing)
-        real_dirs = _real_dirs(work / "site")
+        real_dirs = _real_dirs(work / "site", destination.binaries)
         destination.record_compiled()
     finally:
         destination.stop_compiling()  # no worker may write into `work` once it is removed
@@ -130,6 +130,8 @@ class EntryDestination(WheelDestination):
         self.scripts: list[tuple[str, str, str, str]] = []
         self.records: list[tuple[str, str, str, int]] = []
         self.compiling: list[Future[Compiled | None]] = []
+        self.binaries: list[Path] = []  # under site/: what may be an ELF with an $ORIGIN
+        self._folders: set[Path] = set()  # made already: one mkdir per folder, not per file
 
     def record_compiled(self) -> None:
         """Wait for the bytecode of every source, so `verify` covers what imports will load."""
@@ -154,7 +156,9 @@ class EntryDestination(WheelDestination):
             raise ValueError(f"it holds {what} named {relative!r}, which {problem}")
         inside = f"{_SCHEME_DIRS[scheme]}/{posixpath.normpath(relative)}"
         target = self.root / inside
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(target.parent)
         sha256, fast, size = hashlib.sha256(), xxhash.xxh3_128(), 0
         with target.open("wb") as handle:
             while chunk := stream.read(_CHUNK):
@@ -165,10 +169,17 @@ class EntryDestination(WheelDestination):
                 faults.point("unpack", target)
         if is_executable:
             target.chmod(0o755)
-        if self.compiler and inside.startswith("site/") and inside.endswith(".py"):
-            self.compiling.append(self.compiler.submit(target))
+        if inside.startswith("site/"):
+            self._note(target, is_executable)
         self.records.append((inside, sha256.hexdigest(), fast.hexdigest(), size))
         return RecordEntry(relative, Hash("sha256", _urlsafe(sha256.digest())), size)
+
+    def _note(self, target: Path, is_executable: bool) -> None:
+        """Hand a source to the compiler now; keep a library's path for `_real_dirs`."""
+        if self.compiler and target.name.endswith(".py"):
+            self.compiling.append(self.compiler.submit(target))
+        if ".so" in target.name or is_executable:
+            self.binaries.append(target)
 
     def write_script(self, name: str, module: str, attr: str, section: ScriptSection
                      ) -> RecordEntry:
@@ -183,14 +194,12 @@ class EntryDestination(WheelDestination):
         return None
 
 
-def _real_dirs(site: Path) -> set[str]:
+def _real_dirs(site: Path, binaries: list[Path]) -> set[str]:
+    """The site folders that the $ORIGIN paths of the ELF files among `binaries` climb."""
     real: set[str] = set()
-    for folder, _dirs, files in os.walk(site):
-        for name in files:
-            path = Path(folder) / name
-            if (".so" in name or os.access(path, os.X_OK)) and is_elf(path):
-                relative = path.relative_to(site).as_posix()
-                real |= climbing_dirs(relative, search_paths(path))
+    for path in binaries:
+        if is_elf(path):
+            real |= climbing_dirs(path.relative_to(site).as_posix(), search_paths(path))
     return real
 
 
