@@ -331,6 +331,18 @@ def test_entries_carry_hash_based_bytecode(make_index, project: Project):
     assert flags & 0b1  # PEP 552: validated by source hash, never by mtime
 
 
+def test_a_source_that_does_not_compile_is_left_without_bytecode(make_index, project: Project):
+    index = make_index()  # like torch's py312_intrinsics.py under an older Python
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": b"X = 1\n",
+                                                  "app/newer.py": b"def f(:\n"})
+    write_manifest(project, index.url, ["app"])
+    assert sync(project)[0] == 0
+    pycs = sorted(p.name.split(".")[0]
+                  for p in (project.root / "store" / "v1" / "pkgs").rglob("*.pyc"))
+    assert pycs == ["__init__"]
+    assert gpulock_verify(project) == 0
+
+
 def test_pythonpath_mode_warns_when_the_python_version_differs(make_index, project: Project):
     other = next((v for v in ("3.10", "3.12", "3.13") if v != HOST_PYTHON), None)
     from gpulock.env.interpreter import find_python

@@ -10,8 +10,9 @@ Correctness never rests on a lock file (network volumes ignore flock).
 
 Beside the entries (Store, Entry) the package holds what keeps the store honest:
 layout.py and names.py (every path, from checked names only), unpack.py and fetch.py (bytes
-in, verified), scratch.py and seal.py (work in progress, sealed records), roots.py, gc.py
-and verify.py, and substituters/ (binary caches other stores fill it from).
+in, verified), compile.py (bytecode, by the environment's interpreter), scratch.py and
+seal.py (work in progress, sealed records), roots.py, gc.py and verify.py, and
+substituters/ (binary caches other stores fill it from).
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gpulock import faults
 from gpulock.errors import GpulockError
 from gpulock.store.layout import Layout
 from gpulock.store.scratch import tag
+
+if TYPE_CHECKING:
+    from gpulock.store.compile import Compiler
 
 LAYOUT_VERSION = 1
 ENTRY_MANIFEST = "gpulock-entry.json"
@@ -124,30 +128,31 @@ class Store:
             shutil.rmtree(work, ignore_errors=True)
 
     def add_wheel(self, wheel: Path, key: str, name: str, version: str,
-                  python: str | None, origin: dict[str, Any] | None = None,
+                  compiler: Compiler | None, origin: dict[str, Any] | None = None,
                   keep: bool = False) -> Entry:
         """Unpack a verified wheel into a new entry (a no-op when the entry exists).
 
-        `origin` (the locked file: url, sha256, size) is kept so `verify --repair` can
-        fetch the wheel again; a wheel built from source has none and is kept (`keep`) in
-        the entry's `built/` instead, so that `push` can share it.
+        `compiler` writes its bytecode (None: none). `origin` (the locked file: url, sha256,
+        size) is kept so `verify --repair` can fetch the wheel again; a wheel built from
+        source has none and is kept (`keep`) in the entry's `built/` instead, so that `push`
+        can share it.
         """
         if self.has(key):
             return self.entry(key)
         try:
-            return self._unpack(wheel, key, name, version, python, origin, keep)
+            return self._unpack(wheel, key, name, version, compiler, origin, keep)
         except (GpulockError, OSError):
             if self.has(key):  # a racing writer published it (and took the download)
                 return self.entry(key)
             raise
 
-    def _unpack(self, wheel: Path, key: str, name: str, version: str, python: str | None,
-                origin: dict[str, Any] | None, keep: bool) -> Entry:
+    def _unpack(self, wheel: Path, key: str, name: str, version: str,
+                compiler: Compiler | None, origin: dict[str, Any] | None, keep: bool) -> Entry:
         from gpulock.store.unpack import unpack
 
         work = self.work_dir(key)
         try:
-            unpacked = unpack(wheel, work, f"{name} {version}", python,
+            unpacked = unpack(wheel, work, f"{name} {version}", compiler,
                               racing=lambda: self.has(key))
             built = _keep_wheel(wheel, work, unpacked.records) if keep else None
             # Every file's hashes for `verify`, apart from the small manifest that each

@@ -2,10 +2,11 @@
 
 Before anything is written the wheel's member names are checked (no absolute path, no `..`,
 no link); while installer writes each file, every byte is hashed once (sha256 for `verify`,
-xxh3 for `verify --fast`); scripts are recorded, not written (each environment writes its
-own for its interpreter) and may not be named like the interpreter; RECORD is not written,
-so a pip aimed at an environment cannot uninstall store files. Then bytecode is compiled
-(hash-based pycs) and the folders an ELF `$ORIGIN` climbs out of are noted for the farm.
+xxh3 for `verify --fast`) and each source is handed to the sync's compiler (hash-based pycs,
+see compile.py); scripts are recorded, not written (each environment writes its own for its
+interpreter) and may not be named like the interpreter; RECORD is not written, so a pip
+aimed at an environment cannot uninstall store files. Then the folders an ELF `$ORIGIN`
+climbs out of are noted for the farm.
 Imported only when something is unpacked: installer costs 40 ms to import.
 """
 
@@ -18,10 +19,10 @@ import hashlib
 import os
 import posixpath
 import stat
-import subprocess
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -42,6 +43,8 @@ from gpulock.store.names import member_problem, path_problem, script_problem
 if TYPE_CHECKING:
     from installer.scripts import ScriptSection
 
+    from gpulock.store.compile import Compiled, Compiler
+
 # installer skips a wheel's shipped __pycache__ (we compile our own) and warns each time.
 warnings.filterwarnings("ignore", message="Skip installing", category=RuntimeWarning)
 
@@ -57,15 +60,26 @@ class Unpacked:
     real_dirs: set[str]  # site-relative folders the farm must not link whole
 
 
-def unpack(wheel: Path, work: Path, label: str, python: str | None,
+def unpack(wheel: Path, work: Path, label: str, compiler: Compiler | None,
            racing: Callable[[], bool]) -> Unpacked:
-    """Install `wheel` into the empty folder `work`; compile with `python` when given.
+    """Install `wheel` into the empty folder `work`; compile its sources with `compiler`.
 
     `racing()` says whether another writer has published the entry meanwhile: then an
     OSError is that writer's doing (it took the download) and is raised as it is.
     """
     _refuse_unsafe_members(wheel, label)
-    destination = EntryDestination(work)
+    destination = EntryDestination(work, compiler)
+    try:
+        _install(wheel, destination, label, racing)
+        real_dirs = _real_dirs(work / "site", destination.binaries)
+        destination.record_compiled()
+    finally:
+        destination.stop_compiling()  # no worker may write into `work` once it is removed
+    return Unpacked(destination.records, destination.scripts, real_dirs)
+
+
+def _install(wheel: Path, destination: EntryDestination, label: str,
+             racing: Callable[[], bool]) -> None:
     try:
         with WheelFile.open(wheel) as source:
             # The wheel's sha256 was checked against the lock; names still matter.
@@ -80,11 +94,6 @@ def unpack(wheel: Path, work: Path, label: str, python: str | None,
         reason = " ".join(str(exc).split()) or f"{type(exc).__name__} in its RECORD or entry points"
         raise GpulockError(f"{label}: the wheel {wheel.name} cannot be installed: "
                            f"{reason}") from None
-    real_dirs = _real_dirs(work / "site")
-    if python:
-        _compile(work / "site", python)
-        destination.record_compiled(work / "site")
-    return Unpacked(destination.records, destination.scripts, real_dirs)
 
 
 def _refuse_unsafe_members(wheel: Path, label: str) -> None:
@@ -115,22 +124,27 @@ class EntryDestination(WheelDestination):
     `pip uninstall` aimed at an environment refuses instead of deleting store files.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, compiler: Compiler | None = None) -> None:
         self.root = root
+        self.compiler = compiler
         self.scripts: list[tuple[str, str, str, str]] = []
         self.records: list[tuple[str, str, str, int]] = []
+        self.compiling: list[Future[Compiled | None]] = []
+        self.binaries: list[Path] = []  # under site/: what may be an ELF with an $ORIGIN
+        self._folders: set[Path] = set()  # made already: one mkdir per folder, not per file
 
-    def record_compiled(self, site: Path) -> None:
-        """Add the bytecode compileall wrote, so `verify` covers what imports will load."""
-        for folder, _dirs, files in os.walk(site):
-            if os.path.basename(folder) != "__pycache__":
-                continue
-            for name in files:
-                path = Path(folder) / name
-                data = path.read_bytes()
-                self.records.append((path.relative_to(self.root).as_posix(),
-                                     hashlib.sha256(data).hexdigest(),
-                                     xxhash.xxh3_128_hexdigest(data), len(data)))
+    def record_compiled(self) -> None:
+        """Wait for the bytecode of every source, so `verify` covers what imports will load."""
+        for future in self.compiling:
+            if (pyc := future.result()) is not None:
+                self.records.append((Path(pyc.path).relative_to(self.root).as_posix(),
+                                     pyc.sha256, pyc.xxh3, pyc.size))
+
+    def stop_compiling(self) -> None:
+        """Cancel the sources not yet begun and wait for those being compiled."""
+        for future in self.compiling:
+            future.cancel()
+        wait(self.compiling)
 
     def write_file(self, scheme: Scheme, path: str | os.PathLike[str], stream: BinaryIO,
                    is_executable: bool) -> RecordEntry:
@@ -142,7 +156,9 @@ class EntryDestination(WheelDestination):
             raise ValueError(f"it holds {what} named {relative!r}, which {problem}")
         inside = f"{_SCHEME_DIRS[scheme]}/{posixpath.normpath(relative)}"
         target = self.root / inside
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(target.parent)
         sha256, fast, size = hashlib.sha256(), xxhash.xxh3_128(), 0
         with target.open("wb") as handle:
             while chunk := stream.read(_CHUNK):
@@ -153,8 +169,17 @@ class EntryDestination(WheelDestination):
                 faults.point("unpack", target)
         if is_executable:
             target.chmod(0o755)
+        if inside.startswith("site/"):
+            self._note(target, is_executable)
         self.records.append((inside, sha256.hexdigest(), fast.hexdigest(), size))
         return RecordEntry(relative, Hash("sha256", _urlsafe(sha256.digest())), size)
+
+    def _note(self, target: Path, is_executable: bool) -> None:
+        """Hand a source to the compiler now; keep a library's path for `_real_dirs`."""
+        if self.compiler and target.name.endswith(".py"):
+            self.compiling.append(self.compiler.submit(target))
+        if ".so" in target.name or is_executable:
+            self.binaries.append(target)
 
     def write_script(self, name: str, module: str, attr: str, section: ScriptSection
                      ) -> RecordEntry:
@@ -169,21 +194,13 @@ class EntryDestination(WheelDestination):
         return None
 
 
-def _real_dirs(site: Path) -> set[str]:
+def _real_dirs(site: Path, binaries: list[Path]) -> set[str]:
+    """The site folders that the $ORIGIN paths of the ELF files among `binaries` climb."""
     real: set[str] = set()
-    for folder, _dirs, files in os.walk(site):
-        for name in files:
-            path = Path(folder) / name
-            if (".so" in name or os.access(path, os.X_OK)) and is_elf(path):
-                relative = path.relative_to(site).as_posix()
-                real |= climbing_dirs(relative, search_paths(path))
+    for path in binaries:
+        if is_elf(path):
+            real |= climbing_dirs(path.relative_to(site).as_posix(), search_paths(path))
     return real
-
-
-def _compile(site: Path, python: str) -> None:
-    """Hash-based pycs, so a shared store is never rewritten at import time (PEP 552)."""
-    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
-                    "unchecked-hash", str(site)], capture_output=True, check=False)
 
 
 def _urlsafe(digest: bytes) -> str:

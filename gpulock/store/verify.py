@@ -537,6 +537,7 @@ def _package_sources(store: Store) -> dict[str, tuple[dict[str, Any] | None, str
 def _refetch_entry(store: Store, key: str, origin: dict[str, Any], python: str | None) -> None:
     from gpulock.http import Http
     from gpulock.lock.lockfile import FileRef
+    from gpulock.store.compile import Compiler
     from gpulock.store.fetch import discard, fetch
 
     name, version = key.split("-", 1)[1].rsplit("-", 1)
@@ -547,9 +548,12 @@ def _refetch_entry(store: Store, key: str, origin: dict[str, Any], python: str |
     aside = store.layout.folder(store.tmp) / f"damaged.{tag()}"
     with contextlib.suppress(FileNotFoundError):
         os.rename(store.entry_path(key), aside)
+    compiler = Compiler(python) if python else None
     try:
-        store.add_wheel(wheel, key, name, version, python, origin)
+        store.add_wheel(wheel, key, name, version, compiler, origin)
     finally:
+        if compiler:
+            compiler.close()
         if os.path.islink(aside):
             os.unlink(aside)  # a planted link: only the link goes
         shutil.rmtree(aside, ignore_errors=True)

@@ -226,7 +226,7 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
                        "size": package.wheel.size, "name": package.wheel.name}
                       if package.wheel else None)
             try:
-                store.add_wheel(wheel, key, package.name, package.version, python, origin,
+                store.add_wheel(wheel, key, package.name, package.version, compiler, origin,
                                 keep=package.wheel is None)
             finally:
                 discard(store.layout, wheel)
@@ -235,9 +235,12 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
 
         from concurrent.futures import ThreadPoolExecutor
 
+        from gpulock.store.compile import Compiler
+
         # No-isolation builds wait for the entries they compile against, then run one at a
         # time in the order their inputs allow (each may use every core: MAX_JOBS).
         later = [item for item in missing if item[0].name in inputs]
+        compiler = Compiler(python)  # one pool of bytecode workers for every entry
         try:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 added.extend(pool.map(add, [i for i in missing if i not in later]))
@@ -247,6 +250,7 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
                 added.append(add(ready[0]))  # store_keys refused a cycle: one is ready
                 later.remove(ready[0])
         finally:
+            compiler.close()
             progress.stop()
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
     built = generation.create(store, project, entries, python, python_version, digest,
