@@ -20,8 +20,11 @@ a cold `gpulock sync` of an empty store from that cache alone, against the same 
 from the index.
 
 models: `gpulock sync --models-only` vs `huggingface_hub.snapshot_download` of the same
-repository (4 safetensors shards and a config, --model-mib in all) from one fake hub on
-127.0.0.1. Benchmarks are not tests: nothing here asserts a timing.
+repository from one fake hub on 127.0.0.1, in two cases: 4 safetensors shards and a config
+(--model-mib in all), and one file (--big-mib). The hub (a Python process of its own)
+answers the API and redirects each LFS file to nginx, when installed, which sends the bytes;
+curl fetching the same URLs and sha256 over the same files are the floor. Benchmarks are
+not tests: nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -248,63 +251,170 @@ def verify_row(label: str, runs: int, store: Path, env: dict[str, str], cwd: Pat
             f"{fast.seconds / full.seconds:.2f}x | {full.peak_mib:.0f} / {fast.peak_mib:.0f} |")
 
 
-def _serve_hub(mib: int, connection: Any) -> None:
+def _serve_hub(repos: dict[str, dict[str, str]], cdn: str, connection: Any) -> None:
+    """The fake hub in its own process (API, small files, the redirects to `cdn`): never
+    in the measured clients' process, never sharing a GIL with them."""
     import time
 
     from tests.support.hf_hub import FakeHub
 
-    hub = FakeHub()
-    files = {f"model-0000{i}-of-00004.safetensors": os.urandom(mib // 4 * 2**20)
-             for i in range(1, 5)}
-    files["config.json"] = b'{"hidden_size": 8}'
-    hub.repo("bench/model").commit(files)
-    connection.send((hub.url, sum(len(d) for d in files.values()), len(files)))
+    hub = FakeHub(cdn=cdn)
+    for repo_id, files in repos.items():
+        hub.repo(repo_id).commit({name: Path(path).read_bytes() for name, path in files.items()})
+    connection.send(hub.url)
     while True:
         time.sleep(3600)
 
 
+def _random_file(folder: Path, size: int) -> Path:
+    """`size` random bytes in `folder/<their sha256>`, as a CDN names LFS objects."""
+    import hashlib
+
+    digest, path = hashlib.sha256(), folder / "incoming"
+    with path.open("wb") as out:
+        for start in range(0, size, 2**24):
+            chunk = os.urandom(min(2**24, size - start))
+            digest.update(chunk)
+            out.write(chunk)
+    return path.rename(folder / digest.hexdigest())
+
+
+def _start_cdn(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str, str] | None:
+    """nginx (a C server, sendfile) serving `root` on 127.0.0.1, or None without nginx."""
+    import socket
+
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if nginx is None:
+        return None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prefix = work / "nginx"
+    prefix.mkdir()
+    temps = "".join(f"  {kind}_temp_path {prefix / kind};\n"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (prefix / "nginx.conf").write_text(
+        f"daemon off;\nmaster_process off;\nworker_processes 1;\npid {prefix / 'pid'};\n"
+        f"error_log {prefix / 'error.log'};\nevents {{ worker_connections 64; }}\n"
+        f"http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n{temps}"
+        "  default_type application/octet-stream;\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n")
+    server = subprocess.Popen([nginx, "-p", str(prefix), "-e", str(prefix / "error.log"),
+                               "-c", str(prefix / "nginx.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+    return server, f"http://127.0.0.1:{port}", version.rpartition("/")[2] or "?"
+
+
+def _emptied(folder: Path, keep: bool = False) -> Callable[[], None]:
+    """A step's preparation: `folder` removed (and made again, empty, with `keep`), and
+    the disk's write-back done, so that no step pays for the one before it."""
+    def empty() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if keep:
+            folder.mkdir()
+        os.sync()
+    return empty
+
+
 def models_table(args: argparse.Namespace) -> None:
-    """Model download throughput: gpulock vs huggingface_hub, same fake hub, same files."""
+    """Model download throughput: gpulock vs huggingface_hub, and curl and sha256 on the
+    same files as the floor both stand on."""
     import multiprocessing
 
     work = Path(tempfile.mkdtemp(prefix="gpulock-bench-models-"))
+    objects = work / "cdn"
+    objects.mkdir()
+    shard = args.model_mib // 4 * 2**20
+    config = objects / "config.json"
+    config.write_bytes(b'{"hidden_size": 8}')
+    cases = {
+        f"5 files, {args.model_mib} MiB (4 shards + config)": (
+            "bench/model", {**{f"model-0000{i}-of-00004.safetensors":
+                               str(_random_file(objects, shard)) for i in range(1, 5)},
+                            "config.json": str(config)}),
+        f"one file, {args.big_mib} MiB": (
+            "bench/big", {"model.safetensors": str(_random_file(objects, args.big_mib * 2**20))}),
+    }
+    os.sync()  # the files just written are on disk, not being written back while measured
+    cdn = _start_cdn(objects, work)
     # The hub holds the files in its own process: children forked from a process holding
-    # them would report its memory as their peak.
+    # them would report its memory as their peak, and its GIL is not the clients'.
     parent, child = multiprocessing.Pipe()
-    server = multiprocessing.Process(target=_serve_hub, args=(args.model_mib, child),
-                                     daemon=True)
+    server = multiprocessing.Process(
+        target=_serve_hub, args=({repo: files for repo, files in cases.values()},
+                                 cdn[1] if cdn else "", child), daemon=True)
     server.start()
-    url, total, count = parent.recv()
-    (work / "gpu.toml").write_text(
-        f'[project]\nname = "bench-models"\npython = "{platform.python_version()[:4]}"\n'
-        '[groups.main]\npackages = []\n[models.m]\nsource = "hf://bench/model"\n')
+    url = parent.recv()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": url,
            "HF_HUB_DISABLE_XET": "1", "GPULOCK_CACHE": str(work / "gp-cache"),
            "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     env.pop("HF_TOKEN", None)
-    subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env, check=True,
-                   stderr=subprocess.DEVNULL)
-    store, cache = work / "store", work / "hf-cache"
-    ours = repeat(args.runs, lambda: shutil.rmtree(store, ignore_errors=True),
-                  [sys.executable, "-m", "gpulock", "sync", "--models-only", "--frozen",
-                   "--store", str(store)], env, work)
-    theirs = repeat(args.runs, lambda: shutil.rmtree(cache, ignore_errors=True),
-                    [sys.executable, "-c", "from huggingface_hub import snapshot_download; "
-                     f"snapshot_download('bench/model', cache_dir={str(cache)!r})"], env, work)
-    server.terminate()
-    mib = total / 2**20
-    verified = verify_row(f"the store: {count} model files, {mib:.0f} MiB", args.runs, store,
-                          env, work)
-    print(f"# models: {count} files, {mib:.0f} MiB from a fake hub on 127.0.0.1 "
-          "(one Python server process for both), sha256 checked by both")
+    rows = []
+    verified = ""
+    try:
+        for label, (repo, files) in cases.items():
+            case = work / repo.replace("/", "-")
+            case.mkdir()
+            (case / "gpu.toml").write_text(
+                f'[project]\nname = "bench-models"\npython = "{platform.python_version()[:4]}"'
+                f'\n[groups.main]\npackages = []\n[models.m]\nsource = "hf://{repo}"\n')
+            subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=case, env=env,
+                           check=True, stderr=subprocess.DEVNULL)
+            store, cache, copies = case / "store", case / "hf-cache", case / "curl"
+            ours = repeat(args.runs, _emptied(store),
+                          [sys.executable, "-m", "gpulock", "sync", "--models-only",
+                           "--frozen", "--store", str(store)], env, case)
+            theirs = repeat(args.runs, _emptied(cache),
+                            [sys.executable, "-c",
+                             "from huggingface_hub import snapshot_download; "
+                             f"snapshot_download({repo!r}, cache_dir={str(cache)!r})"],
+                            env, case)
+            # curl: the same resolve URLs, one after another on one connection, to files.
+            curl = ["curl", "-sfL"]
+            for name in files:
+                curl += ["-o", str(copies / name), f"{url}/{repo}/resolve/main/{name}"]
+            fetched = repeat(args.runs, _emptied(copies, keep=True), curl, env, case)
+            copied = sorted(str(p) for p in copies.iterdir())
+            summed = repeat(args.runs, lambda: None, ["sha256sum", *copied], env, case)
+            digested = repeat(args.runs, lambda: None, ["openssl", "dgst", "-sha256", *copied],
+                              env, case)
+            size = sum(Path(p).stat().st_size for p in files.values())
+            rows.append((label, size / 2**20, ours, theirs, fetched, summed, digested))
+            if not verified:
+                verified = verify_row(f"the store: {len(files)} model files, "
+                                      f"{size / 2**20:.0f} MiB", args.runs, store, env, case)
+    finally:
+        server.terminate()
+        if cdn:
+            cdn[0].terminate()
+            cdn[0].wait()
+    bodies = (f"file bodies from nginx {cdn[2]} (sendfile) behind the hub's 302, as the Hub "
+              "redirects to its CDN" if cdn else
+              "file bodies from the same Python process (no nginx here)")
+    print(f"# models: a fake hub on 127.0.0.1 in its own Python process (API, config.json), "
+          f"{bodies}; gpulock checks each file's sha256, huggingface_hub checks none; curl "
+          "fetches the same URLs one after another to files; sha256sum (coreutils) and "
+          "openssl dgst -sha256 (the SHA code hashlib uses) read them from the page cache")
     print()
-    print("| step | gpulock | huggingface_hub | ratio (throughput) | gpulock peak MiB | "
-          "hf peak MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| cold model download | {mib / ours.seconds:.0f} MiB/s ({ours.seconds:.2f}s) | "
-          f"{mib / theirs.seconds:.0f} MiB/s ({theirs.seconds:.2f}s) | "
-          f"{theirs.seconds / ours.seconds:.2f}x | {ours.peak_mib:.0f} | "
-          f"{theirs.peak_mib:.0f} |")
+    print("| case | gpulock | huggingface_hub | ratio (throughput) | curl, sequential | "
+          "sha256sum | openssl sha256 | gpulock peak MiB | hf peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def rate(mib: float, sample: Sample) -> str:
+        return f"{mib / sample.seconds:.0f} MiB/s ({sample.seconds:.2f}s)"
+
+    for label, mib, ours, theirs, fetched, summed, digested in rows:
+        print(f"| {label} | {rate(mib, ours)} | {rate(mib, theirs)} | "
+              f"{theirs.seconds / ours.seconds:.2f}x | {rate(mib, fetched)} | "
+              f"{rate(mib, summed)} | {rate(mib, digested)} | {ours.peak_mib:.0f} | "
+              f"{theirs.peak_mib:.0f} |")
     print()
     print(VERIFY_HEADER)
     print(verified)
@@ -492,7 +602,9 @@ def main() -> None:
                              "metadata operation (repeatable; default with --only volume: "
                              "0.5 and 2)")
     parser.add_argument("--model-mib", type=int, default=512,
-                        help="size of the benchmark model (default 512 MiB)")
+                        help="size of the 5-file benchmark model (default 512 MiB)")
+    parser.add_argument("--big-mib", type=int, default=256,
+                        help="size of the one-file benchmark model (default 256 MiB)")
     args = parser.parse_args()
     # gpulock runs from this checkout: give it the bytecode an installed wheel has, or a
     # machine with PYTHONDONTWRITEBYTECODE=1 (this one) compiles gpulock's source in every

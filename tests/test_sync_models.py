@@ -248,9 +248,38 @@ def test_a_corrupt_kept_range_is_caught_by_the_hash_and_the_file_fetched_again(
     code, err = sync(project, "--models-only", "--frozen")
     assert code == 0, err
     assert not part.exists()
-    # Ranges 1 and 2 first; the whole file fails its hash, and all three ranges are refetched.
+    # Ranges 1 and 2 first; the whole file fails its hash, and is fetched again from byte 0:
+    # range 0, then the rest as one stream or as pieces (as fast as range 0 came).
     asked = [r for f, r in hub.ranges if f == "model.safetensors"]
-    assert len(asked) == 5 and asked.count(f"bytes=0-{2**20 - 1}") == 1
+    piece = [f"bytes={i * 2**20}-{(i + 1) * 2**20 - 1}" for i in range(3)]
+    assert sorted(asked[:2]) == piece[1:] and asked[2] == piece[0]
+    assert sorted(asked[3:]) in ([f"bytes={2**20}-{3 * 2**20 - 1}"], piece[1:])
+    (link,) = (project.root / "store" / "v1" / "hf" / "models--org--big" / "snapshots"
+               ).glob("*/model.safetensors")
+    assert link.read_bytes() == big
+
+
+@pytest.mark.parametrize("one_stream_for", [0.0, 1e9])
+def test_a_fresh_large_file_goes_as_one_stream_or_as_pieces_as_its_first_piece_came(
+        hub, make_index, project, monkeypatch, one_stream_for):
+    from gpulock.models import views
+
+    monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
+    monkeypatch.setattr(views, "RANGE_MIN", 2**20)
+    monkeypatch.setattr(views, "ONE_STREAM_FOR", one_stream_for)
+    big = os.urandom(4 * 2**20)
+    hub.repo("org/big").commit({"model.safetensors": big})
+    setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
+    project.lock()
+    hub.ranges.clear()
+    code, err = sync(project, "--models-only", "--frozen")
+    assert code == 0, err
+    asked = [r for f, r in hub.ranges if f == "model.safetensors"]
+    piece = [f"bytes={i * 2**20}-{(i + 1) * 2**20 - 1}" for i in range(4)]
+    assert asked[0] == piece[0]
+    # A first piece that would bring the rest within ONE_STREAM_FOR: the rest in one range.
+    assert sorted(asked[1:]) == (piece[1:] if one_stream_for == 0 else
+                                 [f"bytes={2**20}-{4 * 2**20 - 1}"])
     (link,) = (project.root / "store" / "v1" / "hf" / "models--org--big" / "snapshots"
                ).glob("*/model.safetensors")
     assert link.read_bytes() == big
