@@ -25,6 +25,7 @@ from typing import Literal
 
 from gpulock import faults
 from gpulock.env.farm import FarmStats, build, link
+from gpulock.env.mounts import on_network_volume
 from gpulock.errors import GpulockError
 from gpulock.store import Entry, Store, seal
 from gpulock.store.names import entry_key_problem, optimized_bytecode, script_problem
@@ -32,8 +33,8 @@ from gpulock.store.scratch import link_atomic, tag
 
 RECORD = "gpulock-generation.json"
 _SITECUSTOMIZE = '''\
-"""Written by gpulock: makes this environment's .pth files work through PYTHONPATH, and
-imports the farm's linked packages from the store."""
+"""Written by gpulock: makes this environment's .pth files work through PYTHONPATH and, on a
+network volume, imports the farm's linked packages from the store."""
 import importlib.machinery as _machinery
 import importlib.util as _util
 import os as _os
@@ -63,12 +64,12 @@ else:
 
 
 class _FarmFinder(_machinery.FileFinder):
-    """Imports a package whose folder is one of the farm's links from the store folder the
-    link names, so every later lookup inside it walks that path instead of reading the link
-    again: on a network volume each readlink is a round trip (a cold `import torch,
-    transformers` read links 25,000 times). The farm links a folder whole only when no ELF
-    file in it has an $ORIGIN path climbing out of it, so its libraries load alike from
-    either path."""
+    """On a network volume (or with GPULOCK_STORE_IMPORTS=1), imports a top-level package
+    whose folder is one of the farm's links from the store folder the link names, so every
+    later lookup inside it walks that path instead of reading the link again: there each
+    readlink is a round trip (a cold `import torch, transformers` read links 25,000 times).
+    Only whole packages move, so a package's modules all share one root; the farm links a
+    folder whole only when no ELF file in it has an $ORIGIN path climbing out of it."""
 
     def find_spec(self, fullname, target=None):
         spec = super().find_spec(fullname, target)
@@ -84,18 +85,17 @@ class _FarmFinder(_machinery.FileFinder):
 
 
 def _farm_hook(path):
-    if (path != _here and not path.startswith(_here + _os.sep)) or not _os.path.isdir(path):
-        raise ImportError("not in this environment's farm")
+    if path != _here:
+        raise ImportError("not this environment's site folder")
     return _FarmFinder(path, *_LOADERS)
 
 
-_LOADERS = [(_machinery.ExtensionFileLoader, _machinery.EXTENSION_SUFFIXES),
-            (_machinery.SourceFileLoader, _machinery.SOURCE_SUFFIXES),
-            (_machinery.SourcelessFileLoader, _machinery.BYTECODE_SUFFIXES)]
-_sys.path_hooks.insert(0, _farm_hook)
-for _entry in [_p for _p in _sys.path_importer_cache
-               if _p and (_p == _here or _p.startswith(_here + _os.sep))]:
-    del _sys.path_importer_cache[_entry]  # finders made before the hook was there
+if _os.environ.get("GPULOCK_STORE_IMPORTS", "{store_imports}") == "1":
+    _LOADERS = [(_machinery.ExtensionFileLoader, _machinery.EXTENSION_SUFFIXES),
+                (_machinery.SourceFileLoader, _machinery.SOURCE_SUFFIXES),
+                (_machinery.SourcelessFileLoader, _machinery.BYTECODE_SUFFIXES)]
+    _sys.path_hooks.insert(0, _farm_hook)
+    _sys.path_importer_cache.pop(_here, None)  # made before the hook was there
 
 # The next sitecustomize on the path runs too: the system's, or another gpulock
 # environment's when several are on PYTHONPATH (each then adds its own site directory);
@@ -273,7 +273,8 @@ def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: 
     # A package whose __pycache__ is a file: Python can never write bytecode into the
     # generation (it would be a file verify cannot tell from a planted one).
     (site / "sitecustomize").mkdir()
-    (site / "sitecustomize" / "__init__.py").write_text(_SITECUSTOMIZE.format(python=minor))
+    (site / "sitecustomize" / "__init__.py").write_text(_SITECUSTOMIZE.format(
+        python=minor, store_imports="1" if on_network_volume(work) else "0"))
     (site / "sitecustomize" / "__pycache__").write_bytes(b"")
     return stats, _write_scripts(bin_dir, interpreter, entries)
 
