@@ -25,15 +25,21 @@ _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # What a generation holds besides the lock's packages (its sitecustomize, its scripts): a
-# gpulock that lays generations out differently raises it, and the next sync builds one.
-GENERATION_FORMAT = "2"
+# gpulock that lays generations out differently raises it, and the next sync builds one. It is
+# recorded beside the lock digest, not in it: an older gpulock sharing the volume then keeps
+# the newer generation instead of each rebuilding over the other's.
+GENERATION_FORMAT = 2
 
 
 def lock_digest(lock_text: str, python: str) -> str:
-    """What a generation records of the lock, the interpreter and the layout it was built
-    from."""
-    return hashlib.sha256("\0".join((GENERATION_FORMAT, lock_text, python)).encode()
-                          ).hexdigest()
+    """What a generation records of the lock and interpreter it was built from."""
+    return hashlib.sha256((lock_text + "\0" + python).encode()).hexdigest()
+
+
+def current_format(record: dict[str, Any]) -> bool:
+    """Whether a generation's record says it has this gpulock's layout (or a newer one)."""
+    made = record.get("format", 1)
+    return isinstance(made, int) and made >= GENERATION_FORMAT
 
 
 def nothing_to_do(manifest_path: Path, lock_path: Path, store_root: Path | None,
@@ -69,7 +75,8 @@ def _decide(manifest_path: Path, lock_path: Path, store_root: Path | None,
     interpreter = _cached_interpreter(python)
     if record is None or interpreter is None or record.get("python") != interpreter:
         return None
-    if record.get("lock_digest") != lock_digest(lock_text, interpreter):
+    if record.get("lock_digest") != lock_digest(lock_text, interpreter) \
+            or not current_format(record):
         return None
     if models and (ours.get("models") or os.path.lexists(base / "roots" / "models" /
                                                          f"{name}.json")):

@@ -524,3 +524,39 @@ def test_an_update_shares_the_unchanged_links_of_the_previous_generation(
 
 def gpulock_verify(project: Project) -> int:
     return project.gpulock("verify", "--store", str(project.root / "store")).code
+
+
+def test_a_generation_of_an_older_layout_is_rebuilt_once_and_a_newer_one_is_kept(
+        make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    write_manifest(project, index.url, ["app"])
+    assert sync(project)[0] == 0
+    record_path = env_root(project) / "gpulock-generation.json"
+    record = json.loads(record_path.read_text())
+    record.pop("format")  # as a gpulock before the format field wrote it
+    record_path.write_text(json.dumps(record))
+    first = env_root(project).resolve()
+
+    code, err = sync(project)
+    assert code == 0 and "is up to date" not in err, err
+    assert env_root(project).resolve() != first  # rebuilt in this gpulock's layout
+
+    # A newer gpulock sharing the volume built the current one: this one keeps it.
+    record_path = env_root(project) / "gpulock-generation.json"
+    record = json.loads(record_path.read_text())
+    record["format"] += 1
+    record_path.write_text(json.dumps(record))
+    code, err = sync(project)
+    assert code == 0 and "is up to date" in err, err
+
+
+def test_a_wheel_with_two_files_for_one_path_is_refused(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "twice", "1.0", files={
+        "twice.py": b"WHICH = 'root'\n", "twice-1.0.data/purelib/twice.py": b"WHICH = 'data'\n"})
+    write_manifest(project, index.url, ["twice"])
+    code, err = sync(project)
+    assert code == 1 and "twice 1.0" in err and "two files for site/twice.py" in err, err
+    assert "Traceback" not in err
+    assert not list((project.root / "store" / "v1" / "pkgs").glob("*twice*"))

@@ -410,3 +410,17 @@ def test_gc_keeps_the_modelscope_1_x_folders_of_pinned_models_and_drops_the_rest
         assert (cache.joinpath(*parts) / "config.json").read_bytes() == b'{"q": 1}', parts
     assert not (cache / "iic").exists() and not (cache / "hub" / "iic").exists()
     assert cli(project, "verify").returncode == 0
+
+
+def test_a_ranges_record_for_other_pieces_is_not_trusted(tmp_path: Path):
+    from gpulock.models.views import _done_pieces
+
+    state = tmp_path / "blob.part.ranges"
+    state.write_text(json.dumps({"step": 16, "size": 64, "done": [0, 2, 9, "x"]}))
+    assert _done_pieces(state, 16, 64, 4) == {0, 2}  # out of range and non-ints dropped
+    assert _done_pieces(state, 32, 64, 2) == set()   # cut in other pieces: start over
+    assert _done_pieces(state, 16, 80, 5) == set()   # another file size
+    state.write_text("[0, 1]")                        # an older gpulock's list
+    assert _done_pieces(state, 16, 64, 4) == set()
+    state.unlink()
+    assert _done_pieces(state, 16, 64, 4) == set()

@@ -30,6 +30,7 @@ from gpulock.errors import GpulockError
 from gpulock.store import Entry, Store, seal
 from gpulock.store.names import entry_key_problem, optimized_bytecode, script_problem
 from gpulock.store.scratch import link_atomic, tag
+from gpulock.uptodate import GENERATION_FORMAT
 
 RECORD = "gpulock-generation.json"
 _SITECUSTOMIZE = '''\
@@ -126,6 +127,7 @@ class Generation:
     python: str
     python_version: str
     created: float
+    format: int = 1  # uptodate.GENERATION_FORMAT of the gpulock that built it
 
     @property
     def python_minor(self) -> str:
@@ -151,7 +153,8 @@ def read(path: Path) -> Generation | None:
         generation = Generation(
             path=path, number=int(data["number"]), lock_digest=str(data["lock_digest"]),
             packages=dict(data["packages"]), python=str(data["python"]),
-            python_version=str(data["python_version"]), created=float(data["created"]))
+            python_version=str(data["python_version"]), created=float(data["created"]),
+            format=int(data.get("format", 1)))
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if not all(isinstance(k, str) and isinstance(v, str) and not entry_key_problem(v)
@@ -223,11 +226,12 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
         generation = Generation(path=final, number=number, lock_digest=lock_digest,
                                 packages={n: e.key for n, e in entries.items()},
                                 python=python, python_version=python_version,
-                                created=time.time())
+                                created=time.time(), format=GENERATION_FORMAT)
         (work / RECORD).write_text(json.dumps({
             "number": number, "lock_digest": lock_digest, "packages": generation.packages,
             "python": python, "python_version": python_version,
-            "created": generation.created}, sort_keys=True, indent=1))
+            "created": generation.created, "format": GENERATION_FORMAT},
+            sort_keys=True, indent=1))
         _verify(work, minor, verify_imports)
         faults.point("farm", work)
         while True:

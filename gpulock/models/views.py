@@ -209,10 +209,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
     count = -(-file.size // step)
     spans = [(i * step, min(file.size, (i + 1) * step) - 1) for i in range(count)]
     state = Path(f"{part}.ranges")
-    try:
-        done = set(json.loads(state.read_text())) if part.is_file() else set()
-    except (OSError, ValueError):
-        done = set()
+    done = _done_pieces(state, step, file.size, count) if part.is_file() else set()
     if not done:
         part.unlink(missing_ok=True)
     with open_part(part) as handle:
@@ -229,7 +226,8 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
     def record(pieces: list[int]) -> None:
         with lock:
             done.update(pieces)
-            write_atomic(state, json.dumps(sorted(done)))
+            write_atomic(state, json.dumps({"step": step, "size": file.size,
+                                            "done": sorted(done)}))
 
     def fetch(first: int, last: int) -> None:
         """Pieces first..last as one range, each recorded complete as its last byte lands."""
@@ -246,6 +244,8 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
             try:
                 offset, index = start, first
                 while chunk := body.read(_CHUNK):
+                    if stop.is_set():  # another piece failed: this sync gives up
+                        return
                     if offset + len(chunk) > end + 1:  # a range never grows the file
                         raise GpulockError(f"model '{model.name}': {file.path} from "
                                            f"{redact(url)} sent more than the range asked for")
@@ -315,7 +315,8 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
             for future in [pool.submit(fetch, i, i) for i in todo if not refused.is_set()]:
                 future.result()
         except BaseException:
-            halt()
+            halt()  # the streams still running stop at their next chunk
+            pool.shutdown(wait=False, cancel_futures=True)  # the pieces not started never do
             raise
         if refused.is_set():
             halt()
@@ -326,6 +327,19 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
         return None
     state.unlink(missing_ok=True)
     return hashes
+
+
+def _done_pieces(state: Path, step: int, size: int, count: int) -> set[int]:
+    """The pieces `<part>.ranges` records complete, when it was written for pieces of this
+    size (a run with another --jobs, or an older gpulock, cut the file differently)."""
+    try:
+        recorded = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(recorded, dict) or recorded.get("step") != step \
+            or recorded.get("size") != size or not isinstance(recorded.get("done"), list):
+        return set()
+    return {i for i in recorded["done"] if isinstance(i, int) and 0 <= i < count}
 
 
 def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: Path,

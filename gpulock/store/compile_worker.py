@@ -25,6 +25,8 @@ _UNCHECKED_HASH = (0b01).to_bytes(4, "little")  # PEP 552 flags: hash-based, nev
 
 
 def main() -> None:
+    # Run with -I: this file's folder (gpulock/store, with a gc.py) must not shadow the
+    # standard library on sys.path.
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     while True:
         header = requests.readline()
@@ -36,8 +38,8 @@ def main() -> None:
 
 
 def _answer(source: str) -> bytes:
-    pyc = importlib.util.cache_from_source(source)
     try:
+        pyc = importlib.util.cache_from_source(source)
         data = _compile(source)
         if data is None:
             return b"skip\n"
@@ -45,6 +47,8 @@ def _answer(source: str) -> bytes:
     except OSError as exc:
         where = str(exc.filename or exc).encode("utf-8", "backslashreplace")
         return b"error %d %d\n" % (exc.errno or 0, len(where)) + where
+    except Exception:  # marshal or the interpreter refusing it: skipped, as compileall would
+        return b"skip\n"
     name = os.fsencode(pyc)
     return b"ok %d %d\n" % (len(name), len(data)) + name + data
 

@@ -160,7 +160,13 @@ class EntryDestination(WheelDestination):
             target.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(target.parent)
         sha256, fast, size = hashlib.sha256(), xxhash.xxh3_128(), 0
-        with target.open("wb") as handle:
+        try:
+            # "x": a second member for the same path (root and .data/purelib, say) must
+            # not rewrite a file whose bytecode may be compiling from it already.
+            handle = target.open("xb")
+        except FileExistsError:
+            raise ValueError(f"it holds two files for {inside}") from None
+        with handle:
             while chunk := stream.read(_CHUNK):
                 handle.write(chunk)
                 sha256.update(chunk)

@@ -159,11 +159,12 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
     python, python_version = find_interpreter(lock.target.python, store,
                                               platform=lock.target.platform,
                                               install=install_python, log=log)
-    from gpulock.uptodate import lock_digest
+    from gpulock.uptodate import GENERATION_FORMAT, lock_digest
 
     digest = lock_digest(lock_text, python)
     previous = generation.current(store, project)
-    if previous is not None and previous.lock_digest == digest:
+    if previous is not None and previous.lock_digest == digest \
+            and previous.format >= GENERATION_FORMAT:
         before_switch()
         return SyncResult(previous, reused=len(previous.packages), nothing_to_do=True,
                           seconds=time.perf_counter() - started)
