@@ -222,7 +222,8 @@ def killed_in_ranges(hub: FakeHub, index_url: str, project: Project,
     part = dead_writers_part(project.root / "store" / "v1" / "tmp" / "models",
                              hashlib.sha256(big).hexdigest())
     part.write_bytes(first + bytes(len(big) - len(first)))
-    Path(f"{part}.ranges").write_text("[0]")
+    Path(f"{part}.ranges").write_text(json.dumps({"step": 2**20, "size": len(big),
+                                                  "done": [0]}))
     hub.ranges.clear()  # the lock read the safetensors header with a range of its own
     return part
 
