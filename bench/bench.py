@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gpulock.env.interpreter import find_python  # noqa: E402
-from gpulock.manifest import DEFAULT_INDEX, load  # noqa: E402
+from gpulock.manifest import DEFAULT_INDEX, Manifest, load  # noqa: E402
 
 
 @dataclass
@@ -158,16 +158,25 @@ def lock_table(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def sync_table(args: argparse.Namespace) -> None:
+def sync_project(args: argparse.Namespace, what: str
+                 ) -> tuple[Manifest, str, Path, dict[str, str]]:
+    """--sync-manifest in a new work folder: its manifest, the target CPython here, the
+    folder, and the environment both tools run in (gpulock from this checkout, no uv
+    config, no interpreter downloads)."""
     manifest = load(Path(args.sync_manifest))
     python = find_python(manifest.project.python)
     if python is None:
-        raise SystemExit(f"the sync benchmark needs CPython {manifest.project.python}")
-    work = Path(tempfile.mkdtemp(prefix="gpulock-bench-sync-"))
+        raise SystemExit(f"the {what} benchmark needs CPython {manifest.project.python}")
+    work = Path(tempfile.mkdtemp(prefix=f"gpulock-bench-{what}-"))
     shutil.copy(args.sync_manifest, work / "gpu.toml")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GPULOCK_CACHE": str(work / "gp-cache"),
-           "UV_CACHE_DIR": str(work / "uv-cache"), "UV_NO_CONFIG": "1",
-           "UV_PYTHON_DOWNLOADS": "never"}
+           "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    return manifest, python, work, env
+
+
+def sync_table(args: argparse.Namespace) -> None:
+    manifest, python, work, env = sync_project(args, "sync")
+    env["UV_CACHE_DIR"] = str(work / "uv-cache")
     subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env, check=True,
                    stderr=subprocess.DEVNULL)
     lock_text = (work / "pylock.gpu.toml").read_text()
@@ -495,14 +504,7 @@ def volume_table(args: argparse.Namespace, latency_ms: float) -> None:
     if reason := unavailable():
         print(f"# network volume ({latency_ms:g} ms): not run, {reason}")
         return
-    manifest = load(Path(args.sync_manifest))
-    python = find_python(manifest.project.python)
-    if python is None:
-        raise SystemExit(f"the volume benchmark needs CPython {manifest.project.python}")
-    work = Path(tempfile.mkdtemp(prefix="gpulock-bench-volume-"))
-    shutil.copy(args.sync_manifest, work / "gpu.toml")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPULOCK_CACHE": str(work / "gp-cache"),
-           "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    manifest, python, work, env = sync_project(args, "volume")
     gpulock = [sys.executable, "-m", "gpulock"]
     subprocess.run([*gpulock, "lock"], cwd=work, env=env, check=True, stderr=subprocess.DEVNULL)
     lock_text = (work / "pylock.gpu.toml").read_text()
