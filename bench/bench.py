@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from uv import find_uv_bin
 
@@ -95,6 +95,37 @@ def fs_operations(command: list[str], env: dict[str, str], cwd: Path) -> int | N
     return int(total.split()[3]) if total else None  # % time, seconds, usecs/call, calls
 
 
+def nothing() -> None:
+    """A step that needs no preparation."""
+    return None
+
+
+class Preparations(NamedTuple):
+    """What the sync steps start from, for gpulock's `store` and uv's `venv` and
+    `uv-cache` in one folder (a volume's backing folder: preparing is not measured)."""
+
+    cold_gp: Callable[[], None]     # no store
+    cold_uv: Callable[[], None]     # no cache, an empty venv
+    fresh_venv: Callable[[], None]  # an empty venv, the cache kept
+    drop_envs: Callable[[], None]   # the store's entries kept, no environments
+
+
+def preparations(folder: Path, python: str, env: dict[str, str]) -> Preparations:
+    def fresh_venv() -> None:
+        shutil.rmtree(folder / "venv", ignore_errors=True)
+        subprocess.run([find_uv_bin(), "venv", "-q", "--python", python, str(folder / "venv")],
+                       env=env, check=True)
+
+    def cold_uv() -> None:
+        shutil.rmtree(folder / "uv-cache", ignore_errors=True)
+        fresh_venv()
+
+    return Preparations(
+        cold_gp=lambda: shutil.rmtree(folder / "store", ignore_errors=True),
+        cold_uv=cold_uv, fresh_venv=fresh_venv,
+        drop_envs=lambda: shutil.rmtree(folder / "store" / "v1" / "envs", ignore_errors=True))
+
+
 def lock_table(args: argparse.Namespace) -> None:
     manifest = load(Path(args.manifest))
     groups = [g for g in manifest.groups if not g.no_deps and g.index in (None, DEFAULT_INDEX)]
@@ -128,9 +159,6 @@ def lock_table(args: argparse.Namespace) -> None:
                 else:
                     path.unlink(missing_ok=True)
         return run
-
-    def nothing() -> None:
-        return None
 
     lock_file, uv_out = work / "pylock.gpu.toml", work / "requirements.txt"
     env_py = {**env, "PYTHONPATH": str(ROOT)}
@@ -180,32 +208,14 @@ def sync_table(args: argparse.Namespace) -> None:
     subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env, check=True,
                    stderr=subprocess.DEVNULL)
     lock_text = (work / "pylock.gpu.toml").read_text()
-    store, venv, uv_cache = work / "store", work / "venv", work / "uv-cache"
-    envs = store / "v1" / "envs"
+    store, venv = work / "store", work / "venv"
     gp = [sys.executable, "-m", "gpulock", "sync", "--store", str(store), "--frozen"]
     uv = [find_uv_bin(), "pip", "sync", "-q", "--python", str(venv / "bin" / "python"),
           str(work / "pylock.gpu.toml")]
     uv_compiled = [*uv, "--compile-bytecode"]
+    cold_gp, cold_uv, fresh_venv, drop_envs = preparations(work, python, env)
 
-    def fresh_venv() -> None:
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([find_uv_bin(), "venv", "-q", "--python", python, str(venv)], env=env,
-                       check=True)
-
-    def cold_gp() -> None:
-        shutil.rmtree(store, ignore_errors=True)
-
-    def cold_uv() -> None:
-        shutil.rmtree(uv_cache, ignore_errors=True)
-        fresh_venv()
-
-    def drop_envs() -> None:
-        shutil.rmtree(envs, ignore_errors=True)
-
-    def nothing() -> None:
-        return None
-
-    rows = []
+    rows: list[tuple[str, Sample, Sample, int | None, int | None]] = []
     rows.append(("cold sync (gpulock compiles bytecode; uv does not)",
                  repeat(args.runs, cold_gp, gp, env, work),
                  repeat(args.runs, cold_uv, uv, env, work), None, None))
@@ -525,24 +535,7 @@ def volume_table(args: argparse.Namespace, latency_ms: float) -> None:
             seconds = measure(command, env, work).seconds
             return seconds, sum(volume.trips().values()) - before
 
-        def fresh_venv() -> None:
-            shutil.rmtree(volume.backing / "venv", ignore_errors=True)
-            subprocess.run([find_uv_bin(), "venv", "-q", "--python", python,
-                            str(volume.backing / "venv")],
-                           env=env, check=True)
-
-        def cold_gp() -> None:
-            shutil.rmtree(volume.backing / "store", ignore_errors=True)
-
-        def cold_uv() -> None:
-            shutil.rmtree(volume.backing / "uv-cache", ignore_errors=True)
-            fresh_venv()
-
-        def drop_envs() -> None:
-            shutil.rmtree(volume.backing / "store" / "v1" / "envs", ignore_errors=True)
-
-        def nothing() -> None:
-            return None
+        cold_gp, cold_uv, fresh_venv, drop_envs = preparations(volume.backing, python, env)
 
         # Both compile bytecode here: a cold import must not compile on the volume (the
         # sync table has uv without it).
