@@ -36,8 +36,6 @@ RECORD = "gpulock-generation.json"
 _SITECUSTOMIZE = '''\
 """Written by gpulock: makes this environment's .pth files work through PYTHONPATH and, on a
 network volume, imports the farm's linked packages from the store."""
-import importlib.machinery as _machinery
-import importlib.util as _util
 import os as _os
 import site as _site
 import sys as _sys
@@ -64,37 +62,40 @@ else:
         _os._exit(1)
 
 
-class _FarmFinder(_machinery.FileFinder):
-    """On a network volume (or with GPULOCK_STORE_IMPORTS=1), imports a top-level package
-    whose folder is one of the farm's links from the store folder the link names, so every
-    later lookup inside it walks that path instead of reading the link again: there each
-    readlink is a round trip (a cold `import torch, transformers` read links 25,000 times).
-    Only whole packages move, so a package's modules all share one root; the farm links a
-    folder whole only when no ELF file in it has an $ORIGIN path climbing out of it."""
-
-    def find_spec(self, fullname, target=None):
-        spec = super().find_spec(fullname, target)
-        if spec is None or not spec.has_location or not spec.submodule_search_locations:
-            return spec
-        folder = spec.submodule_search_locations[0]
-        if not _os.path.islink(folder):
-            return spec
-        real = _os.path.realpath(folder)
-        return _util.spec_from_file_location(
-            fullname, _os.path.join(real, _os.path.basename(spec.origin)),
-            submodule_search_locations=[real])
-
-
-def _farm_hook(path):
-    if path != _here:
-        raise ImportError("not this environment's site folder")
-    return _FarmFinder(path, *_LOADERS)
-
-
 if _os.environ.get("GPULOCK_STORE_IMPORTS", "{store_imports}") == "1":
+    # Only here: on a local disk no Python started in the environment pays for importlib.
+    import importlib.machinery as _machinery
+    import importlib.util as _util
+
+    class _FarmFinder(_machinery.FileFinder):
+        """Imports a top-level package whose folder is one of the farm's links from the
+        store folder the link names, so every later lookup inside it walks that path instead
+        of reading the link again: on a network volume each readlink is a round trip (a cold
+        `import torch, transformers` read links 25,000 times). Only whole packages move, so
+        a package's modules all share one root; the farm links a folder whole only when no
+        ELF file in it has an $ORIGIN path climbing out of it."""
+
+        def find_spec(self, fullname, target=None):
+            spec = super().find_spec(fullname, target)
+            if spec is None or not spec.has_location or not spec.submodule_search_locations:
+                return spec
+            folder = spec.submodule_search_locations[0]
+            if not _os.path.islink(folder):
+                return spec
+            real = _os.path.realpath(folder)
+            return _util.spec_from_file_location(
+                fullname, _os.path.join(real, _os.path.basename(spec.origin)),
+                submodule_search_locations=[real])
+
     _LOADERS = [(_machinery.ExtensionFileLoader, _machinery.EXTENSION_SUFFIXES),
                 (_machinery.SourceFileLoader, _machinery.SOURCE_SUFFIXES),
                 (_machinery.SourcelessFileLoader, _machinery.BYTECODE_SUFFIXES)]
+
+    def _farm_hook(path):
+        if path != _here:
+            raise ImportError("not this environment's site folder")
+        return _FarmFinder(path, *_LOADERS)
+
     _sys.path_hooks.insert(0, _farm_hook)
     _sys.path_importer_cache.pop(_here, None)  # made before the hook was there
 

@@ -208,9 +208,11 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
     inputs = build_inputs(manifest, lock)
     if missing:
         from gpulock.http import Http
+        from gpulock.store.compile import Compiler
         from gpulock.store.fetch import discard
 
         http = Http()  # its TLS context costs 40 ms: only when something is fetched
+        compiler = Compiler(python)  # one bytecode pool for every entry (started lazily)
         total = sum(ref.size for p, _ in missing if (ref := p.wheel or p.sdist) is not None)
         log(f"Fetching {len(missing)} of {len(plan)} packages ({_size(total)})")
         progress.start(total)
@@ -236,12 +238,9 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
 
         from concurrent.futures import ThreadPoolExecutor
 
-        from gpulock.store.compile import Compiler
-
         # No-isolation builds wait for the entries they compile against, then run one at a
         # time in the order their inputs allow (each may use every core: MAX_JOBS).
         later = [item for item in missing if item[0].name in inputs]
-        compiler = Compiler(python)  # one pool of bytecode workers for every entry
         try:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 added.extend(pool.map(add, [i for i in missing if i not in later]))
