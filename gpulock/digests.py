@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 
 def hash_file(path: Path) -> tuple[str, int]:
     """The sha256 and size of a file, read once."""
-    digest, size = hashlib.sha256(), 0
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
+        return hash_stream(handle)
+
+
+def hash_stream(handle: BinaryIO) -> tuple[str, int]:
+    """The sha256 and size of what is left to read from `handle`."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size

@@ -557,7 +557,8 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
         if source.startswith("http") and (problem := url_problem(source)):
             raise reader.error(table, "source", f"source = {shown(source)!r} in "
                                f"[models.{name}] {problem}")
-        source = remember(source)
+        # Kept for the URL git is given (without git+), as for git+ requirements.
+        source = "git+" + remember(source[4:]) if source.startswith("git+") else remember(source)
         if source.startswith(("hf://", "ms://")):
             repo = source.split("://", 1)[1]
             if problem := repo_problem(repo.removeprefix("datasets/") if source.startswith(

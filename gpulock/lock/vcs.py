@@ -21,6 +21,7 @@ from gpulock.credentials import login_for, redact
 from gpulock.errors import GpulockError
 
 _SHA = re.compile(r"[0-9a-f]{40}")
+_REDIRECT = re.compile(r"error: 30[12378]\b")
 
 
 @dataclass(frozen=True)
@@ -52,25 +53,83 @@ def split_url(url: str) -> tuple[str, str | None, str | None]:
     return url, revision, subdirectory
 
 
-def _git(*args: str, cwd: Path | None = None, url: str | None = None) -> str:
-    """Run git; credentials for `url` (gpu.toml's or ~/.netrc's) go in an environment-only
-    setting scoped to that URL, never on the command line or into the clone's config."""
-    env = {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin",
-           "HOME": os.environ.get("HOME", "/")}
-    login = login_for(url) if url and url.startswith(("https://", "http://")) else None
-    if login and url:
-        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
-        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{url}.extraHeader",
-                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
-    try:
-        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                                check=False, env=env)
-    except FileNotFoundError:
-        raise GpulockError("git is not installed, but the manifest has a git+ requirement"
-                           ) from None
+# Transports git may use: a repository's config (or a URL rewrite) never picks `ext::` (runs
+# a command) or `fd::`; these five are what gpu.toml's git URLs can name.
+_PROTOCOLS = ("https", "http", "ssh", "git", "file")
+_PATH = "/usr/bin:/bin:/usr/local/bin"
+
+
+def run_git(command: str, *args: str, repo: Path | None = None, url: str | None = None,
+            settings: dict[str, str] | None = None, timeout: bool = True) -> str:
+    """Run `git command args...`, the one way gpulock runs git on someone else's repository.
+
+    `repo` is a working tree gpulock cloned: git is told its `.git` and work tree, so it never
+    looks for a repository (a folder of the checkout that looks like a bare repository, with
+    its own config, is only files). Without `repo` git runs in an empty folder of its own. All
+    settings go in the environment, where they outrank every config file and no `ps` shows
+    them: no hooks, no fsmonitor command, no implicit bare repository, no submodules, only
+    the five transports of gpu.toml's URLs, and git's HTTP given up after
+    GPULOCK_STALL_TIMEOUT below 1 KiB/s. Credentials for `url` (gpu.toml's or ~/.netrc's) are
+    a header scoped to that URL, and with them git follows no redirect (a redirected git
+    sends its headers on to the new host). The run is stopped after 30 x
+    GPULOCK_STALL_TIMEOUT unless `timeout` is false (git-lfs, which moves model weights,
+    has its own activity timeout set instead)."""
+    from gpulock.http import stall_timeout
+
+    stall = stall_timeout()
+    config = {"safe.bareRepository": "explicit", "core.fsmonitor": "false",
+              "core.hooksPath": "/dev/null", "submodule.recurse": "false",
+              "protocol.allow": "never", **{f"protocol.{p}.allow": "always" for p in _PROTOCOLS},
+              "http.lowSpeedLimit": "1024", "http.lowSpeedTime": str(max(1, round(stall))),
+              "lfs.activitytimeout": str(max(1, round(stall)))}
+    headers = _auth_headers(url, settings or {})
+    if headers:
+        config["http.followRedirects"] = "false"
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_PROTOCOL_FROM_USER": "0", "GIT_LITERAL_PATHSPECS": "1",
+           "GIT_NO_REPLACE_OBJECTS": "1", "PATH": _PATH, "HOME": os.environ.get("HOME", "/")}
+    if command != "lfs":  # a user's `git lfs install` filter would fetch LFS files unasked
+        env["GIT_LFS_SKIP_SMUDGE"] = "1"
+    pairs = [*config.items(), *(settings or {}).items(), *headers]
+    env["GIT_CONFIG_COUNT"] = str(len(pairs))
+    for i, (key, value) in enumerate(pairs):
+        env.update({f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value})
+    where = [f"--git-dir={repo / '.git'}", f"--work-tree={repo}"] if repo else []
+    with tempfile.TemporaryDirectory(prefix="gpulock-git-") as empty:
+        env["GIT_CEILING_DIRECTORIES"] = str(Path(empty).parent)
+        if command == "lfs" and (lfs := shutil.which("git-lfs")):
+            env["PATH"] = f"{os.path.dirname(lfs)}:{_PATH}"
+        try:
+            result = subprocess.run(["git", *where, command, *args], cwd=repo or empty,
+                                    capture_output=True, encoding="utf-8",
+                                    errors="surrogateescape", check=False, env=env,
+                                    timeout=30 * stall if timeout else None)
+        except FileNotFoundError:
+            raise GpulockError("git is not installed, but the manifest names a git "
+                               "repository") from None
+        except subprocess.TimeoutExpired:
+            raise GpulockError(f"git {command} took over {30 * stall:g} s (30 x "
+                               "GPULOCK_STALL_TIMEOUT) and was stopped") from None
     if result.returncode != 0:
-        raise GpulockError(f"git {args[0]} failed: {result.stderr.strip().splitlines()[-1:]}")
+        last = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        why = (" (a redirect: git is given credentials, so it follows none and they never "
+               "reach another host)" if headers and _REDIRECT.search(last[0]) else "")
+        raise GpulockError(f"git {command} failed: {redact(last[0])}{why}")
     return result.stdout
+
+
+def _auth_headers(url: str | None, settings: dict[str, str]) -> list[tuple[str, str]]:
+    """`http.<url>.extraHeader` settings with the login for `url`, for it and for the Git
+    LFS endpoint `settings` name (`lfs.url`, on the same host) when that is not below it."""
+    login = login_for(url) if url and url.startswith(("https://", "http://")) else None
+    if not (login and url):
+        return []
+    token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+    scopes = [url]
+    lfs = settings.get("lfs.url", "")
+    same_host = urlsplit(lfs)[:2] == urlsplit(url)[:2]
+    if same_host and not lfs.startswith(url.rstrip("/") + "/"):
+        scopes.append(lfs)
+    return [(f"http.{scope}.extraHeader", f"Authorization: Basic {token}") for scope in scopes]
 
 
 def resolve(url: str) -> GitSource:
@@ -80,7 +139,7 @@ def resolve(url: str) -> GitSource:
         return GitSource(repo, revision, revision, subdirectory)
     try:
         patterns = [revision, f"{revision}^{{}}"] if revision else ["HEAD"]
-        listing = _git("ls-remote", "--", repo, *patterns, url=repo)
+        listing = run_git("ls-remote", "--", repo, *patterns, url=repo)
     except GpulockError as exc:
         raise GpulockError(f"cannot reach git repository {redact(repo)}: {exc}") from None
     refs = dict(line.split("\t")[::-1] for line in listing.splitlines() if "\t" in line)
@@ -91,10 +150,10 @@ def resolve(url: str) -> GitSource:
             if name in refs:
                 return GitSource(repo, revision, refs[name], subdirectory)
         with tempfile.TemporaryDirectory(prefix="gpulock-git-") as tmp:
-            _git("clone", "--quiet", "--no-checkout", "--", repo, tmp, url=repo)
+            run_git("clone", "--quiet", "--no-checkout", "--", repo, tmp, url=repo)
             try:
-                commit = _git("rev-parse", "--verify", f"{revision}^{{commit}}",
-                              cwd=Path(tmp)).strip()
+                commit = run_git("rev-parse", "--verify", "--end-of-options",
+                                 f"{revision}^{{commit}}", repo=Path(tmp)).strip()
             except GpulockError:
                 raise GpulockError(f"git repository {redact(repo)} has no revision "
                                    f"'{revision}'") from None
@@ -104,17 +163,41 @@ def resolve(url: str) -> GitSource:
     return GitSource(repo, None, refs["HEAD"], subdirectory)
 
 
-def checkout(source: GitSource, cache_root: Path) -> Path:
-    """A working tree of the source's commit, cloned once into the cache."""
+def checkout_root(source: GitSource, cache_root: Path) -> Path:
+    """A working tree of the source's commit (the whole repository), cloned once into the
+    cache; git's smudge filters are off, so Git LFS files are still pointers."""
     dest = cache_root / "git" / source.commit
     if not dest.is_dir():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
         try:
-            _git("clone", "--quiet", "--", source.url, str(tmp / "tree"), url=source.url)
-            _git("checkout", "--quiet", source.commit, cwd=tmp / "tree")
+            run_git("clone", "--quiet", "--no-checkout", "--", source.url, str(tmp / "tree"),
+                    url=source.url)
+            run_git("checkout", "--quiet", "--detach", source.commit, repo=tmp / "tree")
             with contextlib.suppress(OSError):  # another process published it first
                 (tmp / "tree").rename(dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest / source.subdirectory if source.subdirectory else dest
+    return dest
+
+
+def subdirectory_of(root: Path, source: GitSource) -> Path:
+    """The source's `#subdirectory=` in the checkout at `root` (the root itself if none): a
+    real folder of the checkout, reached through real folders, never `.git` or through a
+    link (a link leads out of the repository: to another checkout, to `.git`, anywhere)."""
+    from gpulock.safeopen import Unsafe, check_folder
+
+    if not source.subdirectory:
+        return root
+    where = f"the subdirectory {source.subdirectory!r} of {redact(source.url)}"
+    if any(part.lower() == ".git" for part in source.subdirectory.split("/")):
+        raise GpulockError(f"{where} names '.git', git's own folder, not the repository's")
+    try:
+        return check_folder(root, source.subdirectory)
+    except Unsafe as exc:
+        raise GpulockError(f"{where} is not a folder of the repository: {exc}") from None
+
+
+def checkout(source: GitSource, cache_root: Path) -> Path:
+    """The source's folder (its subdirectory, checked) in a checkout of its commit."""
+    return subdirectory_of(checkout_root(source, cache_root), source)

@@ -180,10 +180,19 @@ def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
 
 
 def _hash_part(part: Path, file: ModelFile) -> _Hashes:
+    """The hashes of a partial download or a source's copy: a regular file, never a link's
+    target (a source that made `part` a link would have the outside file hashed, then
+    sealed read-only and published as a blob)."""
+    from gpulock.safeopen import Unsafe, open_regular
+
     hashes = _Hashes(file)
-    with part.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            hashes.update(chunk)
+    try:
+        with open_regular(part.parent, part.name) as handle:
+            while chunk := handle.read(_CHUNK):
+                hashes.update(chunk)
+    except Unsafe as exc:
+        raise GpulockError(f"{file.path}: the copy downloaded at {part.parent}/{exc}; nothing "
+                           "was stored") from None
     return hashes
 
 
@@ -351,12 +360,10 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
     if size != file.size or actual != expected:
         part.unlink(missing_ok=True)
         Path(f"{part}.ranges").unlink(missing_ok=True)
-        # A local file's own hash is not printed: a hostile lock could aim a file:// model
-        # at /etc/shadow and read its hash from a CI log.
-        found = ("other bytes" if model.source.startswith(("file://", "/")) else
-                 f"{'sha256' if file.sha256 else 'git sha1'} {actual}")
+        # The hash of the bytes found is never printed: a hostile lock could aim a model
+        # file at /etc/shadow (through a share, a checkout's link) and read it from a CI log.
         raise HashMismatchError(f"model '{model.name}': {file.path} from {redact(url)} has "
-                                f"{found} ({size} bytes), but the lock says {expected} "
+                                f"other bytes ({size} bytes), but the lock says {expected} "
                                 f"({file.size} bytes): it changed upstream since the lock; "
                                 "nothing was stored", resumed=resumed)
     layout = store.layout
@@ -364,11 +371,20 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
     # The blob's xxh3, recorded now, lets `verify --fast` check it at memory speed.
     write_atomic(layout.ready(layout.fast_record(hashes.sha256.hexdigest())),
                  hashes.xxh3.hexdigest())
-    part.chmod(0o444)
+    _seal(part)
     os.replace(part, blob)
     if not file.sha256 and file.git_sha1:
         _link(layout.ready(layout.git_index(file.git_sha1)), blob)
     return blob
+
+
+def _seal(part: Path) -> None:
+    """Make the file `part` read-only, never a link's target."""
+    fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
 
 
 class _Hashes:

@@ -14,8 +14,10 @@ before they become a blob, so a source never decides what the store holds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     from gpulock.manifest import Model
@@ -80,3 +82,40 @@ def pinned_file(path: str, local: Path) -> ModelFile:
 
     sha256, size = hash_file(local)
     return ModelFile(path=path, size=size, sha256=sha256)
+
+
+def pinned_below(model: Model, root: Path, path: str, where: str) -> ModelFile:
+    """The model file `path` below the folder `root` (a checkout, a share: `where` in
+    words), pinned by its bytes, read as a regular file through real folders only."""
+    from gpulock.digests import hash_stream
+    from gpulock.models import ModelFile
+
+    with _opened(model, root, path, where) as handle:
+        sha256, size = hash_stream(handle)
+    return ModelFile(path=path, size=size, sha256=sha256)
+
+
+def copy_below(model: PinnedModel, root: Path, file: ModelFile, target: Path,
+               where: str) -> None:
+    """The pinned `file` below the folder `root` (`where` in words) copied into the new file
+    `target`: read as a regular file through real folders only, and no more than one byte
+    past the pinned size (the caller's hash check names a larger file)."""
+    left = file.size + 1
+    with _opened(model, root, file.path, where) as handle, target.open("xb") as out:
+        while left > 0 and (chunk := handle.read(min(left, 1 << 20))):
+            out.write(chunk)
+            left -= len(chunk)
+
+
+@contextmanager
+def _opened(model: Model | PinnedModel, root: Path, path: str, where: str
+            ) -> Iterator[BinaryIO]:
+    from gpulock.errors import GpulockError
+    from gpulock.safeopen import Unsafe, open_regular
+
+    try:
+        with open_regular(root, path) as handle:
+            yield handle
+    except Unsafe as exc:
+        raise GpulockError(f"model '{model.name}': {path} in {where} is refused: {exc} "
+                           "(gpulock reads regular files only, through no link)") from None

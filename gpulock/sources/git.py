@@ -1,19 +1,24 @@
 """`git+https://host/owner/repo.git@rev` (and `git+file://`): a model repository served
 over git, as Hugging Face and ModelScope both do, pinned to a commit with every file's
-sha256. Git LFS pointers are refused unless `git lfs` is installed to resolve them."""
+sha256. Git LFS pointers are refused unless `git lfs` is installed to resolve them.
+
+Every git command goes through `gpulock.lock.vcs.run_git` (the repository's own config, hooks
+and look-alike repositories are never read), and a file's bytes are read from the checkout
+only as a regular file reached through real folders (`gpulock.safeopen`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from gpulock.credentials import redact
 from gpulock.errors import GpulockError
-from gpulock.lock.vcs import GitSource, checkout, resolve
+from gpulock.lock.vcs import GitSource, checkout_root, resolve, run_git, subdirectory_of
 from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel
-from gpulock.sources import pinned_file, select
+from gpulock.sources import copy_below, pinned_below, select
 from gpulock.store import Store
 
 _LFS = b"version https://git-lfs.github.com/spec/v1"
@@ -38,10 +43,15 @@ class GitModelSource:
     def pin(self, model: Model, store: Store) -> PinnedModel:
         url = model.source if not model.revision else \
             f"{model.source.rsplit('@', 1)[0]}@{model.revision}"
-        source = resolve(url)
-        tree = self._tree(model, source)
-        paths = select(model, _files(model, tree))
-        files = tuple(pinned_file(path, tree / path) for path in paths)
+        try:
+            source = resolve(url)
+        except GpulockError as exc:
+            raise GpulockError(f"model '{model.name}': {exc}") from None
+        root, tree = _checkout(model, source)
+        paths = select(model, _files(model, root, source.subdirectory))
+        _resolve_lfs(model, source, root, tree)
+        where = f"{redact(source.url)} at {source.commit}"
+        files = tuple(pinned_below(model, tree, path, where) for path in paths)
         return PinnedModel(name=model.name, source=model.source, revision=model.revision,
                            commit=source.commit, include=model.include, exclude=model.exclude,
                            files=files, extract=model.extract)
@@ -52,40 +62,76 @@ class GitModelSource:
         repo, revision, subdirectory = split_url(model.source)
         if not model.commit:
             raise GpulockError(f"model '{model.name}': its pin has no commit")
-        tree = self._tree(model, GitSource(repo, revision, model.commit, subdirectory))
-        shutil.copyfile(tree / file.path, target, follow_symlinks=False)
-
-    def _tree(self, model: Model | PinnedModel, source: GitSource) -> Path:
-        """The commit's working tree (cloned once into the user's cache), LFS resolved."""
-        from gpulock.cache import Cache
-
-        tree = checkout(source, Cache().root)
-        if _has_pointers(tree):
-            if shutil.which("git-lfs") is None:
-                raise GpulockError(f"model '{model.name}': {source.url} keeps files in Git "
-                                   "LFS, and git-lfs is not installed to fetch them "
-                                   "(https://git-lfs.com, or apt-get install git-lfs)")
-            result = subprocess.run(["git", "lfs", "pull"], cwd=tree, capture_output=True,
-                                    text=True, check=False)
-            if result.returncode != 0:
-                raise GpulockError(f"model '{model.name}': git lfs pull failed: "
-                                   f"{result.stderr.strip().splitlines()[-1:]}")
-        return tree
+        source = GitSource(repo, revision, model.commit, subdirectory)
+        root, tree = _checkout(model, source)
+        if any(part.lower() == ".git" for part in file.path.split("/")):
+            raise GpulockError(f"model '{model.name}': {file.path} is inside '.git', git's own "
+                               "folder, not a file of the repository")
+        _resolve_lfs(model, source, root, tree)
+        copy_below(model, tree, file, target, f"{redact(repo)} at {model.commit}")
 
 
-def _files(model: Model, tree: Path) -> list[str]:
-    """The repository's files at the commit (git's own listing, so .git and untracked
-    files never count); a link is refused: its target is not the repository's bytes."""
-    listed = subprocess.run(["git", "ls-files", "-s", "-z"], cwd=tree, capture_output=True,
-                            check=True).stdout.decode(errors="surrogateescape")
+def _checkout(model: Model | PinnedModel, source: GitSource) -> tuple[Path, Path]:
+    """The commit's checkout (cloned once into the user's cache) and the model's folder in
+    it; an error names the model."""
+    from gpulock.cache import Cache
+
+    try:
+        root = checkout_root(source, Cache().root)
+        return root, subdirectory_of(root, source)
+    except GpulockError as exc:
+        raise GpulockError(f"model '{model.name}': {exc}") from None
+
+
+def _resolve_lfs(model: Model | PinnedModel, source: GitSource, root: Path, tree: Path) -> None:
+    """Replace the Git LFS pointers of the checkout by their files (`git lfs pull`), from the
+    LFS endpoint of the repository's own URL: a `.lfsconfig` in the repository may name
+    another (`lfs.url`, `remote.*.lfsurl`), and git config outranks it, so git-lfs never
+    takes the credentials, or the request, elsewhere."""
+    if not _has_pointers(tree):
+        return
+    if shutil.which("git-lfs") is None:
+        raise GpulockError(f"model '{model.name}': {redact(source.url)} keeps files in Git "
+                           "LFS, and git-lfs is not installed to fetch them "
+                           "(https://git-lfs.com, or apt-get install git-lfs)")
+    # Set here, they outrank `.lfsconfig`, which could also leave files out (fetchexclude).
+    settings = {"lfs.url": lfs_endpoint(source.url), "lfs.fetchinclude": "",
+                "lfs.fetchexclude": ""}
+    try:
+        run_git("lfs", "pull", repo=root, url=source.url, settings=settings, timeout=False)
+    except GpulockError as exc:
+        raise GpulockError(f"model '{model.name}': {exc}") from None
+    if _has_pointers(tree):
+        raise GpulockError(f"model '{model.name}': git lfs pull left Git LFS pointers in "
+                           f"place of files of {redact(source.url)}")
+
+
+def lfs_endpoint(url: str) -> str:
+    """The Git LFS API that git-lfs derives from a clone URL (`<repo>.git/info/lfs`; a
+    file:// repository is its own endpoint)."""
+    url = url.rstrip("/")
+    if urlsplit(url).scheme == "file":
+        return url
+    return f"{url}/info/lfs" if url.endswith(".git") else f"{url}.git/info/lfs"
+
+
+def _files(model: Model, root: Path, subdirectory: str | None) -> list[str]:
+    """The repository's files at the commit below `subdirectory`, relative to it (git's own
+    listing, so .git and untracked files never count); a link is refused: its target is not
+    the repository's bytes."""
+    prefix = f"{subdirectory}/" if subdirectory else ""
+    listed = run_git("ls-files", "-s", "-z", "--full-name", "--", subdirectory or ".",
+                     repo=root)
     paths = []
     for line in filter(None, listed.split("\0")):
         mode, _, path = line.partition("\t")
+        if not path.startswith(prefix):
+            continue
         if mode.startswith("120000"):
             raise GpulockError(f"model '{model.name}': {path} is a symbolic link in the "
                                "repository; gpulock pins regular files only")
         if not mode.startswith("160000"):  # a submodule is another repository
-            paths.append(path)
+            paths.append(path[len(prefix):])
     return paths
 
 

@@ -12,10 +12,8 @@ from urllib.parse import unquote, urlsplit
 from gpulock.errors import GpulockError
 from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel
-from gpulock.sources import pinned_file, select
+from gpulock.sources import copy_below, pinned_below, select
 from gpulock.store import Store
-
-_CHUNK = 1 << 20
 
 
 def root_of(source: str) -> Path:
@@ -40,10 +38,10 @@ class LocalSource:
             raise GpulockError(f"model '{model.name}': {root} cannot be read "
                                f"({exc.strerror})") from None
         if stat.S_ISREG(info.st_mode):
-            files = [pinned_file(root.name, root)]
+            files = [pinned_below(model, root.parent, root.name, str(root.parent))]
         elif stat.S_ISDIR(info.st_mode):
             paths = select(model, [p.relative_to(root).as_posix() for p in _walk(model, root)])
-            files = [pinned_file(path, root / path) for path in paths]
+            files = [pinned_below(model, root, path, str(root)) for path in paths]
         else:
             raise GpulockError(f"model '{model.name}': {root} is neither a file nor a folder")
         return PinnedModel(name=model.name, source=model.source, revision=None, commit=None,
@@ -52,20 +50,9 @@ class LocalSource:
 
     def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
         root = root_of(model.source)
-        source = root if root.name == file.path and root.is_file() else root / file.path
-        try:
-            # The last step is never a link: the share's own file, or an error.
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise GpulockError(f"model '{model.name}': {source} cannot be read "
-                               f"({exc.strerror}); the lock pinned it") from None
-        with os.fdopen(fd, "rb") as handle, target.open("xb") as out:
-            copied = 0
-            while chunk := handle.read(_CHUNK):
-                copied += len(chunk)
-                if copied > file.size:
-                    break  # larger than pinned: the hash check names it
-                out.write(chunk)
+        if root.name == file.path and not root.is_dir():  # the source is this one file
+            root = root.parent
+        copy_below(model, root, file, target, str(root))
 
 
 def _walk(model: Model, root: Path) -> list[Path]:

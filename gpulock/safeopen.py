@@ -1,0 +1,99 @@
+"""Reading a file below a folder someone else fills (a git checkout, a share, a cache):
+only a regular file reached through real folders, never through a symbolic link.
+
+`Path.open` follows a link at any step, and opening a FIFO blocks while a device may act on
+being opened. Here every step below the root is opened relative to the one before it with
+`O_NOFOLLOW` (`O_DIRECTORY` for folders), and the last is looked at (`lstat`) before it is
+opened and checked again (`fstat`, same inode) after, so a link, a FIFO, a socket or a device
+anywhere on the way is refused in words, and a swap between the two looks is caught. The
+root itself is the caller's (a path the user named may be a link).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_STEP = _FOLDER | os.O_NOFOLLOW
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Unsafe(Exception):
+    """A path that is not a regular file (or folder) below its root; `str()` says why, as
+    the end of a sentence that starts with the path ("sub is a symbolic link")."""
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder", stat.S_IFREG: "a file",
+             stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+    return kinds.get(stat.S_IFMT(mode), "a device")
+
+
+def _parts(relative: str) -> list[str]:
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts) or "\0" in relative:
+        raise Unsafe(f"{relative!r} is not a relative path of plain names")
+    return parts
+
+
+@contextmanager
+def _folder(root: Path, parts: list[str]) -> Iterator[int]:
+    """A descriptor of the folder `root/parts...`, each step a real folder."""
+    try:
+        fd = os.open(root, _FOLDER)
+    except OSError as exc:
+        raise Unsafe(f"{root} cannot be read as a folder ({exc.strerror})") from None
+    try:
+        for i, part in enumerate(parts):
+            try:
+                step = os.open(part, _STEP, dir_fd=fd)
+            except OSError as exc:
+                raise _refusal("/".join(parts[:i + 1]), part, fd, exc) from None
+            os.close(fd)
+            fd = step
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _refusal(shown: str, name: str, folder: int, exc: OSError) -> Unsafe:
+    try:
+        mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return Unsafe(f"{shown} is not there")
+    except OSError:
+        return Unsafe(f"{shown} cannot be read ({exc.strerror})")
+    return Unsafe(f"{shown} is {_kind(mode)}, not a folder")
+
+
+def check_folder(root: Path, relative: str) -> Path:
+    """`root/relative`, checked to be a real folder reached through real folders."""
+    with _folder(root, _parts(relative)):
+        return root / relative
+
+
+@contextmanager
+def open_regular(root: Path, relative: str) -> Iterator[BinaryIO]:
+    """The regular file `root/relative` open for reading, reached through real folders."""
+    *folders, name = _parts(relative)
+    with _folder(root, folders) as parent:
+        try:
+            before = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise Unsafe(f"{relative} is not there") from None
+        if not stat.S_ISREG(before.st_mode):
+            raise Unsafe(f"{relative} is {_kind(before.st_mode)}, not a regular file")
+        try:
+            fd = os.open(name, _FILE, dir_fd=parent)
+        except OSError as exc:
+            raise Unsafe(f"{relative} cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+            raise Unsafe(f"{relative} was replaced while it was opened")
+        yield handle
