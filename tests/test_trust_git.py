@@ -149,6 +149,14 @@ def test_git_credentials_never_follow_a_redirect_to_another_host(project: Projec
     assert "hunter2" not in result.err + result.out
 
 
+def test_a_git_server_that_stalls_is_given_up_after_the_stall_timeout(
+        project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "1")
+    server = DumbGit(tmp_path / "empty", stall=True)
+    _write(project, f'[models.m]\nsource = "git+{server.origin}/repo.git@main"\n')
+    refused(project.gpulock("lock"), "model 'm'", "too slow")
+
+
 # -- 2. a subdirectory is a real folder of the checkout -----------------------------------
 
 SUBDIRECTORIES = {

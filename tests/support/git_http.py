@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -12,13 +13,15 @@ from tests.support.loopback import Loopback
 
 
 class DumbGit(Loopback):
-    """Serves `root`'s files; `redirect`, when set, sends every request there instead.
+    """Serves `root`'s files; `redirect`, when set, sends every request there instead, and
+    `stall` answers every request with one byte of a large body and then nothing for 20 s.
 
     `authorizations` holds the Authorization header of every request that carried one."""
 
-    def __init__(self, root: Path, redirect: str | None = None) -> None:
+    def __init__(self, root: Path, redirect: str | None = None, stall: bool = False) -> None:
         self.root = root
         self.redirect = redirect
+        self.stall = stall
         self.authorizations: list[str] = []
         self.serve()
 
@@ -33,6 +36,14 @@ class DumbGit(Loopback):
         if auth := handler.headers.get("Authorization"):
             self.authorizations.append(auth)
         path = unquote(urlsplit(handler.path).path)
+        if self.stall:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(1 << 20))
+            handler.end_headers()
+            handler.wfile.write(b"#")
+            handler.wfile.flush()
+            time.sleep(20)
+            return
         if self.redirect is not None:
             handler.send_response(302)
             handler.send_header("Location", f"{self.redirect}{handler.path}")
