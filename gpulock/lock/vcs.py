@@ -65,39 +65,17 @@ def run_git(command: str, *args: str, repo: Path | None = None, url: str | None 
 
     `repo` is a working tree gpulock cloned: git is told its `.git` and work tree, so it never
     looks for a repository (a folder of the checkout that looks like a bare repository, with
-    its own config, is only files). Without `repo` git runs in an empty folder of its own. All
-    settings go in the environment, where they outrank every config file and no `ps` shows
-    them: no hooks, no fsmonitor command, no implicit bare repository, no submodules, only
-    the five transports of gpu.toml's URLs, and git's HTTP given up after
-    GPULOCK_STALL_TIMEOUT below 1 KiB/s. Credentials for `url` (gpu.toml's or ~/.netrc's) are
-    a header scoped to that URL, and with them git follows no redirect (a redirected git
-    sends its headers on to the new host). The run is stopped after 30 x
-    GPULOCK_STALL_TIMEOUT unless `timeout` is false (git-lfs, which moves model weights,
-    has its own activity timeout set instead)."""
+    its own config, is only files). Without `repo` git runs in an empty folder of its own.
+    Settings (`_environment`, and `settings`) go in the environment. The run is stopped
+    after 30 x GPULOCK_STALL_TIMEOUT unless `timeout` is false (git-lfs, which moves model
+    weights, has its own activity timeout set instead)."""
     from gpulock.http import stall_timeout
 
     stall = stall_timeout()
-    config = {"safe.bareRepository": "explicit", "core.fsmonitor": "false",
-              "core.hooksPath": "/dev/null", "submodule.recurse": "false",
-              "protocol.allow": "never", **{f"protocol.{p}.allow": "always" for p in _PROTOCOLS},
-              "http.lowSpeedLimit": "1024", "http.lowSpeedTime": str(max(1, round(stall))),
-              "lfs.activitytimeout": str(max(1, round(stall)))}
-    headers = _auth_headers(url, settings or {})
-    if headers:
-        config["http.followRedirects"] = "false"
-    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_PROTOCOL_FROM_USER": "0", "GIT_LITERAL_PATHSPECS": "1",
-           "GIT_NO_REPLACE_OBJECTS": "1", "PATH": _PATH, "HOME": os.environ.get("HOME", "/")}
-    if command != "lfs":  # a user's `git lfs install` filter would fetch LFS files unasked
-        env["GIT_LFS_SKIP_SMUDGE"] = "1"
-    pairs = [*config.items(), *(settings or {}).items(), *headers]
-    env["GIT_CONFIG_COUNT"] = str(len(pairs))
-    for i, (key, value) in enumerate(pairs):
-        env.update({f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value})
+    env, credentials = _environment(command, url, settings or {}, stall)
     where = [f"--git-dir={repo / '.git'}", f"--work-tree={repo}"] if repo else []
     with tempfile.TemporaryDirectory(prefix="gpulock-git-") as empty:
         env["GIT_CEILING_DIRECTORIES"] = str(Path(empty).parent)
-        if command == "lfs" and (lfs := shutil.which("git-lfs")):
-            env["PATH"] = f"{os.path.dirname(lfs)}:{_PATH}"
         try:
             result = subprocess.run(["git", *where, command, *args], cwd=repo or empty,
                                     capture_output=True, encoding="utf-8",
@@ -112,9 +90,39 @@ def run_git(command: str, *args: str, repo: Path | None = None, url: str | None 
     if result.returncode != 0:
         last = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
         why = (" (a redirect: git is given credentials, so it follows none and they never "
-               "reach another host)" if headers and _REDIRECT.search(last[0]) else "")
+               "reach another host)" if credentials and _REDIRECT.search(last[0]) else "")
         raise GpulockError(f"git {command} failed: {redact(last[0])}{why}")
     return result.stdout
+
+
+def _environment(command: str, url: str | None, settings: dict[str, str], stall: float
+                 ) -> tuple[dict[str, str], bool]:
+    """git's whole environment, and whether it holds credentials. Settings given here
+    outrank every config file, and no `ps` shows them: no hooks, no fsmonitor command, no
+    implicit bare repository, no submodules, only the five transports of gpu.toml's URLs,
+    git's HTTP given up after GPULOCK_STALL_TIMEOUT below 1 KiB/s. Credentials for `url`
+    (gpu.toml's or ~/.netrc's) are a header scoped to that URL, and with them git follows
+    no redirect (a redirected git sends its headers on to the new host)."""
+    seconds = str(max(1, round(stall)))
+    config = {"safe.bareRepository": "explicit", "core.fsmonitor": "false",
+              "core.hooksPath": "/dev/null", "submodule.recurse": "false",
+              "protocol.allow": "never", **{f"protocol.{p}.allow": "always" for p in _PROTOCOLS},
+              "http.lowSpeedLimit": "1024", "http.lowSpeedTime": seconds,
+              "lfs.activitytimeout": seconds}
+    headers = _auth_headers(url, settings)
+    if headers:
+        config["http.followRedirects"] = "false"
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_PROTOCOL_FROM_USER": "0", "GIT_LITERAL_PATHSPECS": "1",
+           "GIT_NO_REPLACE_OBJECTS": "1", "PATH": _PATH, "HOME": os.environ.get("HOME", "/")}
+    if command != "lfs":  # a user's `git lfs install` filter would fetch LFS files unasked
+        env["GIT_LFS_SKIP_SMUDGE"] = "1"
+    elif lfs := shutil.which("git-lfs"):
+        env["PATH"] = f"{os.path.dirname(lfs)}:{_PATH}"
+    pairs = [*config.items(), *settings.items(), *headers]
+    env["GIT_CONFIG_COUNT"] = str(len(pairs))
+    for i, (key, value) in enumerate(pairs):
+        env.update({f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value})
+    return env, bool(headers)
 
 
 def _auth_headers(url: str | None, settings: dict[str, str]) -> list[tuple[str, str]]:
