@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gpulock.safeopen import Unsafe, open_regular
@@ -258,9 +258,13 @@ def test_a_model_file_that_differs_from_the_lock_names_only_the_expected_hash(
 
 # -- the one way a source's file is opened -------------------------------------------------
 
-_NAMES = st.sampled_from(["a", "b", "c", ".git"])
-_LINK_TARGETS = st.sampled_from(["a", "b", "../a", "../../outside", "{outside}",
-                                 "{outside}/secret", "a/b", "nowhere", ".", ".."])
+_NAMES = st.sampled_from(["a", "b", ".git"])
+# Links to folders and files inside the root, above it, outside it, to nothing, to itself.
+_LINK_TARGETS = st.one_of(st.sampled_from(["a", "b"]),  # a sibling, most often
+                          st.sampled_from(["../a", "a/b", "../../outside", "{outside}",
+                                           "{outside}/b", "nowhere", ".", ".."]))
+_PATHS = st.lists(st.one_of(_NAMES, _NAMES, st.sampled_from([".", "..", ""])), min_size=1,
+                  max_size=3)
 
 
 def _entries(depth: int) -> st.SearchStrategy[Any]:
@@ -269,9 +273,16 @@ def _entries(depth: int) -> st.SearchStrategy[Any]:
                      st.tuples(st.just("fifo")))
     if depth == 0:
         return leaf
-    return st.one_of(leaf, st.tuples(st.just("dir"),
-                                     st.dictionaries(_NAMES, _entries(depth - 1),
-                                                     max_size=3)))
+    folder = st.tuples(st.just("dir"), st.dictionaries(_NAMES, _entries(depth - 1),
+                                                       max_size=3))
+    return st.one_of(leaf, folder, folder)
+
+
+# A root with a folder `a`, a `b` that is most often a link (to `a`, often), and maybe more.
+_TREES = st.builds(lambda a, b, more: {"a": ("dir", a), "b": b, **more},
+                   st.dictionaries(_NAMES, _entries(1), min_size=1, max_size=3),
+                   st.one_of(st.tuples(st.just("link"), _LINK_TARGETS), _entries(2)),
+                   st.dictionaries(st.just(".git"), _entries(1), max_size=1))
 
 
 def _build(folder: Path, tree: dict[str, Any], outside: Path) -> None:
@@ -292,29 +303,30 @@ def _expected(tree: dict[str, Any], parts: list[str]) -> bytes | None:
     """The model's answer: bytes only for a file reached through real folders."""
     entry: Any = ("dir", tree)
     for part in parts:
-        if entry[0] != "dir" or part not in entry[1]:
-            return None
-        entry = entry[1][part]
+        entry = entry[1].get(part, ("none",)) if entry[0] == "dir" else ("none",)
     return entry[1] if entry[0] == "file" else None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tree=st.dictionaries(_NAMES, _entries(2), max_size=4),
-       parts=st.lists(st.sampled_from(["a", "b", "c", ".git", ".", ".."]), min_size=1,
-                      max_size=3))
+_INSIDE = {"a": ("dir", {"a": ("file", b"inside")})}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=_TREES, parts=_PATHS)
+@example(tree={**_INSIDE, "b": ("link", "a")}, parts=["b", "a"])  # a linked folder
+@example(tree={**_INSIDE, "b": ("link", "a/a")}, parts=["b"])  # a link to a file inside
+@example(tree={**_INSIDE, "b": ("link", "{outside}")}, parts=["b", "a"])
+@example(tree={**_INSIDE, "b": ("fifo",)}, parts=["b"])
+@example(tree=_INSIDE, parts=["a", "a"])  # the plain file is read
 def test_a_source_file_is_read_only_as_a_regular_file_below_real_folders(
         tree: dict[str, Any], parts: list[str]):
     with tempfile.TemporaryDirectory() as tmp:
         outside = Path(tmp) / "outside"
-        outside.mkdir()
-        (outside / "secret").write_bytes(b"SECRET")
-        (outside / "a").write_bytes(b"SECRET")
+        _build(outside, {"a": ("file", b"SECRET"), "b": ("file", b"SECRET")}, outside)
         root = Path(tmp) / "root"
         _build(root, tree, outside)
-        expected = None if {".", ".."} & set(parts) else _expected(tree, parts)
         try:
             with open_regular(root, "/".join(parts)) as handle:
                 found: bytes | None = handle.read()
         except Unsafe:
             found = None
-        assert found == expected
+        assert found == _expected(tree, parts)
