@@ -37,14 +37,14 @@ def too_large(what: str, limit: int = TEXT_MAX) -> GpulockError:
                         "any real one holds; it was refused and nothing of it was kept")
 
 
-def bounded(stream: IO[bytes], declared: int, what: str, limit: int = TEXT_MAX) -> bytes:
-    """All of `stream`, refused when its header `declared` more than `limit` bytes or when it
-    gives more than that (at most `limit + 1` bytes are read)."""
-    if declared > limit:
-        raise too_large(what, limit)
-    data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise too_large(what, limit)
+def bounded(stream: IO[bytes], what: str, declared: int = 0) -> bytes:
+    """All of `stream`, refused when its header `declared` more than TEXT_MAX bytes (0: it
+    has no header) or when it gives more than that (at most TEXT_MAX + 1 bytes are read)."""
+    if declared > TEXT_MAX:
+        raise too_large(what)
+    data = stream.read(TEXT_MAX + 1)
+    if len(data) > TEXT_MAX:
+        raise too_large(what)
     return data
 
 
@@ -53,7 +53,7 @@ def zip_member(archive: zipfile.ZipFile, name: str, what: str) -> bytes:
     try:
         info = archive.getinfo(name)
         with archive.open(info) as stream:
-            return bounded(stream, info.file_size, what)
+            return bounded(stream, what, info.file_size)
     except _ZIP_ERRORS as exc:
         raise GpulockError(f"{what} cannot be read: {exc}") from None
 
@@ -65,7 +65,7 @@ def tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, what: str) -> 
         if stream is None:
             raise GpulockError(f"{what} is not a regular file")
         with stream:
-            return bounded(stream, member.size, what)
+            return bounded(stream, what, member.size)
     except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise GpulockError(f"{what} cannot be read: {exc}") from None
 
@@ -106,7 +106,7 @@ def toml_file(path: Path, what: str) -> dict[str, Any]:
     """The TOML file at `path` (at most `TEXT_MAX` bytes of UTF-8), parsed (see `toml`)."""
     try:
         with path.open("rb") as handle:
-            raw = bounded(handle, 0, what)
+            raw = bounded(handle, what)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise GpulockError(f"{what} cannot be read: {exc}") from None

@@ -147,7 +147,7 @@ class Builder:
         if "/" in name or not metadata.is_file():
             raise GpulockError(f"building the metadata of {label} gave no METADATA")
         with metadata.open("rb") as handle:
-            return untrusted.bounded(handle, 0, f"the METADATA built from {label}")
+            return untrusted.bounded(handle, f"the METADATA built from {label}")
 
     def _pinned(self, requirement: str) -> str:
         """`requirement` held to the previous lock's version (uv's match-runtime, as near as
