@@ -32,14 +32,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
+from gpulock import untrusted
 from gpulock.credentials import credentials_in, redact
 from gpulock.errors import GpulockError
-from gpulock.manifest import Manifest, dump, parse
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from gpulock.manifest import TYPE_WORDS, Manifest, describe, dump, parse
 
 _FLAGS = {"extra_index_urls": "--extra-index-url", "find_links": "--find-links",
           "trusted_hosts": "--trusted-host", "only_binary": "--only-binary",
@@ -319,34 +315,45 @@ def _pyproject(path: Path) -> Imported:
         raise GpulockError(f"{path}: no [project] table to import")
     imported = Imported(path)
     project: dict[str, Any] = {}
-    if table.get("name"):
-        project["name"] = _name(str(table["name"]))
-    python = _lowest_python(str(table.get("requires-python", "")))
+    name = _typed(table, "name", str, path, "[project]") or ""
+    if name:
+        project["name"] = _name(name)
+    python = _lowest_python(_typed(table, "requires-python", str, path, "[project]") or "")
     if python:
         project["python"] = python
-    if "dependencies" in (table.get("dynamic") or []):
+    if "dependencies" in (_typed(table, "dynamic", list, path, "[project]") or []):
         imported.say("[project] dynamic = [\"dependencies\"]: the build backend "
                                 "computes them; list them in gpu.toml")
     imported.data["project"] = project
-    extras: dict[str, Any] = table.get("optional-dependencies") or {}
-    listed: dict[str, tuple[str, list[Any]]] = {"main": ("[project] dependencies",
-                                                         _listed(table.get("dependencies")))}
-    for kind, tables in (("extra", extras), ("dependency group",
-                                             raw.get("dependency-groups") or {})):
-        for name, packages in tables.items():
-            listed[_unique(str(name), listed, imported, "group")] = (f"{kind} {name!r}",
-                                                                     _listed(packages))
-    own = canonicalize_name(str(table.get("name", "")))
+    extras = _typed(table, "optional-dependencies", dict, path, "[project]") or {}
+    groups = _typed(raw, "dependency-groups", dict, path) or {}
+    listed: dict[str, tuple[str, list[Any]]] = {"main": ("[project] dependencies", _typed(
+        table, "dependencies", list, path, "[project]") or [])}
+    for kind, tables in (("extra", extras), ("dependency group", groups)):
+        for group, packages in tables.items():
+            listed[_unique(str(group), listed, imported, "group")] = (f"{kind} {group!r}",
+                                                                      _listed(packages))
+    own = canonicalize_name(name)
     imported.data["groups"] = {
         group: {"packages": _requirements_of(
-            _expand(packages, own, extras, raw.get("dependency-groups") or {}, where, imported),
-            where, imported)}
+            _expand(packages, own, extras, groups, where, imported), where, imported)}
         for group, (where, packages) in listed.items()}
     for tool in ("uv", "pdm", "poetry"):
-        if tool in (raw.get("tool") or {}):
+        if tool in (_typed(raw, "tool", dict, path) or {}):
             imported.say(f"[tool.{tool}] settings (indexes, sources): give a group "
                                     "an index = ... where a package must come from one")
     return imported
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type, path: Path, within: str = ""
+           ) -> Any:
+    """`table[key]` when it is a `kind`, None when absent; else one sentence naming it."""
+    value = table.get(key)
+    if value is not None and not isinstance(value, kind):
+        place = f"{within} {key}" if within else key
+        raise GpulockError(f"{path}: {place} must be {TYPE_WORDS[kind]}, not "
+                           f"{describe(value)}")
+    return value
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -425,10 +432,7 @@ def _load(path: Path) -> Any:
     """The data in a TOML, JSON or YAML file (by its suffix), or one sentence saying why not."""
     text = _text(path)
     if path.suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise GpulockError(f"{path}: not readable TOML: {exc}") from None
+        return untrusted.toml(text, str(path))
     if path.suffix == ".json":
         try:
             return json.loads(text)

@@ -316,8 +316,18 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+# YAML 1.1 (PyYAML, and the libyaml ports) reads NEL, LS and PS as line breaks: in a literal
+# block or a plain or single-quoted scalar, NEL (valid in a gpu.toml comment) would read back as
+# "\n". A double-quoted scalar writes the three as the escapes \N, \L and \P instead.
+_OTHER_BREAKS = frozenset("\x85\u2028\u2029")
+
+
 def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
+    style = None
+    if not _OTHER_BREAKS.isdisjoint(value):
+        style = '"'
+    elif "\n" in value:
+        style = "|"
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

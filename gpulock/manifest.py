@@ -150,7 +150,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "cache": {"substituters": list, "trusted-keys": list, "trusted_keys": list},
 }
 _TOP_LEVEL = ("project", "groups", "models", "verify", "cache")
-_TYPE_WORDS = {str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+TYPE_WORDS = {str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
 
 class _Locator:
@@ -246,17 +246,18 @@ class _Reader:
                 expected = list
             if not isinstance(value, expected):
                 raise self.error(table, key, f"'{key}' in [{'.'.join(table)}] must be "
-                                 f"{_TYPE_WORDS[expected]}, not {_describe(value)}")
+                                 f"{TYPE_WORDS[expected]}, not {describe(value)}")
 
     def strings(self, table: tuple[str, ...], key: str, values: list[Any]) -> tuple[str, ...]:
         for value in values:
             if not isinstance(value, str):
                 raise self.error(table, key, f"'{key}' in [{'.'.join(table)}] must be a list "
-                                 f"of strings, but holds {_describe(value)}")
+                                 f"of strings, but holds {describe(value)}")
         return tuple(values)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A TOML value in words, for a message that says what was found instead."""
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, (int, float)):
@@ -296,6 +297,9 @@ def parse(text: str, path: Path) -> Manifest:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"{path}:{_toml_problem(exc, text)}") from None
+    except RecursionError:  # nesting the scan above did not see: said without its place
+        raise ManifestError(f"{path}: arrays or inline tables are nested more than "
+                            f"{MAX_DEPTH} deep") from None
     reader = _Reader(path, text)
 
     for key in data:
@@ -389,10 +393,12 @@ def _brackets(text: str) -> _Scan:
         elif found in ("]", "}"):
             if stack:
                 stack.pop()
-        else:  # a string: skip to its end (a basic string's escapes included)
-            pattern = r'(?<!\\)(?:\\\\)*' + re.escape(found)
-            end = re.compile(pattern if found.startswith('"') else re.escape(found)).search(
-                text, at)
+        else:  # a string: skip to its end (a basic string's escapes included); a multi-line
+            # one may end with one or two quotes of its own, as in '''it's''''
+            closing = re.escape(found) + (f"{re.escape(found[0])}{{0,2}}" if len(found) == 3
+                                          else "")
+            pattern = r'(?<!\\)(?:\\\\)*' + closing
+            end = re.compile(pattern if found.startswith('"') else closing).search(text, at)
             stop = end.end() if end else len(text)
             line += text.count("\n", at, stop)
             if "\n" in text[at:stop]:
@@ -497,7 +503,7 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
         for key, value in env.items():
             if not isinstance(value, str):
                 raise reader.error(table, "env", f"env.{key} in [groups.{name}] must be a "
-                                   f"string, not {_describe(value)}")
+                                   f"string, not {describe(value)}")
         groups.append(Group(name=name, packages=tuple(requirements), index=index,
                             no_deps=body.get("no_deps", False),
                             no_build_isolation=body.get("no_build_isolation", False),

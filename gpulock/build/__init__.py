@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpulock import untrusted
 from gpulock.errors import GpulockError
 
 LOG_LINES = 40  # what a failed build shows of its log
@@ -69,7 +70,8 @@ class Builder:
                          and n.count("/") == 1]
                 if len(names) != 1:
                     raise GpulockError(f"building {label} gave a wheel without METADATA")
-                return archive.read(names[0])
+                return untrusted.zip_member(archive, names[0],
+                                            f"the METADATA built from {label}")
 
     def build(self, source: Path, out: Path, label: str, python: str | None = None,
               described: str = "") -> Path:
@@ -129,7 +131,7 @@ class Builder:
             quiet_subprocess_runner(cmd, cwd, {**(extra_environ or {}), **settings})
 
         caller = BuildBackendHookCaller(str(tree), system.backend,
-                                        list(system.backend_path or ()) or None,
+                                        list(system.backend_path) or None,
                                         runner=runner, python_executable=str(python))
         out = work / "metadata"
         out.mkdir()
@@ -144,7 +146,8 @@ class Builder:
         metadata = out / name / "METADATA"
         if "/" in name or not metadata.is_file():
             raise GpulockError(f"building the metadata of {label} gave no METADATA")
-        return metadata.read_bytes()
+        with metadata.open("rb") as handle:
+            return untrusted.bounded(handle, f"the METADATA built from {label}")
 
     def _pinned(self, requirement: str) -> str:
         """`requirement` held to the previous lock's version (uv's match-runtime, as near as
@@ -225,28 +228,34 @@ def _source_tree(source: Path, into: Path, label: str) -> Path:
 class _BuildSystem:
     requires: tuple[str, ...]
     backend: str
-    backend_path: tuple[str, ...] | None
+    backend_path: tuple[str, ...]  # empty: the backend is imported from the environment
 
 
 def _build_system(tree: Path, label: str) -> _BuildSystem:
     """The `[build-system]` of a source tree, with PEP 517's defaults for a setup.py one."""
-    from gpulock.manifest import tomllib
+    from packaging.requirements import InvalidRequirement, Requirement
 
-    table: dict[str, object] = {}
     pyproject = tree / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            table = tomllib.loads(pyproject.read_text()).get("build-system", {})
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise GpulockError(f"the pyproject.toml of {label} is not valid TOML: {exc}") from None
+    where = f"the pyproject.toml of {label}"
+    data = untrusted.toml_file(pyproject, where) if pyproject.is_file() else {}
+    table = data.get("build-system", {})
+    if not isinstance(table, dict):
+        raise GpulockError(f"{where}: build-system is not a table ([build-system])")
     requires = table.get("requires", ["setuptools>=40.8.0"])
     backend = table.get("build-backend", "setuptools.build_meta:__legacy__")
-    backend_path = table.get("backend-path")
-    if (not isinstance(requires, list) or not all(isinstance(r, str) for r in requires)
-            or not isinstance(backend, str)):
-        raise GpulockError(f"the [build-system] of {label} is malformed")
-    return _BuildSystem(tuple(requires), backend,
-                        tuple(backend_path) if isinstance(backend_path, list) else None)
+    backend_path = table.get("backend-path", [])
+    for key, value in (("requires", requires), ("backend-path", backend_path)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise GpulockError(f"{where}: build-system.{key} is not a list of strings")
+    if not isinstance(backend, str):
+        raise GpulockError(f"{where}: build-system.build-backend is not a string")
+    for text in requires:
+        try:
+            Requirement(text)
+        except InvalidRequirement:
+            raise GpulockError(f"{where}: build-system.requires holds {text!r}, which is "
+                               "not a requirement") from None
+    return _BuildSystem(tuple(requires), backend, tuple(backend_path))
 
 
 def closure(names: Sequence[str], dependencies: Mapping[str, Sequence[str]]) -> list[str]:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from packaging.version import Version
 
+from gpulock import untrusted
 from gpulock.build import Builder
 from gpulock.cache import Cache
 from gpulock.credentials import redact
@@ -38,6 +39,9 @@ from gpulock.lock.index import DistFile
 _TAIL = 64 * 1024
 _BEHIND = 64 * 1024
 _CHUNK = 1024 * 1024
+# The most a METADATA of at most untrusted.TEXT_MAX bytes takes compressed: deflate's stored
+# blocks add 5 bytes to each 64 KiB of incompressible text.
+_PACKED_MAX = untrusted.TEXT_MAX + 2**16
 
 
 @dataclass(frozen=True)
@@ -123,37 +127,37 @@ def _zip_metadata(ranges: _Ranges, where: str) -> bytes:
         name = directory[pos + 46: pos + 46 + nlen]
         if name.endswith(b".dist-info/METADATA") and name.count(b"/") == 1:
             extra = directory[pos + 46 + nlen: pos + 46 + nlen + elen]
-            csize, offset = _zip64_sizes(extra, usize, csize, offset)
+            usize, csize, offset = _zip64_sizes(extra, usize, csize, offset)
+            what = f"the METADATA of {where}"
+            if csize > _PACKED_MAX:  # never fetched: deflate cannot make it small enough
+                raise untrusted.too_large(what)
             header = ranges.get(offset, offset + 30 + 1024 + csize)
             if header[:4] != b"PK\x03\x04":
                 raise FetchError(f"{where} is not a valid wheel: bad local header")
             lnlen, lelen = struct.unpack_from("<HH", header, 26)
             start = offset + 30 + lnlen + lelen
-            data = ranges.get(start, start + csize)
-            if method == 0:
-                return data
-            if method == 8:
-                return zlib.decompress(data, -15)
-            raise FetchError(f"{where}: METADATA uses unsupported zip compression {method}")
+            return untrusted.inflated(ranges.get(start, start + csize), method, usize, what)
         pos += 46 + nlen + elen + clen
     raise FetchError(f"{where} is not a valid wheel: it has no .dist-info/METADATA")
 
 
-def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int]:
+def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """A central directory record's sizes and offset, read from its zip64 field where the
+    record says 0xFFFFFFFF."""
     pos = 0
     while pos + 4 <= len(extra):
         kind, length = struct.unpack_from("<HH", extra, pos)
         if kind == 1:
             fields = iter(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
             if usize == 0xFFFFFFFF:
-                next(fields)
+                usize = next(fields)
             if csize == 0xFFFFFFFF:
                 csize = next(fields)
             if offset == 0xFFFFFFFF:
                 offset = next(fields)
             break
         pos += 4 + length
-    return csize, offset
+    return usize, csize, offset
 
 
 def _metadata_member(archive: zipfile.ZipFile, where: str) -> bytes:
@@ -162,7 +166,7 @@ def _metadata_member(archive: zipfile.ZipFile, where: str) -> bytes:
     if len(names) != 1:
         raise FetchError(f"{where} is not a valid wheel: it has {len(names)} "
                          ".dist-info/METADATA files")
-    return archive.read(names[0])
+    return untrusted.zip_member(archive, names[0], f"the METADATA of {where}")
 
 
 class MetadataSource:
@@ -214,6 +218,8 @@ class MetadataSource:
         response = self.http.get(dist.url + ".metadata")
         if response.status != 200:
             return None
+        if len(response.body) > untrusted.TEXT_MAX:
+            raise untrusted.too_large(f"{redact(dist.url)}.metadata")
         expected = dist.metadata_sha256
         if expected and hashlib.sha256(response.body).hexdigest() != expected:
             raise FetchError(f"{redact(dist.url)}.metadata does not match the index's hash "
@@ -256,7 +262,7 @@ class MetadataSource:
         ranges = _Ranges(fetch, total, tail)
         try:
             raw = _zip_metadata(ranges, redact(dist.url))
-        except (struct.error, zlib.error) as exc:
+        except struct.error as exc:
             raise FetchError(f"{redact(dist.url)} is not a valid wheel: {exc}") from None
         with self._lock:
             self.range_bytes += ranges.fetched
@@ -318,7 +324,7 @@ class MetadataSource:
         if raw is None:
             with tempfile.TemporaryDirectory(prefix="gpulock-sdist-") as tmp:
                 path = self._download(dist, Path(tmp))
-                raw = _pkg_info(path)
+                raw = _pkg_info(path, f"{dist.filename} ({redact(dist.url)})")
                 if raw is None or not parse_core_metadata(raw).reliable_for_sdist:
                     raw = builder.metadata(path, dist.filename)
             self.cache.put_bytes("metadata", key, raw)
@@ -347,18 +353,18 @@ def _hash_local(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), path.stat().st_size
 
 
-def _pkg_info(sdist: Path) -> bytes | None:
+def _pkg_info(sdist: Path, where: str) -> bytes | None:
     """The top-level PKG-INFO of an sdist archive, if it has one."""
+    what = f"the PKG-INFO of {where}"
     try:
         if sdist.name.endswith(".zip"):
             with zipfile.ZipFile(sdist) as archive:
                 names = [n for n in archive.namelist() if re.fullmatch(r"[^/]+/PKG-INFO", n)]
-                return archive.read(names[0]) if names else None
+                return untrusted.zip_member(archive, names[0], what) if names else None
         with tarfile.open(sdist) as archive:
             for member in archive:
                 if re.fullmatch(r"[^/]+/PKG-INFO", member.name) and member.isfile():
-                    handle = archive.extractfile(member)
-                    return handle.read() if handle else None
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
-        raise FetchError(f"cannot read {sdist.name}: {exc}") from None
+                    return untrusted.tar_member(archive, member, what)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise FetchError(f"cannot read {where}: {exc}") from None
     return None

@@ -28,6 +28,13 @@ _ENTRY_KEY = re.compile(r"[0-9a-f]{64}-[a-z0-9][a-z0-9-]*-[A-Za-z0-9.+!_-]+")
 NAME_MAX = 128
 SEGMENT_MAX = 255  # bytes: the longest file name Linux file systems take
 PATH_MAX = 4096
+# Folders a path may nest: Python walks a tree by recursion (os.walk and shutil.rmtree before
+# 3.12, pathlib's mkdir, the farm's merge), one frame a folder, and stops at its recursion
+# limit, 1,000. The deepest real trees are far shallower: torch's wheel nests 15 deep.
+DEPTH_MAX = 256
+# An archive member lands a few folders further down (a wheel's in its entry's `site/`, its
+# bytecode in `__pycache__/`): its own nesting leaves room for them.
+MEMBER_DEPTH_MAX = DEPTH_MAX - 8
 
 
 def name_problem(value: str) -> str | None:
@@ -46,7 +53,7 @@ def path_problem(value: str) -> str | None:
     """What is wrong with a file's path inside a repository or archive, or None.
 
     A relative POSIX path: no leading `/`, no empty, `.` or `..` segment, no backslash, no
-    control character (NUL and newline included).
+    control character (NUL and newline included), at most DEPTH_MAX segments.
     """
     if not value:
         return "is empty"
@@ -58,6 +65,8 @@ def path_problem(value: str) -> str | None:
         return "is absolute"
     if len(value.encode()) > PATH_MAX:
         return f"is longer than {PATH_MAX} bytes"
+    if value.count("/") >= DEPTH_MAX:
+        return f"is nested more than {DEPTH_MAX} folders deep"
     for segment in value.split("/"):
         if not segment:
             return "has an empty segment"
@@ -73,7 +82,10 @@ def member_problem(name: str) -> str | None:
 
     Archives name folders with a trailing `/` and may say `a/./b`: judged once normalised.
     """
-    return path_problem(posixpath.normpath(name))
+    normal = posixpath.normpath(name)
+    if normal.count("/") >= MEMBER_DEPTH_MAX:
+        return f"is nested more than {MEMBER_DEPTH_MAX} folders deep"
+    return path_problem(normal)
 
 
 def segment_problem(value: str) -> str | None:

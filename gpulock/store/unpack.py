@@ -18,7 +18,9 @@ import errno
 import hashlib
 import os
 import posixpath
+import re
 import stat
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
@@ -35,7 +37,7 @@ from installer.records import Hash, RecordEntry
 from installer.sources import WheelFile
 from installer.utils import Scheme
 
-from gpulock import faults
+from gpulock import faults, untrusted
 from gpulock.errors import GpulockError
 from gpulock.store.elf import climbing_dirs, is_elf, search_paths
 from gpulock.store.names import member_problem, path_problem, script_problem
@@ -51,6 +53,11 @@ warnings.filterwarnings("ignore", message="Skip installing", category=RuntimeWar
 _SCHEME_DIRS = {"purelib": "site", "platlib": "site", "scripts": "scripts",
                 "headers": "headers", "data": "data"}
 _CHUNK = 1 << 20
+_SHOWN = 200  # what a message shows of a member's name
+_DIST_INFO = re.compile(r"[^/]+\.dist-info/[^/]+")
+# RECORD lists every file of a wheel, about 100 bytes each: torch's 12,000 take 1.3 MB; this
+# bound holds a million.
+_RECORD_MAX = 8 * untrusted.TEXT_MAX
 
 
 @dataclass
@@ -97,7 +104,8 @@ def _install(wheel: Path, destination: EntryDestination, label: str,
 
 
 def _refuse_unsafe_members(wheel: Path, label: str) -> None:
-    """Refuse a wheel with absolute, `..` or link members before anything is written."""
+    """Refuse a wheel with absolute, `..`, too deep or link members, or with metadata that
+    installer would inflate whole into memory past its bound, before anything is written."""
     try:
         with zipfile.ZipFile(wheel) as archive:
             members = archive.infolist()
@@ -105,15 +113,26 @@ def _refuse_unsafe_members(wheel: Path, label: str) -> None:
         raise GpulockError(f"{label}: {wheel.name} is not a readable wheel: {exc}") from None
     for member in members:
         name = member.filename
-        mode = member.external_attr >> 16
         if reason := member_problem(name):
             problem = f"a path outside its own tree (it {reason})"
-        elif stat.S_ISLNK(mode):
+        elif stat.S_ISLNK(member.external_attr >> 16):
             problem = "a symbolic link"
+        elif member.file_size > (limit := _read_whole_limit(name)):
+            # zipfile never inflates more than a member's declared size: this bounds it.
+            raise untrusted.too_large(f"{label}: {name!r} of {wheel.name}", limit)
         else:
             continue
-        raise GpulockError(f"{label}: {wheel.name} holds {problem} ({name!r}); it was "
+        shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
+        raise GpulockError(f"{label}: {wheel.name} holds {problem} ({shown!r}); it was "
                            "refused and nothing was written")
+
+
+def _read_whole_limit(name: str) -> int:
+    """The most bytes the member `name` may inflate to: installer reads the .dist-info
+    files whole (WHEEL, entry_points.txt, RECORD), and streams the rest."""
+    if not _DIST_INFO.fullmatch(name):
+        return sys.maxsize
+    return _RECORD_MAX if name.endswith("/RECORD") else untrusted.TEXT_MAX
 
 
 class EntryDestination(WheelDestination):

@@ -10,6 +10,7 @@ each model's weight memory, and the `TORCH_CUDA_ARCH_LIST` of groups that build.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -49,6 +50,21 @@ class Driver:
     version: str
     cuda: str | None  # the highest CUDA this driver runs
     gpus: tuple[Gpu, ...]
+    unread: tuple[str, ...] = ()  # the lines describing GPUs that could not be read, shown
+
+
+# A count as nvidia-smi prints one (a GPU's index, MiB): ASCII digits, perhaps a fraction.
+# Checked before int() or float() see it: float() takes "inf", "nan" and "1e400" (infinite,
+# and int() of it raises), str.isdigit() takes "²", which int() refuses, and int() refuses
+# more than 4,300 digits; twelve are more than any GPU has MiB.
+_COUNT = re.compile(r"[0-9]{1,12}(\.[0-9]+)?")
+_SHOWN = 120  # what a message shows of a line nvidia-smi printed
+
+
+def count(field: str) -> int | None:
+    """The whole number `field` says (a fraction dropped), or None when it is not a plain
+    decimal number."""
+    return int(field.partition(".")[0]) if _COUNT.fullmatch(field) else None
 
 
 def probe_driver() -> Driver | str | None:
@@ -67,28 +83,45 @@ def probe_driver() -> Driver | str | None:
     if version is None:
         failed = header if header.returncode != 0 else rows
         said = (failed.stderr + failed.stdout).strip().splitlines() or ["no output"]
-        return f"nvidia-smi failed: {said[-1][:200]}"
-    gpus = []
-    for line in rows.stdout.strip().splitlines() if rows.returncode == 0 else []:
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) < 5 or not parts[0].isdigit():
-            return f"nvidia-smi described a GPU as {line[:200]!r}"
-        # vGPU and MIG set-ups answer [N/A] or [Not Supported] for some fields.
-        gpus.append(Gpu(int(parts[0]), parts[1], parts[2], _mib(parts[3]), _mib(parts[4])))
+        return f"nvidia-smi failed: {_shown(said[-1])}"
+    lines = rows.stdout.strip().splitlines() if rows.returncode == 0 else []
+    read = [(line, _gpu(line)) for line in lines]
+    gpus = tuple(gpu for _, gpu in read if gpu is not None)
+    unread = tuple(_shown(line) for line, gpu in read if gpu is None)
     cuda = _after(header.stdout, "CUDA Version:")
-    return Driver(version, cuda if _version(cuda or "") else None, tuple(gpus))
+    return Driver(version, cuda if _version(cuda or "") else None, gpus, unread)
 
 
-def _mib(field: str) -> int:
-    try:
-        return int(float(field))
-    except ValueError:
-        return 0  # unknown: no model is said to fit
+def _gpu(line: str) -> Gpu | None:
+    """A GPU from one line of `--query-gpu`, or None when the line cannot be read."""
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) < 5:
+        return None
+    index, free, total = count(parts[0]), _mib(parts[3]), _mib(parts[4])
+    if index is None or free is None or total is None:
+        return None
+    return Gpu(index, _shown(parts[1], quoted=False), _shown(parts[2], quoted=False), free,
+               total)
+
+
+def _mib(field: str) -> int | None:
+    """MiB as nvidia-smi printed them; 0 for the [N/A] or [Not Supported] of vGPU and MIG
+    set-ups (unknown: no model is said to fit), None for anything else not a count."""
+    if field.startswith("[") and field.endswith("]"):
+        return 0
+    return count(field)
+
+
+def _shown(text: str, quoted: bool = True) -> str:
+    """What nvidia-smi printed, cut short and with its unprintable characters escaped."""
+    cut = text[:_SHOWN] + ("..." if len(text) > _SHOWN else "")
+    shown = repr(cut)
+    return shown if quoted else shown[1:-1]
 
 
 def _after(text: str, label: str) -> str | None:
     _, found, rest = text.partition(label)
-    return rest.split()[0] if found and rest.split() else None
+    return _shown(rest.split()[0], quoted=False) if found and rest.split() else None
 
 
 def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | None,
@@ -123,6 +156,9 @@ def _driver_checks(lock: Lock, driver: Driver | str | None) -> list[Check]:
     found += [Check(f"gpu {g.index}", OK, f"GPU {g.index}: {g.name}, compute capability "
                     f"{g.capability}, {g.free_mib / 1024:.1f} GiB free of "
                     f"{g.total_mib / 1024:.1f} GiB") for g in driver.gpus]
+    found += [Check("gpu", WARN, f"nvidia-smi described a GPU as {line}, which is not "
+                    "index, name, compute capability, free and total MiB: it is left out")
+              for line in driver.unread]
     if not driver.gpus:
         found.append(Check("gpu", WARN, "the driver sees no GPU"))
     if cuda and driver.cuda:
