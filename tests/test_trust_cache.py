@@ -1,0 +1,123 @@
+"""Trust at the binary cache's edges (issue 18): push signs only what it re-verified, no
+key error quotes a secret, no cache URL shows its password, and ref:// cycles are one
+sentence that never makes gc lose a project's only copy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Project
+from tests.support.dists import make_wheel
+from tests.test_binary_cache import _index, _keys, _project
+from tests.test_trust import refused
+
+
+def _synced(make_index, project: Project, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A project (a wheel and a built sdist) synced into a store and its file:// cache,
+    not yet pushed: (store, cache, secret key file)."""
+    index = _index(make_index)
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    secret, public = _keys(tmp_path / "keys", "team-1")
+    _project(project, index.url, cache.as_uri(), public, tmp_path / "builds.log")
+    synced = project.gpulock("sync", "--store", str(store))
+    assert synced.code == 0, synced.err
+    return store, cache, secret
+
+
+def _entry(store: Path, name: str) -> Path:
+    return next((store / "v1" / "pkgs").glob(f"*-{name}-*"))
+
+
+def _signed(cache: Path) -> list[str]:
+    """The entries a cache holds a signed record for."""
+    entries = cache / "entries"
+    return sorted(p.name for p in entries.iterdir()) if entries.is_dir() else []
+
+
+def _swap_built_wheel(store: Path, tmp_path: Path) -> None:
+    """Replace a built entry's kept wheel, and its hash in gpulock-entry.json to match: only
+    the entry's file records still say what it was built as."""
+    entry = _entry(store, "srcpkg")
+    kept = next((entry / "built").iterdir())
+    evil = make_wheel(tmp_path / "evil", "srcpkg", "1.0",
+                      files={"srcpkg/__init__.py": b"import os; os.system('id')\n"})
+    kept.chmod(0o644)
+    kept.write_bytes(evil.read_bytes())
+    manifest = entry / "gpulock-entry.json"
+    data = json.loads(manifest.read_text())
+    data["built"].update(sha256=hashlib.sha256(evil.read_bytes()).hexdigest(),
+                         size=evil.stat().st_size)
+    manifest.chmod(0o644)
+    manifest.write_text(json.dumps(data, sort_keys=True))
+
+
+def _change_site_file(store: Path, _tmp_path: Path) -> None:
+    """Change one unpacked file of an index wheel's entry."""
+    module = next((_entry(store, "dep") / "site").rglob("*.py"))
+    module.chmod(0o644)
+    module.write_text("import os; os.system('id')\n")
+
+
+DAMAGE = {"built wheel swapped": (_swap_built_wheel, "srcpkg 1.0"),
+          "site file changed": (_change_site_file, "dep 1.0")}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+@pytest.mark.parametrize("every", [False, True], ids=["project", "all"])
+def test_push_refuses_an_entry_verify_flags_and_signs_nothing_for_it(
+        damage: str, every: bool, make_index, project: Project, tmp_path: Path):
+    store, cache, secret = _synced(make_index, project, tmp_path)
+    tamper, label = DAMAGE[damage]
+    tamper(store, tmp_path)
+    assert project.gpulock("verify", "--store", str(store)).code != 0
+    damaged = _entry(store, label.split()[0]).name
+    result = project.gpulock("push", "--store", str(store), "--key", str(secret),
+                             *(["--all"] if every else []))
+    refused(result, label, damaged, "gpulock verify --repair")
+    assert f"{damaged}.json" not in _signed(cache)
+    assert not [p for p in (cache / "wheels").rglob("*") if label.split()[0] in p.name] \
+        if (cache / "wheels").is_dir() else True
+
+
+def test_push_signs_the_bytes_it_verified_even_when_the_wheel_is_swapped_just_after(
+        make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from gpulock.store.substituters import push
+
+    store, cache, secret = _synced(make_index, project, tmp_path)
+    checked = push.verified_records
+
+    def then_swapped(opened, key):  # type: ignore[no-untyped-def]
+        records = checked(opened, key)
+        if "-srcpkg-" in key:  # the race: replaced right after verify passed it
+            _swap_built_wheel(store, tmp_path)
+        return records
+
+    monkeypatch.setattr(push, "verified_records", then_swapped)
+    result = project.gpulock("push", "--store", str(store), "--key", str(secret))
+    damaged = _entry(store, "srcpkg").name
+    refused(result, "srcpkg 1.0", damaged, "changed while it was pushed")
+    assert f"{damaged}.json" not in _signed(cache)
+    assert not list((cache / "wheels").rglob("srcpkg-*"))
+
+
+def test_push_skips_a_model_file_whose_bytes_changed_in_the_store(project: Project,
+                                                                  tmp_path: Path):
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "weights.bin").write_bytes(b"w" * 10_000)
+    secret, public = _keys(tmp_path / "keys", "team-1")
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    project.write(f'[project]\nname = "m"\npython = "3.11"\n[groups.main]\npackages = []\n'
+                  f'[models.data]\nsource = "{share}"\n'
+                  f'[cache]\nsubstituters = ["{cache.as_uri()}"]\ntrusted-keys = ["{public}"]\n')
+    assert project.gpulock("sync", "--models-only", "--store", str(store)).code == 0
+    blob = next(p for p in (store / "v1" / "blobs" / "sha256").rglob("*") if p.is_file())
+    blob.chmod(0o644)
+    blob.write_bytes(b"x" * 10_000)
+    result = project.gpulock("push", "--all", "--store", str(store), "--key", str(secret))
+    refused(result, f"the model file {blob.parent.name}{blob.name}", "gpulock verify --repair")
+    assert not (cache / "blobs").exists() or not list((cache / "blobs").iterdir())
