@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gpulock import signing
+from gpulock.errors import GpulockError
 from tests.conftest import Project
 from tests.support.dists import make_wheel
 from tests.test_binary_cache import _index, _keys, _project
@@ -121,3 +127,73 @@ def test_push_skips_a_model_file_whose_bytes_changed_in_the_store(project: Proje
     result = project.gpulock("push", "--all", "--store", str(store), "--key", str(secret))
     refused(result, f"the model file {blob.parent.name}{blob.name}", "gpulock verify --repair")
     assert not (cache / "blobs").exists() or not list((cache / "blobs").iterdir())
+
+
+def _windows(secret: str, width: int = 8) -> set[str]:
+    """Every `width`-character piece of `secret`: none may reach a message."""
+    return {secret[i:i + width] for i in range(len(secret) - width + 1)}
+
+
+@pytest.mark.parametrize("given_as", ["environment", "key file", "key argument"])
+def test_a_signing_key_with_name_and_key_swapped_is_refused_without_quoting_it(
+        given_as: str, make_index, project: Project, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    store, _, secret = _synced(make_index, project, tmp_path)
+    name, encoded = secret.read_text().strip().split(":")
+    swapped = f"{encoded}:{name}"
+    key: list[str] = []
+    if given_as == "environment":
+        monkeypatch.setenv("GPULOCK_SIGNING_KEY", swapped)
+    elif given_as == "key file":
+        (tmp_path / "swapped.secret").write_text(swapped + "\n")
+        key = ["--key", str(tmp_path / "swapped.secret")]
+    else:  # the key itself where its file belongs
+        key = ["--key", secret.read_text().strip()]
+    result = project.gpulock("push", "--store", str(store), *key)
+    refused(result)
+    assert not [piece for piece in _windows(encoded) if piece in result.err + result.out]
+
+
+def _key_texts() -> st.SearchStrategy[tuple[str, str]]:
+    """(a key's text as someone might give it, the secret base64 it holds)."""
+    names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
+    # What a file and the environment can hold: no NUL, no lone surrogate.
+    noise = st.text(alphabet=st.characters(blacklist_categories=["Cs"],
+                                           blacklist_characters="\x00"), max_size=12)
+
+    @st.composite
+    def texts(draw: st.DrawFn) -> tuple[str, str]:
+        seed = draw(st.binary(min_size=32, max_size=32))
+        key = signing.SecretKey(draw(names), seed)
+        encoded = key.text().partition(":")[2]
+        cut = draw(st.integers(0, len(encoded)))
+        junk = draw(noise)
+        shape = draw(st.sampled_from([
+            f"{encoded}:{key.name}", encoded, f"{junk}{encoded}", f"{encoded}{junk}",
+            f"{key.name}:{encoded[:cut]}", f"{key.name}:{encoded[:cut]}{junk}{encoded[cut:]}",
+            f"{encoded[:cut]}:{encoded[cut:]}", f"{key.name} {encoded}", f"{junk}:{encoded}",
+            f"{key.name}:{encoded}:{junk}", f"{key.name}:{encoded[:44]}"]))
+        return shape, encoded
+
+    return texts()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(given_key=_key_texts())
+def test_no_key_error_quotes_any_piece_of_the_secret(given_key: tuple[str, str],
+                                                      tmp_path_factory: pytest.TempPathFactory):
+    text, encoded = given_key
+    key_file = tmp_path_factory.mktemp("key") / "given.secret"
+    key_file.write_text(text)
+    attempts = [lambda: signing.parse_secret(text, "KEY"),
+                lambda: signing.parse_public(text, "KEY"),
+                lambda: signing.load_secret(str(key_file)),  # --key FILE
+                lambda: signing.load_secret(text),  # --key given the key itself
+                lambda: signing.load_secret(None)]  # $GPULOCK_SIGNING_KEY
+    for attempt in attempts:
+        with mock.patch.dict(os.environ, {"GPULOCK_SIGNING_KEY": text}):
+            try:
+                attempt()
+            except GpulockError as exc:
+                said = str(exc)
+                assert not [piece for piece in _windows(encoded) if piece in said], said
