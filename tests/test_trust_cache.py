@@ -197,3 +197,51 @@ def test_no_key_error_quotes_any_piece_of_the_secret(given_key: tuple[str, str],
             except GpulockError as exc:
                 said = str(exc)
                 assert not [piece for piece in _windows(encoded) if piece in said], said
+
+
+PASSWORD = "hunter2-Pa55"
+
+
+def _cache_urls(tmp_path: Path) -> dict[str, str]:
+    """Cache URLs that carry a login, each in a form a parser may misread."""
+    folder = (tmp_path / "cache").as_posix()
+    return {"file userinfo": f"file://deploy:{PASSWORD}@localhost{folder}",
+            "file password with slash": f"file://deploy:{PASSWORD}/x@localhost{folder}",
+            "s3 userinfo": f"s3://AKIA:{PASSWORD}@bucket/cache",
+            "s3 password with slash": f"s3://AKIA:{PASSWORD}/x@bucket/cache",
+            "s3 endpoint userinfo": f"s3://bucket/cache?endpoint=http://u:{PASSWORD}@127.0.0.1:1"}
+
+
+CACHE_FORMS = ["file userinfo", "file password with slash", "s3 userinfo",
+               "s3 password with slash", "s3 endpoint userinfo"]
+
+
+@pytest.mark.parametrize("form", CACHE_FORMS)
+@pytest.mark.parametrize("via", ["push --to", "GPULOCK_SUBSTITUTERS"])
+def test_a_cache_url_with_a_password_never_shows_it(
+        form: str, via: str, make_index, project: Project, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    store, _, secret = _synced(make_index, project, tmp_path)
+    url = _cache_urls(tmp_path)[form]
+    if via == "push --to":
+        result = project.gpulock("push", "--store", str(store), "--key", str(secret),
+                                 "--to", url)
+    else:
+        monkeypatch.setenv("GPULOCK_SUBSTITUTERS", url)
+        result = project.gpulock("sync", "--store", str(tmp_path / "region-b"))
+    refused(result, "substituter")
+    assert PASSWORD not in result.err + result.out
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(user=st.text(max_size=8), password=st.text(min_size=8, max_size=24),
+       scheme=st.sampled_from(["file://", "s3://"]))
+def test_no_cache_url_is_shown_with_its_password(user: str, password: str, scheme: str):
+    from gpulock.store.substituters import open_substituter
+
+    url = f"{scheme}{user}:{password}@bucket/cache"
+    try:
+        shown = open_substituter(url).url
+    except GpulockError as exc:
+        shown = str(exc)
+    assert password not in shown
