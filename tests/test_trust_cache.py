@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -245,3 +246,102 @@ def test_no_cache_url_is_shown_with_its_password(user: str, password: str, schem
     except GpulockError as exc:
         shown = str(exc)
     assert password not in shown
+
+
+def _models_project(folder: Path, name: str, source: str) -> Path:
+    """A project folder holding only a model, `source`: its gpu.toml."""
+    folder.mkdir(exist_ok=True)
+    (folder / "gpu.toml").write_text(f'[project]\nname = "{name}"\npython = "3.11"\n'
+                                     f'[groups.main]\npackages = []\n'
+                                     f'[models.data]\nsource = "{source}"\n')
+    return folder / "gpu.toml"
+
+
+def _models(project: Project, manifest: Path, store: Path, *command: str):  # type: ignore[no-untyped-def]
+    args = {"sync": ["--models-only"], "lock": []}.get(command[0], [])
+    return project.gpulock(command[0], *command[1:], *args, "--manifest", str(manifest),
+                            "--store", str(store))
+
+
+@pytest.fixture
+def two_projects(project: Project, tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """'shared' pins a folder that is gone since; 'mine' references it with ref://: both
+    synced, the store holds the only copy. (store, shared's manifest, mine's, a blob)"""
+    share = tmp_path / "share"
+    share.mkdir()
+    for index in range(3):
+        (share / f"part-{index}.bin").write_bytes(os.urandom(5_000))
+    store = tmp_path / "store"
+    shared = _models_project(tmp_path / "shared", "shared", str(share))
+    mine = _models_project(tmp_path / "mine", "mine", "ref://shared/data")
+    for manifest in (shared, mine):
+        synced = _models(project, manifest, store, "sync")
+        assert synced.code == 0, synced.err
+    for path in share.iterdir():
+        path.unlink()
+    blob = next(p for p in (store / "v1" / "blobs" / "sha256").rglob("*") if p.is_file())
+    return store, shared, mine, blob
+
+
+def _blobs(store: Path) -> set[str]:
+    return {p.name for p in (store / "v1" / "blobs" / "sha256").rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("loop", ["itself", "each other"])
+def test_lock_refuses_to_pin_a_ref_that_leads_back_to_the_project(
+        loop: str, two_projects, project: Project):
+    store, shared, _, _ = two_projects
+    source = "ref://shared/data" if loop == "itself" else "ref://mine/data"
+    _models_project(shared.parent, "shared", source)
+    result = _models(project, shared, store, "lock")
+    cycle = ("ref://shared/data -> ref://shared/data" if loop == "itself"
+             else "ref://shared/data -> ref://mine/data -> ref://shared/data")
+    refused(result, cycle, "lead back to themselves")
+    refused(_models(project, shared, store, "sync"), cycle)
+
+
+def _hand_made_cycle(store: Path, project_name: str, source: str) -> None:
+    """What an older gpulock (or a hand) left: a root whose model references in a loop."""
+    root = store / "v1" / "roots" / "models" / f"{project_name}.json"
+    data = json.loads(root.read_text())
+    data["models"][0]["source"] = source
+    root.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("loop", ["itself", "each other"])
+def test_a_ref_cycle_left_in_the_store_with_a_blob_lost_is_one_sentence_and_gc_keeps_all(
+        loop: str, two_projects, project: Project):
+    store, _, mine, blob = two_projects
+    _hand_made_cycle(store, "shared", "ref://shared/data" if loop == "itself"
+                     else "ref://mine/data")
+    kept = _blobs(store)
+    blob.unlink()  # one copy lost: a sync would fetch it from the model's source
+    shutil.rmtree(store / "v1" / "files")  # and lay out the views again
+    result = _models(project, mine, store, "sync", "--frozen")
+    line = refused(result, "ref://shared/data -> ", "lead back to themselves")
+    assert "RecursionError" not in line and "GC root" not in line
+    for command in (["gc", "--dry-run"], ["gc"]):
+        collected = _models(project, mine, store, *command)
+        assert collected.code == 0, collected.err
+        assert _blobs(store) == kept - {blob.name}  # nothing another project pins went
+    assert _models(project, mine, store, "verify").code == 1  # the lost one is named
+    repaired = _models(project, mine, store, "verify", "--repair")
+    refused(repaired, "ref://shared/data -> ", "lead back to themselves")
+    assert _blobs(store) == kept - {blob.name}
+
+
+def test_gc_that_cannot_read_a_model_root_removes_nothing_and_never_says_to_delete_it(
+        make_index, project: Project, tmp_path: Path):
+    store, _, _ = _synced(make_index, project, tmp_path)
+    project.write(project.manifest.read_text().replace('["dep"]', "[]").replace(
+        '["srcpkg"]', "[]"))
+    assert project.gpulock("sync", "--store", str(store)).code == 0  # generation 2: empty
+    root = store / "v1" / "roots" / "models" / "other.json"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.write_text('{"models": ')  # cut short
+    before = sorted(p.relative_to(store) for p in store.rglob("*") if "roots" not in p.parts)
+    result = project.gpulock("gc", "--keep", "1", "--store", str(store))
+    line = refused(result, str(root), "'gpulock sync' in project 'other'")
+    assert "remove it" not in line
+    after = sorted(p.relative_to(store) for p in store.rglob("*") if "roots" not in p.parts)
+    assert after == before  # generation 1 and its entries are where they were

@@ -263,8 +263,8 @@ def _missing_blobs(store: Store) -> list[Damage]:
         models = [from_dict(entry, "a model root") for entry in roots.model_roots(store)]
     except GpulockError as exc:  # gc refuses to run on it too: say so, and check the rest
         return [Damage("root", os.path.relpath(store.layout.model_roots, store.layout.base),
-                       f"a model root is damaged ({exc}); remove the file and sync the "
-                       "project again")]
+                       f"a model root is damaged ({exc}); sync its project again, which "
+                       "writes it anew (removed, gc would take that project's model files)")]
     for model in models:
         for file in model.files:
             if file.sha256 and not os.path.lexists(store.layout.blob(file.sha256)):
