@@ -116,18 +116,19 @@ def refusal(*results: Pushed) -> GpulockError | None:
     if not damaged:
         return None
     more = f", and {len(damaged) - 1} more damaged," if len(damaged) > 1 else ""
-    return GpulockError(f"push skipped {damaged[0]}{more} and signed nothing for it; run "
-                        "'gpulock verify --repair', then push again")
+    return GpulockError(f"push skipped {damaged[0]}{more}: nothing of it was signed or "
+                        "uploaded; run 'gpulock verify --repair', then push again")
 
 
 def _push_entry(store: Store, cache: Substituter, key: SecretKey, entry_key: str,
                 http: Http) -> int:
-    entry = store.entry(entry_key)
-    label = f"{entry.name} {entry.version} ({entry_key})"
-    try:
+    name, version = entry_key.split("-", 1)[1].rsplit("-", 1)
+    label = f"{name} {version} ({entry_key})"
+    try:  # first: a manifest that cannot be read is damage too, not the end of the push
         records = verified_records(store, entry_key)
     except EntryDamage as exc:
         raise EntryDamage(f"{label}, which is damaged ({exc})") from None
+    entry = store.entry(entry_key)
     work = store.work_dir("push")
     try:
         wheel, sha256, size = _packed(store, entry_key, label, records, work, http)
