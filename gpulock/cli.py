@@ -256,7 +256,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from gpulock.env.generation import current
     from gpulock.signing import load_secret
     from gpulock.store.substituters import open_substituter
-    from gpulock.store.substituters.push import push
+    from gpulock.store.substituters.push import Pushed, push, push_blobs, refusal
 
     spec, lock_path, store = _project_paths(args)
     opened = _opened(store)
@@ -282,12 +282,13 @@ def _cmd_push(args: argparse.Namespace) -> int:
     print(f"Pushed {result.entries} entries ({result.bytes / 2**20:.1f} MiB); "
           f"{result.present} were there already", file=sys.stderr)
     blobs = _model_blobs(opened, lock_path, args.all)
+    sent = push_blobs(opened, cache, blobs, _say, jobs=args.jobs) if blobs else Pushed()
     if blobs:
-        from gpulock.store.substituters.push import push_blobs
-
-        sent = push_blobs(opened, cache, blobs, _say, jobs=args.jobs)
         print(f"Pushed {sent.entries} model files ({sent.bytes / 2**20:.1f} MiB); "
               f"{sent.present} were there already", file=sys.stderr)
+    damaged = refusal(result, sent)
+    if damaged:
+        raise damaged
     return 0
 
 

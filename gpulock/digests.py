@@ -21,3 +21,15 @@ def hash_stream(handle: BinaryIO) -> tuple[str, int]:
         digest.update(chunk)
         size += len(chunk)
     return digest.hexdigest(), size
+
+
+def copy_hashed(source: BinaryIO, target: Path) -> tuple[str, int]:
+    """Copy an open file to the new file `target`; the sha256 and size of exactly the bytes
+    written, so what is checked is what is kept, whatever happens to `source` meanwhile."""
+    digest, size = hashlib.sha256(), 0
+    with target.open("xb") as out:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size

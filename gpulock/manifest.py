@@ -20,7 +20,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from gpulock.credentials import credentials_in, redact, remember, shown
+from gpulock.credentials import redact, remember, shown
 from gpulock.errors import GpulockError, ManifestError
 from gpulock.lock.target import Target
 from gpulock.manifest_hash import content_hash
@@ -335,13 +335,11 @@ def _cache(reader: _Reader, raw: dict[str, Any]) -> CacheSettings:
                            "'trusted_keys'; keep one")
     key_name = "trusted-keys" if "trusted-keys" in raw else "trusted_keys"
     urls = reader.strings(table, "substituters", raw.get("substituters", []))
+    from gpulock.store.substituters import url_problem
+
     for url in urls:
-        if not re.match(r"(s3://|file:///|/)", url):
-            raise reader.error(table, "substituters", f"substituter {redact(url)!r} must be "
-                               "s3://bucket/prefix, file:///folder or an absolute path")
-        if credentials_in(url):
-            raise reader.error(table, "substituters", f"substituter {redact(url)!r} holds "
-                               "credentials: put them in AWS_* variables or a profile")
+        if problem := url_problem(url):
+            raise reader.error(table, "substituters", f"substituter {shown(url)!r} {problem}")
     keys = reader.strings(table, key_name, raw.get(key_name, []))
     from gpulock.signing import parse_public
 

@@ -4,7 +4,9 @@ A secret key is one line `NAME:base64(seed + public key)` (64 bytes, libsodium's
 layout), a public key `NAME:base64(32 bytes)`, a signature `NAME:base64(64 bytes)`. A key's
 name says which trusted key a signature claims; only a signature that verifies under the
 trusted key of that name counts. Secrets are read from a file or the environment, never
-written anywhere but `keygen`'s own 0600 file, and never printed.
+written anywhere but `keygen`'s own 0600 file, and never printed: no error about a key's
+text quotes any of it (a key pasted the wrong way round, or into the wrong place, puts the
+secret where its name or a file name belongs).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from gpulock.errors import GpulockError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_NAME_RULE = ("must be letters, digits, '.', '_' or '-' (at most 100), starting with a letter "
+              "or digit")
 
 
 @dataclass(frozen=True)
@@ -119,11 +123,15 @@ def load_secret(path: str | None) -> SecretKey:
             return parse_secret(value, "$GPULOCK_SIGNING_KEY (neither a key file nor "
                                 "NAME:base64)")
         path = value
+        given = "the file $GPULOCK_SIGNING_KEY names"
+    else:
+        given = "the --key file"  # not its name: the key itself may have been given there
     try:
         text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GpulockError(f"cannot read the signing key {path}: "
-                           f"{exc.strerror if isinstance(exc, OSError) else exc}") from None
+    except OSError as exc:
+        raise GpulockError(f"cannot read {given}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise GpulockError(f"{given} is not text: a key is one line NAME:base64") from None
     return parse_secret(text, str(path))
 
 
@@ -149,7 +157,8 @@ def _split(text: str, where: str, what: str) -> tuple[str, bytes]:
     name, sep, encoded = text.partition(":")
     if not sep or not name:
         raise GpulockError(f"{where}: a {what} is NAME:base64")
-    _check_name(name, f"{where}: the {what}'s name")
+    if not _NAME.fullmatch(name):  # never quoted: it may be the secret, put first
+        raise GpulockError(f"{where}: the {what}'s name, before its ':', {_NAME_RULE}")
     try:
         return name, base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
@@ -158,5 +167,4 @@ def _split(text: str, where: str, what: str) -> tuple[str, bytes]:
 
 def _check_name(name: str, what: str) -> None:
     if not _NAME.fullmatch(name):
-        raise GpulockError(f"{what} {name!r} must be letters, digits, '.', '_' or '-' "
-                           "(at most 100), starting with a letter or digit")
+        raise GpulockError(f"{what} {name!r} {_NAME_RULE}")

@@ -185,15 +185,18 @@ def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
     from concurrent.futures import ThreadPoolExecutor
 
     from gpulock.models import from_dict, pin
+    from gpulock.sources.ref import refuse_cycles
 
     kept = {m["name"]: from_dict(m) for m in (previous.models if previous else ())}
+    store = store or Store(default_store(manifest.path.parent))
 
     def one(model: Model) -> PinnedModel:
         old = kept.get(model.name)
         if old is not None and old.matches(model) and not upgrade and (
                 canonicalize_name(model.name) not in upgrade_names):
             return old
-        return pin(model, store or Store(default_store(manifest.path.parent)))
+        return pin(model, store)
 
+    refuse_cycles(store, manifest.project.name, manifest.models)
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, manifest.models))

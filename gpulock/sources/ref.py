@@ -1,10 +1,18 @@
 """`ref://<project>/<model>`: the files another project on the same store pinned (seed
 001's REFERENCE to a shared dataset). Pinned from that project's last sync, as the store
 records it, so the lock holds the same files and hashes and sync downloads nothing while
-the store has their blobs; a blob gone since is fetched from the other model's source."""
+the store has their blobs; a blob gone since is fetched from the source at the end of the
+chain of refs (a project may reference one that references another).
+
+A chain that comes back to a model it passed (a project referencing its own model, two
+referencing each other) has no source at all: its files exist only as the store's blobs.
+Refs are followed in a loop with the refs passed so far, so such a chain is one sentence
+naming it, never a recursion; a lock refuses to pin one and a sync to record one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from gpulock.errors import GpulockError
@@ -38,7 +46,7 @@ class RefSource:
     def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
         from gpulock.models.views import fetch_blob
 
-        other = referenced(store, model.name, model.source)
+        *_, other = _hops(store, model.name, model.source)
         same = next((f for f in other.files if f.etag == file.etag), None)
         if same is None:
             raise GpulockError(f"model '{model.name}': {model.source} no longer pins "
@@ -47,6 +55,44 @@ class RefSource:
         with blob.open("rb") as source, target.open("xb") as out:
             while chunk := source.read(1 << 20):
                 out.write(chunk)
+
+
+class RefCycleError(GpulockError):
+    """A chain of ref:// sources that comes back to a model it passed."""
+
+
+def refuse_cycles(store: Store, project: str, models: Iterable[Model | PinnedModel]) -> None:
+    """Refuse `project`'s ref:// models whose chain leads back to one of its own models (or
+    into any cycle) before a lock pins them or a sync records them as the project's root.
+    A link the store cannot follow (a project that synced no such model) ends the chain
+    here: pin and fetch say what is wrong with it when they need it."""
+    for model in models:
+        if model.source.startswith("ref://"):
+            try:
+                for _ in _hops(store, model.name, model.source,
+                               start=f"ref://{project}/{model.name}"):
+                    pass
+            except RefCycleError:
+                raise
+            except GpulockError:
+                continue
+
+
+def _hops(store: Store, name: str, source: str, start: str | None = None
+          ) -> Iterator[PinnedModel]:
+    """The pins along `source`'s chain of refs, first hop first, the last one's source not
+    a ref (`start`, the asking model's own ref, counts as passed already)."""
+    passed = [start] if start else []
+    while source.startswith("ref://"):
+        if source in passed:
+            cycle = " -> ".join([*passed[passed.index(source):], source])
+            raise RefCycleError(f"model '{name}': the ref:// sources {cycle} lead back to "
+                                "themselves, so no source holds their files; point one of "
+                                "them at where the files come from and sync that project")
+        passed.append(source)
+        other = referenced(store, name, source)
+        yield other
+        source = other.source
 
 
 def referenced(store: Store, name: str, source: str) -> PinnedModel:

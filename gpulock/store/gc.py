@@ -31,11 +31,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gpulock.env import generation
 from gpulock.errors import GpulockError
-from gpulock.models import from_dict
+from gpulock.models import PinnedModel, from_dict
 from gpulock.models.views import HubRepo, indexed_blob
 from gpulock.store import Store, roots
 from gpulock.store.layout import Layout
@@ -114,10 +113,13 @@ def collect(store: Store, keep: int = 3, dry_run: bool = False,
 
 def _choose(store: Store, keep: int, remove: _Remover, result: Collected) -> None:
     rooted = roots.temporary_roots(store)
+    # Every root read and understood before anything moves: one that cannot be read stops
+    # gc with nothing removed, never counts as referencing nothing.
+    pinned = [from_dict(m) for m in roots.model_roots(store) + rooted.models]
     kept = _collect_generations(store, keep, rooted.digests, remove, result)
     live_pkgs = {key for gen in kept for key in gen.packages.values()} | rooted.pkgs
     _collect_entries(store, live_pkgs, remove, result)
-    _collect_models(store, roots.model_roots(store) + rooted.models, remove, result)
+    _collect_models(store, pinned, remove, result)
     _collect_scratch(store, remove, result)
 
 
@@ -169,10 +171,9 @@ def _collect_entries(store: Store, live: set[str], remove: _Remover,
     result.freed += sum(_size(path) for path in moved.values())
 
 
-def _collect_models(store: Store, models: list[dict[str, Any]], remove: _Remover,
+def _collect_models(store: Store, pinned: list[PinnedModel], remove: _Remover,
                     result: Collected) -> None:
     layout = store.layout
-    pinned = [from_dict(m) for m in models]
     live_sha = {f.sha256 for m in pinned for f in m.files if f.sha256}
     live_git = {f.git_sha1 for m in pinned for f in m.files if f.git_sha1 and not f.sha256}
     for link in _files(layout.git_blobs):

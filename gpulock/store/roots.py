@@ -111,8 +111,7 @@ def model_roots(store: Store) -> list[dict[str, Any]]:
     for path in _listing(store.layout.model_roots, ".json"):
         models = _read(path).get("models", [])
         if not isinstance(models, list):
-            raise GpulockError(f"the GC root {path} is damaged; fix or remove it (nothing was "
-                               "collected)")
+            raise _damaged(path)
         found.extend(models)
     return found
 
@@ -168,8 +167,7 @@ def _listing(folder: Path, suffix: str) -> list[Path]:
 def _strings(path: Path, data: dict[str, Any], key: str) -> list[str]:
     values = data.get(key, [])
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise GpulockError(f"the GC root {path} is damaged; fix or remove it (nothing was "
-                           "collected)")
+        raise _damaged(path)
     return values
 
 
@@ -186,6 +184,17 @@ def _read(path: Path) -> dict[str, Any]:
     except (ValueError, RecursionError):
         data = None  # roots are only ever renamed into place: this one was edited by hand
     if not isinstance(data, dict):
-        raise GpulockError(f"the GC root {path} is damaged; fix or remove it (nothing was "
-                           "collected)")
+        raise _damaged(path)
     return data
+
+
+def _damaged(path: Path) -> GpulockError:
+    """A root that cannot be read stops gc before it removes anything, and the advice never
+    costs data: a project's model root removed would let gc take files that may exist
+    nowhere else (the share they came from gone), so it is written again instead."""
+    if path.parent.name == "models":
+        return GpulockError(f"the GC root {path} is damaged, so gc removes nothing: run "
+                            f"'gpulock sync' in project '{path.stem}' to write it again (not "
+                            "'rm': gc would then take that project's model files)")
+    return GpulockError(f"the GC root {path} of a running sync is damaged, so gc removes "
+                        "nothing; remove it once that sync has ended")

@@ -98,9 +98,10 @@ def _batches(store: Store, key: str) -> list[tuple[str, list[Record]]] | str:
     try:
         records = store.records(key)
         store.entry(key)
+        built = store.built(key)
     except (OSError, ValueError, KeyError, TypeError, GpulockError):
         return "its manifest or records are missing or unreadable"
-    problem = _foreign(root, {r.path for r in records})
+    problem = _foreign(root, {r.path for r in records}) or _built_problem(root, built, records)
     if problem:
         return problem
     small = [r for r in records if r.size < _MAP_FROM]
@@ -127,6 +128,51 @@ def _foreign(root: Path, recorded: set[str]) -> str | None:
                     and not optimized_bytecode(relative, recorded)):
                 return f"{relative} was not in the entry when it was published"
     return None
+
+
+def _built_problem(root: Path, built: tuple[Path, str, int] | None, records: list[Record]
+                   ) -> str | None:
+    """Whether the wheel a built entry keeps (for `push`) is, by its manifest, the file its
+    records hashed when it was published."""
+    if built is None:
+        return None
+    path, sha256, size = built
+    relative = path.relative_to(root).as_posix()
+    recorded = next((r for r in records if r.path == relative), None)
+    if recorded is None:
+        return f"its manifest names {relative}, which its records do not hold"
+    if (recorded.sha256, recorded.size) != (sha256, size):
+        return (f"its manifest says {relative} has sha256 {sha256} ({size} bytes), its "
+                f"records {recorded.sha256} ({recorded.size} bytes)")
+    return None
+
+
+class EntryDamage(GpulockError):
+    """What `check` would find wrong with one entry or blob."""
+
+
+def verified_records(store: Store, key: str) -> list[Record]:
+    """One entry's records, once every file it holds was checked against them by the same
+    checks as `check` (full sha256); EntryDamage says what is wrong."""
+    batches = _batches(store, key)
+    if isinstance(batches, str):
+        raise EntryDamage(batches)
+    for _, records in batches:
+        problem = _check_files(store, key, records, fast=False)[2]
+        if problem:
+            raise EntryDamage(problem)
+    return [record for _, records in batches for record in records]
+
+
+def verify_blob(store: Store, sha256: str) -> None:
+    """Check one model file against its name as `check` does; EntryDamage says what is
+    wrong."""
+    try:
+        problem = _check_blob(store, store.layout.blob(sha256), fast=False)[1]
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror})"
+    if problem:
+        raise EntryDamage(problem)
 
 
 def _check_files(store: Store, key: str, records: list[Record], fast: bool
@@ -217,8 +263,8 @@ def _missing_blobs(store: Store) -> list[Damage]:
         models = [from_dict(entry, "a model root") for entry in roots.model_roots(store)]
     except GpulockError as exc:  # gc refuses to run on it too: say so, and check the rest
         return [Damage("root", os.path.relpath(store.layout.model_roots, store.layout.base),
-                       f"a model root is damaged ({exc}); remove the file and sync the "
-                       "project again")]
+                       f"a model root is damaged ({exc}); sync its project again, which "
+                       "writes it anew (removed, gc would take that project's model files)")]
     for model in models:
         for file in model.files:
             if file.sha256 and not os.path.lexists(store.layout.blob(file.sha256)):

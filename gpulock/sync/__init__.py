@@ -126,10 +126,12 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
         if models and lock.models:
             from gpulock.models import from_dict
             from gpulock.models.views import sync_models
+            from gpulock.sources.ref import refuse_cycles
 
-            with roots.temporary(store, models=lock.models):
-                laid_out.append(sync_models(store, manifest.project.name,
-                                            [from_dict(m) for m in lock.models], log, jobs,
+            pinned = [from_dict(m) for m in lock.models]
+            refuse_cycles(store, manifest.project.name, pinned)  # a lock made by hand or
+            with roots.temporary(store, models=lock.models):  # before they were refused
+                laid_out.append(sync_models(store, manifest.project.name, pinned, log, jobs,
                                             substitutes))
                 roots.record_models(store, manifest.project.name, lock.models)
         elif models:

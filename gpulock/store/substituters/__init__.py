@@ -10,11 +10,12 @@ one module implementing `Substituter`, registered by its scheme in `open_substit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from gpulock.credentials import redact
+from gpulock.credentials import shown
 from gpulock.errors import GpulockError
 
 Progress = Callable[[int], None]
@@ -23,7 +24,7 @@ Progress = Callable[[int], None]
 class Substituter(Protocol):
     """Moves named objects between a store's machine and one cache."""
 
-    url: str  # without credentials: for messages
+    url: str  # for messages: the URL as `gpulock.credentials.shown` leaves it, made once
 
     def read(self, name: str, limit: int) -> bytes | None:
         """The object's bytes (at most `limit`), or None when the cache has no such object."""
@@ -48,15 +49,30 @@ class CacheError(GpulockError):
     """A cache could not be read or written (unreachable, denied, malformed URL)."""
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with a cache URL, wherever it came from (gpu.toml, $GPULOCK_SUBSTITUTERS,
+    `push --to`), or None. A cache URL never carries credentials, and one that might (an '@'
+    a parser could read as the end of a password) is refused like one: it is shown only as
+    `shown` leaves it, and a backend would read its host and path from a guess."""
+    if shown(url) != url:
+        return ("holds credentials (or an '@' that could end a password): put S3's in AWS_* "
+                "variables or a profile; a folder needs none (give one whose name holds an "
+                "'@' as a plain absolute path)")
+    if not re.match(r"(s3://|file:///|/)", url):
+        return "must be s3://bucket/prefix, file:///folder or an absolute path"
+    return None
+
+
 def open_substituter(url: str) -> Substituter:
-    """The substituter a URL names, by its scheme."""
+    """The substituter a URL names, by its scheme; refused in one sentence that never shows
+    a password."""
+    problem = url_problem(url)
+    if problem:
+        raise CacheError(f"substituter {shown(url)!r} {problem}")
     if url.startswith("s3://"):
         from gpulock.store.substituters.s3 import S3
 
         return S3(url)
-    if url.startswith("file://") or url.startswith("/"):
-        from gpulock.store.substituters.folder import Folder
+    from gpulock.store.substituters.folder import Folder
 
-        return Folder(url)
-    raise CacheError(f"substituter {redact(url)!r}: only s3://bucket/prefix, file:///folder "
-                     "and absolute paths are supported")
+    return Folder(url)

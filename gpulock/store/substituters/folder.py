@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from gpulock.credentials import shown
 from gpulock.store.scratch import open_regular
 from gpulock.store.substituters import CacheError, Progress
 
@@ -18,7 +19,7 @@ class Folder:
     """Objects as files below one folder; each written to a temporary name, then renamed."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = shown(url)
         self.root = Path(unquote(urlsplit(url).path) if url.startswith("file://") else url)
 
     def _path(self, name: str) -> Path:

@@ -4,25 +4,37 @@ Each entry goes up as its wheel (a built one from the entry's `built/`, an index
 again from its locked URL and checked against its hash) and then its signed record, so a
 reader never finds a record whose wheel is not there yet. Model files go up as they are:
 the lock pins their sha256.
+
+Push signs only what `verify` would pass: each entry is first checked file by file by
+verify's own checks, and the wheel is copied into push's own work folder, hashed as it is
+copied, and signed only when that hash is the one the entry records (the built wheel's
+record, or the locked origin's sha256): the bytes uploaded are the bytes hashed, whatever
+happens in the store meanwhile. A damaged entry or model file is skipped, never signed,
+and named when the push ends (exit 1), while the healthy ones are shared: skipping rather
+than stopping at the first keeps one damaged entry of another project from holding back a
+whole `push --all`, and the error still makes it impossible to miss.
 """
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpulock.digests import hash_file
+from gpulock.digests import copy_hashed
 from gpulock.errors import GpulockError
 from gpulock.http import Http
 from gpulock.lock.lockfile import FileRef
 from gpulock.signing import SecretKey
-from gpulock.store import Store
+from gpulock.store import Record, Store
+from gpulock.store.layout import Layout
+from gpulock.store.scratch import open_regular
 from gpulock.store.substituters import Substituter
 from gpulock.store.substituters.record import CacheRecord, blob_name, record_name, wheel_name
+from gpulock.store.verify import EntryDamage, verified_records, verify_blob
 
 Log = Callable[[str], None]
 
@@ -32,11 +44,12 @@ class Pushed:
     entries: int = 0
     present: int = 0
     bytes: int = 0
+    damaged: list[str] = field(default_factory=list)  # what was not pushed, and why
 
 
 def push(store: Store, cache: Substituter, key: SecretKey, keys: Sequence[str], log: Log,
          jobs: int = 4) -> Pushed:
-    """Upload every entry of `keys` that `cache` lacks."""
+    """Upload every sound entry of `keys` that `cache` lacks; list the damaged ones."""
     result = Pushed()
     http = Http()
     counting = threading.Lock()
@@ -46,7 +59,12 @@ def push(store: Store, cache: Substituter, key: SecretKey, keys: Sequence[str], 
             with counting:
                 result.present += 1
             return
-        size = _push_entry(store, cache, key, entry_key, http)
+        try:
+            size = _push_entry(store, cache, key, entry_key, http)
+        except EntryDamage as exc:
+            with counting:
+                result.damaged.append(str(exc))
+            return
         with counting:
             result.bytes += size
             result.entries += 1
@@ -59,7 +77,11 @@ def push(store: Store, cache: Substituter, key: SecretKey, keys: Sequence[str], 
 
 def push_blobs(store: Store, cache: Substituter, blobs: Sequence[str], log: Log,
                jobs: int = 4) -> Pushed:
-    """Upload the model files (by sha256) the store holds and `cache` lacks."""
+    """Upload the sound model files (by sha256) the store holds and `cache` lacks.
+
+    A model file needs no signature (its name is the sha256 every reader checks it
+    against), so it is checked and uploaded in place rather than copied first: bytes changed
+    in between are refused by every reader, never taken."""
     result = Pushed()
     counting = threading.Lock()
 
@@ -68,6 +90,13 @@ def push_blobs(store: Store, cache: Substituter, blobs: Sequence[str], log: Log,
         if not store.layout.present(path) or cache.exists(blob_name(sha256)):
             with counting:
                 result.present += 1
+            return
+        try:
+            verify_blob(store, sha256)
+        except EntryDamage as exc:
+            with counting:
+                result.damaged.append(f"the model file {sha256}, which is damaged (it "
+                                      f"{exc})")
             return
         cache.upload(blob_name(sha256), path)
         with counting:
@@ -81,40 +110,71 @@ def push_blobs(store: Store, cache: Substituter, blobs: Sequence[str], log: Log,
     return result
 
 
+def refusal(*results: Pushed) -> GpulockError | None:
+    """The error a push ends with when it skipped something damaged, or None."""
+    damaged = sorted(problem for result in results for problem in result.damaged)
+    if not damaged:
+        return None
+    more = f", and {len(damaged) - 1} more damaged," if len(damaged) > 1 else ""
+    return GpulockError(f"push skipped {damaged[0]}{more}: nothing of it was signed or "
+                        "uploaded; run 'gpulock verify --repair', then push again")
+
+
 def _push_entry(store: Store, cache: Substituter, key: SecretKey, entry_key: str,
                 http: Http) -> int:
-    from gpulock.store.fetch import discard, fetch
-
+    name, version = entry_key.split("-", 1)[1].rsplit("-", 1)
+    label = f"{name} {version} ({entry_key})"
+    try:  # first: a manifest that cannot be read is damage too, not the end of the push
+        records = verified_records(store, entry_key)
+    except EntryDamage as exc:
+        raise EntryDamage(f"{label}, which is damaged ({exc})") from None
     entry = store.entry(entry_key)
-    label = f"{entry.name} {entry.version}"
-    built = store.built(entry_key)
-    fetched = None
-    if built is not None:
-        wheel, sha256, size = built
-        if hash_file(wheel) != (sha256, size):
-            raise GpulockError(f"{label}: its built wheel {wheel} is damaged; 'gpulock verify "
-                               "--repair' removes the entry and the next sync builds it again")
-    else:
-        origin = store.origin(entry_key)
-        if not isinstance(origin, dict):
-            raise GpulockError(f"{label}: the entry {entry_key} keeps no wheel to push (an "
-                               "older gpulock built it); remove it and sync again")
-        ref = FileRef(str(origin["name"]), str(origin["url"]), int(origin["size"]),
-                      str(origin["sha256"]))
-        wheel = fetched = fetch(ref, label, store.layout, http)
-        sha256, size = ref.sha256, ref.size
+    work = store.work_dir("push")
     try:
+        wheel, sha256, size = _packed(store, entry_key, label, records, work, http)
         record = CacheRecord(entry_key, entry.name, entry.version, wheel.name, sha256,
                              size).signed(key)
         if not cache.exists(wheel_name(record)):
             cache.upload(wheel_name(record), wheel)
-        with tempfile.NamedTemporaryFile(dir=store.layout.folder(store.tmp),
-                                         prefix=".record-") as handle:
-            handle.write(record.to_json())
-            handle.flush()
-            cache.upload(record_name(entry_key), Path(handle.name))
+        signed = work / "record.json"
+        signed.write_bytes(record.to_json())
+        cache.upload(record_name(entry_key), signed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return size
+
+
+def _packed(store: Store, entry_key: str, label: str, records: list[Record], work: Path,
+            http: Http) -> tuple[Path, str, int]:
+    """The entry's wheel, copied into `work` and hashed as it was copied: (path, sha256,
+    size), refused unless the hash is the one the entry records for it."""
+    from gpulock.store.fetch import discard, fetch
+
+    built = store.built(entry_key)
+    fetched = None
+    if built is not None:
+        source, _, _ = built
+        relative = source.relative_to(store.entry_path(entry_key)).as_posix()
+        # The record verify just checked the file (and the manifest's hash) against.
+        expected = next(((r.sha256, r.size) for r in records if r.path == relative), None)
+    else:
+        origin = store.origin(entry_key)
+        if not isinstance(origin, dict):
+            raise GpulockError(f"{label}: the entry keeps no wheel to push (an older gpulock "
+                               "built it); remove it and sync again")
+        ref = FileRef(str(origin["name"]), str(origin["url"]), int(origin["size"]),
+                      str(origin["sha256"]))
+        source = fetched = fetch(ref, label, store.layout, http)
+        expected = ref.sha256, ref.size
+    try:
+        wheel = Layout.named(work, source.name, "a wheel's filename")
+        with open_regular(source) as handle:
+            copied = copy_hashed(handle, wheel)
     finally:
         if fetched is not None:
             discard(store.layout, fetched)
-    return size
-
+    if copied != expected:
+        recorded = f"recorded {expected[0]} ({expected[1]} bytes)" if expected else "unrecorded"
+        raise EntryDamage(f"{label}, whose wheel changed while it was pushed (it has sha256 "
+                          f"{copied[0]} ({copied[1]} bytes), {recorded})")
+    return wheel, *copied

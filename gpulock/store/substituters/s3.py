@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gpulock.credentials import redact
+from gpulock.credentials import redact, shown
 from gpulock.store.substituters import CacheError, Progress
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -25,7 +25,7 @@ class S3:
     """Objects under `prefix/` in one bucket."""
 
     def __init__(self, url: str) -> None:
-        self.url = redact(url)
+        self.url = shown(url)
         parts = urlsplit(url)
         if parts.username or parts.password:
             raise CacheError(f"substituter {self.url}: put S3 credentials in AWS_* variables "
