@@ -573,3 +573,25 @@ def test_a_rollback_is_shown_in_status_and_a_sync_says_it_builds_the_lock_again(
     assert again.returncode == 0
     assert "generation 1 is current by 'gpulock rollback'" in again.stderr
     assert current_version(project) == "2.0"
+
+
+def test_gc_stops_at_a_generation_whose_record_is_damaged_and_keeps_what_it_links(
+        make_index, project):
+    index = make_index()
+    two_versions(index.folder)
+    sync_versions(project, index.url, ["1.0", "2.0"])
+    from gpulock.env.generation import RECORD
+
+    envs = project.root / "store" / "v1" / "envs" / "demo"
+    pkgs = project.root / "store" / "v1" / "pkgs"
+    (envs / "gen-1" / RECORD).write_text("{not json")
+    before = sorted(p.name for p in pkgs.iterdir())
+    stopped = gpulock(project, "gc", "--keep", "1")
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert "gen-1, a generation of 'demo', is damaged; nothing was collected" in stopped.stderr
+    assert sorted(p.name for p in pkgs.iterdir()) == before
+    assert gpulock(project, "verify", "--repair").returncode == 0
+    assert not (envs / "gen-1").exists()
+    done = gpulock(project, "gc", "--keep", "1")
+    assert done.returncode == 0 and "2 package entries" in done.stderr
+    assert current_version(project) == "2.0"

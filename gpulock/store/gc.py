@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import time
@@ -128,10 +129,7 @@ def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Rem
     kept: list[generation.Generation] = []
     for folder in _dirs(store.layout.envs):
         now = generation.current_name(folder)
-        if now and generation.read(folder / now) is None and os.path.lexists(folder / now):
-            raise GpulockError(f"the record of {folder / now}, the current generation of "
-                               f"'{folder.name}', is damaged; nothing was collected: run "
-                               "'gpulock verify'")
+        _refuse_unreadable(folder, now)
         generations = generation.generations_in(folder)
         newest = {g.number for g in generations[-keep:]}
         for gen in generations:
@@ -144,6 +142,19 @@ def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Rem
                     leftover):
                 result.other.append(str(leftover))
     return kept
+
+
+def _refuse_unreadable(folder: Path, now: str | None) -> None:
+    """Stop gc when a generation's record cannot be read: the entries it links would look
+    unreferenced and be collected under it (current or not, it may be rolled back to)."""
+    for path in _names(folder):
+        if re.fullmatch(r"gen-\d+", path.name) and not path.is_symlink() \
+                and generation.read(path) is None:
+            which, fix = (("the current generation", "'gpulock sync' in that project, then ")
+                          if path.name == now else ("a generation", ""))
+            raise GpulockError(f"the record of {path}, {which} of '{folder.name}', is "
+                               f"damaged; nothing was collected: run {fix}'gpulock verify "
+                               "--repair' (it removes a damaged generation that is not current)")
 
 
 def _collect_entries(store: Store, live: set[str], remove: _Remover,
