@@ -14,6 +14,7 @@ from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel
 from gpulock.sources import pinned_file, select
 from gpulock.store import Store
+from gpulock.store.scratch import open_regular
 
 _CHUNK = 1 << 20
 
@@ -54,12 +55,13 @@ class LocalSource:
         root = root_of(model.source)
         source = root if root.name == file.path and root.is_file() else root / file.path
         try:
-            # The last step is never a link: the share's own file, or an error.
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+            # The share's own regular file or an error: never through a link as its last
+            # step, never waiting on a FIFO someone put where the locked file was.
+            handle = open_regular(source)
         except OSError as exc:
             raise GpulockError(f"model '{model.name}': {source} cannot be read "
-                               f"({exc.strerror}); the lock pinned it") from None
-        with os.fdopen(fd, "rb") as handle, target.open("xb") as out:
+                               f"({exc.strerror or exc}); the lock pinned it") from None
+        with handle, target.open("xb") as out:
             copied = 0
             while chunk := handle.read(_CHUNK):
                 copied += len(chunk)
