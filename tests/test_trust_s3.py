@@ -119,15 +119,17 @@ def test_an_s3_object_is_read_in_ranges_and_never_past_its_expected_size(
 # -- a substituter that lies or stalls: a warning, and the index instead -------------------
 
 def _pushed_to_the_lying_bucket(make_index, project: Project, server: LyingS3,  # type: ignore[no-untyped-def]
-                                tmp_path: Path, **lie: float) -> int:
-    """`dep` synced into store a and pushed to a folder cache, whose objects the lying
-    endpoint then serves under `cache/`, the wheel's with `lie`; the wheel's size."""
+                                tmp_path: Path, packages: tuple[str, ...] = ("dep",),
+                                **lie: float) -> int:
+    """`packages` synced into store a and pushed to a folder cache, whose objects the lying
+    endpoint then serves under `cache/`, the wheels' with `lie`; the last wheel's size."""
     index = make_index()
-    make_wheel(index.folder, "dep", "1.0", files={"dep/data.bin": os.urandom(4000)})
+    for name in packages:
+        make_wheel(index.folder, name, "1.0", files={f"{name}/data.bin": os.urandom(4000)})
     secret, public = signing.keygen("team-1", tmp_path / "keys")
     folder = tmp_path / "folder-cache"
     project.write(f'[project]\nname = "regions"\npython = "{HOST_PYTHON}"\n'
-                  f'index = "{index.url}"\n[groups.app]\npackages = ["dep"]\n'
+                  f'index = "{index.url}"\n[groups.app]\npackages = {list(packages)!r}\n'
                   f'[cache]\nsubstituters = ["{folder.as_uri()}"]\n'
                   f'trusted-keys = ["{public.read_text().strip()}"]\n')
     assert project.gpulock("sync", "--store", str(tmp_path / "a")).code == 0
@@ -166,6 +168,20 @@ def test_a_substituter_that_floods_or_drips_is_a_warning_and_sync_takes_the_inde
     assert lying.sent["cache/" + next(k.removeprefix("cache/") for k in lying.objects
                                       if k.endswith(".whl"))] < PADDING // 2
     assert project.gpulock("verify", "--store", str(store)).code == 0
+
+
+def test_a_substituter_that_stalls_is_not_asked_again_in_that_sync(
+        make_index, project: Project, lying: LyingS3, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    _pushed_to_the_lying_bucket(make_index, project, lying, tmp_path,
+                                ("dep", "dep2", "dep3"), drip=DRIP)
+    monkeypatch.setenv("GPULOCK_SUBSTITUTERS", lying.s3_url("cache"))
+    lying.gets.clear()
+    result = bounded(lambda: project.gpulock("sync", "--store", str(tmp_path / "b"),
+                                             "--frozen", "--jobs", "1"))
+    assert result.code == 0, result.err  # all three from the index
+    assert result.err.count("it is not asked again in this sync") == 1, result.err
+    assert len([key for key in lying.gets if key.endswith(".whl")]) == 1, lying.gets
 
 
 # -- an s3:// model source that lies or stalls: one sentence --------------------------------

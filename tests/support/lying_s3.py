@@ -38,6 +38,7 @@ class LyingS3(Loopback):
     objects: dict[str, Lie] = field(default_factory=dict)
     listing: str = "honest"  # or "alternate", "endless-same", "endless-fresh"
     sent: Counter[str] = field(default_factory=Counter)  # body bytes sent per key
+    gets: list[str] = field(default_factory=list)  # the keys of GETs, in order
     # Called after each MiB of padding is sent: a test looks at what reached the disk.
     on_padding: Callable[[], None] = lambda: None
 
@@ -67,6 +68,7 @@ class LyingS3(Loopback):
         elif handler.command == "HEAD":
             self._head(handler, 200, len(self.objects[key].data))
         else:
+            self.gets.append(key)
             self._get(handler, key, self.objects[key])
 
     def _head(self, handler: BaseHTTPRequestHandler, status: int, length: int,
