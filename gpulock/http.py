@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from gpulock import __version__
@@ -31,6 +31,7 @@ _RETRIES = 3
 _STALL = 60.0  # seconds without a byte before a transfer is given up (GPULOCK_STALL_TIMEOUT)
 _MIN_RATE = 1024  # bytes/s: slower than this over a whole stall period is given up too
 MAX_BODY = 64 * 2**20  # what a page or metadata answer may hold; files are streamed
+LISTING_LIMIT = 1_000_000  # entries a hub's or a bucket's listing may hold (see paced)
 
 
 def stall_timeout() -> float:
@@ -44,13 +45,14 @@ def stall_timeout() -> float:
 T = TypeVar("T")
 
 
-def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
-          distinct: Callable[[T], object] | None = None) -> list[T]:
-    """Every item of `produce()` (a hub client's call or paginated listing), read on a daemon
-    thread: the clients take no stall timeout of gpulock's, so their answers are given up
-    here when no item arrives for twice GPULOCK_STALL_TIMEOUT, when the whole answer takes
-    30 times that, past `limit` items, or (with `distinct`, which names an item in words)
-    at the first item seen twice, as a pagination that loops sends."""
+def paced(produce: Callable[[], Iterable[T]], what: str,
+          distinct: Callable[[T], object] | None = None, server: str = "the hub") -> list[T]:
+    """Every item of `produce()` (a hub client's call or a paginated listing of a hub or a
+    bucket), read on a daemon thread: the clients take no stall timeout of gpulock's, so
+    their answers are given up here when no item arrives for twice GPULOCK_STALL_TIMEOUT,
+    when the whole answer takes 30 times that, past LISTING_LIMIT items, or (with
+    `distinct`, which names an item in words) at the first item seen twice, as a pagination
+    that loops sends. `server` names who answered, in the messages."""
     items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
     stop = threading.Event()
 
@@ -80,7 +82,7 @@ def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
                 took = (f"took over {30 * stall_timeout():g} s (30 x GPULOCK_STALL_TIMEOUT)"
                         if left <= wait else f"sent nothing for {wait:g} s "
                         "(2 x GPULOCK_STALL_TIMEOUT)")
-                raise FetchError(f"{what}: the hub {took}; stopped") from None
+                raise FetchError(f"{what}: {server} {took}; stopped") from None
             if kind == "end":
                 return out
             if kind == "error":
@@ -88,13 +90,22 @@ def paced(produce: Callable[[], Iterable[T]], what: str, limit: int = 1_000_000,
             if distinct is not None:
                 key = distinct(value)
                 if key in seen:
-                    raise FetchError(f"{what}: the hub listed {key} twice; stopped")
+                    raise FetchError(f"{what}: {server} listed {key} twice; stopped")
                 seen.add(key)
             out.append(value)
-            if len(out) > limit:
-                raise FetchError(f"{what}: the answer goes on past {limit:,} entries; stopped")
+            if len(out) > LISTING_LIMIT:
+                raise FetchError(f"{what}: the answer goes on past {LISTING_LIMIT:,} entries; "
+                                 "stopped")
     finally:
         stop.set()
+
+
+class Stream(Protocol):
+    """What Body reads: http.client's response, or another whose read1 returns the bytes
+    that have arrived (at least one, none at the end) and raises TimeoutError on a stall."""
+
+    def read1(self, size: int, /) -> bytes:
+        ...
 
 
 class Body:
@@ -105,8 +116,7 @@ class Body:
     brought at least `_MIN_RATE` bytes per second.
     """
 
-    def __init__(self, raw: http.client.HTTPResponse, url: str, stall: float,
-                 label: str = "") -> None:
+    def __init__(self, raw: Stream, url: str, stall: float, label: str = "") -> None:
         self.raw, self.url, self.stall = raw, url, stall
         self.label = f"{label}: " if label else ""
         self._since = time.monotonic()

@@ -1,7 +1,9 @@
 """`s3://bucket/path/?endpoint=...`: a folder (every object under the prefix) or one
 object, in AWS S3 or MinIO-likes; credentials from the usual AWS variables or profile.
 Pinned by each object's size and the sha256 of its bytes (read once at lock time: S3's
-ETag is no content hash for multipart uploads)."""
+ETag is no content hash for multipart uploads). Objects are read as the substituter reads
+them (`gpulock.store.substituters.s3`): no further than the size the listing or the lock
+gives; a key that is no safe relative path is refused before any object is read."""
 
 from __future__ import annotations
 
@@ -13,10 +15,9 @@ from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel
 from gpulock.sources import pinned_file, select
 from gpulock.store import Store
+from gpulock.store.names import path_problem
 from gpulock.store.substituters import CacheError
 from gpulock.store.substituters.s3 import S3
-
-_LIMIT = 1 << 40  # no one object of a model is a terabyte
 
 
 class S3Source:
@@ -35,23 +36,27 @@ class S3Source:
             objects = bucket.listing()
         except CacheError as exc:
             raise GpulockError(f"model '{model.name}': {exc}") from None
-        single = [name for name, _ in objects if name == ""]
-        if single:  # the URL names one object: the model is that file
-            folder, names = S3(_parent(model.source)), [bucket.prefix.rsplit("/", 1)[-1]]
-        else:
-            folder, names = bucket, select(model, [name for name, _ in objects])
-        if not names:
+        sizes = dict(objects)
+        if not sizes:
             raise GpulockError(f"model '{model.name}': {bucket.url} holds no object")
+        if "" in sizes:  # the URL names one object: the model is that file
+            name = bucket.prefix.rsplit("/", 1)[-1]
+            folder, sizes, names = S3(_parent(model.source)), {name: sizes[""]}, [name]
+        else:
+            folder, names = bucket, select(model, list(sizes))
+        _refuse_unsafe(model, bucket, names)
         with tempfile.TemporaryDirectory(prefix="gpulock-s3-pin-") as tmp:
-            files = [self._pin_object(model, folder, name, Path(tmp)) for name in names]
+            files = [self._pin_object(model, folder, name, sizes[name], Path(tmp))
+                     for name in names]
         return PinnedModel(name=model.name, source=model.source, revision=None, commit=None,
                            include=model.include, exclude=model.exclude, files=tuple(files),
                            extract=model.extract)
 
-    def _pin_object(self, model: Model, folder: S3, name: str, tmp: Path) -> ModelFile:
+    def _pin_object(self, model: Model, folder: S3, name: str, size: int, tmp: Path
+                    ) -> ModelFile:
         target = tmp / "object"
         try:
-            if not folder.download(name, target, _LIMIT):
+            if not folder.download(name, target, size):
                 raise GpulockError(f"model '{model.name}': {folder.url} lost {name} while "
                                    "it was pinned")
             return pinned_file(name, target)
@@ -71,6 +76,16 @@ class S3Source:
         if not found:
             raise GpulockError(f"model '{model.name}': {file.path} is gone from {bucket.url}; "
                                "the lock pinned it")
+
+
+def _refuse_unsafe(model: Model, bucket: S3, names: list[str]) -> None:
+    """Refuse, before any object is read, a chosen key that is no relative path the store
+    may lay out (the hubs' rule for their file names)."""
+    for name in names:
+        if problem := path_problem(name):
+            shown = repr(name) if len(name) <= 200 else f"{name[:200]!r}..."
+            raise GpulockError(f"model '{model.name}': {bucket.url} lists the object {shown}, "
+                               f"whose name {problem}; nothing was pinned")
 
 
 def _parent(source: str) -> str:

@@ -46,7 +46,13 @@ class Substituter(Protocol):
 
 
 class CacheError(GpulockError):
-    """A cache could not be read or written (unreachable, denied, malformed URL)."""
+    """A cache could not be read or written (unreachable, denied, malformed URL), or sent
+    something other than it was asked for (an object larger than its record says)."""
+
+
+class CacheUnreachable(CacheError):
+    """The cache could not be reached or stalled (GPULOCK_STALL_TIMEOUT): every other entry
+    asked of it would wait as long, so a sync stops asking it."""
 
 
 def url_problem(url: str) -> str | None:

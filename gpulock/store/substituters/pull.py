@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from gpulock.lock.lockfile import LockedPackage
 from gpulock.signing import PublicKey
 from gpulock.store import Store
 from gpulock.store.layout import Layout
-from gpulock.store.substituters import CacheError, Substituter
+from gpulock.store.substituters import CacheError, CacheUnreachable, Substituter
 from gpulock.store.substituters.record import (
     RECORD_LIMIT,
     RecordError,
@@ -34,6 +35,8 @@ class Substitutes:
         self.trusted = list(trusted)
         self.log = log
         self.taken = 0
+        self._gone: set[int] = set()  # caches that stalled or could not be reached
+        self._going = threading.Lock()
 
     def take(self, package: LockedPackage, key: str, store: Store,
              progress: Callable[[int], None] | None = None) -> Path | None:
@@ -43,11 +46,11 @@ class Substitutes:
         A record or wheel that fails a check is refused, said once, and never stored; the
         next cache, then the index or a build, is tried instead."""
         label = f"{package.name} {package.version}"
-        for cache in self.caches:
+        for cache in self._asked():
             try:
                 wheel = self._from(cache, package, key, store, progress)
             except (CacheError, RecordError) as exc:
-                self.log(f"warning: refused {label} from {cache.url}: {exc}")
+                self._refused(cache, label, exc)
                 continue
             if wheel is not None:
                 self.taken += 1
@@ -59,7 +62,7 @@ class Substitutes:
         """A model file pinned by `sha256` from the first cache that has it, in a folder of
         this writer's under tmp/, with the cache's URL; the caller checks its bytes against
         the lock before it becomes a blob (and removes the folder)."""
-        for cache in self.caches:
+        for cache in self._asked():
             work = store.work_dir("substitute-blob")
             try:
                 target = work / "blob"
@@ -67,9 +70,24 @@ class Substitutes:
                     self.taken += 1
                     return target, cache.url
             except (CacheError, RecordError) as exc:
-                self.log(f"warning: refused {label} from {cache.url}: {exc}")
+                self._refused(cache, label, exc)
             shutil.rmtree(work, ignore_errors=True)
         return None
+
+    def _asked(self) -> list[Substituter]:
+        return [cache for cache in self.caches if id(cache) not in self._gone]
+
+    def _refused(self, cache: Substituter, label: str, exc: Exception) -> None:
+        """Say in one line why `cache` gave nothing for `label`. A cache that stalled or
+        could not be reached is not asked again in this sync: every entry would wait out
+        the same stall before the index is tried."""
+        dropped = ""
+        if isinstance(exc, CacheUnreachable):
+            with self._going:
+                if id(cache) not in self._gone:
+                    self._gone.add(id(cache))
+                    dropped = "; it is not asked again in this sync"
+        self.log(f"warning: refused {label} from {cache.url}: {exc}{dropped}")
 
     def _from(self, cache: Substituter, package: LockedPackage, key: str, store: Store,
               progress: Callable[[int], None] | None) -> Path | None:

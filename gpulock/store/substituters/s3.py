@@ -2,23 +2,37 @@
 
 `s3://bucket/prefix?endpoint=https://host:port&region=us-east-1`: credentials come from
 boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE and
-~/.aws/credentials, instance roles), never from the URL. Large objects move as parallel
-multipart transfers.
+~/.aws/credentials, instance roles), never from the URL.
+
+A bucket is as untrusted as any server: every object is read the one way `_read_range`
+reads, as ranged GETs of the size its record or pin gives (large objects as parallel
+16 MiB ranges), stopped at the first byte past that size and on a stall
+(GPULOCK_STALL_TIMEOUT, as every download), and listings are paced like the hubs'.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from gpulock.credentials import redact, shown
-from gpulock.store.substituters import CacheError, Progress
+from gpulock.errors import FetchError
+from gpulock.http import Body, paced, stall_timeout
+from gpulock.store.substituters import CacheError, CacheUnreachable, Progress
+
+Sink = Callable[[int, bytes], None]  # (offset in the object, bytes)
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _OPTIONS = ("endpoint", "region")
+_PART = 16 << 20  # a large object moves as ranges of this size, _STREAMS at once
+_STREAMS = 8
+_CHUNK = 1 << 20
 
 
 class S3:
@@ -59,7 +73,11 @@ class S3:
             import boto3
             from botocore.config import Config
 
-            config = Config(retries={"max_attempts": 5, "mode": "standard"},
+            # A stalled answer is given up after GPULOCK_STALL_TIMEOUT, and tried again
+            # twice at most: a bucket that stalls costs minutes, not tens of them.
+            stall = stall_timeout()
+            config = Config(connect_timeout=stall, read_timeout=stall,
+                            retries={"max_attempts": 3, "mode": "standard"},
                             max_pool_connections=32)
             self._client = boto3.session.Session().client(
                 "s3", endpoint_url=self.endpoint, region_name=self.region,
@@ -67,40 +85,87 @@ class S3:
         return self._client
 
     def _failed(self, name: str, exc: Exception, verb: str) -> CacheError:
+        """A botocore failure in one sentence: a refusal the bucket answered is a
+        CacheError, no answer at all (unreachable, timed out) a CacheUnreachable."""
         said = getattr(exc, "response", {}).get("Error", {}).get("Message") or str(exc)
-        return CacheError(f"cannot {verb} {name} {'to' if verb == 'write' else 'from'} "
-                          f"{self.url}: {redact(said)}")
+        kind = CacheError if hasattr(exc, "response") else CacheUnreachable
+        return kind(f"cannot {verb} {name} {'to' if verb == 'write' else 'from'} "
+                    f"{self.url}: {redact(said)}")
 
     def read(self, name: str, limit: int) -> bytes | None:
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(name),
-                                              Range=f"bytes=0-{limit}")
-            data: bytes = response["Body"].read(limit + 1)
-        except Exception as exc:  # botocore raises per-service classes
-            if _missing(exc):
-                return None
-            raise self._failed(name, exc, "read") from None
-        if len(data) > limit:
-            raise CacheError(f"{name} in {self.url} is larger than the {limit} bytes it may be")
-        return data
+        data = bytearray()
+        got = self._read_range(name, 0, limit, limit, lambda _, chunk: data.extend(chunk))
+        return None if got is None else bytes(data)
 
     def download(self, name: str, target: Path, limit: int,
                  progress: Progress | None = None) -> bool:
-        from boto3.s3.transfer import TransferConfig
-
+        """Write the object to `target` as `limit` bytes, the size its record or pin gives:
+        a larger object is refused at its first byte past it, never read on."""
+        # An empty object is one range of no bytes (asked for one, to see there is none).
+        parts = [(start, min(_PART, limit - start)) for start in range(0, limit, _PART)]
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
-            if int(head["ContentLength"]) > limit:
-                raise CacheError(f"{name} in {self.url} is larger than its record says")
-            self.client.download_file(self.bucket, self._key(name), str(target),
-                                      Callback=progress, Config=_transfer(TransferConfig))
-        except CacheError:
-            raise
-        except Exception as exc:
-            if _missing(exc):
-                return False
-            raise self._failed(name, exc, "read") from None
+            def write(offset: int, chunk: bytes) -> None:
+                os.pwrite(fd, chunk, offset)
+                if progress:
+                    progress(len(chunk))
+
+            def part(span: tuple[int, int]) -> int | None:
+                start, length = span
+                got = self._read_range(name, start, length, limit, write)
+                if got is not None and got < length and start + length < limit:
+                    raise CacheError(f"{name} in {self.url} is smaller than the {limit:,} "
+                                     "bytes expected of it")
+                return got
+
+            if len(parts) < 2:
+                found = [part(parts[0] if parts else (0, 0))]
+            else:
+                with ThreadPoolExecutor(min(_STREAMS, len(parts))) as pool:
+                    found = list(pool.map(part, parts))
+        finally:
+            os.close(fd)
+        if None in found:
+            target.unlink()
+            return False
         return True
+
+    def _read_range(self, name: str, start: int, length: int, size: int,
+                    sink: Sink) -> int | None:
+        """Bytes [start, start + length) of an object of `size` bytes (its record's, its
+        pin's) into `sink`, as they arrive: the only way gpulock reads an S3 object. The
+        last range asks for one byte more, so that a larger object is refused at that byte;
+        a server that ignores the range is refused at the first byte past `length`; one that
+        stalls or trickles is given up after GPULOCK_STALL_TIMEOUT. The count of bytes, or
+        None when the bucket has no such object."""
+        end = start + length if start + length >= size else start + length - 1
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(name),
+                                              Range=f"bytes={start}-{end}")
+        except Exception as exc:  # botocore raises per-service classes
+            if _missing(exc):
+                return None
+            if _unsatisfiable(exc):  # nothing at `start`: an empty or shorter object
+                return 0
+            raise self._failed(name, exc, "read") from None
+        got = 0
+        try:
+            body = Body(_Arrived(response["Body"]), self.url, stall_timeout(), name)
+            while chunk := body.read(_CHUNK):
+                if got + len(chunk) > length:
+                    raise CacheError(f"{name} in {self.url} holds more than the {size:,} bytes "
+                                     "expected of it; it was not read further")
+                sink(start + got, chunk)
+                got += len(chunk)
+        except FetchError as exc:
+            raise CacheUnreachable(str(exc)) from None
+        except (CacheError, OSError):
+            raise
+        except Exception as exc:  # urllib3's broken or cut streams
+            raise self._failed(name, exc, "read") from None
+        finally:
+            response["Body"].close()  # closes the connection unread: no draining a flood
+        return got
 
     def exists(self, name: str) -> bool:
         try:
@@ -113,23 +178,41 @@ class S3:
 
     def listing(self) -> list[tuple[str, int]]:
         """Every object under the prefix: (its name relative to the prefix, size); the name
-        is "" for an object at the prefix itself (a URL that names one object)."""
-        found = []
+        is "" for an object at the prefix itself (a URL that names one object). Paced as a
+        hub's listing is: given up on a stall, past LISTING_LIMIT objects, or at an object
+        or a continuation token seen twice (a pagination that loops)."""
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix)
-            for page in pages:
-                for item in page.get("Contents", []):
-                    key = str(item["Key"])
-                    if key == self.prefix:
-                        found.append(("", int(item["Size"])))
-                    elif key.startswith(f"{self.prefix}/" if self.prefix else ""):
-                        name = key[len(self.prefix) + 1:] if self.prefix else key
-                        if name and not name.endswith("/"):  # a folder marker is no file
-                            found.append((name, int(item["Size"])))
+            return paced(self._listed, f"listing {self.url}",
+                         distinct=lambda item: repr(item[0]), server="the bucket")
+        except FetchError as exc:
+            raise CacheUnreachable(str(exc)) from None
+        except CacheError:
+            raise
         except Exception as exc:
             raise self._failed(self.prefix or "/", exc, "list") from None
-        return found
+
+    def _listed(self) -> Iterator[tuple[str, int]]:
+        tokens: set[str] = set()
+        asked: dict[str, str] = {}
+        while True:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix,
+                                               **asked)
+            for item in page.get("Contents", []):
+                key = str(item["Key"])
+                if key == self.prefix:
+                    yield "", int(item["Size"])
+                elif key.startswith(f"{self.prefix}/" if self.prefix else ""):
+                    name = key[len(self.prefix) + 1:] if self.prefix else key
+                    if name and not name.endswith("/"):  # a folder marker is no file
+                        yield name, int(item["Size"])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            if token in tokens:
+                raise CacheError(f"listing {self.url}: the bucket sent a continuation token "
+                                 "it had sent before, a listing that loops; stopped")
+            tokens.add(token)
+            asked = {"ContinuationToken": str(token)}
 
     def upload(self, name: str, source: Path) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -145,6 +228,28 @@ def _transfer(config: Any) -> Any:
     # 16 MiB parts, 8 at once: a 1 GB entry moves in 64 parallel parts.
     return config(multipart_threshold=16 << 20, multipart_chunksize=16 << 20,
                   max_concurrency=8)
+
+
+class _Arrived:
+    """urllib3's response under botocore's body, read as bytes arrive (gpulock.http.Stream):
+    botocore's read(n) waits for all n bytes, so a trickle of one byte a second would never
+    be seen, and its own read timeout restarts at every byte."""
+
+    def __init__(self, body: Any) -> None:
+        self.raw = body._raw_stream
+
+    def read1(self, size: int, /) -> bytes:
+        from urllib3.exceptions import ReadTimeoutError
+
+        try:
+            return bytes(self.raw.read1(size))
+        except ReadTimeoutError:
+            raise TimeoutError from None
+
+
+def _unsatisfiable(exc: Exception) -> bool:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) in (
+        "416", "InvalidRange")
 
 
 def _missing(exc: Exception) -> bool:
