@@ -289,5 +289,5 @@ def test_a_locked_share_file_replaced_by_a_fifo_is_refused_never_waited_on(
                           "--manifest", str(project.manifest), "--store", str(store)],
                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
     refused(Result(run.returncode, run.stdout, run.stderr), "model 'data'", "weights.bin",
-            "is not a regular file")
+            "is a FIFO, not a regular file")
     assert not (store / "v1" / "files" / "p" / "data").exists()
