@@ -97,3 +97,19 @@ def open_regular(root: Path, relative: str) -> Iterator[BinaryIO]:
         if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
             raise Unsafe(f"{relative} was replaced while it was opened")
         yield handle
+
+
+def open_file(path: Path) -> BinaryIO:
+    """`path` opened for reading when it is a regular file: never through a link as its last
+    step, never blocking on a FIFO someone planted (OSError otherwise). For a file at a
+    path gpulock made (a share's entry, a store record), where only the last step is open
+    to a planted link; `open_regular` walks a path below a folder someone else fills."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

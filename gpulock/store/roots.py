@@ -172,10 +172,10 @@ def _strings(path: Path, data: dict[str, Any], key: str) -> list[str]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    from gpulock.store.scratch import open_regular
+    from gpulock.safeopen import open_file
 
     try:
-        with open_regular(path) as handle:
+        with open_file(path) as handle:
             data = json.loads(handle.read().decode())
     except FileNotFoundError:
         return {}  # its sync just finished

@@ -22,20 +22,6 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-
-def open_regular(path: Path) -> BinaryIO:
-    """`path` opened for reading when it is a regular file: never through a link as its last
-    step, never blocking on a FIFO someone planted (OSError otherwise)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
 STALE_SECONDS = 600
 # The host part holds no '.', '-' or '~', so a tag is found inside any name built around it
 # (`.building-<tag>-x1`, `wheel.part.<tag>`).

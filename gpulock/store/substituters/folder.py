@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from gpulock.credentials import shown
-from gpulock.store.scratch import open_regular
+from gpulock.safeopen import open_file
 from gpulock.store.substituters import CacheError, Progress
 
 _CHUNK = 1 << 20
@@ -30,7 +30,7 @@ class Folder:
 
     def read(self, name: str, limit: int) -> bytes | None:
         try:
-            with open_regular(self._path(name)) as handle:
+            with open_file(self._path(name)) as handle:
                 data = handle.read(limit + 1)
         except FileNotFoundError:
             return None
@@ -46,7 +46,7 @@ class Folder:
         path = self._path(name)
         copied = 0
         try:
-            with open_regular(path) as source, open(target, "xb") as out:
+            with open_file(path) as source, open(target, "xb") as out:
                 while chunk := source.read(_CHUNK):
                     copied += len(chunk)
                     if copied > limit:

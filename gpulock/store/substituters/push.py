@@ -28,10 +28,10 @@ from gpulock.digests import copy_hashed
 from gpulock.errors import GpulockError
 from gpulock.http import Http
 from gpulock.lock.lockfile import FileRef
+from gpulock.safeopen import open_file
 from gpulock.signing import SecretKey
 from gpulock.store import Record, Store
 from gpulock.store.layout import Layout
-from gpulock.store.scratch import open_regular
 from gpulock.store.substituters import Substituter
 from gpulock.store.substituters.record import CacheRecord, blob_name, record_name, wheel_name
 from gpulock.store.verify import EntryDamage, verified_records, verify_blob
@@ -168,7 +168,7 @@ def _packed(store: Store, entry_key: str, label: str, records: list[Record], wor
         expected = ref.sha256, ref.size
     try:
         wheel = Layout.named(work, source.name, "a wheel's filename")
-        with open_regular(source) as handle:
+        with open_file(source) as handle:
             copied = copy_hashed(handle, wheel)
     finally:
         if fetched is not None:
