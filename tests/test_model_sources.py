@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -130,7 +131,9 @@ def test_a_git_lfs_pointer_without_git_lfs_is_a_clear_error(project: Project, tm
                                     f"oid sha256:{'a' * 64}\nsize 123\n")
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "lfs")
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no git-lfs there on these machines
+    (tmp_path / "bin").mkdir()  # a PATH with git and without git-lfs
+    os.symlink(str(shutil.which("git")), tmp_path / "bin" / "git")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     _write(project, "p", f'[models.tiny]\nsource = "git+{repo.as_uri()}@main"\n')
     result = project.gpulock("lock")
     assert result.code == 1

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -175,8 +177,12 @@ def checkout_root(source: GitSource, cache_root: Path) -> Path:
     """A working tree of the source's commit (the whole repository), cloned once into the
     cache; git's smudge filters are off, so Git LFS files are still pointers."""
     dest = cache_root / "git" / source.commit
-    if not dest.is_dir():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with held(dest):
+        if dest.is_dir():  # cloned while this one waited
+            return dest
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
         try:
             run_git("clone", "--quiet", "--no-checkout", "--", source.url, str(tmp / "tree"),
@@ -187,6 +193,22 @@ def checkout_root(source: GitSource, cache_root: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+@contextlib.contextmanager
+def held(checkout: Path) -> Iterator[None]:
+    """The checkout (made or not) held by the caller alone among this host's threads and
+    processes (flock on `<checkout>.lock` beside it): eight files of one repository fetched
+    at once make one clone and one `git lfs pull`, not eight side by side. It only saves
+    work: the clone is published by a rename, and every byte read is checked afterwards."""
+    fd = os.open(f"{checkout}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        if not os.environ.get("GPULOCK_NO_FLOCK"):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def subdirectory_of(root: Path, source: GitSource) -> Path:

@@ -9,13 +9,21 @@ only as a regular file reached through real folders (`gpulock.safeopen`)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from gpulock.credentials import redact
 from gpulock.errors import GpulockError
-from gpulock.lock.vcs import GitSource, checkout_root, resolve, run_git, subdirectory_of
+from gpulock.lock.vcs import (
+    GitSource,
+    checkout_root,
+    held,
+    resolve,
+    run_git,
+    subdirectory_of,
+)
 from gpulock.manifest import Model
 from gpulock.models import ModelFile, PinnedModel
 from gpulock.sources import copy_below, pinned_below, select
@@ -49,7 +57,7 @@ class GitModelSource:
             raise GpulockError(f"model '{model.name}': {exc}") from None
         root, tree = _checkout(model, source)
         paths = select(model, _files(model, root, source.subdirectory))
-        _resolve_lfs(model, source, root, tree)
+        _resolve_lfs(model, source, root, [_in_root(source, path) for path in paths])
         where = f"{redact(source.url)} at {source.commit}"
         files = tuple(pinned_below(model, tree, path, where) for path in paths)
         return PinnedModel(name=model.name, source=model.source, revision=model.revision,
@@ -67,7 +75,8 @@ class GitModelSource:
         if any(part.lower() == ".git" for part in file.path.split("/")):
             raise GpulockError(f"model '{model.name}': {file.path} is inside '.git', git's own "
                                "folder, not a file of the repository")
-        _resolve_lfs(model, source, root, tree)
+        if _is_pointer(root, _in_root(source, file.path)):  # the first of the model's
+            _resolve_lfs(model, source, root, [_in_root(source, f.path) for f in model.files])
         copy_below(model, tree, file, target, f"{redact(repo)} at {model.commit}")
 
 
@@ -83,27 +92,54 @@ def _checkout(model: Model | PinnedModel, source: GitSource) -> tuple[Path, Path
         raise GpulockError(f"model '{model.name}': {exc}") from None
 
 
-def _resolve_lfs(model: Model | PinnedModel, source: GitSource, root: Path, tree: Path) -> None:
-    """Replace the Git LFS pointers of the checkout by their files (`git lfs pull`), from the
-    LFS endpoint of the repository's own URL: a `.lfsconfig` in the repository may name
-    another (`lfs.url`, `remote.*.lfsurl`), and git config outranks it, so git-lfs never
+def _in_root(source: GitSource, path: str) -> str:
+    """A model file's path relative to the repository's root (its subdirectory's, given)."""
+    return f"{source.subdirectory}/{path}" if source.subdirectory else path
+
+
+def _resolve_lfs(model: Model | PinnedModel, source: GitSource, root: Path,
+                 paths: list[str]) -> None:
+    """Replace the Git LFS pointers among the model's `paths` (relative to the checkout's
+    root) by their files: `git lfs pull` of those files only (never the repository's other
+    weights), one at a time per checkout, from the LFS endpoint of the repository's own
+    URL: a `.lfsconfig` in the repository may name another (`lfs.url`, `remote.*.lfsurl`)
+    or leave files out (`lfs.fetchexclude`), and git config outranks it, so git-lfs never
     takes the credentials, or the request, elsewhere."""
-    if not _has_pointers(tree):
+    if not any(_is_pointer(root, path) for path in paths):
         return
     if shutil.which("git-lfs") is None:
         raise GpulockError(f"model '{model.name}': {redact(source.url)} keeps files in Git "
                            "LFS, and git-lfs is not installed to fetch them "
                            "(https://git-lfs.com, or apt-get install git-lfs)")
-    # Set here, they outrank `.lfsconfig`, which could also leave files out (fetchexclude).
     settings = {"lfs.url": lfs_endpoint(source.url), "lfs.fetchinclude": "",
                 "lfs.fetchexclude": ""}
-    try:
-        run_git("lfs", "pull", repo=root, url=source.url, settings=settings, timeout=False)
-    except GpulockError as exc:
-        raise GpulockError(f"model '{model.name}': {exc}") from None
-    if _has_pointers(tree):
-        raise GpulockError(f"model '{model.name}': git lfs pull left Git LFS pointers in "
-                           f"place of files of {redact(source.url)}")
+    with held(root):  # another thread or process may have pulled them meanwhile
+        pointers = [path for path in paths if _is_pointer(root, path)]
+        if not pointers:
+            return
+        try:
+            run_git("lfs", "pull", *_include(pointers), repo=root, url=source.url,
+                    settings=settings, timeout=False)
+        except GpulockError as exc:
+            raise GpulockError(f"model '{model.name}': {exc}") from None
+    left = [path for path in pointers if _is_pointer(root, path)]
+    if left:
+        raise GpulockError(f"model '{model.name}': git lfs pull left {left[0]} of "
+                           f"{redact(source.url)} a Git LFS pointer, not the file")
+
+
+# git-lfs reads `--include` as comma-separated wildmatch patterns; a path with none of these
+# characters is a pattern that matches itself (and same-named files below other folders).
+_NOT_LITERAL = re.compile(r"[,*?\[\]\\!#]|^\s|\s$")
+
+
+def _include(paths: list[str]) -> list[str]:
+    """git lfs pull's `--include` naming exactly `paths`, or nothing (every LFS file of the
+    commit) when a path is no literal pattern or the list would be too long an argument."""
+    joined = ",".join(paths)
+    if any(_NOT_LITERAL.search(path) for path in paths) or len(joined) > 64 * 1024:
+        return []
+    return [f"--include={joined}"]
 
 
 def lfs_endpoint(url: str) -> str:
@@ -135,13 +171,14 @@ def _files(model: Model, root: Path, subdirectory: str | None) -> list[str]:
     return paths
 
 
-def _has_pointers(tree: Path) -> bool:
-    for folder, dirs, names in os.walk(tree):
-        dirs[:] = [d for d in dirs if d != ".git"]
-        for name in names:
-            path = Path(folder) / name
-            if not path.is_symlink() and path.stat().st_size < 1024:
-                with path.open("rb") as handle:
-                    if handle.read(len(_LFS)) == _LFS:
-                        return True
-    return False
+def _is_pointer(root: Path, path: str) -> bool:
+    """Whether the checkout's file at `path` holds a Git LFS pointer (a small file that
+    starts with the spec line); a link or a missing file is left to the reader to refuse."""
+    from gpulock.safeopen import Unsafe, open_regular
+
+    try:
+        with open_regular(root, path) as handle:
+            return os.fstat(handle.fileno()).st_size < 1024 and \
+                handle.read(len(_LFS)) == _LFS
+    except (Unsafe, OSError):
+        return False

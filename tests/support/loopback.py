@@ -18,7 +18,7 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class Loopback:
-    """Serves every GET and HEAD through `self._handle` once `serve()` has run."""
+    """Serves every GET, HEAD and POST through `self._handle` once `serve()` has run."""
 
     httpd: QuietServer
 
@@ -35,6 +35,9 @@ class Loopback:
                 owner._handle(self)
 
             def do_HEAD(self) -> None:
+                owner._handle(self)
+
+            def do_POST(self) -> None:
                 owner._handle(self)
 
         self.httpd = QuietServer(("127.0.0.1", 0), Handler)
