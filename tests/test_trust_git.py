@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,42 @@ def test_git_credentials_never_follow_a_redirect_to_another_host(project: Projec
     assert redirecting.authorizations, "the repository's own host was sent no credentials"
     assert serving.authorizations == []
     refused(result, "model 'm'", "redirect")
+    assert "hunter2" not in result.err + result.out
+
+
+class _Private(DumbGit):
+    """A repository that asks for a login (401, Basic) where a request brings none."""
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        if handler.headers.get("Authorization"):
+            super()._handle(handler)
+            return
+        handler.send_response(401)
+        handler.send_header("WWW-Authenticate", 'Basic realm="git"')
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+
+def test_a_netrc_password_never_reaches_git_over_plain_http(project: Project, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    repo = tmp_path / "repo"
+    _commit(repo, {"config.json": b"{}"})
+    server = _Private(tmp_path / "served")
+    server.bare(repo, "repo.git")
+    # curl reads 127.1 as 127.0.0.1 and finds that host's netrc login; gpulock's rule sees
+    # a plain http:// host 127.1, where a netrc password (it names a host, not a scheme)
+    # must not travel in clear text. git's curl reads ~/.netrc itself: the rule must reach it.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine 127.0.0.1 login deploy password hunter2\n")
+    (home / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NETRC", raising=False)
+    port = server.origin.rsplit(":", 1)[1]
+    _write(project, f'[models.m]\nsource = "git+http://127.1:{port}/repo.git@main"\n')
+    result = project.gpulock("lock")
+    assert server.authorizations == []
+    refused(result, "model 'm'")
     assert "hunter2" not in result.err + result.out
 
 

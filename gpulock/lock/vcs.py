@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gpulock.credentials import login_for, redact
+from gpulock.credentials import login_for, private, redact
 from gpulock.errors import GpulockError
 
 _SHA = re.compile(r"[0-9a-f]{40}")
@@ -59,6 +59,12 @@ def split_url(url: str) -> tuple[str, str | None, str | None]:
 # a command) or `fd::`; these five are what gpu.toml's git URLs can name.
 _PROTOCOLS = ("https", "http", "ssh", "git", "file")
 _PATH = "/usr/bin:/bin:/usr/local/bin"
+# What git gets of the user's environment besides HOME: how to reach the network (curl's
+# proxy variables; it ignores upper-case HTTP_PROXY), whose certificates to trust, and the
+# ssh agent for ssh:// repositories. Nothing that names a command or a repository.
+_PASSED = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy",
+           "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH",
+           "SSH_AUTH_SOCK")
 
 
 def run_git(command: str, *args: str, repo: Path | None = None, url: str | None = None,
@@ -78,6 +84,8 @@ def run_git(command: str, *args: str, repo: Path | None = None, url: str | None 
     where = [f"--git-dir={repo / '.git'}", f"--work-tree={repo}"] if repo else []
     with tempfile.TemporaryDirectory(prefix="gpulock-git-") as empty:
         env["GIT_CEILING_DIRECTORIES"] = str(Path(empty).parent)
+        if url and url.startswith("http://") and not private(url):
+            env.update(_without_netrc(Path(empty)))
         try:
             result = subprocess.run(["git", *where, command, *args], cwd=repo or empty,
                                     capture_output=True, encoding="utf-8",
@@ -115,7 +123,8 @@ def _environment(command: str, url: str | None, settings: dict[str, str], stall:
     if headers:
         config["http.followRedirects"] = "false"
     env = {"GIT_TERMINAL_PROMPT": "0", "GIT_PROTOCOL_FROM_USER": "0", "GIT_LITERAL_PATHSPECS": "1",
-           "GIT_NO_REPLACE_OBJECTS": "1", "PATH": _PATH, "HOME": os.environ.get("HOME", "/")}
+           "GIT_NO_REPLACE_OBJECTS": "1", "PATH": _PATH, "HOME": os.environ.get("HOME", "/"),
+           **{name: os.environ[name] for name in _PASSED if name in os.environ}}
     if command != "lfs":  # a user's `git lfs install` filter would fetch LFS files unasked
         env["GIT_LFS_SKIP_SMUDGE"] = "1"
     elif lfs := shutil.which("git-lfs"):
@@ -125,6 +134,16 @@ def _environment(command: str, url: str | None, settings: dict[str, str], stall:
     for i, (key, value) in enumerate(pairs):
         env.update({f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value})
     return env, bool(headers)
+
+
+def _without_netrc(home: Path) -> dict[str, str]:
+    """A HOME without `.netrc` for git on a plain http:// repository: git's curl and git-lfs
+    read ~/.netrc themselves and would send its password in clear text, which gpulock's own
+    rule (`credentials.private`) refuses. The user's global git config is still read."""
+    real = Path(os.environ.get("HOME", "/"))
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or real / ".config") / "git" / "config"
+    found = [path for path in (real / ".gitconfig", xdg) if path.is_file()]
+    return {"HOME": str(home), "GIT_CONFIG_GLOBAL": str(found[0]) if found else os.devnull}
 
 
 def _auth_headers(url: str | None, settings: dict[str, str]) -> list[tuple[str, str]]:
