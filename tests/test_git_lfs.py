@@ -123,6 +123,18 @@ def test_lfs_credentials_reach_the_repositorys_host_and_no_other(how: str, proje
     assert [r for r in other.requests if r.authorization] == [], "credentials went elsewhere"
 
 
+def test_an_lfs_server_that_drips_is_stopped_by_the_pull_s_deadline(
+        project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A byte every 0.7 s never trips git-lfs's activity timeout (1 s); the pull as a whole
+    # gets 30 x GPULOCK_STALL_TIMEOUT and its bytes' time at 1 KiB/s, then one sentence.
+    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "0.2")
+    server = LfsGit(tmp_path / "served", drip=0.7)
+    _lfs_repo(tmp_path / "repo")
+    _write(project, f"{_served(tmp_path, server, login='')}@main")
+    result = project.gpulock("lock")
+    refused(result, "model 'm'", "git lfs took over", "was stopped")
+
+
 SELECTIONS = {  # what the model takes of a repository whose other.bin's object is lost
     "exclude": ("", 'exclude = ["other.bin"]\n', "model.bin"),
     "subdirectory": ("#subdirectory=sub", "", "model.bin"),

@@ -68,15 +68,15 @@ _PASSED = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
 
 
 def run_git(command: str, *args: str, repo: Path | None = None, url: str | None = None,
-            settings: dict[str, str] | None = None, timeout: bool = True) -> str:
+            settings: dict[str, str] | None = None, slack: float = 0.0) -> str:
     """Run `git command args...`, the one way gpulock runs git on someone else's repository.
 
     `repo` is a working tree gpulock cloned: git is told its `.git` and work tree, so it never
     looks for a repository (a folder of the checkout that looks like a bare repository, with
     its own config, is only files). Without `repo` git runs in an empty folder of its own.
     Settings (`_environment`, and `settings`) go in the environment. The run is stopped
-    after 30 x GPULOCK_STALL_TIMEOUT unless `timeout` is false (git-lfs, which moves model
-    weights, has its own activity timeout set instead)."""
+    after 30 x GPULOCK_STALL_TIMEOUT plus `slack` seconds (git-lfs moving model weights is
+    given their size at 1 KiB/s, the slowest rate any download may keep)."""
     from gpulock.http import stall_timeout
 
     stall = stall_timeout()
@@ -90,13 +90,14 @@ def run_git(command: str, *args: str, repo: Path | None = None, url: str | None 
             result = subprocess.run(["git", *where, command, *args], cwd=repo or empty,
                                     capture_output=True, encoding="utf-8",
                                     errors="surrogateescape", check=False, env=env,
-                                    timeout=30 * stall if timeout else None)
+                                    timeout=30 * stall + slack)
         except FileNotFoundError:
             raise GpulockError("git is not installed, but the manifest names a git "
                                "repository") from None
         except subprocess.TimeoutExpired:
-            raise GpulockError(f"git {command} took over {30 * stall:g} s (30 x "
-                               "GPULOCK_STALL_TIMEOUT) and was stopped") from None
+            raise GpulockError(f"git {command} took over {30 * stall + slack:g} s and was "
+                               "stopped (30 x GPULOCK_STALL_TIMEOUT, and 1 s a KiB it "
+                               "fetches)") from None
     if result.returncode != 0:
         last = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
         why = (" (a redirect: git is given credentials, so it follows none and they never "

@@ -30,6 +30,7 @@ from gpulock.sources import copy_below, pinned_below, select
 from gpulock.store import Store
 
 _LFS = b"version https://git-lfs.github.com/spec/v1"
+_MIN_RATE = 1024  # bytes/s: as gpulock.http's downloads
 
 
 class GitModelSource:
@@ -117,9 +118,12 @@ def _resolve_lfs(model: Model | PinnedModel, source: GitSource, root: Path,
         pointers = [path for path in paths if _is_pointer(root, path)]
         if not pointers:
             return
+        # A server that drips the bytes stays above lfs.activitytimeout: the whole pull
+        # gets the time its files take at 1 KiB/s, the slowest rate any download may keep.
+        size = sum(_pointer_size(root, path) or 0 for path in pointers)
         try:
             run_git("lfs", "pull", *_include(pointers), repo=root, url=source.url,
-                    settings=settings, timeout=False)
+                    settings=settings, slack=size / _MIN_RATE)
         except GpulockError as exc:
             raise GpulockError(f"model '{model.name}': {exc}") from None
     left = [path for path in pointers if _is_pointer(root, path)]
@@ -174,11 +178,22 @@ def _files(model: Model, root: Path, subdirectory: str | None) -> list[str]:
 def _is_pointer(root: Path, path: str) -> bool:
     """Whether the checkout's file at `path` holds a Git LFS pointer (a small file that
     starts with the spec line); a link or a missing file is left to the reader to refuse."""
+    return _pointer_size(root, path) is not None
+
+
+def _pointer_size(root: Path, path: str) -> int | None:
+    """The size a Git LFS pointer at `path` declares (0 where it declares none that reads),
+    or None where the file is not a pointer."""
     from gpulock.safeopen import Unsafe, open_regular
 
     try:
         with open_regular(root, path) as handle:
-            return os.fstat(handle.fileno()).st_size < 1024 and \
-                handle.read(len(_LFS)) == _LFS
+            if os.fstat(handle.fileno()).st_size >= 1024:
+                return None
+            text = handle.read(1024)
     except (Unsafe, OSError):
-        return False
+        return None
+    if not text.startswith(_LFS):
+        return None
+    sizes = re.findall(rb"^size ([0-9]{1,15})$", text, re.M)
+    return int(sizes[0]) if sizes else 0

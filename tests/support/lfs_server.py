@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -59,14 +60,16 @@ class LfsGit(DumbGit):
     """A repository over dumb HTTP and its Git LFS objects over the batch API.
 
     `objects_at` is the origin the batch answer's hrefs name (this server's by default);
-    `batch_at`, when set, answers the batch request with a 307 redirect to that origin.
+    `batch_at`, when set, answers the batch request with a 307 redirect to that origin;
+    `drip`, when set, sends an object's bytes one at a time, that many seconds apart.
     `requests` keeps every request: method, path and Authorization header."""
 
     def __init__(self, root: Path, objects_at: str | None = None,
-                 batch_at: str | None = None) -> None:
+                 batch_at: str | None = None, drip: float | None = None) -> None:
         self.requests: list[Request] = []
         self.objects_at = objects_at
         self.batch_at = batch_at
+        self.drip = drip
         super().__init__(root)
 
     def bare(self, work: Path, name: str) -> str:
@@ -86,8 +89,21 @@ class LfsGit(DumbGit):
             handler.end_headers()
         elif handler.command == "POST" and path.endswith(_BATCH):
             self._batch(handler, path[: -len(_BATCH)])
+        elif self.drip and "/lfs/objects/" in path:
+            self._drip(handler, self.drip, (self.root / path.lstrip("/")).read_bytes())
         else:
             super()._handle(handler)
+
+    @staticmethod
+    def _drip(handler: BaseHTTPRequestHandler, seconds: float, data: bytes) -> None:
+        """`data` a byte at a time: never idle long enough to look stalled, never done."""
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        for byte in data:  # ends when the client hangs up (or after len(data) bytes)
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(seconds)
 
     def _batch(self, handler: BaseHTTPRequestHandler, repo: str) -> None:
         asked = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
