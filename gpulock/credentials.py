@@ -24,6 +24,13 @@ _netrc: dict[str, Login] | None = None
 
 
 _USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")  # up to the last '@': a password may hold one
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Schemes whose URLs carry `user:password@` (after git's "git+"); where the others' come from.
+_LOGIN_SCHEMES = ("http", "https", "ssh", "git")
+_KEYS_FROM = {"s3": "AWS keys come from AWS_* variables or a profile",
+              "file": "they name a path on this machine",
+              "hf": "a token comes from HF_TOKEN",
+              "ms": "a token comes from MODELSCOPE_API_TOKEN"}
 
 
 def redact(text: str) -> str:
@@ -31,14 +38,75 @@ def redact(text: str) -> str:
     return _USERINFO.sub("", text) if "@" in text else text
 
 
-def shown(url: str) -> str:
-    """A URL as an error message may quote it: redacted, and when an '@' is left (a password
-    holding '/', '?' or '#' hides the host from any parser) everything up to it elided."""
+def shown(text: str) -> str:
+    """A URL, or a requirement that ends in one (`name @ git+https://...`), as a message may
+    quote it: redacted, and when `login_problem` finds it unclear where a login would end
+    (a password holding '/', '?' or '#' hides the host from any parser), everything up to its
+    last '@' (or, with none, its host) elided. Every URL a message quotes goes through here."""
+    found = _SCHEME.search(text)
+    if not found:  # no URL to read (`user:password@host` without its scheme): only the end
+        return f"...@{text.rpartition('@')[2]}" if "@" in text else text
+    head, url = text[:found.start()], text[found.start():]
     bare = redact(url)
-    scheme, sep, rest = bare.partition("://")
-    if not sep or "@" not in rest:
-        return bare
-    return f"{scheme}://...@{rest.rpartition('@')[2]}"
+    if login_problem(url) is None:
+        return head + bare
+    scheme, _, rest = bare.partition("://")
+    tail = "@" + rest.rpartition("@")[2] if "@" in rest else rest[len(_authority(rest)):]
+    return f"{head}{scheme}://...{tail}"
+
+
+def login_problem(url: str) -> str | None:
+    """What makes it unclear where `url`'s login ends, or puts one where its scheme takes
+    none; None when neither. The one rule for every URL gpulock is given (gpu.toml, the
+    environment, the command line), applied before any other check reads the URL; the
+    answer never quotes it.
+
+    http(s) (and git over them or ssh) carry `user:password@` before the host, which
+    `redact` takes out; an '@' left past the host could end a password holding '/', '?' or
+    '#' (no parser can tell), so it is refused, bar a git URL's `@revision`. Every other
+    scheme (s3://: AWS keys come from the environment; file://, hf://, ms://, ref://) takes
+    no login: '@' or ':' where its bucket, host or repository goes, or a ':' anywhere before
+    an '@' (`user:password@`, wherever a '/' in either put it), is refused. An '@' in such
+    a URL's path is a path's character: an S3 key may hold one."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    kind = scheme.lower().removeprefix("git+")
+    if kind in _LOGIN_SCHEMES:
+        if "@" not in rest:
+            return None
+        bare = redact(_repository(url) if scheme.lower().startswith("git+") else url)
+        if "@" in bare.partition("://")[2] or not _port_read(bare):
+            return ("holds an '@' past its host, which could end a password holding '/', "
+                    "'?' or '#': percent-encode them in a password (%2F, %3F, %23) and an "
+                    "'@' in a path (%40)")
+        return None
+    login = rest.rpartition("@")[0]
+    if "@" in _authority(rest) or ":" in _authority(rest) or ":" in login:
+        return (f"holds what may be a user name or password, which {kind}:// URLs never "
+                f"carry ({_KEYS_FROM.get(kind, 'they name no login')})")
+    return None
+
+
+def _authority(rest: str) -> str:
+    """The part of a URL after `scheme://` up to its path, query or fragment."""
+    return re.split(r"[/?#]", rest, maxsplit=1)[0]
+
+
+def _repository(url: str) -> str:
+    """A git URL without its `@revision` and `#subdirectory=` (`git+https://h/r.git@v1`)."""
+    base = url.partition("#")[0]
+    scheme, sep, rest = base.partition("://")
+    folder, slash, last = rest.rpartition("/")
+    return f"{scheme}{sep}{folder}{slash}{last.partition('@')[0]}" if slash else base
+
+
+def _port_read(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 - raises for a port that is no number
+    except ValueError:
+        return False
+    return True
 
 
 def credentials_in(url: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from gpulock.credentials import redact, remember, shown
+from gpulock.credentials import login_problem, redact, remember, shown
 from gpulock.errors import GpulockError, ManifestError
 from gpulock.lock.target import Target
 from gpulock.manifest_hash import content_hash
@@ -521,19 +521,47 @@ def _requirements(reader: _Reader, table: tuple[str, ...], key: str, texts: list
             req = Requirement(text)
         except InvalidRequirement as exc:
             reason = redact(str(exc).splitlines()[0])  # packaging adds a caret diagram
-            raise reader.error(table, key, f"invalid requirement {redact(text)!r} in "
+            raise reader.error(table, key, f"invalid requirement {shown(text)!r} in "
                                f"[groups.{name}]: {reason}") from None
         if req.url and not req.url.startswith("git+"):
-            raise reader.error(table, key, f"requirement {redact(text)!r} in "
+            raise reader.error(table, key, f"requirement {shown(text)!r} in "
                                f"[groups.{name}]: only git+ URLs are supported as direct "
                                "references")
         if req.url:
             if problem := git_url_problem(req.url.removeprefix("git+")):
-                raise reader.error(table, key, f"requirement {redact(text)!r} in "
+                raise reader.error(table, key, f"requirement {shown(text)!r} in "
                                    f"[groups.{name}]: the git URL {problem}")
             req.url = "git+" + remember(req.url.removeprefix("git+"))
         requirements.append(req)
     return tuple(requirements)
+
+
+def _source(reader: _Reader, table: tuple[str, ...], source: str) -> str:
+    """A model's source, checked (first where a login may be, for every scheme) and with any
+    login taken out; every message quotes it as `shown` leaves it."""
+    def refused(problem: str) -> ManifestError:
+        return reader.error(table, "source", f"source = {shown(source)!r} in "
+                            f"[models.{table[-1]}] {problem}")
+
+    if not source.startswith(MODEL_SCHEMES):
+        raise refused("must start with hf://, ms://, https://, s3://, git+https://, "
+                      "git+file://, file://, / or ref://")
+    if problem := login_problem(source):
+        raise refused(problem)
+    from gpulock.sources import source_for
+
+    kind = source_for(source)
+    if kind is not None and (problem := kind.problem(source)):
+        raise refused(problem)
+    if source.startswith("http") and (problem := url_problem(source)):
+        raise refused(problem)
+    if source.startswith(("hf://", "ms://")):
+        repo = source.split("://", 1)[1]
+        if problem := repo_problem(repo.removeprefix("datasets/") if source.startswith(
+                "hf://") else repo):
+            raise refused(problem)
+    # Kept for the URL git is given (without git+), as for git+ requirements.
+    return "git+" + remember(source[4:]) if source.startswith("git+") else remember(source)
 
 
 def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
@@ -548,27 +576,7 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
         source = body.get("source")
         if source is None:
             raise reader.error(table, None, f"[models.{name}] needs 'source'")
-        if not source.startswith(MODEL_SCHEMES):
-            raise reader.error(table, "source", f"source = {redact(source)!r} in [models.{name}] "
-                               "must start with hf://, ms://, https://, s3://, git+https://, "
-                               "git+file://, file://, / or ref://")
-        from gpulock.sources import source_for
-
-        kind = source_for(source)
-        if kind is not None and (problem := kind.problem(source)):
-            raise reader.error(table, "source", f"source = {redact(source)!r} in "
-                               f"[models.{name}] {problem}")
-        if source.startswith("http") and (problem := url_problem(source)):
-            raise reader.error(table, "source", f"source = {shown(source)!r} in "
-                               f"[models.{name}] {problem}")
-        # Kept for the URL git is given (without git+), as for git+ requirements.
-        source = "git+" + remember(source[4:]) if source.startswith("git+") else remember(source)
-        if source.startswith(("hf://", "ms://")):
-            repo = source.split("://", 1)[1]
-            if problem := repo_problem(repo.removeprefix("datasets/") if source.startswith(
-                    "hf://") else repo):
-                raise reader.error(table, "source", f"source = {source!r} in [models.{name}] "
-                                   f"{problem}")
+        source = _source(reader, table, source)
         revision = body.get("revision")
         if revision is not None and (problem := revision_problem(revision) or (
                 segment_problem(revision) if source.startswith("ms://") else None)):

@@ -11,7 +11,10 @@ root itself is the caller's (a path the user named may be a link).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from typing import BinaryIO
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _STEP = _FOLDER | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Unsafe(Exception):
@@ -42,14 +46,18 @@ def _parts(relative: str) -> list[str]:
 
 
 @contextmanager
-def _folder(root: Path, parts: list[str]) -> Iterator[int]:
-    """A descriptor of the folder `root/parts...`, each step a real folder."""
+def _folder(root: Path, parts: list[str], make: bool = False) -> Iterator[int]:
+    """A descriptor of the folder `root/parts...`, each step a real folder (made first, when
+    `make` and it is not there)."""
     try:
         fd = os.open(root, _FOLDER)
     except OSError as exc:
         raise Unsafe(f"{root} cannot be read as a folder ({exc.strerror})") from None
     try:
         for i, part in enumerate(parts):
+            if make:
+                with contextlib.suppress(FileExistsError):  # a link there is refused below
+                    os.mkdir(part, dir_fd=fd)  # the umask decides, as for any folder
             try:
                 step = os.open(part, _STEP, dir_fd=fd)
             except OSError as exc:
@@ -113,3 +121,25 @@ def open_file(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def replace_below(root: Path, relative: str, source: BinaryIO) -> None:
+    """Write the rest of `source` as the file `root/relative`, replacing any file of that
+    name whole. Every folder on the way is made or opened relative to the one before
+    (`O_NOFOLLOW`), and the file is written under a new name in the last of them and renamed
+    there through that folder's descriptor: a link planted below the root is refused, and one
+    swapped in for a folder already opened is never written through (what someone who may
+    write a shared cache could do to the one who pushes to it). The root is the caller's."""
+    *folders, name = _parts(relative)
+    with _folder(root, folders, make=True) as parent:
+        temporary = f".upload-{secrets.token_hex(8)}"
+        fd = os.open(temporary, _NEW, 0o644, dir_fd=parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), 0o644)  # readable by every pod, whatever the umask
+                shutil.copyfileobj(source, out, 1 << 20)
+            os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=parent)
+            raise

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from gpulock.credentials import credentials_in
+from gpulock.credentials import credentials_in, login_problem, shown
 from gpulock.errors import GpulockError, LockfileError
 from gpulock.manifest import Model
 from gpulock.store import Store
@@ -30,6 +30,11 @@ from gpulock.store.names import (
     revision_problem,
     segment_problem,
 )
+
+# The largest file a model may pin: 1 TiB, far past any checkpoint shard or dataset file the
+# hubs serve (tens of GiB). A size beyond it comes from a hostile listing or a hand-edited
+# lock, and a download would plan its ranges (or a disk check its space) for it.
+FILE_LIMIT = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class PinnedModel:
             return f"has a name that {problem}"
         if credentials_in(self.source):
             return "has a source URL with credentials (locks keep bare URLs)"
+        if problem := login_problem(self.source):
+            return f"has a source that {problem}"
         if problem := source_problem(self.source, self.revision):
             return problem
         if self.source.startswith(("hf://", "git+")) and hex_problem(self.commit or "", 40):
@@ -102,7 +109,7 @@ def source_problem(source: str, revision: str | None) -> str | None:
         if source.startswith("hf://"):
             repo = repo.removeprefix("datasets/")
         if problem := repo_problem(repo):
-            return f"has a source {source!r} that {problem}"
+            return f"has a source {shown(source)!r} that {problem}"
         if revision is not None:
             problem = revision_problem(revision) or (
                 segment_problem(revision) if source.startswith("ms://") else None)
@@ -114,9 +121,9 @@ def source_problem(source: str, revision: str | None) -> str | None:
     kind = source_for(source)
     if kind is not None:
         problem = kind.problem(source)
-        return f"has a source {source!r} that {problem}" if problem else None
+        return f"has a source {shown(source)!r} that {problem}" if problem else None
     if not source.startswith(("https://", "http://")):
-        return (f"has a source {source!r} that is not hf://, ms://, https://, http://, "
+        return (f"has a source {shown(source)!r} that is not hf://, ms://, https://, http://, "
                 "s3://, git+https://, git+file://, file://, an absolute path or ref://")
     return None
 
@@ -130,8 +137,8 @@ def _files_problem(model: PinnedModel) -> str | None:
         problem = (segment_problem(file.path) if is_url else path_problem(file.path))
         if problem:
             return f"{where} that {problem}"
-        if file.size < 0:
-            return f"{where} with a negative size"
+        if not 0 <= file.size <= FILE_LIMIT:
+            return f"{where} of {file.size:,} bytes, not 0 to {FILE_LIMIT:,}"
         if file.sha256 is not None and (problem := hex_problem(file.sha256, 64)):
             return f"{where} whose sha256 {problem}"
         if file.git_sha1 is not None and (problem := hex_problem(file.git_sha1, 40)):

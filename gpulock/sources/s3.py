@@ -3,7 +3,8 @@ object, in AWS S3 or MinIO-likes; credentials from the usual AWS variables or pr
 Pinned by each object's size and the sha256 of its bytes (read once at lock time: S3's
 ETag is no content hash for multipart uploads). Objects are read as the substituter reads
 them (`gpulock.store.substituters.s3`): no further than the size the listing or the lock
-gives; a key that is no safe relative path is refused before any object is read."""
+gives; a key that is no safe relative path, or a size past what a model file may hold, is
+refused before any object is read."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from gpulock.errors import GpulockError
 from gpulock.manifest import Model
-from gpulock.models import ModelFile, PinnedModel
+from gpulock.models import FILE_LIMIT, ModelFile, PinnedModel
 from gpulock.sources import pinned_file, select
 from gpulock.store import Store
 from gpulock.store.names import path_problem
@@ -44,7 +45,7 @@ class S3Source:
             folder, sizes, names = S3(_parent(model.source)), {name: sizes[""]}, [name]
         else:
             folder, names = bucket, select(model, list(sizes))
-        _refuse_unsafe(model, bucket, names)
+        _refuse_unsafe(model, bucket, sizes, names)
         with tempfile.TemporaryDirectory(prefix="gpulock-s3-pin-") as tmp:
             files = [self._pin_object(model, folder, name, sizes[name], Path(tmp))
                      for name in names]
@@ -78,14 +79,19 @@ class S3Source:
                                "the lock pinned it")
 
 
-def _refuse_unsafe(model: Model, bucket: S3, names: list[str]) -> None:
+def _refuse_unsafe(model: Model, bucket: S3, sizes: dict[str, int], names: list[str]) -> None:
     """Refuse, before any object is read, a chosen key that is no relative path the store
-    may lay out (the hubs' rule for their file names)."""
+    may lay out (the hubs' rule for their file names), or a size no model file has (a
+    download would be planned for it)."""
     for name in names:
+        shown = repr(name) if len(name) <= 200 else f"{name[:200]!r}..."
         if problem := path_problem(name):
-            shown = repr(name) if len(name) <= 200 else f"{name[:200]!r}..."
             raise GpulockError(f"model '{model.name}': {bucket.url} lists the object {shown}, "
                                f"whose name {problem}; nothing was pinned")
+        if not 0 <= sizes[name] <= FILE_LIMIT:
+            raise GpulockError(f"model '{model.name}': {bucket.url} lists the object {shown} "
+                               f"as {sizes[name]:,} bytes, not 0 to {FILE_LIMIT:,}; nothing "
+                               "was pinned")
 
 
 def _parent(source: str) -> str:

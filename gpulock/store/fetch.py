@@ -22,6 +22,7 @@ from gpulock.credentials import redact
 from gpulock.errors import FetchError, GpulockError
 from gpulock.http import Http
 from gpulock.lock.lockfile import FileRef
+from gpulock.safeopen import open_file
 from gpulock.store.layout import Layout
 from gpulock.store.scratch import alive_writers, claim_partial, open_part, tag
 
@@ -41,29 +42,54 @@ def _hash_file(path: Path, digest: hashlib._Hash) -> int:
 def fetch(ref: FileRef, label: str, layout: Layout, http: Http,
           progress: Progress | None = None) -> Path:
     """A local path holding exactly the locked file (pass it to `discard` when done)."""
-    if ref.url.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        path = Path(unquote(urlsplit(ref.url).path))
-        if not path.is_file():
-            raise GpulockError(f"{label}: {path} is missing; the lock names it as the file "
-                               "to install")
-        digest = hashlib.sha256()
-        size = _hash_file(path, digest)
-        _check(ref, label, digest.hexdigest(), size, path)
-        if progress:
-            progress(size)
-        return path
     folder = layout.folder(layout.download_folder(ref.sha256))
     # The wheel keeps its own filename (installers read name and tags from it).
     final = Layout.named(folder / tag(), ref.name, "a wheel's filename")
     part = claim_partial(folder, "wheel", alive_writers(layout.tmp_roots))
     try:
+        if ref.url.startswith("file://"):
+            return _copy(ref, label, part, final, progress)
         return _download(ref, label, part, final, http, progress)
     except BaseException:
         if not part.is_file() or part.stat().st_size == 0:
             part.unlink(missing_ok=True)
         raise
+
+
+def _copy(ref: FileRef, label: str, part: Path, final: Path, progress: Progress | None
+          ) -> Path:
+    """A file:// wheel copied to `part` as it is hashed, then moved to `final`: what is
+    unpacked is what was checked. Only a regular file is opened (never through a link or a
+    FIFO), and no more than the lock's size and one byte is read: a hand-edited lock may aim
+    the URL at any file on the machine."""
+    from urllib.parse import unquote, urlsplit
+
+    path = Path(unquote(urlsplit(ref.url).path))
+    digest, have = hashlib.sha256(), 0
+    part.unlink(missing_ok=True)  # a claimed leftover of a download: copied anew
+    try:
+        with open_file(path) as source, open_part(part) as out:
+            while chunk := source.read(min(_CHUNK, ref.size + 1 - have)):
+                out.write(chunk)
+                digest.update(chunk)
+                have += len(chunk)
+                if progress:
+                    progress(len(chunk))
+    except FileNotFoundError:
+        raise GpulockError(f"{label}: {path} is missing; the lock names it as the file to "
+                           "install") from None
+    except OSError as exc:
+        raise GpulockError(f"{label}: {path} cannot be read as a regular file "
+                           f"({exc.strerror or exc}); the lock names it as the file to "
+                           "install") from None
+    try:
+        _check(ref, label, digest.hexdigest(), have, path)
+    except GpulockError:
+        part.unlink(missing_ok=True)
+        raise
+    final.parent.mkdir()
+    os.replace(part, final)
+    return final
 
 
 def _download(ref: FileRef, label: str, part: Path, final: Path, http: Http,
@@ -114,7 +140,14 @@ def discard(layout: Layout, wheel: Path) -> None:
 
 
 def _check(ref: FileRef, label: str, sha256: str, size: int, path: Path | None) -> None:
-    where = str(path) if path else redact(ref.url)
-    if size != ref.size or sha256 != ref.sha256:
-        raise GpulockError(f"{label}: {where} has sha256 {sha256} ({size} bytes), but the "
-                           f"lock says {ref.sha256} ({ref.size} bytes); it was not stored")
+    """Refuse bytes that are not the locked file. What a server sent is described (its
+    hash helps whoever debugs a mirror, and anyone could ask the server for it); what a
+    local file holds never is: a hand-edited lock could aim a file:// URL at a secret and
+    read its hash or length from a CI log (the rule model files follow, models/views.py)."""
+    if size == ref.size and sha256 == ref.sha256:
+        return
+    locked = f"the lock says {ref.sha256} ({ref.size} bytes); it was not stored"
+    if path is not None:
+        raise GpulockError(f"{label}: {path} holds other bytes, but {locked}")
+    raise GpulockError(f"{label}: {redact(ref.url)} has sha256 {sha256} ({size} bytes), but "
+                       f"{locked}")

@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
-from gpulock.credentials import redact
+from gpulock.credentials import login_problem
 
 # Project and model names: one folder name, portable, never hidden, never `.` or `..`.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -149,11 +149,8 @@ def url_problem(url: str) -> str | None:
     The answer never quotes the URL: it may hold a password that could not be told apart."""
     if _CONTROL.search(url) or any(c.isspace() for c in url):
         return "holds a space or a control character (percent-encode it: %20)"
-    if "@" in url and redact(url) == url:
-        # user:p#ss@host: the password holds '/', '?' or '#', so no parser finds the host
-        # (and redact finds no password to hide): refuse it, quoting nothing.
-        return ("holds '@' but no user:password before its host can be read; "
-                "percent-encode the password's '/', '?', '#' (%2F, %3F, %23)")
+    if problem := login_problem(url):
+        return problem
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port out of range

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from gpulock.credentials import shown
+from gpulock.credentials import login_problem, shown
 from gpulock.errors import GpulockError
 
 Progress = Callable[[int], None]
@@ -57,13 +57,10 @@ class CacheUnreachable(CacheError):
 
 def url_problem(url: str) -> str | None:
     """What is wrong with a cache URL, wherever it came from (gpu.toml, $GPULOCK_SUBSTITUTERS,
-    `push --to`), or None. A cache URL never carries credentials, and one that might (an '@'
-    a parser could read as the end of a password) is refused like one: it is shown only as
-    `shown` leaves it, and a backend would read its host and path from a guess."""
-    if shown(url) != url:
-        return ("holds credentials (or an '@' that could end a password): put S3's in AWS_* "
-                "variables or a profile; a folder needs none (give one whose name holds an "
-                "'@' as a plain absolute path)")
+    `push --to`), or None. A cache URL never carries credentials: where one might hold some
+    is `gpulock.credentials.login_problem`'s rule, and the answer never quotes the URL."""
+    if problem := login_problem(url):
+        return problem
     if not re.match(r"(s3://|file:///|/)", url):
         return "must be s3://bucket/prefix, file:///folder or an absolute path"
     return None

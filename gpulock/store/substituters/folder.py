@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from gpulock.credentials import shown
-from gpulock.safeopen import open_file
+from gpulock.safeopen import Unsafe, open_file, replace_below
 from gpulock.store.substituters import CacheError, Progress
 
 _CHUNK = 1 << 20
@@ -64,29 +61,17 @@ class Folder:
                              f"{exc.strerror or exc}") from None
         return True
 
-    def _folders(self, folder: Path) -> None:
-        """Make `folder` below the root one level at a time, refusing a link on the way: a
-        push never writes through a link someone planted in the cache."""
-        current = self.root
-        current.mkdir(parents=True, exist_ok=True)
-        for part in folder.relative_to(self.root).parts:
-            current = current / part
-            if current.is_symlink():
-                raise CacheError(f"{current} in {self.url} is a symbolic link; push never "
-                                 "writes through one")
-            current.mkdir(exist_ok=True)
-
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
     def upload(self, name: str, source: Path) -> None:
-        path = self._path(name)
+        self._path(name)  # the name's check
         try:
-            self._folders(path.parent)
-            handle, temporary = tempfile.mkstemp(prefix=".upload-", dir=path.parent)
-            with os.fdopen(handle, "wb") as out, open(source, "rb") as data:
-                shutil.copyfileobj(data, out, _CHUNK)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(source, "rb") as data:
+                replace_below(self.root, name, data)
+        except Unsafe as exc:
+            raise CacheError(f"cannot write {name} to {self.url}: {exc}; push never writes "
+                             "through a link") from None
         except OSError as exc:
             raise CacheError(f"cannot write {name} to {self.url}: {exc.strerror}") from None

@@ -16,12 +16,12 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gpulock.credentials import redact, shown
+from gpulock.credentials import login_problem, redact, shown
 from gpulock.errors import FetchError
 from gpulock.http import Body, paced, stall_timeout
 from gpulock.store.substituters import CacheError, CacheUnreachable, Progress
@@ -40,10 +40,12 @@ class S3:
 
     def __init__(self, url: str) -> None:
         self.url = shown(url)
-        parts = urlsplit(url)
-        if parts.username or parts.password:
-            raise CacheError(f"substituter {self.url}: put S3 credentials in AWS_* variables "
-                             "or a profile, not in the URL")
+        if problem := login_problem(url):
+            raise CacheError(f"substituter {self.url}: {problem}")
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # a '[' that opens no IPv6 address
+            raise CacheError(f"substituter {self.url}: cannot be read as a URL") from None
         if not _BUCKET.fullmatch(parts.hostname or ""):
             raise CacheError(f"substituter {self.url}: {parts.hostname!r} is not a bucket name")
         options = parse_qs(parts.query)
@@ -101,8 +103,6 @@ class S3:
                  progress: Progress | None = None) -> bool:
         """Write the object to `target` as `limit` bytes, the size its record or pin gives:
         a larger object is refused at its first byte past it, never read on."""
-        # An empty object is one range of no bytes (asked for one, to see there is none).
-        parts = [(start, min(_PART, limit - start)) for start in range(0, limit, _PART)]
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             def write(offset: int, chunk: bytes) -> None:
@@ -110,25 +110,21 @@ class S3:
                 if progress:
                     progress(len(chunk))
 
-            def part(span: tuple[int, int]) -> int | None:
-                start, length = span
+            def part(start: int) -> bool:
+                length = min(_PART, limit - start)
                 got = self._read_range(name, start, length, limit, write)
                 if got is not None and got < length and start + length < limit:
                     raise CacheError(f"{name} in {self.url} is smaller than the {limit:,} "
                                      "bytes expected of it")
-                return got
+                return got is not None
 
-            if len(parts) < 2:
-                found = [part(parts[0] if parts else (0, 0))]
-            else:
-                with ThreadPoolExecutor(min(_STREAMS, len(parts))) as pool:
-                    found = list(pool.map(part, parts))
+            # An empty object is one range of no bytes (asked for one, to see there is none).
+            found = _each(part, range(0, max(limit, 1), _PART))
         finally:
             os.close(fd)
-        if None in found:
+        if not found:
             target.unlink()
-            return False
-        return True
+        return found
 
     def _read_range(self, name: str, start: int, length: int, size: int,
                     sink: Sink) -> int | None:
@@ -189,7 +185,7 @@ class S3:
         except CacheError:
             raise
         except Exception as exc:
-            raise self._failed(self.prefix or "/", exc, "list") from None
+            raise self._failed("objects", exc, "list") from None  # the prefix only in .url
 
     def _listed(self) -> Iterator[tuple[str, int]]:
         tokens: set[str] = set()
@@ -222,6 +218,23 @@ class S3:
                                     Config=_transfer(TransferConfig))
         except Exception as exc:
             raise self._failed(name, exc, "write") from None
+
+
+def _each(call: Callable[[int], bool], starts: range) -> bool:
+    """Whether `call(start)` is true for every start, run _STREAMS at a time: each is taken
+    from `starts` only when a stream is free (a size from a listing or a lock may be huge,
+    so the ranges are never laid out at once), and the first false or failed one stops it."""
+    if starts.stop <= starts.step:
+        return call(starts.start)
+    with ThreadPoolExecutor(_STREAMS) as pool:
+        running: set[Future[bool]] = set()
+        for start in starts:
+            if len(running) == _STREAMS:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                if not all(future.result() for future in done):
+                    return False
+            running.add(pool.submit(call, start))
+        return all(future.result() for future in running)
 
 
 def _transfer(config: Any) -> Any:
