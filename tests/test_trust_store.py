@@ -9,6 +9,7 @@ instead of hanging the suite; each one is then reported by `verify` and mended b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from tests import test_trust
 from tests.conftest import Project, Result, dead_writers_part
 from tests.support.dists import make_wheel
 from tests.test_trust import refused, setup, synced
+from tests.test_trust_cache import _signed, _synced
 
 canary = test_trust.canary  # the fixture: nothing outside the store changed
 
@@ -90,8 +92,6 @@ def repaired(project: Project) -> None:
 @pytest.fixture
 def weights(make_index, project: Project) -> str:
     """A project with one http:// model file, locked: its sha256."""
-    import hashlib
-
     index = make_index()
     make_wheel(index.folder, "dep", "1.0")
     (index.folder / "weights.bin").write_bytes(WEIGHTS)
@@ -289,8 +289,6 @@ BAD_ORIGINS = {
 @pytest.mark.parametrize("bad", BAD_ORIGINS, ids=list(BAD_ORIGINS))
 def test_push_skips_an_entry_whose_origin_has_the_wrong_shape_and_names_it(
         bad: str, make_index, project: Project, tmp_path: Path):
-    from tests.test_trust_cache import _signed, _synced
-
     store, cache, secret = _synced(make_index, project, tmp_path)
     dep = next((store / "v1" / "pkgs").glob("*-dep-*"))
     manifest = dep / ENTRY_MANIFEST
@@ -351,8 +349,6 @@ def test_a_fifo_planted_as_a_claimed_partials_ranges_record_is_not_waited_on(
     url = index.url.replace("/simple", "/files/big.bin")
     setup(project, index.url, models=f'[models.w]\nsource = "{url}"\n')
     assert project.gpulock("lock").code == 0
-    import hashlib
-
     sha = hashlib.sha256(big).hexdigest()
     part = dead_writers_part(v1(project) / "tmp" / "models", sha)
     part.write_bytes(big[:1000])

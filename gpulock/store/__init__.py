@@ -205,8 +205,8 @@ class Store:
             # Every file's hashes for `verify`, apart from the small manifest that each
             # environment build reads (torch's records alone are 1.5 MB of JSON).
             (work / ENTRY_RECORDS).write_text(json.dumps({"files": unpacked.records}))
-            kept = origin and {"url": origin.url, "sha256": origin.sha256,
-                               "size": origin.size, "name": origin.name}
+            kept = None if origin is None else {"url": origin.url, "sha256": origin.sha256,
+                                                "size": origin.size, "name": origin.name}
             (work / ENTRY_MANIFEST).write_text(json.dumps({
                 "name": name, "version": version, "origin": kept, "built": built,
                 "scripts": unpacked.scripts, "real_dirs": sorted(unpacked.real_dirs),

@@ -56,7 +56,7 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class Damage:
     kind: str  # "entry", "blob", "generation", "view", "tree" or "link" (a link or file
-    # planted where the store only makes folders)
+    # planted where the store only makes folders, or a FIFO where it only makes files)
     key: str  # entry key, blob sha256, project/gen-N, or a view's path under v1/
     problem: str
 
@@ -499,7 +499,7 @@ def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
     for item in damage:
         if item.kind == "link":
             os.unlink(store.layout.base / item.key)
-            log(f"removed {item.key}, a link gpulock did not make")
+            log(f"removed {item.key}, which gpulock did not make there")
             repaired.append(item.key)
     if repaired:  # the rest is judged again, now that nothing is read through a link
         return repaired
