@@ -1,5 +1,6 @@
-"""Reading a file below a folder someone else fills (a git checkout, a share, a cache):
-only a regular file reached through real folders, never through a symbolic link.
+"""Reading a file below a folder someone else fills (a git checkout, a share, a cache, the
+store's own volume): only a regular file reached through real folders, never through a
+symbolic link, never a FIFO waited on, never more bytes than the reader expects.
 
 `Path.open` follows a link at any step, and opening a FIFO blocks while a device may act on
 being opened. Here every step below the root is opened relative to the one before it with
@@ -7,11 +8,17 @@ being opened. Here every step below the root is opened relative to the one befor
 opened and checked again (`fstat`, same inode) after, so a link, a FIFO, a socket or a device
 anywhere on the way is refused in words, and a swap between the two looks is caught. The
 root itself is the caller's (a path the user named may be a link).
+
+A file at a path gpulock made (a store entry's manifest, a generation's record, a download
+in progress) is open to a planted link or FIFO only at its last step: `open_descriptor`,
+`open_file`, `read_small` and `read_json` check that step alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import secrets
 import shutil
@@ -19,11 +26,12 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _STEP = _FOLDER | os.O_NOFOLLOW
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_ANY = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FILE = os.O_RDONLY | _ANY
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -61,7 +69,7 @@ def _folder(root: Path, parts: list[str], make: bool = False) -> Iterator[int]:
             try:
                 step = os.open(part, _STEP, dir_fd=fd)
             except OSError as exc:
-                raise _refusal("/".join(parts[:i + 1]), part, fd, exc) from None
+                raise _refusal("/".join(parts[:i + 1]), part, fd, exc, "a folder") from None
             os.close(fd)
             fd = step
         yield fd
@@ -69,14 +77,19 @@ def _folder(root: Path, parts: list[str], make: bool = False) -> Iterator[int]:
         os.close(fd)
 
 
-def _refusal(shown: str, name: str, folder: int, exc: OSError) -> Unsafe:
+def _refusal(shown: str, name: str | Path, folder: int | None, exc: OSError, wanted: str
+             ) -> Unsafe:
+    """Why `name` (in the folder open as `folder`, if any; shown as `shown`) could not be
+    opened as `wanted`, in words."""
     try:
         mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
     except FileNotFoundError:
         return Unsafe(f"{shown} is not there")
     except OSError:
-        return Unsafe(f"{shown} cannot be read ({exc.strerror})")
-    return Unsafe(f"{shown} is {_kind(mode)}, not a folder")
+        return Unsafe(f"{shown} cannot be opened ({exc.strerror})")
+    if (stat.S_ISDIR(mode) if wanted == "a folder" else stat.S_ISREG(mode)):
+        return Unsafe(f"{shown} cannot be opened ({exc.strerror})")
+    return Unsafe(f"{shown} is {_kind(mode)}, not {wanted}")
 
 
 def check_folder(root: Path, relative: str) -> Path:
@@ -107,20 +120,64 @@ def open_regular(root: Path, relative: str) -> Iterator[BinaryIO]:
         yield handle
 
 
-def open_file(path: Path) -> BinaryIO:
-    """`path` opened for reading when it is a regular file: never through a link as its last
-    step, never blocking on a FIFO someone planted (OSError otherwise). For a file at a
-    path gpulock made (a share's entry, a store record), where only the last step is open
-    to a planted link; `open_regular` walks a path below a folder someone else fills."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+def open_descriptor(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """`os.open(path, flags, mode)` when `path` is (or, with O_CREAT, becomes) a regular
+    file: never through a link as its last step, never waiting on a FIFO someone planted
+    (opened non-blocking, blocking again once it is known to be a file). OSError otherwise,
+    its `strerror` a sentence that starts with the path ("... is a FIFO, not a regular
+    file"); FileNotFoundError when it is not there."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
+        fd = os.open(path, flags | _ANY, mode)
+    except OSError as exc:  # the same error, with a `strerror` that says why in words
+        said = _refusal(str(path), path, None, exc, "a regular file")
+        raise OSError(exc.errno, str(said)) from None
+    try:
+        found = os.fstat(fd).st_mode
+        if not stat.S_ISREG(found):
+            raise OSError(errno.EINVAL, f"{path} is {_kind(found)}, not a regular file")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+    return fd
+
+
+def open_file(path: Path) -> BinaryIO:
+    """`path` opened for reading when it is a regular file (`open_descriptor`). For a file at
+    a path gpulock made (a share's entry, a store record), where only the last step is open
+    to a planted link; `open_regular` walks a path below a folder someone else fills."""
+    return os.fdopen(open_descriptor(path), "rb")
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file `path`, which may hold at most `limit` of them: for a
+    file gpulock wrote in the store, which anyone who can write to the volume may have
+    replaced. FileNotFoundError when it is not there; Unsafe (starting with the path) when
+    it is a link, a FIFO, a folder or a device, or holds more: never blocks, never fills
+    memory."""
+    try:
+        handle = open_file(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise Unsafe(exc.strerror) from None
+    with handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise Unsafe(f"{path} cannot be read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise Unsafe(f"{path} holds more than the {limit} bytes gpulock writes there")
+    return data
+
+
+def read_json(path: Path, limit: int) -> Any:
+    """`read_small`, parsed as JSON; Unsafe when it is not JSON (or nests too deep)."""
+    data = read_small(path, limit)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise Unsafe(f"{path} is not JSON ({type(exc).__name__})") from None
 
 
 def replace_below(root: Path, relative: str, source: BinaryIO) -> None:

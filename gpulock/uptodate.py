@@ -13,12 +13,13 @@ say it too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import stat
 from pathlib import Path
 from typing import Any
+
+from gpulock.safeopen import Unsafe, read_json
 
 _GENERATION = re.compile(r"gen-\d+")
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -29,6 +30,8 @@ _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # recorded beside the lock digest, not in it: an older gpulock sharing the volume then keeps
 # the newer generation instead of each rebuilding over the other's.
 GENERATION_FORMAT = 2
+# A generation's record: its seal names every file and link the generation holds.
+RECORD_LIMIT = 256 * 2**20
 
 
 def lock_digest(lock_text: str, python: str) -> str:
@@ -47,7 +50,7 @@ def nothing_to_do(manifest_path: Path, lock_path: Path, store_root: Path | None,
     """The line a sync with nothing to do prints, or None when the full sync must look."""
     try:
         return _decide(manifest_path, lock_path, store_root, models)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (OSError, Unsafe, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 
@@ -100,7 +103,9 @@ def _current_record(project_envs: Path) -> dict[str, Any] | None:
     name = os.readlink(project_envs / "current")
     if not _GENERATION.fullmatch(name) or os.path.islink(project_envs / name):
         return None
-    record = json.loads((project_envs / name / "gpulock-generation.json").read_text())
+    # Read as every store file is (the volume is shared): a FIFO planted here must not hang
+    # the sync that merely asks whether it has anything to do.
+    record = read_json(project_envs / name / "gpulock-generation.json", RECORD_LIMIT)
     return record if isinstance(record, dict) else None
 
 

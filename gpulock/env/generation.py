@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,12 +27,14 @@ from gpulock import faults
 from gpulock.env.farm import FarmStats, build, link
 from gpulock.env.mounts import on_network_volume
 from gpulock.errors import GpulockError
-from gpulock.store import Entry, Store, seal
+from gpulock.safeopen import Unsafe, check_folder, open_regular, read_json, read_small
+from gpulock.store import DamagedEntry, Entry, Store, seal
 from gpulock.store.names import entry_key_problem, optimized_bytecode, script_problem
 from gpulock.store.scratch import link_atomic, tag
-from gpulock.uptodate import GENERATION_FORMAT
+from gpulock.uptodate import GENERATION_FORMAT, RECORD_LIMIT
 
 RECORD = "gpulock-generation.json"
+_CONFIG_LIMIT = 64 * 2**10  # pyvenv.cfg: five lines
 _SITECUSTOMIZE = '''\
 """Written by gpulock: makes this environment's .pth files work through PYTHONPATH and, on a
 network volume, imports the farm's linked packages from the store."""
@@ -150,13 +152,13 @@ def project_dir(store: Store, project: str) -> Path:
 def read(path: Path) -> Generation | None:
     """The generation at `path`, or None when its record is missing or not gpulock's."""
     try:
-        data = json.loads((path / RECORD).read_text())
+        data = read_json(path / RECORD, RECORD_LIMIT)
         generation = Generation(
             path=path, number=int(data["number"]), lock_digest=str(data["lock_digest"]),
             packages=dict(data["packages"]), python=str(data["python"]),
             python_version=str(data["python_version"]), created=float(data["created"]),
             format=int(data.get("format", 1)))
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OSError, Unsafe, ValueError, KeyError, TypeError, RecursionError):
         return None
     if not all(isinstance(k, str) and isinstance(v, str) and not entry_key_problem(v)
                for k, v in generation.packages.items()):
@@ -287,7 +289,7 @@ def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: 
 def _seal(work: Path) -> None:
     """Record every file of the generation by its sha256 and every link by where it leads,
     so that verify finds one added, changed or removed later."""
-    record = json.loads((work / RECORD).read_text())
+    record = read_json(work / RECORD, RECORD_LIMIT)
     record["files"] = {path: what for path, what in seal.contents(work) if path != RECORD}
     (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
 
@@ -297,8 +299,8 @@ def tampered(generation: Generation) -> str | None:
     when nothing, or when an older gpulock built it without a seal). Bytecode Python writes
     for `-O` runs beside a known source is not gpulock's to judge."""
     try:
-        sealed = json.loads((generation.path / RECORD).read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
+        sealed = read_json(generation.path / RECORD, RECORD_LIMIT).get("files")
+    except (OSError, Unsafe, AttributeError):
         return "its record cannot be read"
     if not isinstance(sealed, dict):
         return None
@@ -311,10 +313,10 @@ def _next_number(envs: Path) -> int:
 
 
 def _renumber(work: Path, number: int, final: Path, entries: Mapping[str, Entry]) -> None:
-    record = json.loads((work / RECORD).read_text())
+    record = read_json(work / RECORD, RECORD_LIMIT)
     record["number"] = number
     (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
-    config = (work / "pyvenv.cfg").read_text()
+    config = read_small(work / "pyvenv.cfg", _CONFIG_LIMIT).decode()
     (work / "pyvenv.cfg").write_text(re.sub(r"\(generation \d+\)", f"(generation {number})",
                                             config))
     bin_dir = work / "bin"
@@ -334,16 +336,28 @@ def _write_scripts(bin_dir: Path, interpreter: Path, entries: Iterable[Entry]) -
             _, data = Script(name, module, attr, kind).generate(str(interpreter), "posix")
             _write_script(bin_dir, entry, name, data)
             count += 1
-        scripts = entry.path / "scripts"
-        if scripts.is_dir():
-            for source in scripts.iterdir():
-                data = source.read_bytes()
-                # `#!python` in .data/scripts means "the interpreter that installs me".
-                if re.match(rb"#!pythonw?(\r?\n)", data):
-                    data = _shebang(str(interpreter)) + data[data.index(b"\n"):]
-                _write_script(bin_dir, entry, source.name, data)
-                count += 1
+        for name, data in _data_scripts(entry):
+            # `#!python` in .data/scripts means "the interpreter that installs me".
+            if re.match(rb"#!pythonw?(\r?\n)", data):
+                data = _shebang(str(interpreter)) + data[data.index(b"\n"):]
+            _write_script(bin_dir, entry, name, data)
+            count += 1
     return count
+
+
+def _data_scripts(entry: Entry) -> Iterator[tuple[str, bytes]]:
+    """The files of the entry's `scripts/` (a wheel's .data/scripts), read through real
+    folders only: a link or FIFO planted there is a damaged entry, never followed into a
+    file outside the store (it would be copied into `bin/`, readable by every user)."""
+    if not os.path.lexists(entry.path / "scripts"):
+        return
+    try:
+        names = sorted(os.listdir(check_folder(entry.path, "scripts")))
+        for name in names:
+            with open_regular(entry.path, f"scripts/{name}") as handle:
+                yield name, handle.read()
+    except Unsafe as exc:
+        raise DamagedEntry(entry.path, str(exc)) from None
 
 
 def _shebang(interpreter: str) -> bytes:

@@ -386,7 +386,7 @@ def _package_problem(package: LockedPackage) -> str | None:
     for kind, ref in (("wheel", package.wheel), ("sdist", package.sdist)):
         if ref is None:
             continue
-        if problem := _file_problem(ref):
+        if problem := file_problem(ref):
             return f"has a {kind} that {problem}"
         try:
             name, found = (parse_wheel_filename(ref.name)[:2] if kind == "wheel"
@@ -409,12 +409,20 @@ def _package_problem(package: LockedPackage) -> str | None:
     return None
 
 
-def _file_problem(ref: FileRef) -> str | None:
+def file_problem(ref: FileRef) -> str | None:
+    """What makes a wheel or sdist reference unsafe to fetch or name a file by, or None: the
+    lock's rules, also for a reference kept outside a lock (a store entry's origin, whose
+    fields may be of any JSON type)."""
+    for name, kind, said in (("name", str, "a string"), ("url", str, "a string"),
+                             ("size", int, "a whole number"), ("sha256", str, "a string")):
+        value = getattr(ref, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"has a {name} that is not {said}"
     if problem := segment_problem(ref.name):
         return f"is named {ref.name!r}, which {problem}"
     if problem := hex_problem(ref.sha256, 64):
         return f"has a sha256 that {problem}"
-    if isinstance(ref.size, bool) or ref.size < 0:
+    if ref.size < 0:
         return "has a negative size"
     if credentials_in(ref.url):
         return "has a URL with credentials (locks keep bare URLs)"

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote
 
 import xxhash
@@ -33,6 +33,7 @@ import xxhash
 from gpulock import faults
 from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.models import ModelFile, PinnedModel
+from gpulock.safeopen import Unsafe, open_descriptor, open_regular, read_json, read_small
 from gpulock.store import Store, seal
 from gpulock.store.layout import Layout
 from gpulock.store.names import member_problem
@@ -52,6 +53,8 @@ _CHUNK = 1 << 20
 PARALLEL_FROM = 64 * 2**20  # files this large may download as parallel ranges
 RANGE_MIN = 16 * 2**20
 ONE_STREAM_FOR = 1.0  # seconds: a large file that one stream brings this fast gets one
+_RANGES_LIMIT = 16 * 2**20  # `<part>.ranges`: the pieces done, one number each
+_TREE_LIMIT = 256 * 2**20  # `trees/<commit>.json`: every pinned file of a commit
 Log = Callable[[str], None]
 
 
@@ -118,7 +121,7 @@ def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
     # Another sync on this host may be fetching the same file: wait for it rather than
     # repeat its download. flock only saves work (network volumes ignore it); the claimed
     # partial and the hash check are what keep the bytes right.
-    with open(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "wb") as held:
+    with _guard(guard, model) as held:
         if not os.environ.get("GPULOCK_NO_FLOCK"):
             fcntl.flock(held, fcntl.LOCK_EX)
         blob = stored_blob(store, file)
@@ -137,6 +140,18 @@ def _download(store: Store, model: PinnedModel, file: ModelFile, url: str,
         finally:
             if part.is_file() and part.stat().st_size == 0:
                 part.unlink(missing_ok=True)
+
+
+def _guard(guard: Path, model: PinnedModel) -> BinaryIO:
+    """The download's lock file, open to be flocked: a file gpulock made, so a link or FIFO
+    planted in its place is damage to repair, never written through or waited on."""
+    try:
+        return open(open_descriptor(guard, os.O_WRONLY | os.O_CREAT), "wb")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        raise GpulockError(f"model '{model.name}': {exc.strerror}, which gpulock did not "
+                           "make; run 'gpulock verify --repair'") from None
 
 
 def _continue(store: Store, model: PinnedModel, file: ModelFile, url: str,
@@ -183,8 +198,6 @@ def _hash_part(part: Path, file: ModelFile) -> _Hashes:
     """The hashes of a partial download or a source's copy: a regular file, never a link's
     target (a source that made `part` a link would have the outside file hashed, then
     sealed read-only and published as a blob)."""
-    from gpulock.safeopen import Unsafe, open_regular
-
     hashes = _Hashes(file)
     try:
         with open_regular(part.parent, part.name) as handle:
@@ -249,7 +262,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
             if response.status != 206:
                 raise GpulockError(f"model '{model.name}': {file.path} could not be "
                                    f"downloaded from {redact(url)} (HTTP {response.status})")
-            fd = os.open(part, os.O_WRONLY | os.O_NOFOLLOW)
+            fd = open_descriptor(part, os.O_WRONLY)
             try:
                 offset, index = start, first
                 while chunk := body.read(_CHUNK):
@@ -280,7 +293,7 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
 
     def follow() -> _Hashes | None:
         hashes, buffer = _Hashes(file), memoryview(bytearray(4 * _CHUNK))
-        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_descriptor(part)
         try:
             while hashes.size < file.size:
                 index = hashes.size // step
@@ -341,9 +354,9 @@ def _ranged(model: PinnedModel, file: ModelFile, url: str, headers: dict[str, st
 def _done_pieces(state: Path, step: int, size: int, count: int) -> set[int]:
     """The pieces `<part>.ranges` records complete, when it was written for pieces of this
     size (a run with another --jobs, or an older gpulock, cut the file differently)."""
-    try:
-        recorded = json.loads(state.read_text())
-    except (OSError, ValueError):
+    try:  # `claim_partial` carried it over from another writer: it may be anything
+        recorded = read_json(state, _RANGES_LIMIT)
+    except (OSError, Unsafe):
         return set()
     if not isinstance(recorded, dict) or recorded.get("step") != step \
             or recorded.get("size") != size or not isinstance(recorded.get("done"), list):
@@ -380,7 +393,7 @@ def _publish(store: Store, model: PinnedModel, file: ModelFile, url: str, part: 
 
 def _seal(part: Path) -> None:
     """Make the file `part` read-only, never a link's target."""
-    fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = open_descriptor(part)
     try:
         os.fchmod(fd, 0o444)
     finally:
@@ -462,8 +475,8 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     _write_tree(layout.ready(root / "trees" / f"{commit}.json"), model)
     if model.revision and model.revision != commit:
         ref = layout.ready(Layout.ref(root, model.revision))
-        with contextlib.suppress(OSError):
-            if ref.read_text() == commit:
+        with contextlib.suppress(OSError, Unsafe):
+            if read_small(ref, len(commit)) == commit.encode():
                 return snapshot
         write_atomic(ref, commit)  # no newline: huggingface_hub reads it verbatim
     return snapshot
@@ -474,8 +487,8 @@ def _write_tree(path: Path, model: PinnedModel) -> None:
     huggingface_hub offline finds it complete. Projects pinning other files of the same
     commit add theirs."""
     try:
-        files = {} if path.is_symlink() else json.loads(path.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        files = read_json(path, _TREE_LIMIT)["files"]
+    except (OSError, Unsafe, KeyError, TypeError):
         files = {}
     if not isinstance(files, dict):
         files = {}
@@ -764,8 +777,8 @@ def _ms_legacy_view(store: Store, project: str, model: PinnedModel, blobs: dict[
             for file in model.files})
         for name, content in ((".msc", index), (".mdl", meta)):
             path = root / name
-            with contextlib.suppress(OSError):
-                if not path.is_symlink() and path.read_bytes() == content:
+            with contextlib.suppress(OSError, Unsafe):
+                if read_small(path, len(content)) == content:
                     continue
             write_atomic(path, content)
 

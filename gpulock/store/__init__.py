@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,15 +29,25 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gpulock import faults
 from gpulock.errors import GpulockError
+from gpulock.safeopen import Unsafe, read_json
 from gpulock.store.layout import Layout
+from gpulock.store.names import hex_problem, segment_problem
 from gpulock.store.scratch import tag
 
 if TYPE_CHECKING:
+    from gpulock.lock.lockfile import FileRef
     from gpulock.store.compile import Compiler
 
 LAYOUT_VERSION = 1
 ENTRY_MANIFEST = "gpulock-entry.json"
 ENTRY_RECORDS = "gpulock-records.json"
+# What an entry's own files may hold: its manifest is names, scripts and folders (KiB); its
+# records every file's hashes (torch's: 1.5 MB).
+MANIFEST_LIMIT = 4 * 2**20
+RECORDS_LIMIT = 256 * 2**20
+# An entry point's module or attribute, as installer parses entry_points.txt: a console
+# script is generated from them, so anything else would be code written into bin/.
+_DOTTED = re.compile(r"[\w.]+")
 
 
 @dataclass(frozen=True)
@@ -47,10 +58,22 @@ class Entry:
     version: str
     scripts: tuple[tuple[str, str, str, str], ...]  # entry points: name, module, attr, section
     real_dirs: frozenset[str]  # site-relative folders the farm must not link whole
+    origin: FileRef | None = None  # the locked wheel it was unpacked from, if any
+    built: tuple[str, str, int] | None = None  # the built wheel it keeps: filename, sha256, size
 
     @property
     def site(self) -> Path:
         return self.path / "site"
+
+
+class DamagedEntry(GpulockError):
+    """An entry whose own files (manifest, records, scripts) are not what gpulock wrote:
+    planted, edited, or of the wrong shape; `why` says how."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"store entry {path} is damaged ({why}); run 'gpulock verify "
+                         "--repair'")
+        self.why = why
 
 
 class Store:
@@ -101,15 +124,39 @@ class Store:
         return self.layout.present(self.entry_path(key) / ENTRY_MANIFEST)
 
     def entry(self, key: str) -> Entry:
+        """The published entry `key`, its manifest checked field by field (DamagedEntry)."""
+        path = self.entry_path(key)
+        data = self._manifest(key)
+        name, version = data.get("name"), data.get("version")
+        if not (isinstance(name, str) and isinstance(version, str)):
+            raise DamagedEntry(path, "its manifest has no name and version")
+        scripts = data.get("scripts")
+        if not isinstance(scripts, list) or not all(map(_entry_point, scripts)):
+            raise DamagedEntry(path, "its manifest's scripts are not entry points")
+        real_dirs = data.get("real_dirs")
+        if not isinstance(real_dirs, list) or not all(isinstance(d, str) for d in real_dirs):
+            raise DamagedEntry(path, "its manifest's real_dirs are not folder names")
+        return Entry(key=key, path=path, name=name, version=version,
+                     scripts=tuple((s[0], s[1], s[2], s[3]) for s in scripts),
+                     real_dirs=frozenset(real_dirs), origin=_origin(path, data.get("origin")),
+                     built=_built(path, data.get("built")))
+
+    def _manifest(self, key: str) -> dict[str, Any]:
+        data = self._own(key, ENTRY_MANIFEST, MANIFEST_LIMIT)
+        if not isinstance(data, dict):
+            raise DamagedEntry(self.entry_path(key), "its manifest is not a JSON object")
+        return data
+
+    def _own(self, key: str, name: str, limit: int) -> Any:
+        """One of the entry's own JSON files, read as safeopen reads a file anyone may have
+        replaced: never through a link, never waiting on a FIFO, never more than `limit`."""
         path = self.entry_path(key)
         try:
-            data = json.loads((path / ENTRY_MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
-            raise GpulockError(f"store entry {path} is damaged ({exc}); run 'gpulock sync' "
-                               "again after removing it") from None
-        return Entry(key=key, path=path, name=data["name"], version=data["version"],
-                     scripts=tuple(tuple(s) for s in data["scripts"]),  # type: ignore[misc]
-                     real_dirs=frozenset(data["real_dirs"]))
+            return read_json(path / name, limit)
+        except FileNotFoundError:
+            raise DamagedEntry(path, f"{name} is not there") from None
+        except Unsafe as exc:
+            raise DamagedEntry(path, str(exc).removeprefix(f"{path}/")) from None
 
     def work_dir(self, label: str) -> Path:
         work = Path(tempfile.mkdtemp(prefix=f"{label}.{tag()}.",
@@ -128,7 +175,7 @@ class Store:
             shutil.rmtree(work, ignore_errors=True)
 
     def add_wheel(self, wheel: Path, key: str, name: str, version: str,
-                  compiler: Compiler | None, origin: dict[str, Any] | None = None,
+                  compiler: Compiler | None, origin: FileRef | None = None,
                   keep: bool = False) -> Entry:
         """Unpack a verified wheel into a new entry (a no-op when the entry exists).
 
@@ -147,7 +194,7 @@ class Store:
             raise
 
     def _unpack(self, wheel: Path, key: str, name: str, version: str,
-                compiler: Compiler | None, origin: dict[str, Any] | None, keep: bool) -> Entry:
+                compiler: Compiler | None, origin: FileRef | None, keep: bool) -> Entry:
         from gpulock.store.unpack import unpack
 
         work = self.work_dir(key)
@@ -158,8 +205,10 @@ class Store:
             # Every file's hashes for `verify`, apart from the small manifest that each
             # environment build reads (torch's records alone are 1.5 MB of JSON).
             (work / ENTRY_RECORDS).write_text(json.dumps({"files": unpacked.records}))
+            kept = None if origin is None else {"url": origin.url, "sha256": origin.sha256,
+                                                "size": origin.size, "name": origin.name}
             (work / ENTRY_MANIFEST).write_text(json.dumps({
-                "name": name, "version": version, "origin": origin, "built": built,
+                "name": name, "version": version, "origin": kept, "built": built,
                 "scripts": unpacked.scripts, "real_dirs": sorted(unpacked.real_dirs),
             }, sort_keys=True))
             faults.point("publish", work)
@@ -171,20 +220,26 @@ class Store:
 
     def records(self, key: str) -> list[Record]:
         """The files an entry was published with: (path in the entry, sha256, xxh3, size)."""
-        data = json.loads((self.entry_path(key) / ENTRY_RECORDS).read_text())
-        return [Record(*item) for item in data["files"]]
+        data = self._own(key, ENTRY_RECORDS, RECORDS_LIMIT)
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, list) or not all(map(_record, files)):
+            raise DamagedEntry(self.entry_path(key), f"{ENTRY_RECORDS} does not list "
+                               "[path, sha256, xxh3, size] records")
+        return [Record(*item) for item in files]
 
-    def origin(self, key: str) -> dict[str, Any] | None:
-        return json.loads((self.entry_path(key) / ENTRY_MANIFEST).read_text()).get("origin")
+    def origin(self, key: str) -> FileRef | None:
+        """The locked wheel the entry was unpacked from (None: built from source), read from
+        the manifest's `origin` alone: what `verify --repair` fetches again when the rest of
+        the manifest is damaged."""
+        return _origin(self.entry_path(key), self._manifest(key).get("origin"))
 
     def built(self, key: str) -> tuple[Path, str, int] | None:
         """The wheel a built entry was unpacked from (path, sha256, size), if it kept one."""
-        kept = json.loads((self.entry_path(key) / ENTRY_MANIFEST).read_text()).get("built")
-        if not isinstance(kept, dict):
+        kept = self.entry(key).built
+        if kept is None:
             return None
-        path = Layout.named(self.entry_path(key) / "built", str(kept.get("filename")),
-                            "a built wheel's filename")
-        return path, str(kept.get("sha256")), int(kept.get("size", 0))
+        filename, sha256, size = kept
+        return self.entry_path(key) / "built" / filename, sha256, size
 
 
 def _keep_wheel(wheel: Path, work: Path, records: list[Any]) -> dict[str, Any]:
@@ -202,6 +257,50 @@ def _keep_wheel(wheel: Path, work: Path, records: list[Any]) -> dict[str, Any]:
             size += len(chunk)
     records.append((f"built/{wheel.name}", sha256.hexdigest(), fast.hexdigest(), size))
     return {"filename": wheel.name, "sha256": sha256.hexdigest(), "size": size}
+
+
+def _entry_point(value: Any) -> bool:
+    """Whether a manifest's script is [name, module, attribute, "console" or "gui"]."""
+    return (isinstance(value, list) and len(value) == 4 and all(isinstance(v, str) for v in value)
+            and bool(_DOTTED.fullmatch(value[1])) and bool(_DOTTED.fullmatch(value[2]))
+            and value[3] in ("console", "gui"))
+
+
+def _record(value: Any) -> bool:
+    """Whether a records entry is [path, sha256, xxh3, size]."""
+    return (isinstance(value, list) and len(value) == 4 and all(isinstance(v, str)
+                                                                for v in value[:3])
+            and isinstance(value[3], int) and not isinstance(value[3], bool))
+
+
+def _origin(path: Path, value: Any) -> FileRef | None:
+    """A manifest's `origin`, checked by the lock's own rules for a wheel it names."""
+    from gpulock.lock.lockfile import FileRef, file_problem
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise DamagedEntry(path, "its manifest's origin is not a locked file")
+    fields: dict[str, Any] = {"name": None, "url": None, "size": None, "sha256": None, **value}
+    ref = FileRef(name=fields["name"], url=fields["url"], size=fields["size"],
+                  sha256=fields["sha256"])
+    if problem := file_problem(ref):
+        raise DamagedEntry(path, f"its manifest's origin {problem}")
+    return ref
+
+
+def _built(path: Path, value: Any) -> tuple[str, str, int] | None:
+    """A manifest's `built`: the kept wheel's filename, sha256 and size."""
+    if value is None:
+        return None
+    kept = value if isinstance(value, dict) else {}
+    filename, sha256, size = kept.get("filename"), kept.get("sha256"), kept.get("size")
+    if not (isinstance(filename, str) and not segment_problem(filename)
+            and isinstance(sha256, str) and not hex_problem(sha256, 64)
+            and isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+        raise DamagedEntry(path, "its manifest's built wheel is not a filename, sha256 and "
+                           "size")
+    return filename, sha256, size
 
 
 class Record(NamedTuple):

@@ -37,6 +37,7 @@ from gpulock.env import generation
 from gpulock.errors import GpulockError
 from gpulock.models import PinnedModel, from_dict
 from gpulock.models.views import HubRepo, indexed_blob
+from gpulock.safeopen import Unsafe, read_small
 from gpulock.store import Store, roots
 from gpulock.store.layout import Layout
 from gpulock.store.names import hex_problem
@@ -337,9 +338,11 @@ def _dirs(folder: Path) -> list[Path]:
 
 
 def _text(path: Path) -> str:
+    """A small file gpulock wrote (a Hugging Face ref: one commit id), or "" when it is not
+    one: never read through a link, never waited on as a FIFO."""
     try:
-        return path.read_text().strip()
-    except OSError:
+        return read_small(path, 4096).decode("utf-8", "replace").strip()
+    except (OSError, Unsafe):
         return ""
 
 

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from gpulock.errors import GpulockError
+from gpulock.safeopen import Unsafe, read_json
 from gpulock.store import Store
 from gpulock.store.scratch import abandoned, alive_writers, tag, write_atomic
 
 BEAT_SECONDS = 5.0  # a gc's mark and a sync's root are renewed this often
 BEAT_STALE = 60.0  # a gc mark older (or newer: another clock) than this is a dead gc's
+_ROOT_LIMIT = 256 * 2**20  # a root lists every file of the models it pins
 
 
 @dataclass
@@ -172,17 +174,14 @@ def _strings(path: Path, data: dict[str, Any], key: str) -> list[str]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    from gpulock.safeopen import open_file
-
     try:
-        with open_file(path) as handle:
-            data = json.loads(handle.read().decode())
+        data = read_json(path, _ROOT_LIMIT)
     except FileNotFoundError:
         return {}  # its sync just finished
-    except OSError:
-        data = None  # a link, FIFO or folder planted where a root goes
-    except (ValueError, RecursionError):
-        data = None  # roots are only ever renamed into place: this one was edited by hand
+    except (OSError, Unsafe):
+        # A link, FIFO or folder planted where a root goes, or a file edited by hand (roots
+        # are only ever renamed into place).
+        data = None
     if not isinstance(data, dict):
         raise _damaged(path)
     return data

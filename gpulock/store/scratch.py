@@ -22,6 +22,8 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from gpulock.safeopen import open_descriptor
+
 STALE_SECONDS = 600
 # The host part holds no '.', '-' or '~', so a tag is found inside any name built around it
 # (`.building-<tag>-x1`, `wheel.part.<tag>`).
@@ -131,9 +133,9 @@ def _plain(path: Path) -> bool:
 
 
 def open_part(path: Path) -> BinaryIO:
-    """Open a partial download for appending, never through a symbolic link."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-    return open(os.open(path, flags, 0o644), "ab")
+    """Open a partial download for appending: never through a symbolic link, never waiting
+    on a FIFO planted in its place (safeopen.open_descriptor)."""
+    return open(open_descriptor(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
 
 
 def _size(path: Path) -> int:

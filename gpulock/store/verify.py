@@ -13,7 +13,6 @@ rebuilds a damaged generation from its record.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -27,13 +26,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from gpulock.env import generation
 from gpulock.errors import GpulockError
-from gpulock.store import ENTRY_MANIFEST, ENTRY_RECORDS, Record, Store, roots
+from gpulock.safeopen import Unsafe, open_descriptor, read_small
+from gpulock.store import ENTRY_MANIFEST, ENTRY_RECORDS, DamagedEntry, Record, Store, roots
 from gpulock.store.names import (
     bytecode,
     entry_key_problem,
@@ -43,7 +43,11 @@ from gpulock.store.names import (
 )
 from gpulock.store.scratch import tag
 
+if TYPE_CHECKING:
+    from gpulock.lock.lockfile import FileRef
+
 _MAP_FROM = 1 << 20
+_XXH3_LIMIT = 64  # a blob's xxh3 record: 32 hex digits
 _BATCH = 512
 _OWN_FILES = {ENTRY_MANIFEST, ENTRY_RECORDS}
 Log = Callable[[str], None]
@@ -52,7 +56,7 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class Damage:
     kind: str  # "entry", "blob", "generation", "view", "tree" or "link" (a link or file
-    # planted where the store only makes folders)
+    # planted where the store only makes folders, or a FIFO where it only makes files)
     key: str  # entry key, blob sha256, project/gen-N, or a view's path under v1/
     problem: str
 
@@ -70,12 +74,9 @@ class Checked:
 def _digest(path: Path, fast: bool) -> tuple[str, int]:
     hasher: Any = xxhash.xxh3_128() if fast else hashlib.sha256()
     # Never through a link, never blocking on a FIFO planted where a file was recorded.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    fd = open_descriptor(path)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        size = info.st_size
+        size = os.fstat(fd).st_size
         if size < _MAP_FROM:
             hasher.update(os.read(fd, _MAP_FROM))  # one syscall: most files are small
         else:
@@ -97,10 +98,9 @@ def _batches(store: Store, key: str) -> list[tuple[str, list[Record]]] | str:
         return "it is a symbolic link, which gpulock never makes in pkgs/"
     try:
         records = store.records(key)
-        store.entry(key)
         built = store.built(key)
-    except (OSError, ValueError, KeyError, TypeError, GpulockError):
-        return "its manifest or records are missing or unreadable"
+    except DamagedEntry as exc:
+        return f"its manifest or records cannot be used: {exc.why}"
     problem = _foreign(root, {r.path for r in records}) or _built_problem(root, built, records)
     if problem:
         return problem
@@ -207,10 +207,13 @@ def _check_blob(store: Store, blob: Path, fast: bool) -> tuple[int, str | None]:
         return 0, "is not a regular file"
     expected = sha
     if fast:
+        record = store.layout.fast_record(sha)
         try:
-            expected = store.layout.fast_record(sha).read_text().strip()
-        except OSError:
+            expected = read_small(record, _XXH3_LIMIT).decode("ascii", "replace").strip()
+        except FileNotFoundError:
             fast = False  # no xxh3 recorded for this blob: the full hash it is
+        except Unsafe as exc:  # fetched again, the record is written anew
+            return 0, f"has an xxh3 record that cannot be used: {exc}"
     actual, size = _digest(blob, fast)
     if actual != expected:
         algorithm = "xxh3" if fast else "sha256"
@@ -237,7 +240,9 @@ def _blobs(store: Store) -> list[Path]:
 
 def _planted(store: Store) -> list[Damage]:
     """Links where gpulock only ever makes real folders and files: an entry, a shard of
-    blobs, an extracted tree, a download in progress (nothing is read through them)."""
+    blobs, an extracted tree, a download in progress (nothing is read through them); and
+    in `tmp/models`, where gpulock makes only files, anything else (a FIFO there would
+    block the next download of that file)."""
     layout = store.layout
     folders_only = (layout.pkgs, layout.blobs, layout.base / "blobs" / "xxh3", layout.git_blobs)
     found = []
@@ -248,10 +253,20 @@ def _planted(store: Store) -> list[Damage]:
                 problem = "is a symbolic link, which gpulock never makes there"
             elif folder in folders_only and not path.is_dir():
                 problem = "is not a folder, and gpulock only makes folders there"
+            elif folder == layout.model_parts and not _file_or_gone(path):
+                problem = "is not a regular file, and gpulock only makes files there"
             else:
                 continue
             found.append(Damage("link", os.path.relpath(path, layout.base), problem))
     return found
+
+
+def _file_or_gone(path: Path) -> bool:
+    """Whether `path` is a regular file, or gone (a download another sync just finished)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
 
 
 def _missing_blobs(store: Store) -> list[Damage]:
@@ -442,14 +457,9 @@ def _small(path: Path, limit: int = 1 << 16) -> bytes | None:
     """A regular file's bytes when it holds at most `limit`; None for anything else (a
     link, a FIFO, a huge file): never blocks, never fills memory."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        return read_small(path, limit)
+    except (OSError, Unsafe):
         return None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        return handle.read(limit + 1)
 
 
 class _Plain(pickle.Unpickler):
@@ -489,7 +499,7 @@ def repair(store: Store, damage: list[Damage], log: Log) -> list[str]:
     for item in damage:
         if item.kind == "link":
             os.unlink(store.layout.base / item.key)
-            log(f"removed {item.key}, a link gpulock did not make")
+            log(f"removed {item.key}, which gpulock did not make there")
             repaired.append(item.key)
     if repaired:  # the rest is judged again, now that nothing is read through a link
         return repaired
@@ -537,12 +547,13 @@ def _rebuild(store: Store, where: str, log: Log) -> list[str]:
     folder = store.layout.env(project)
     old = generation.read(folder / name)
     if generation.current_name(folder) == name:
-        if old is None or not all(store.has(key) for key in old.packages.values()):
-            log(f"cannot rebuild {where}: its record or entries are gone; run 'gpulock sync' "
-                "in its project")
+        lock_text = _generation_lock(old.path) if old is not None else None
+        if old is None or lock_text is None or not all(store.has(key)
+                                                       for key in old.packages.values()):
+            log(f"cannot rebuild {where}: its record, lock or entries are gone; run 'gpulock "
+                "sync' in its project")
             return []
         entries = {package: store.entry(key) for package, key in old.packages.items()}
-        lock_text = (old.path / "pylock.gpu.toml").read_text()
         built = generation.create(store, project, entries, old.python, old.python_version,
                                   old.lock_digest, lock_text, ())
         generation.switch(store, project, built.generation)
@@ -555,40 +566,48 @@ def _rebuild(store: Store, where: str, log: Log) -> list[str]:
     return [where]
 
 
-def _package_sources(store: Store) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+def _generation_lock(folder: Path) -> str | None:
+    """The lock a generation was built from, as it copied it (None: gone or not a file)."""
+    from gpulock.lock.lockfile import MAX_BYTES
+
+    try:
+        return read_small(folder / "pylock.gpu.toml", MAX_BYTES).decode()
+    except (OSError, Unsafe, UnicodeDecodeError):
+        return None
+
+
+def _package_sources(store: Store) -> dict[str, tuple[FileRef | None, str | None]]:
     """key -> (the locked wheel it came from, an interpreter that uses it)."""
     from gpulock.lock import lockfile
 
-    sources: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+    sources: dict[str, tuple[FileRef | None, str | None]] = {}
     for gen in _generations(store):
+        text = _generation_lock(gen.path)
         try:
-            locked = lockfile.read(gen.path / "pylock.gpu.toml")
+            if text is None:
+                continue
+            locked = lockfile.loads(text, gen.path / "pylock.gpu.toml")
         except GpulockError:
             continue
         by_name = {p.name: p for p in locked.packages}
         for name, key in gen.packages.items():
             package = by_name.get(name)  # the generation records each package's key
             if package and package.wheel:
-                wheel = package.wheel
-                sources[key] = ({"url": wheel.url, "sha256": wheel.sha256, "size": wheel.size,
-                                 "name": wheel.name}, gen.python)
+                sources[key] = (package.wheel, gen.python)
     pkgs = store.layout.pkgs
     for name in os.listdir(pkgs) if pkgs.is_dir() else []:
         if name not in sources and not entry_key_problem(name):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
+            with contextlib.suppress(GpulockError):
                 sources[name] = (store.origin(name), None)
     return sources
 
 
-def _refetch_entry(store: Store, key: str, origin: dict[str, Any], python: str | None) -> None:
+def _refetch_entry(store: Store, key: str, ref: FileRef, python: str | None) -> None:
     from gpulock.http import Http
-    from gpulock.lock.lockfile import FileRef
     from gpulock.store.compile import Compiler
     from gpulock.store.fetch import discard, fetch
 
     name, version = key.split("-", 1)[1].rsplit("-", 1)
-    ref = FileRef(name=origin["name"], url=origin["url"], size=origin["size"],
-                  sha256=origin["sha256"])
     wheel = fetch(ref, f"{name} {version}", store.layout, Http())
     # Aside first, so the new copy is published by the same rename as any other entry.
     aside = store.layout.folder(store.tmp) / f"damaged.{tag()}"
@@ -596,7 +615,7 @@ def _refetch_entry(store: Store, key: str, origin: dict[str, Any], python: str |
         os.rename(store.entry_path(key), aside)
     compiler = Compiler(python) if python else None
     try:
-        store.add_wheel(wheel, key, name, version, compiler, origin)
+        store.add_wheel(wheel, key, name, version, compiler, ref)
     finally:
         if compiler:
             compiler.close()

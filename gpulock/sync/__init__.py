@@ -227,12 +227,9 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
                 build_env = {n: store.entry(plan[n][1]) for n in inputs.get(package.name, ())}
                 wheel = _wheel_for(package, store, http, manifest, (python, python_version),
                                    build_env, progress.advance)
-            origin = ({"url": package.wheel.url, "sha256": package.wheel.sha256,
-                       "size": package.wheel.size, "name": package.wheel.name}
-                      if package.wheel else None)
             try:
-                store.add_wheel(wheel, key, package.name, package.version, compiler, origin,
-                                keep=package.wheel is None)
+                store.add_wheel(wheel, key, package.name, package.version, compiler,
+                                package.wheel, keep=package.wheel is None)
             finally:
                 discard(store.layout, wheel)
             progress.finished(f"{package.name} {package.version}")

@@ -27,10 +27,9 @@ from pathlib import Path
 from gpulock.digests import copy_hashed
 from gpulock.errors import GpulockError
 from gpulock.http import Http
-from gpulock.lock.lockfile import FileRef
 from gpulock.safeopen import open_file
 from gpulock.signing import SecretKey
-from gpulock.store import Record, Store
+from gpulock.store import DamagedEntry, Entry, Record, Store
 from gpulock.store.layout import Layout
 from gpulock.store.substituters import Substituter
 from gpulock.store.substituters.record import CacheRecord, blob_name, record_name, wheel_name
@@ -126,12 +125,14 @@ def _push_entry(store: Store, cache: Substituter, key: SecretKey, entry_key: str
     label = f"{name} {version} ({entry_key})"
     try:  # first: a manifest that cannot be read is damage too, not the end of the push
         records = verified_records(store, entry_key)
+        entry = store.entry(entry_key)  # checked again: what is pushed is what is read now
     except EntryDamage as exc:
         raise EntryDamage(f"{label}, which is damaged ({exc})") from None
-    entry = store.entry(entry_key)
+    except DamagedEntry as exc:
+        raise EntryDamage(f"{label}, which is damaged ({exc.why})") from None
     work = store.work_dir("push")
     try:
-        wheel, sha256, size = _packed(store, entry_key, label, records, work, http)
+        wheel, sha256, size = _packed(store, entry, label, records, work, http)
         record = CacheRecord(entry_key, entry.name, entry.version, wheel.name, sha256,
                              size).signed(key)
         if not cache.exists(wheel_name(record)):
@@ -144,26 +145,23 @@ def _push_entry(store: Store, cache: Substituter, key: SecretKey, entry_key: str
     return size
 
 
-def _packed(store: Store, entry_key: str, label: str, records: list[Record], work: Path,
+def _packed(store: Store, entry: Entry, label: str, records: list[Record], work: Path,
             http: Http) -> tuple[Path, str, int]:
     """The entry's wheel, copied into `work` and hashed as it was copied: (path, sha256,
     size), refused unless the hash is the one the entry records for it."""
     from gpulock.store.fetch import discard, fetch
 
-    built = store.built(entry_key)
     fetched = None
-    if built is not None:
-        source, _, _ = built
-        relative = source.relative_to(store.entry_path(entry_key)).as_posix()
+    if entry.built is not None:
+        relative = f"built/{entry.built[0]}"
+        source = entry.path / relative
         # The record verify just checked the file (and the manifest's hash) against.
         expected = next(((r.sha256, r.size) for r in records if r.path == relative), None)
     else:
-        origin = store.origin(entry_key)
-        if not isinstance(origin, dict):
+        ref = entry.origin
+        if ref is None:
             raise GpulockError(f"{label}: the entry keeps no wheel to push (an older gpulock "
                                "built it); remove it and sync again")
-        ref = FileRef(str(origin["name"]), str(origin["url"]), int(origin["size"]),
-                      str(origin["sha256"]))
         source = fetched = fetch(ref, label, store.layout, http)
         expected = ref.sha256, ref.size
     try:
