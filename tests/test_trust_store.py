@@ -453,3 +453,25 @@ def test_nothing_under_store_env_or_models_reads_a_store_file_by_path_read_text(
                         relative == allowed and call in line for allowed, call in OWN_FILES):
                     found.append(f"{relative}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_repair_never_fetches_an_origin_other_than_the_wheel_its_entry_was_made_from(
+        make_index, project: Project, tmp_path: Path):
+    index = make_index()
+    make_wheel(index.folder, "dep", "1.0", files={"dep/__init__.py": b"GOOD = 1\n"})
+    setup(project, index.url, '"dep"')
+    synced(project)
+    without_env(project)  # no generation's lock vouches for the entry: only its manifest
+    dep = entry(project, "dep")
+    source = dep / "site" / "dep" / "__init__.py"
+    source.chmod(0o644)
+    source.write_bytes(b"DAMAGED = 1\n")  # so repair fetches the entry again
+    # Someone who can write the volume aims the manifest's origin at a wheel of their own:
+    # the same name and version, a valid file, its true sha256 and size.
+    evil = make_wheel(tmp_path / "evil", "dep", "1.0", files={"dep/__init__.py": b"EVIL = 1\n"})
+    _edit(project, "dep", lambda d: {**d, "origin": {
+        "name": evil.name, "url": evil.as_uri(), "size": evil.stat().st_size,
+        "sha256": hashlib.sha256(evil.read_bytes()).hexdigest()}})
+    result = run(project, "verify", "--repair")
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    assert not any(b"EVIL" in data for data in _everything_under(v1(project)))

@@ -82,7 +82,7 @@ def store_keys(manifest: Manifest, lock: Lock) -> dict[str, str]:
         visiting.append(name)
         package = packages[name]
         if package.wheel:
-            digest = _wheel_digest(package.wheel.name, package.wheel.sha256, lock.target.python)
+            digest = wheel_digest(package.wheel.name, package.wheel.sha256, lock.target.python)
         else:
             builder = builder_for(manifest, package)
             seen = [f"{n}={key(n)}" for n in inputs.get(name, ())]
@@ -99,7 +99,7 @@ def store_keys(manifest: Manifest, lock: Lock) -> dict[str, str]:
     return keys
 
 
-def _wheel_digest(filename: str, sha256: str, python: str) -> str:
+def wheel_digest(filename: str, sha256: str, python: str) -> str:
     """A wheel's sha256, or for one that runs on several CPython versions (pure, abi3) its
     sha256 with the target's version mixed in: an entry holds bytecode for one version, and
     a 3.10 project sharing a 3.11 project's entry would compile at every import."""

@@ -598,8 +598,22 @@ def _package_sources(store: Store) -> dict[str, tuple[FileRef | None, str | None
     for name in os.listdir(pkgs) if pkgs.is_dir() else []:
         if name not in sources and not entry_key_problem(name):
             with contextlib.suppress(GpulockError):
-                sources[name] = (store.origin(name), None)
+                origin = store.origin(name)
+                if origin is not None and _names_its_entry(name, origin):
+                    sources[name] = (origin, None)
     return sources
+
+
+def _names_its_entry(key: str, origin: FileRef) -> bool:
+    """Whether the wheel a manifest's `origin` names is the one the entry's key was made
+    from: a manifest is only a file on a volume others may write, and without a lock to
+    vouch for it, an origin aimed at another wheel would have repair install that wheel."""
+    from gpulock.build.env import wheel_digest
+    from gpulock.manifest import PYTHON_MINORS
+
+    digest = key.split("-", 1)[0]
+    return any(wheel_digest(origin.name, origin.sha256, f"3.{minor}") == digest
+               for minor in PYTHON_MINORS)
 
 
 def _refetch_entry(store: Store, key: str, ref: FileRef, python: str | None) -> None:
