@@ -475,3 +475,29 @@ def test_repair_never_fetches_an_origin_other_than_the_wheel_its_entry_was_made_
     result = run(project, "verify", "--repair")
     assert result.code == 1 and "Traceback" not in result.err, result.err
     assert not any(b"EVIL" in data for data in _everything_under(v1(project)))
+
+
+# The folders the farm walks (a link deeper, inside a folder the farm links whole, is
+# verify's to find: sync reads no more of an entry than it links).
+PLANTED_IN_SITE = {"site itself": "site", "a top-level name": "site/evil"}
+
+
+@pytest.mark.parametrize("where", PLANTED_IN_SITE, ids=list(PLANTED_IN_SITE))
+def test_a_link_planted_in_an_entrys_site_is_damage_never_linked_into_the_farm(
+        where: str, make_index, project: Project, tmp_path: Path):
+    index = make_index()
+    make_wheel(index.folder, "dep", "1.0")
+    setup(project, index.url, '"dep"')
+    synced(project)
+    without_env(project)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.py").write_text("SECRET = 1\n")
+    planted = entry(project, "dep") / PLANTED_IN_SITE[where]
+    planted.parent.chmod(0o755)
+    if planted.exists():
+        shutil.rmtree(planted)
+    planted.symlink_to(outside)
+    refused(run(project, "sync"), "is damaged", "gpulock verify --repair")
+    envs = v1(project) / "envs"
+    assert not any(os.path.realpath(p).startswith(str(outside)) for p in envs.rglob("*"))

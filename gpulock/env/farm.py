@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import filecmp
 import os
+import stat
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpulock.errors import GpulockError
-from gpulock.store import Entry
+from gpulock.store import DamagedEntry, Entry
 
 
 @dataclass
@@ -43,7 +44,7 @@ def build(target: Path, entries: Sequence[Entry], reserved: Collection[str] = ()
     holds is taken over (see `link`), so an update makes new links only for what changed."""
     stats = FarmStats()
     target.mkdir(parents=True, exist_ok=True)
-    roots = [_Source(e, e.site, True) for e in entries if e.site.is_dir()]
+    roots = [_Source(e, e.site, True) for e in entries if _has_site(e)]
     for root in roots:
         for name in sorted(set(reserved) & set(os.listdir(root.path))):
             raise GpulockError(f"{_label(root)} ships {name}, which the environment keeps for "
@@ -53,12 +54,27 @@ def build(target: Path, entries: Sequence[Entry], reserved: Collection[str] = ()
     return stats
 
 
+def _has_site(entry: Entry) -> bool:
+    """Whether the entry has a `site` folder: a real one (a link planted there would take
+    the farm, and every import through it, anywhere on the volume)."""
+    try:
+        mode = os.lstat(entry.site).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(mode):
+        raise DamagedEntry(entry.path, "site is not a folder")
+    return True
+
+
 def _merge(folder: Path, relative: str, sources: list[_Source], stats: FarmStats,
            previous: Path | None) -> None:
     children: dict[str, list[_Source]] = {}
     for source in sources:
         with os.scandir(source.path) as listing:
             for item in listing:
+                if item.is_symlink():  # unpack makes none: planted on the shared volume
+                    inside = f"{relative}/{item.name}" if relative else item.name
+                    raise DamagedEntry(source.entry.path, f"site/{inside} is a symbolic link")
                 children.setdefault(item.name, []).append(
                     _Source(source.entry, Path(item.path), item.is_dir(follow_symlinks=False)))
     for name in sorted(children):
