@@ -809,10 +809,12 @@ def test_a_hub_that_is_silent_or_pages_forever_at_lock_is_given_up_in_one_senten
     hub.endless = False
     # One page at a time, each just in time: the whole listing has 30 stall periods.
     hub.repo("org/weights").commit({f"f{i}.json": b"{}" for i in range(200)})
-    hub.page_size, hub.api_silence = 1, 0.3
-    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "0.2")
+    # Each page 0.25 s after the last, half the 0.5 s a page may take (margin for a loaded
+    # machine); 200 pages would take 50 s.
+    hub.page_size, hub.api_silence = 1, 0.25
+    monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "0.25")
     started = time.monotonic()
-    refused(project.gpulock("lock"), "model 'weights'", "took over 6 s")
+    refused(project.gpulock("lock"), "model 'weights'", "took over 7.5 s")
     assert time.monotonic() - started < 20
     hub.page_size, hub.api_silence = 1000, 0
     monkeypatch.delenv("GPULOCK_STALL_TIMEOUT")
