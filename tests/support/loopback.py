@@ -18,15 +18,23 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class Loopback:
-    """Serves every GET and HEAD through `self._handle` once `serve()` has run."""
+    """Serves every GET and HEAD through `self._handle` once `serve()` has run, counting the
+    connections clients opened (`connections`)."""
 
     httpd: QuietServer
+    connections: int = 0
 
     def serve(self) -> None:
         owner = self
+        counting = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                with counting:
+                    owner.connections += 1
+                super().setup()
 
             def log_message(self, *args: object) -> None:
                 pass
