@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gpulock.http import MAX_BODY, bypassed
 from tests import test_trust
-from tests.support.dists import make_wheel
+from tests.support.dists import make_sdist, make_wheel
 from tests.support.index_server import IndexServer
 from tests.support.proxy import Proxy, login, serve_tls
 from tests.test_trust import (
@@ -314,3 +314,43 @@ def test_a_retry_after_past_the_bound_fails_at_once_in_one_sentence(project, tmp
         assert time.monotonic() - started < 30
     finally:
         index.close()
+
+
+# -- the resolver's walk -----------------------------------------------------------------------
+
+def test_a_resolver_walking_down_a_packages_versions_has_the_next_ones_read_ahead(
+        make_index, project, tmp_path):
+    from packaging.requirements import Requirement
+
+    from gpulock import manifest
+    from gpulock.build import Builder
+    from gpulock.cache import Cache
+    from gpulock.http import Http
+    from gpulock.lock.finder import _AHEAD, IndexFinder
+    from gpulock.lock.index import Index
+    from gpulock.lock.metadata import MetadataSource
+
+    index = make_index()
+    for version in range(1, 14):
+        if version == 8:  # an sdist: its metadata may need a build, never read ahead
+            make_sdist(index.folder, "app", f"{version}.0")
+        else:
+            make_wheel(index.folder, "app", f"{version}.0")
+    setup(project, index.url, '"app"')
+    spec = manifest.load(project.manifest)
+    http, cache = Http(), Cache(tmp_path / "walk-cache")
+    finder = IndexFinder(spec.target, Index(index.url, http, cache), {},
+                         MetadataSource(http, cache), {}, Builder(spec.target.python))
+    try:
+        finder.prefetch([Requirement("app")])
+        listed = list(finder.candidates("app"))
+        finder.dependencies(listed[0])
+        assert listed[1].source not in finder._metadata  # one version asked: no walk yet
+        finder.dependencies(listed[1])  # a second one: the resolver is walking down
+        ahead = listed[2:2 + _AHEAD]
+        assert {c.source for c in ahead if c.source.is_wheel} <= set(finder._metadata)
+        sdist = next(c for c in ahead if not c.source.is_wheel)
+        assert sdist.source not in finder._metadata
+        assert listed[2 + _AHEAD].source not in finder._metadata
+    finally:
+        finder.close()
