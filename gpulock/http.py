@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 from gpulock import __version__
-from gpulock.credentials import Login, from_keyring, login_for, redact, remember
+from gpulock.credentials import Login, from_keyring, login_for, redact, remember, shown
 from gpulock.errors import FetchError
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ class Body:
     def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, stall: float,
                  label: str = "") -> None:
         self.raw, self.url, self.stall = raw, url, stall
-        self.label = f"{label}: " if label else ""
+        self.label = _label(label)
         self.ended = False
         self._since = time.monotonic()
         self._got = 0
@@ -171,10 +171,10 @@ class Response:
 
 
 class Http:
-    """GET over HTTP(S) through the process's pooled clients, with gpulock's rules on top.
+    """GET over HTTP(S) through the process's connection pools, with gpulock's rules on top.
 
-    Cheap to make: the clients (and their TLS context) are made on the first request and
-    shared by every `Http` of the process, so each host keeps its connections across them.
+    Cheap to make: the pools (and their TLS context) are made on the first request and shared
+    by every `Http` of the process, so each host keeps its connections across them.
     """
 
     def __init__(self) -> None:
@@ -359,13 +359,9 @@ def _pool(proxy: str | None, label: str) -> urllib3.PoolManager:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
-            options: dict[str, Any] = {"num_pools": 64, "maxsize": 64, "block": False}
-            try:
-                # The default context reads SSL_CERT_FILE and SSL_CERT_DIR, else the system's.
-                options["ssl_context"] = ssl.create_default_context()
-            except (OSError, ssl.SSLError) as exc:
-                raise FetchError(f"{_label(label)}the certificates SSL_CERT_FILE or SSL_CERT_DIR "
-                                 f"name cannot be read: {exc}") from None
+            # The default context reads SSL_CERT_FILE and SSL_CERT_DIR, else the system's.
+            options: dict[str, Any] = {"num_pools": 64, "maxsize": 64, "block": False,
+                                       "ssl_context": ssl.create_default_context()}
             if proxy is None:
                 pool = urllib3.PoolManager(**options)
             else:
@@ -374,8 +370,8 @@ def _pool(proxy: str | None, label: str) -> urllib3.PoolManager:
                                                 proxy_ssl_context=options["ssl_context"],
                                                 **options)
                 except (HTTPError, ValueError) as exc:
-                    raise FetchError(f"{_label(label)}the proxy {_shown_proxy(proxy)} cannot "
-                                     f"be used: {_reason(exc)}") from None
+                    raise FetchError(f"{_label(label)}the proxy {shown(proxy)} cannot be used: "
+                                     f"{_reason(exc)}") from None
             _pools[key] = pool
         return pool
 
@@ -387,12 +383,6 @@ def _proxy_login(proxy: str) -> dict[str, str]:
         return {}
     return {"Proxy-Authorization": _basic((unquote(parts.username),
                                            unquote(parts.password or "")))}
-
-
-def _shown_proxy(proxy: str | None) -> str:
-    from gpulock.credentials import shown
-
-    return shown(proxy or "")
 
 
 # -- answers and failures ----------------------------------------------------------------------
@@ -425,7 +415,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _failure(label: str, url: str, proxy: str | None, why: BaseException | str) -> str:
-    through = f" through the proxy {_shown_proxy(proxy)}" if proxy else ""
+    through = f" through the proxy {shown(proxy)}" if proxy else ""
     reason = why if isinstance(why, str) else _reason(why)
     return f"{_label(label)}cannot fetch {redact(url)}{through}: {reason}"
 
