@@ -128,7 +128,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
         store = Store(Path(args.store) if args.store else default_store(spec.path.parent))
         result = lock.lock(spec, path, upgrade=args.upgrade,
-                           upgrade_packages=args.upgrade_package, progress=status, store=store)
+                           upgrade_packages=args.upgrade_package, progress=status, store=store,
+                           refresh=args.refresh)
     elapsed = time.perf_counter() - started
     count = len(result.lock.packages)
     if result.up_to_date:
@@ -580,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     lock.add_argument("--project", help="the folder of the project's gpu.toml")
     lock.add_argument("--lock", help="the lock file (default: pylock.gpu.toml beside it)")
     lock.add_argument("--upgrade", action="store_true", help="ignore existing pins")
+    lock.add_argument("--refresh", action="store_true",
+                      help="revalidate every cached index page, even those still fresh")
     lock.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",
                       help="free one package's pin (repeatable)")
     lock.add_argument("--store", help="where ref:// models find the projects they name "

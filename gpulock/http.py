@@ -1,37 +1,48 @@
-"""A small, thread-safe HTTP/1.1 client with keep-alive, ranges and redirects.
+"""Every byte gpulock fetches over HTTP(S): index pages, metadata ranges, wheels, model files.
 
-Index pages, metadata ranges and file downloads all go through here. Each thread keeps
-its own persistent connection per host (a lock resolves with many parallel workers, and
-a new TLS handshake per request would dominate). Built on the standard library so that
-no-op paths import nothing heavy and no third-party HTTP stack's churn reaches gpulock.
+Built on urllib3 (in gpulock's closure through botocore; chosen over httpx2 by measurement,
+see the commit that made the switch): one pool of kept-alive connections per proxy, shared by
+every thread and every `Http` of the process, so a lock's hundreds of requests to a host use
+at most one connection per worker; proxies from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY less NO_PROXY
+(as pip, uv and curl read them); certificates from SSL_CERT_FILE/SSL_CERT_DIR or the system's.
+gpulock's rules sit on top: a stall timeout and a size cap on every body, credentials only to
+their own host and never over plain http, redirects re-checked, 429/503 waited out for a
+bounded Retry-After, and one-sentence errors that show URLs and proxies without passwords.
+The library is imported on the first request: the no-op and env paths never load it.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
+import email.utils
+import ipaddress
 import os
 import queue
-import ssl
+import re
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin, urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urljoin, urlsplit
 
 from gpulock import __version__
-from gpulock.credentials import Login, from_keyring, login_for, redact, remember
+from gpulock.credentials import Login, from_keyring, login_for, redact, remember, shown
 from gpulock.errors import FetchError
+
+if TYPE_CHECKING:
+    import urllib3
 
 USER_AGENT = f"gpulock/{__version__}"
 _RETRIES = 3
 _STALL = 60.0  # seconds without a byte before a transfer is given up (GPULOCK_STALL_TIMEOUT)
 _MIN_RATE = 1024  # bytes/s: slower than this over a whole stall period is given up too
+_WAIT_TOTAL = 60.0  # seconds one request may spend waiting out 429/503 Retry-After answers
 MAX_BODY = 64 * 2**20  # what a page or metadata answer may hold; files are streamed
 LISTING_LIMIT = 1_000_000  # entries a hub's or a bucket's listing may hold (see paced)
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def stall_timeout() -> float:
@@ -100,34 +111,37 @@ def paced(produce: Callable[[], Iterable[T]], what: str,
         stop.set()
 
 
-class Stream(Protocol):
-    """What Body reads: http.client's response, or another whose read1 returns the bytes
-    that have arrived (at least one, none at the end) and raises TimeoutError on a stall."""
-
-    def read1(self, size: int, /) -> bytes:
-        ...
-
 
 class Body:
     """A response body read as bytes arrive, that gives up on a stalled or trickling server.
 
-    http.client's read(n) waits for all n bytes, so a server sending one byte a second would
-    never time out: this reads what has arrived (read1), and checks that each `stall` seconds
-    brought at least `_MIN_RATE` bytes per second.
+    Each read waits at most `stall` seconds for the next bytes (the socket's timeout), and each
+    `stall` seconds must bring at least `_MIN_RATE` bytes per second: a server sending one byte
+    a second never trips a read timeout, but is given up all the same. The bytes are the body
+    as sent (no decoding), so ranges and hashes are of the file itself.
     """
 
-    def __init__(self, raw: Stream, url: str, stall: float, label: str = "") -> None:
+    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, stall: float,
+                 label: str = "") -> None:
         self.raw, self.url, self.stall = raw, url, stall
-        self.label = f"{label}: " if label else ""
+        self.label = _label(label)
+        self.ended = False
         self._since = time.monotonic()
         self._got = 0
 
     def read(self, size: int = 1 << 20) -> bytes:
+        """At most `size` bytes of what has arrived; b"" at the end of the body."""
+        from urllib3.exceptions import HTTPError, ReadTimeoutError
+
         try:
-            chunk = self.raw.read1(size)
-        except TimeoutError:
+            chunk = self.raw.read1(size, decode_content=False)
+        except ReadTimeoutError:
             raise FetchError(f"{self.label}{redact(self.url)} sent nothing for {self.stall:g} s "
                              "(GPULOCK_STALL_TIMEOUT); the transfer was stopped") from None
+        except (HTTPError, OSError) as exc:
+            raise FetchError(f"{self.label}{redact(self.url)}: the connection broke before the "
+                             f"whole answer came ({_reason(exc)})") from None
+        self.ended = self.ended or not chunk
         self._got += len(chunk)
         elapsed = time.monotonic() - self._since
         if elapsed >= self.stall:
@@ -139,6 +153,7 @@ class Body:
         return chunk
 
     def read_all(self, limit: int = MAX_BODY) -> bytes:
+        """The whole body; more than `limit` bytes is an error (a page, not a file)."""
         chunks, size = [], 0
         while chunk := self.read():
             chunks.append(chunk)
@@ -151,6 +166,8 @@ class Body:
 
 @dataclass
 class Response:
+    """Where an answer came from (after redirects), its status and lower-cased headers."""
+
     url: str
     status: int
     headers: dict[str, str]
@@ -158,32 +175,16 @@ class Response:
 
 
 class Http:
-    """GET over HTTP(S) with one kept-alive connection per thread and host."""
+    """GET over HTTP(S) through the process's connection pools, with gpulock's rules on top.
+
+    Cheap to make: the pools (and their TLS context) are made on the first request and shared
+    by every `Http` of the process, so each host keeps its connections across them.
+    """
 
     def __init__(self) -> None:
         self.timeout = stall_timeout()
-        self._local = threading.local()
-        self._ssl = ssl.create_default_context()
         self.bytes_received = 0
         self._count_lock = threading.Lock()
-
-    def _connection(self, scheme: str, netloc: str, fresh: bool) -> http.client.HTTPConnection:
-        pool: dict[tuple[str, str], http.client.HTTPConnection] = getattr(
-            self._local, "pool", None) or {}
-        self._local.pool = pool
-        key = (scheme, netloc)
-        conn = pool.get(key)
-        if conn is not None and fresh:
-            conn.close()
-            conn = None
-        if conn is None:
-            host = netloc.rsplit("@", 1)[-1]
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(host, timeout=self.timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(host, timeout=self.timeout)
-            pool[key] = conn
-        return conn
 
     @contextmanager
     def stream(self, url: str, headers: dict[str, str] | None = None, label: str = ""
@@ -194,9 +195,9 @@ class Http:
         """
         headers = dict(headers or {})
         for _ in range(10):
-            response, raw = self._send(url, headers)
-            if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:
-                raw.read()
+            response, raw = self._send(url, headers, label)
+            if response.status in _REDIRECTS and "location" in response.headers:
+                _release(raw, ended=False)
                 target = urljoin(url, response.headers["location"])
                 if urlsplit(target)[:2] != urlsplit(url)[:2]:
                     # A token for the hub must not travel to its CDN, anywhere else, or
@@ -204,68 +205,223 @@ class Http:
                     headers.pop("Authorization", None)
                 url = target
                 continue
+            body = Body(raw, response.url, self.timeout, label)
             try:
-                yield response, Body(raw, url, self.timeout, label)
+                yield response, body
             finally:
-                # Leave the connection reusable only when the body was fully consumed.
-                if not raw.isclosed():
-                    raw.close()
-                    self._connection(*urlsplit(url)[:2], fresh=True)
+                _release(raw, body.ended)
             return
-        raise FetchError(f"too many redirects fetching {redact(url)}")
+        raise FetchError(f"{_label(label)}too many redirects fetching {redact(url)}")
 
-    def get(self, url: str, headers: dict[str, str] | None = None) -> Response:
-        """GET the whole body (decompressed when the server gzipped it)."""
-        with self.stream(url, headers) as (response, raw):
+    def get(self, url: str, headers: dict[str, str] | None = None, label: str = ""
+            ) -> Response:
+        """GET the whole body (inflated when the server gzipped it), at most MAX_BODY."""
+        with self.stream(url, headers, label) as (response, raw):
             body = raw.read_all()
         with self._count_lock:
             self.bytes_received += len(body)
-        if response.headers.get("content-encoding", "") in ("gzip", "deflate"):
-            body = _inflate(body, url)
+        if response.headers.get("content-encoding", "") in ("gzip", "x-gzip", "deflate"):
+            body = _inflate(body, response.url)
         response.body = body
         return response
 
-    def _send(self, url: str, headers: dict[str, str]
-              ) -> tuple[Response, http.client.HTTPResponse]:
+    def _send(self, url: str, headers: dict[str, str], label: str
+              ) -> tuple[Response, urllib3.BaseHTTPResponse]:
+        from urllib3 import Timeout
+        from urllib3.exceptions import HTTPError, LocationValueError, ProxyError
+
         url = remember(url)  # credentials travel in the header, never in the request line
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise FetchError(f"cannot fetch {redact(url)}: unsupported scheme '{parts.scheme}'")
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
+            raise FetchError(f"{_label(label)}cannot fetch {redact(url)}: unsupported scheme "
+                             f"'{parts.scheme}'")
         request_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
         login = None if "Authorization" in headers else login_for(url)
         if login:
             request_headers["Authorization"] = _basic(login)
-        last_error: Exception | None = None
-        for attempt in range(_RETRIES):
-            conn = self._connection(parts.scheme, parts.netloc, fresh=attempt > 0)
+        proxy = proxy_for(url)
+        pool = _pool(proxy, label)
+        timeout = Timeout(connect=self.timeout, read=self.timeout)
+        failures, waited = 0, 0.0
+        while True:
             try:
-                conn.request("GET", path, headers=request_headers)
-                raw = conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                # A keep-alive connection the server already closed fails here: retry fresh.
-                last_error = exc
-                conn.close()
-                time.sleep(0.1 * attempt)
+                raw = pool.request("GET", url, headers=request_headers, timeout=timeout,
+                                   preload_content=False, decode_content=False,
+                                   redirect=False, retries=False)
+            except LocationValueError as exc:
+                raise FetchError(f"{_label(label)}cannot fetch {redact(url)}: "
+                                 f"{_reason(exc)}") from None
+            except (HTTPError, OSError) as exc:
+                # A kept-alive connection the server has just closed fails here: once more;
+                # a proxy that answered no is asked no more.
+                failures += 1
+                if failures >= _RETRIES or isinstance(exc, ProxyError):
+                    raise FetchError(_failure(label, url, proxy, exc)) from None
+                time.sleep(0.1 * failures)
                 continue
-            response = Response(url=url, status=raw.status,
-                                headers={k.lower(): v for k, v in raw.getheaders()})
-            if raw.status >= 500 and attempt + 1 < _RETRIES:
-                raw.read()
-                last_error = FetchError(f"HTTP {raw.status}")
-                time.sleep(0.2 * (attempt + 1))
+            status = raw.status
+            if status == 407 and proxy:  # a forward proxy's own answer, not the server's
+                _release(raw, ended=False)
+                raise FetchError(_failure(label, url, proxy, "it asks for a user and password "
+                                          "(HTTP 407); check the proxy variable's URL"))
+            wait = _retry_after(status, raw.headers) if status in (429, 503) else None
+            if wait is not None and waited + wait <= _WAIT_TOTAL:
+                _release(raw, ended=False)  # the server asked for a pause: wait it out
+                time.sleep(wait)
+                waited += max(wait, 1.0)  # counted as at least 1 s: a loop of zeros ends
                 continue
-            if raw.status == 401 and "Authorization" not in request_headers:
+            if status >= 500 and failures + 1 < _RETRIES:
+                _release(raw, ended=False)
+                failures += 1
+                time.sleep(0.2 * failures)
+                continue
+            if status == 401 and "Authorization" not in request_headers:
                 found = from_keyring(url)
                 if found:  # keyring only when asked: a backend can be slow or prompt
-                    raw.read()
+                    _release(raw, ended=False)
                     request_headers["Authorization"] = _basic(found)
                     continue
-            return response, raw
-        reason = getattr(last_error, "reason", None) or last_error
-        raise FetchError(f"cannot fetch {redact(url)}: {reason}")
+            return Response(url=url, status=status, headers={
+                k.lower(): v for k, v in raw.headers.itermerged()}), raw
+
+
+def _release(raw: urllib3.BaseHTTPResponse, ended: bool) -> None:
+    """Hand the connection back to the pool: as it is when the body was read to its end,
+    else closed (a connection with unread bytes on it would garble the next answer)."""
+    if not ended:
+        raw.close()
+    raw.release_conn()
+
+
+# -- proxies ---------------------------------------------------------------------------------
+
+def proxy_for(url: str) -> str | None:
+    """The proxy a request for `url` goes through: HTTPS_PROXY for https, HTTP_PROXY for http,
+    else ALL_PROXY (lower-case names first), unless NO_PROXY names its host, as pip, uv and
+    curl read them. Loopback is proxied too unless NO_PROXY says otherwise, as for curl."""
+    from urllib.request import getproxies_environment
+
+    found = getproxies_environment()
+    parts = urlsplit(url)
+    proxy = found.get(parts.scheme) or found.get("all")
+    if not proxy or bypassed(parts.hostname or "", parts.port, found.get("no", "")):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether NO_PROXY (comma-separated) names `host`: '*'; a domain, with or without a
+    leading '.' or '*.', which covers its subdomains; an IP address or CIDR network; any of
+    them with ':port' (IPv6 in brackets) to cover that port only."""
+    host = host.lower().rstrip(".")
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if entry == "*":
+            return True
+        name, want = _entry(entry)
+        if not name or (want is not None and want != port):
+            continue
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False):
+                return True
+            continue
+        except ValueError:
+            pass
+        name = name.removeprefix("*").removeprefix(".").rstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def _entry(entry: str) -> tuple[str, int | None]:
+    """A NO_PROXY entry's host (or network) and port, if it names one."""
+    if entry.startswith("["):  # [v6]:port or [v6]
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:
+        host, port = entry, ""
+    return host, int(port) if port.isdigit() else None
+
+
+_pools: dict[tuple[str | None, str, str], urllib3.PoolManager] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(proxy: str | None, label: str) -> urllib3.PoolManager:
+    """The process's connection pools through `proxy` (None: direct), made on first use.
+
+    Made anew when the certificate variables change (a test, or a long-lived process). At
+    most 64 idle connections are kept per host; more are opened when more threads ask at once.
+    """
+    import ssl
+
+    import urllib3
+    from urllib3.exceptions import HTTPError
+
+    key = (proxy, os.environ.get("SSL_CERT_FILE", ""), os.environ.get("SSL_CERT_DIR", ""))
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            # The default context reads SSL_CERT_FILE and SSL_CERT_DIR, else the system's.
+            options: dict[str, Any] = {"num_pools": 64, "maxsize": 64, "block": False,
+                                       "ssl_context": ssl.create_default_context()}
+            if proxy is None:
+                pool = urllib3.PoolManager(**options)
+            else:
+                try:
+                    pool = urllib3.ProxyManager(redact(proxy), proxy_headers=_proxy_login(proxy),
+                                                proxy_ssl_context=options["ssl_context"],
+                                                **options)
+                except (HTTPError, ValueError) as exc:
+                    raise FetchError(f"{_label(label)}the proxy {shown(proxy)} cannot be used: "
+                                     f"{_reason(exc)}") from None
+            _pools[key] = pool
+        return pool
+
+
+def _proxy_login(proxy: str) -> dict[str, str]:
+    """The Proxy-Authorization a proxy URL's user:password asks for (sent to the proxy only)."""
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return {}
+    return {"Proxy-Authorization": _basic((unquote(parts.username),
+                                           unquote(parts.password or "")))}
+
+
+# -- answers and failures ----------------------------------------------------------------------
+
+def _retry_after(status: int, headers: Any) -> float | None:
+    """The pause a 429 or 503 asks for, in seconds (Retry-After: seconds or an HTTP date); a
+    429 without one gets a second; None when a 503 names none (retried as any 5xx)."""
+    value = headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    if value:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+    return 1.0 if status == 429 else None
+
+
+def _label(label: str) -> str:
+    return f"{label}: " if label else ""
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's words: a proxy error's cause, without urllib3's connection repr and
+    without any URL's password (a proxy's, say)."""
+    while isinstance(getattr(exc, "original_error", None), BaseException):
+        exc = exc.original_error  # type: ignore[attr-defined]
+    text = re.sub(r"^\w+\(host='[^']*', port=\d+\): ", "", str(exc))
+    return redact(text) or type(exc).__name__
+
+
+def _failure(label: str, url: str, proxy: str | None, why: BaseException | str) -> str:
+    through = f" through the proxy {shown(proxy)}" if proxy else ""
+    reason = why if isinstance(why, str) else _reason(why)
+    return f"{_label(label)}cannot fetch {redact(url)}{through}: {reason}"
 
 
 def _basic(login: Login) -> str:

@@ -41,9 +41,13 @@ def torch_cpu_wheel() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test its own cache, no netrc of the machine's, no credentials of an earlier test."""
+    """Each test its own cache, no netrc of the machine's, no credentials of an earlier test,
+    no proxy of the machine's (proxies apply to loopback too, as for curl and uv)."""
     monkeypatch.setenv("GPULOCK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for scheme in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
     yield
     credentials.forget()
 

@@ -5,7 +5,8 @@ an `index` comes only from there), keeps the files the target can install (tags 
 target's priority, requires-python, CUDA local labels), and reads metadata from the chosen
 file. Index pages and metadata are fetched on a thread pool ahead of the resolver's need:
 as soon as a name is known its page is requested, and as soon as a page arrives the
-metadata of its most likely candidate is.
+metadata of its most likely candidate is; once the resolver walks down a name's versions
+(backtracking), the metadata of the next few is read ahead of it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from gpulock.lock.vcs import resolve as resolve_git
 # The pool and the resolver both parse requirements, so they take turns; each text is parsed
 # once per process.
 _PARSE = threading.Lock()
+# Versions whose metadata is read ahead of a resolver walking down a name's versions: each is
+# a round trip or three (ranges of the wheel) that would otherwise come one after another.
+_AHEAD = 8
 
 
 @functools.cache
@@ -78,6 +82,7 @@ class IndexFinder:
         self._metadata: dict[object, Future[CoreMetadata]] = {}
         self._unusable: dict[NormalizedName, tuple[list[str], list[str], set[Version]]] = {}
         self._git: dict[str, Future[GitSource]] = {}
+        self._asked: dict[NormalizedName, int] = defaultdict(int)  # versions depended on
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -253,7 +258,27 @@ class IndexFinder:
             if requirement.marker is None or requirement.marker.evaluate(environment):
                 self._page(canonicalize_name(requirement.name), requirement.specifier)
 
+    def _walk_ahead(self, candidate: Candidate) -> None:
+        """From the second version of a name the resolver asks about (it is backtracking
+        through them, newest first), read the metadata of the next `_AHEAD` older wheels on
+        the pool, as uv's batch prefetch does: the walk then waits on one round trip, not one
+        per version. Never an sdist: its metadata may take a build, only for a version the
+        resolver really reaches."""
+        with self._lock:
+            self._asked[candidate.name] += 1
+            walking = self._asked[candidate.name] > 1
+            page = self._pages.get(candidate.name)
+        if not walking or page is None or not page.done() or page.exception() is not None:
+            return
+        listed = page.result()
+        at = next((i for i, c in enumerate(listed) if c.source == candidate.source), None)
+        if at is not None:
+            for older in listed[at + 1: at + 1 + _AHEAD]:
+                if isinstance(older.source, DistFile) and older.source.is_wheel:
+                    self._meta_future(older)
+
     def dependencies(self, candidate: Candidate) -> Sequence[Requirement]:
+        self._walk_ahead(candidate)
         metadata = self._meta_future(candidate).result()
         where = f"{candidate.name} {candidate.version}"
         if (canonicalize_name(metadata.name) != candidate.name

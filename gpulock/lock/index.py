@@ -2,8 +2,9 @@
 
 One `Index` per base URL: PEP 691 JSON or PEP 503 HTML over HTTP(S), a `file://` folder
 laid out as a simple index, or a `file://` folder of wheels and sdists (pip's find-links).
-Pages are cached with their HTTP validators (ETag, Last-Modified, Cache-Control max-age),
-so a warm lock revalidates instead of downloading.
+Pages are cached with their HTTP validators (ETag, Last-Modified) and stay fresh for their
+Cache-Control max-age (less their Age), as for pip and uv: a warm lock asks nothing for a fresh
+page and revalidates a stale one instead of downloading it; `refresh` revalidates every page.
 """
 
 from __future__ import annotations
@@ -193,10 +194,11 @@ def _json_facts(entry: object) -> dict[str, Any]:
 class Index:
     """The files an index serves for a project name."""
 
-    def __init__(self, url: str, http: Http, cache: Cache) -> None:
+    def __init__(self, url: str, http: Http, cache: Cache, refresh: bool = False) -> None:
         self.url = url.rstrip("/")
         self.http = http
         self.cache = cache
+        self.refresh = refresh  # revalidate even pages still fresh (lock --refresh, --upgrade)
         self.pages_fetched = 0
         self.pages_revalidated = 0
 
@@ -222,7 +224,7 @@ class Index:
     def _remote_files(self, name: NormalizedName, keep: Keep | None) -> Listing:
         url = f"{self.url}/{name}/"
         cached = self._cached_page(url)
-        if cached and cached[0].get("expires", 0) > time.time():
+        if cached and not self.refresh and cached[0].get("expires", 0) > time.time():
             return self._parse(*cached, url, keep)
         headers = {"Accept": _ACCEPT, "Accept-Encoding": "gzip"}
         if cached:
@@ -296,8 +298,12 @@ def _project_of(filename: str) -> str | None:
 
 
 def _expiry(headers: dict[str, str]) -> float:
-    control = headers.get("cache-control", "")
+    """Until when a page is fresh: its max-age from now, less the Age a CDN has held it."""
+    control = headers.get("cache-control", "").lower()
     if "no-cache" in control or "no-store" in control:
         return 0.0
-    match = re.search(r"max-age=(\d+)", control)
-    return time.time() + int(match.group(1)) if match else 0.0
+    match = re.search(r"(?:^|[,\s])max-age=(\d+)", control)
+    if not match:
+        return 0.0
+    age = headers.get("age", "").strip()
+    return time.time() + int(match.group(1)) - (int(age) if age.isdigit() else 0)

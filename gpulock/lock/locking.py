@@ -56,9 +56,10 @@ def read_previous(path: Path) -> Lock | None:
 def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
          upgrade_packages: Iterable[str] = (), cache: Cache | None = None,
          workers: int = 16, progress: Callable[[str], None] | None = None,
-         store: Store | None = None) -> LockResult:
+         store: Store | None = None, refresh: bool = False) -> LockResult:
     """Lock `manifest` into `path`; `store` is where ref:// models look up other projects'
-    pins (default: the project's default store)."""
+    pins (default: the project's default store); `refresh` revalidates every cached index
+    page (as `upgrade` does), even one its max-age still holds fresh."""
     upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
     previous = read_previous(path)
     named = {p.name for p in previous.packages} if previous else set()
@@ -68,7 +69,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     if unknown:
         raise GpulockError(f"--upgrade-package {unknown[0]}: no package or model of that name "
                            "is in gpu.toml or the lock")
-    if (previous is not None and not upgrade and not upgrade_names
+    if (previous is not None and not upgrade and not upgrade_names and not refresh
             and previous.manifest_hash == manifest.content_hash
             and previous.target == manifest.target
             and {m.get("name") for m in previous.models} == {m.name for m in manifest.models}):
@@ -86,7 +87,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     indexes: dict[str, Index] = {}
 
     def index(url: str) -> Index:
-        return indexes.setdefault(url, Index(url, http, cache))
+        return indexes.setdefault(url, Index(url, http, cache, refresh=refresh or upgrade))
 
     routed: dict[NormalizedName, Index] = {}
     builders: dict[NormalizedName, Builder] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,15 +20,31 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class Loopback:
-    """Serves every GET, HEAD and POST through `self._handle` once `serve()` has run."""
+    """Serves every GET, HEAD and POST through `self._handle` once `serve()` has run, counting
+    the connections clients opened (`connections`); `close()` ends the kept-alive ones too, so
+    a closed server answers no client that pooled a connection to it."""
 
     httpd: QuietServer
+    connections: int = 0
 
     def serve(self) -> None:
         owner = self
+        counting = threading.Lock()
+        self._open: set[socket.socket] = set()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                with counting:
+                    owner.connections += 1
+                    owner._open.add(self.request)
+                super().setup()
+
+            def finish(self) -> None:
+                with counting:
+                    owner._open.discard(self.request)
+                super().finish()
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -54,6 +72,9 @@ class Loopback:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        for connection in list(self._open):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         raise NotImplementedError

@@ -146,7 +146,9 @@ class S3:
             raise self._failed(name, exc, "read") from None
         got = 0
         try:
-            body = Body(_Arrived(response["Body"]), self.url, stall_timeout(), name)
+            # botocore's read(n) waits for all n bytes and restarts its timeout at every byte:
+            # its urllib3 response is read as bytes arrive, by the rule of every download.
+            body = Body(response["Body"]._raw_stream, self.url, stall_timeout(), name)
             while chunk := body.read(_CHUNK):
                 if got + len(chunk) > length:
                     raise CacheError(f"{name} in {self.url} holds more than the {size:,} bytes "
@@ -242,22 +244,6 @@ def _transfer(config: Any) -> Any:
     return config(multipart_threshold=16 << 20, multipart_chunksize=16 << 20,
                   max_concurrency=8)
 
-
-class _Arrived:
-    """urllib3's response under botocore's body, read as bytes arrive (gpulock.http.Stream):
-    botocore's read(n) waits for all n bytes, so a trickle of one byte a second would never
-    be seen, and its own read timeout restarts at every byte."""
-
-    def __init__(self, body: Any) -> None:
-        self.raw = body._raw_stream
-
-    def read1(self, size: int, /) -> bytes:
-        from urllib3.exceptions import ReadTimeoutError
-
-        try:
-            return bytes(self.raw.read1(size))
-        except ReadTimeoutError:
-            raise TimeoutError from None
 
 
 def _unsatisfiable(exc: Exception) -> bool:
