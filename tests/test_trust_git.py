@@ -186,6 +186,24 @@ def test_a_netrc_password_never_reaches_git_over_plain_http(project: Project, tm
     assert "hunter2" not in result.err + result.out
 
 
+def test_git_reaches_a_repository_through_the_proxy_the_environment_names(
+        project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tests.support.proxy import Proxy
+
+    repo = tmp_path / "repo"
+    _commit(repo, {"config.json": b"{}"})
+    server = DumbGit(tmp_path / "served")
+    url = server.bare(repo, "repo.git")
+    proxy = Proxy()
+    try:
+        monkeypatch.setenv("http_proxy", proxy.url())  # curl reads only the lower-case one
+        _write(project, f'[models.m]\nsource = "git+{url}@main"\n')
+        assert project.gpulock("lock").code == 0
+        assert any(sent.startswith(f"{url}/") for sent in proxy.forwarded), proxy.forwarded
+    finally:
+        proxy.close()
+
+
 def test_a_git_server_that_stalls_is_given_up_after_the_stall_timeout(
         project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("GPULOCK_STALL_TIMEOUT", "1")
