@@ -341,7 +341,7 @@ def _entry(entry: str) -> tuple[str, int | None]:
         host, _, port = entry.partition(":")
     else:
         host, port = entry, ""
-    return host, int(port) if port.isdigit() else None
+    return host, int(port) if re.fullmatch(r"[0-9]{1,5}", port) else None
 
 
 _pools: dict[tuple[str | None, str, str], urllib3.PoolManager] = {}
@@ -395,7 +395,7 @@ def _retry_after(status: int, headers: Any) -> float | None:
     """The pause a 429 or 503 asks for, in seconds (Retry-After: seconds or an HTTP date); a
     429 without one gets a second; None when a 503 names none (retried as any 5xx)."""
     value = headers.get("retry-after", "").strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", value):  # str.isdigit() takes '²', which float() refuses
         return float(value)
     if value:
         try:

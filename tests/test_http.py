@@ -291,8 +291,11 @@ def test_a_stale_page_is_revalidated_not_downloaded_again(project, tmp_path):
         index.close()
 
 
-def test_a_429_is_waited_out_for_its_retry_after_and_asked_again(project, tmp_path):
-    index = _pages(tmp_path, throttle={"/simple/app/": "1"})
+@pytest.mark.parametrize("after", ["1", "\u00b2", "soon"], ids=["seconds", "superscript", "words"])
+def test_a_429_is_waited_out_for_its_retry_after_and_asked_again(after, project, tmp_path):
+    # A Retry-After that is not plain digits or a date (str.isdigit() takes '²', which
+    # float() refuses) is a second's pause, as for a 429 that names none.
+    index = _pages(tmp_path, throttle={"/simple/app/": after})
     try:
         make_wheel(index.folder, "app", "1.0")
         setup(project, index.url, '"app"')
