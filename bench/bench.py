@@ -375,7 +375,8 @@ def proxy_sync_rows(proxy: ForwardProxy, env: dict[str, str]) -> tuple[list[Prox
     gp = [sys.executable, "-m", "gpulock", "sync", "--store", str(work / "store"), "--frozen"]
     uv = [find_uv_bin(), "pip", "sync", "-q", "--compile-bytecode", "--python",
           str(work / "venv" / "bin" / "python"), str(work / "pylock.gpu.toml")]
-    row = (f"sync {packages} wheels from PyPI (transformers, numpy), cold",
+    row = (f"sync {packages} wheels from PyPI (transformers, numpy), cold, both compile "
+           "bytecode",
            proxy.measure(cold_gp, gp, env, work), proxy.measure(cold_uv, uv, env, work))
     shutil.rmtree(work, ignore_errors=True)
     return [row], ""
