@@ -1,15 +1,20 @@
 """gpulock vs uv, side by side, in one run, on the same manifests.
 
-    .venv/bin/python bench/bench.py [--runs 3] [--only lock|sync|models]
+    .venv/bin/python bench/bench.py [--runs 3] [--only lock|proxy|sync|models|cache|volume]
 
 Each step runs as a child process; wall time is the median of --runs runs, peak memory
 is the child's maximum RSS (wait4), filesystem operations are the syscalls strace counts
 in its `%file` class (open, stat, link, symlink, mkdir, rename, unlink...), children
 included. Cold steps start from empty caches and stores.
 
-lock: `gpulock lock` vs `uv pip compile` on the requirements of --manifest (the groups uv
-can express: no_deps groups and non-PyPI group indexes are left out of both sides), same
-target (x86_64-manylinux, the manifest's Python).
+lock: `gpulock lock` vs `uv pip compile` on the requirements of --manifest and of
+--big-manifest (the groups uv can express: no_deps groups and non-PyPI group indexes are
+left out of both sides), same target (x86_64-manylinux, the manifest's Python), and whether
+both pinned the same versions.
+
+proxy: through tinyproxy on 127.0.0.1 (HTTPS_PROXY), a cold lock of --big-manifest and a
+cold sync of wheels from PyPI, gpulock vs uv, with the CONNECT tunnels each opened as the
+proxy's log counts them; one run.
 
 sync: `gpulock sync` vs `uv pip sync` of the same PEP 751 lock, made from --sync-manifest
 (default: the real torch 2.13.0+cpu wheel and transformers from the local mirror, which
@@ -34,11 +39,13 @@ import os
 import platform
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +56,11 @@ from uv import find_uv_bin
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from packaging.utils import canonicalize_name  # noqa: E402
+from packaging.version import Version  # noqa: E402
+
 from gpulock.env.interpreter import find_python  # noqa: E402
+from gpulock.lock import lockfile  # noqa: E402
 from gpulock.manifest import DEFAULT_INDEX, Manifest, load  # noqa: E402
 
 
@@ -126,8 +137,55 @@ def preparations(folder: Path, python: str, env: dict[str, str]) -> Preparations
         drop_envs=lambda: shutil.rmtree(folder / "store" / "v1" / "envs", ignore_errors=True))
 
 
-def lock_table(args: argparse.Namespace) -> None:
-    manifest = load(Path(args.manifest))
+class LockBench(NamedTuple):
+    """gpulock and uv set up in `work` to lock the same requirements for the same target:
+    gpulock from this checkout, uv with no config and no interpreter downloads."""
+
+    requirements: list[str]
+    target: str
+    work: Path
+    env_gp: dict[str, str]
+    env_uv: dict[str, str]
+    gpulock: list[str]
+    uv: list[str]
+
+    @property
+    def lock_file(self) -> Path:
+        return self.work / "pylock.gpu.toml"
+
+    @property
+    def uv_out(self) -> Path:
+        return self.work / "requirements.txt"
+
+    def cold(self) -> tuple[Callable[[], None], Callable[[], None]]:
+        """Preparations for gpulock and for uv: no cache, no earlier output."""
+        return (removed(self.work / "gpulock-cache", self.lock_file),
+                removed(self.work / "uv-cache", self.uv_out))
+
+    def proxied(self, proxy: str) -> LockBench:
+        """The same set-up with every request through the forward proxy `proxy`."""
+        def through(env: dict[str, str]) -> dict[str, str]:
+            names = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+            kept = {k: v for k, v in env.items() if k.lower() not in ("no_proxy", "all_proxy")}
+            return {**kept, **dict.fromkeys(names, proxy)}
+        return self._replace(env_gp=through(self.env_gp), env_uv=through(self.env_uv))
+
+
+def removed(*paths: Path) -> Callable[[], None]:
+    """A step's preparation: `paths` (folders or files) removed."""
+    def remove() -> None:
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    return remove
+
+
+def lock_bench(manifest_path: Path) -> LockBench:
+    """A new work folder locking the requirements of `manifest_path` that uv can express
+    (no_deps groups and non-PyPI group indexes are left out of both sides)."""
+    manifest = load(manifest_path)
     groups = [g for g in manifest.groups if not g.no_deps and g.index in (None, DEFAULT_INDEX)]
     requirements = [str(r) for g in groups for r in g.packages]
     work = Path(tempfile.mkdtemp(prefix="gpulock-bench-"))
@@ -138,52 +196,190 @@ def lock_table(args: argparse.Namespace) -> None:
             + "[groups.all]\npackages = [" + ", ".join(f'"{r}"' for r in requirements) + "]\n")
     (work / "gpu.toml").write_text(toml)
     (work / "requirements.in").write_text("\n".join(requirements) + "\n")
-    gp_cache, uv_cache = work / "gpulock-cache", work / "uv-cache"
     # Never let uv fetch an interpreter (that measures GitHub, not resolution): hand it the
     # target's CPython when this machine has one, as gpulock finds it.
-    env = {**os.environ, "GPULOCK_CACHE": str(gp_cache), "UV_CACHE_DIR": str(uv_cache),
-           "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    env = {**os.environ, "GPULOCK_CACHE": str(work / "gpulock-cache"),
+           "UV_CACHE_DIR": str(work / "uv-cache"), "UV_NO_CONFIG": "1",
+           "UV_PYTHON_DOWNLOADS": "never"}
     python = find_python(project.python)
-    gpulock = [sys.executable, "-m", "gpulock", "lock", "--manifest", str(work / "gpu.toml")]
     uv = [find_uv_bin(), "pip", "compile", str(work / "requirements.in"), "-o",
           str(work / "requirements.txt"), "--python-platform",
           f"x86_64-manylinux_{project.glibc.replace('.', '_')}", "--python-version",
           project.python, "--index-url", DEFAULT_INDEX, "-q",
           *(["--python", python] if python else [])]
+    return LockBench(
+        requirements=requirements, work=work, env_uv=env,
+        target=f"CPython {project.python} manylinux_{project.glibc} x86_64",
+        env_gp={**env, "PYTHONPATH": str(ROOT)},
+        gpulock=[sys.executable, "-m", "gpulock", "lock", "--manifest", str(work / "gpu.toml")],
+        uv=uv)
 
-    def clean(*paths: Path) -> Callable[[], None]:
-        def run() -> None:
-            for path in paths:
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-        return run
 
-    lock_file, uv_out = work / "pylock.gpu.toml", work / "requirements.txt"
-    env_py = {**env, "PYTHONPATH": str(ROOT)}
-    rows = [
-        ("lock, cold cache",
-         repeat(args.runs, clean(gp_cache, lock_file), gpulock, env_py, work),
-         repeat(args.runs, clean(uv_cache, uv_out), uv, env, work)),
-        ("lock, warm cache, manifest unchanged",
-         repeat(args.runs, nothing, gpulock, env_py, work),
-         repeat(args.runs, nothing, uv, env, work)),
-        ("lock, warm cache, re-resolve (--upgrade)",
-         repeat(args.runs, nothing, [*gpulock, "--upgrade"], env_py, work),
-         repeat(args.runs, nothing, [*uv, "--upgrade"], env, work)),
-    ]
-    print(f"# lock: {len(requirements)} requirements from {Path(args.manifest).name} "
-          f"({len(lock_file.read_text().split('[[packages]]')) - 1} pinned), target "
-          f"CPython {project.python} manylinux_{project.glibc} x86_64")
+def same_pins(bench: LockBench) -> str:
+    """✓ when gpulock's lock and uv's compiled requirements pin the same versions, else how
+    many packages differ (pinned by one side only, or at another version)."""
+    ours = {canonicalize_name(p.name): Version(p.version)
+            for p in lockfile.read(bench.lock_file).packages}
+    theirs = {canonicalize_name(m[1]): Version(m[2]) for m in re.finditer(
+        r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", bench.uv_out.read_text(), re.M)}
+    differ = sum(ours.get(name) != theirs.get(name) for name in ours.keys() | theirs.keys())
+    return "✓" if not differ else f"{differ} differ"
+
+
+LockRow = tuple[str, Sample, Sample, str]
+
+
+def lock_rows(bench: LockBench, runs: int) -> list[LockRow]:
+    """Cold cache, warm cache with the manifest unchanged, and a warm re-resolve: gpulock's
+    and uv's samples and whether their pins agree after each."""
+    cold_gp, cold_uv = bench.cold()
+    steps = [("lock, cold cache", cold_gp, cold_uv, []),
+             ("lock, warm cache, manifest unchanged", nothing, nothing, []),
+             ("lock, warm cache, re-resolve (--upgrade)", nothing, nothing, ["--upgrade"])]
+    rows = []
+    for label, prepare_gp, prepare_uv, extra in steps:
+        ours = repeat(runs, prepare_gp, [*bench.gpulock, *extra], bench.env_gp, bench.work)
+        theirs = repeat(runs, prepare_uv, [*bench.uv, *extra], bench.env_uv, bench.work)
+        rows.append((label, ours, theirs, same_pins(bench)))
+    return rows
+
+
+def lock_table(args: argparse.Namespace) -> None:
+    """gpulock lock vs uv pip compile on --manifest and on --big-manifest."""
+    for manifest in (Path(args.manifest), Path(args.big_manifest)):
+        bench = lock_bench(manifest)
+        rows = lock_rows(bench, args.runs)
+        pinned = len(lockfile.read(bench.lock_file).packages)
+        print(f"# lock: {len(bench.requirements)} requirements from {manifest.name} "
+              f"({pinned} pinned), target {bench.target}")
+        print()
+        print("| step | gpulock | uv | ratio (time) | same pins | gpulock peak MiB | "
+              "uv peak MiB |")
+        print("|---|---:|---:|---:|:---:|---:|---:|")
+        for name, ours, theirs, pins in rows:
+            print(f"| {name} | {ours.seconds:.2f}s | {theirs.seconds:.2f}s | "
+                  f"{ours.seconds / theirs.seconds:.2f}x | {pins} | {ours.peak_mib:.0f} | "
+                  f"{theirs.peak_mib:.0f} |")
+        print()
+        shutil.rmtree(bench.work, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_listening(port: int) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port` (5 s at most)."""
+    for _ in range(100):
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+
+
+class ForwardProxy:
+    """tinyproxy on 127.0.0.1, in the foreground, logging each tunnel a client asks for."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder, self.port = binary, folder, free_port()
+        self.log = folder / "tinyproxy.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ForwardProxy:
+        conf = self.folder / "tinyproxy.conf"
+        conf.write_text(f"Port {self.port}\nListen 127.0.0.1\nAllow 127.0.0.1\nConnectPort 443\n"
+                        f'LogFile "{self.log}"\nLogLevel Connect\nMaxClients 100\n')
+        self.server = subprocess.Popen([self.binary, "-d", "-c", str(conf)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait()
+
+    def tunnels(self) -> Counter[str]:
+        """The CONNECT tunnels logged so far, by host."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return Counter(re.findall(r"\): CONNECT ([^:\s]+):\d+ ", text))
+
+    def measure(self, prepare: Callable[[], None], command: list[str], env: dict[str, str],
+                cwd: Path) -> tuple[Sample, Counter[str]]:
+        """One run of `command` through the proxy, and the tunnels it opened."""
+        prepare()
+        before = self.tunnels()
+        sample = measure(command, env, cwd)
+        return sample, self.tunnels() - before
+
+
+PROXY_SYNC_MANIFEST = ('[project]\nname = "bench-proxy-sync"\npython = "3.11"\n'
+                       '[groups.main]\npackages = ["transformers", "numpy"]\n')
+
+
+def proxy_table(args: argparse.Namespace) -> None:
+    """--big-manifest's cold lock, and a cold sync of wheels from PyPI, through tinyproxy
+    on 127.0.0.1: time and the tunnels each tool opened."""
+    binary = shutil.which("tinyproxy")
+    if binary is None:
+        print("# proxy: not run, tinyproxy is not installed (apt-get install tinyproxy)")
+        return
+    bench = lock_bench(Path(args.big_manifest))
+    with ForwardProxy(binary, bench.work) as proxy:
+        through = bench.proxied(proxy.url)
+        cold_gp, cold_uv = through.cold()
+        rows = [(f"lock {Path(args.big_manifest).name}, cold cache",
+                 proxy.measure(cold_gp, through.gpulock, through.env_gp, bench.work),
+                 proxy.measure(cold_uv, through.uv, through.env_uv, bench.work))]
+        pins = same_pins(through)
+        sync_rows, skipped = proxy_sync_rows(proxy, through.env_uv)
+        rows += sync_rows
+    shutil.rmtree(bench.work, ignore_errors=True)
+    print(f"# proxy: every request through tinyproxy on 127.0.0.1 (HTTPS_PROXY), one run; "
+          f"tunnels = CONNECT requests in its log; lock pins {pins} against uv's" + skipped)
     print()
-    print("| step | gpulock | uv | ratio (time) | gpulock peak MiB | uv peak MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, ours, theirs in rows:
+    print("| step | gpulock | uv | ratio (time) | gpulock tunnels | uv tunnels |")
+    print("|---|---:|---:|---:|---|---|")
+
+    def tunnels(hosts: Counter[str]) -> str:
+        return f"{hosts.total()} (" + ", ".join(f"{h} {n}" for h, n in hosts.items()) + ")"
+
+    for name, (ours, our_hosts), (theirs, their_hosts) in rows:
         print(f"| {name} | {ours.seconds:.2f}s | {theirs.seconds:.2f}s | "
-              f"{ours.seconds / theirs.seconds:.2f}x | {ours.peak_mib:.0f} | "
-              f"{theirs.peak_mib:.0f} |")
+              f"{ours.seconds / theirs.seconds:.2f}x | {tunnels(our_hosts)} | "
+              f"{tunnels(their_hosts)} |")
+
+
+ProxyRow = tuple[str, tuple[Sample, Counter[str]], tuple[Sample, Counter[str]]]
+
+
+def proxy_sync_rows(proxy: ForwardProxy, env: dict[str, str]) -> tuple[list[ProxyRow], str]:
+    """A cold sync through `proxy` of transformers and numpy, wheels from PyPI (the sync
+    table's own wheels come from local folders), gpulock vs uv --compile-bytecode; or no
+    row and why."""
+    python = find_python("3.11")
+    if python is None:
+        return [], "; no sync row: it needs CPython 3.11 here"
+    work = Path(tempfile.mkdtemp(prefix="gpulock-bench-proxy-"))
+    (work / "gpu.toml").write_text(PROXY_SYNC_MANIFEST)
+    env = {**env, "PYTHONPATH": str(ROOT), "GPULOCK_CACHE": str(work / "gp-cache"),
+           "UV_CACHE_DIR": str(work / "uv-cache")}
+    subprocess.run([sys.executable, "-m", "gpulock", "lock"], cwd=work, env=env, check=True,
+                   stderr=subprocess.DEVNULL)
+    packages = len(lockfile.read(work / "pylock.gpu.toml").packages)
+    cold_gp, cold_uv, _, _ = preparations(work, python, env)
+    gp = [sys.executable, "-m", "gpulock", "sync", "--store", str(work / "store"), "--frozen"]
+    uv = [find_uv_bin(), "pip", "sync", "-q", "--compile-bytecode", "--python",
+          str(work / "venv" / "bin" / "python"), str(work / "pylock.gpu.toml")]
+    row = (f"sync {packages} wheels from PyPI (transformers, numpy), cold, both compile "
+           "bytecode",
+           proxy.measure(cold_gp, gp, env, work), proxy.measure(cold_uv, uv, env, work))
     shutil.rmtree(work, ignore_errors=True)
+    return [row], ""
 
 
 def sync_project(args: argparse.Namespace, what: str
@@ -300,15 +496,11 @@ def _random_file(folder: Path, size: int) -> Path:
 
 def _start_cdn(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str, str] | None:
     """nginx (a C server, sendfile) serving `root` on 127.0.0.1, or None without nginx."""
-    import socket
-
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
     if nginx is None:
         return None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     prefix = work / "nginx"
     prefix.mkdir()
     temps = "".join(f"  {kind}_temp_path {prefix / kind};\n"
@@ -322,11 +514,7 @@ def _start_cdn(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str, st
     server = subprocess.Popen([nginx, "-p", str(prefix), "-e", str(prefix / "error.log"),
                                "-c", str(prefix / "nginx.conf")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as client:
-            if client.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
+    wait_listening(port)
     version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
     return server, f"http://127.0.0.1:{port}", version.rpartition("/")[2] or "?"
 
@@ -589,9 +777,11 @@ def _numpy_update(work: Path, env: dict[str, str], lock_text: str, gp: list[str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", default=str(ROOT / "gpu.toml.example"))
+    parser.add_argument("--big-manifest", default=str(ROOT / "bench" / "big-stack.gpu.toml"))
     parser.add_argument("--sync-manifest", default=str(ROOT / "bench" / "torch-cpu.gpu.toml"))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", choices=["lock", "sync", "models", "cache", "volume"])
+    parser.add_argument("--only", choices=["lock", "proxy", "sync", "models", "cache",
+                                               "volume"])
     parser.add_argument("--volume-latency", type=float, action="append", metavar="MS",
                         help="also run the network-volume table with this latency per "
                              "metadata operation (repeatable; default with --only volume: "
@@ -613,6 +803,8 @@ def main() -> None:
           f"{uv_version}, median of {args.runs} runs")
     if args.only in (None, "lock"):
         lock_table(args)
+    if args.only in (None, "proxy"):
+        proxy_table(args)
         print()
     if args.only in (None, "sync"):
         sync_table(args)
