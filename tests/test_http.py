@@ -255,15 +255,24 @@ def test_a_page_that_inflates_past_the_bound_is_refused_in_one_sentence(project,
         server.close()
 
 
+def _lock_then_add_other(project, index) -> int:
+    """Lock a project of `app`, then again with `other` added: the second lock reads app's
+    page from the cache (how freshly depends on the page's Cache-Control). The bytes of
+    app's page the first lock was sent."""
+    make_wheel(index.folder, "app", "1.0")
+    make_wheel(index.folder, "other", "1.0")
+    setup(project, index.url, '"app"')
+    project.lock()
+    sent = index.bytes_sent["/simple/app/"]
+    setup(project, index.url, '"app", "other"')
+    project.lock()
+    return sent
+
+
 def test_a_page_fresh_for_its_max_age_is_not_asked_for_until_refresh(project, tmp_path):
     index = _pages(tmp_path, {"Cache-Control": "max-age=600, public", "Age": "60"})
     try:
-        make_wheel(index.folder, "app", "1.0")
-        make_wheel(index.folder, "other", "1.0")
-        setup(project, index.url, '"app"')
-        project.lock()
-        setup(project, index.url, '"app", "other"')
-        project.lock()
+        _lock_then_add_other(project, index)
         pages = [p for p, _ in index.requests if p == "/simple/app/"]
         assert len(pages) == 1  # fresh: the second lock asked nothing for it
         make_wheel(index.folder, "app", "2.0")
@@ -278,13 +287,7 @@ def test_a_page_fresh_for_its_max_age_is_not_asked_for_until_refresh(project, tm
 def test_a_stale_page_is_revalidated_not_downloaded_again(project, tmp_path):
     index = _pages(tmp_path, {"Cache-Control": "max-age=600", "Age": "600"})
     try:
-        make_wheel(index.folder, "app", "1.0")
-        make_wheel(index.folder, "other", "1.0")
-        setup(project, index.url, '"app"')
-        project.lock()
-        sent = index.bytes_sent["/simple/app/"]
-        setup(project, index.url, '"app", "other"')
-        project.lock()
+        sent = _lock_then_add_other(project, index)
         assert [p for p, _ in index.requests].count("/simple/app/") == 2
         assert index.bytes_sent["/simple/app/"] == sent  # answered 304
     finally:
