@@ -20,8 +20,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
-import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,9 +185,11 @@ def replace_below(root: Path, relative: str, source: BinaryIO) -> None:
     there through that folder's descriptor: a link planted below the root is refused, and one
     swapped in for a folder already opened is never written through (what someone who may
     write a shared cache could do to the one who pushes to it). The root is the caller's."""
+    import shutil  # here: the no-op sync reads its records through this module
+
     *folders, name = _parts(relative)
     with _folder(root, folders, make=True) as parent:
-        temporary = f".upload-{secrets.token_hex(8)}"
+        temporary = f".upload-{os.urandom(8).hex()}"
         fd = os.open(temporary, _NEW, 0o644, dir_fd=parent)
         try:
             with os.fdopen(fd, "wb") as out:
