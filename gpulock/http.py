@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 USER_AGENT = f"gpulock/{__version__}"
 _RETRIES = 3
 _STALL = 60.0  # seconds without a byte before a transfer is given up (GPULOCK_STALL_TIMEOUT)
-_MIN_RATE = 1024  # bytes/s: slower than this over a whole stall period is given up too
+MIN_RATE = 1024  # bytes/s: slower than this over a whole stall period is given up too
 _WAIT_TOTAL = 60.0  # seconds one request may spend waiting out 429/503 Retry-After answers
 MAX_BODY = 64 * 2**20  # what a page or metadata answer may hold; files are streamed
 LISTING_LIMIT = 1_000_000  # entries a hub's or a bucket's listing may hold (see paced)
@@ -116,7 +116,7 @@ class Body:
     """A response body read as bytes arrive, that gives up on a stalled or trickling server.
 
     Each read waits at most `stall` seconds for the next bytes (the socket's timeout), and each
-    `stall` seconds must bring at least `_MIN_RATE` bytes per second: a server sending one byte
+    `stall` seconds must bring at least `MIN_RATE` bytes per second: a server sending one byte
     a second never trips a read timeout, but is given up all the same. The bytes are the body
     as sent (no decoding), so ranges and hashes are of the file itself.
     """
@@ -145,7 +145,7 @@ class Body:
         self._got += len(chunk)
         elapsed = time.monotonic() - self._since
         if elapsed >= self.stall:
-            if self._got < _MIN_RATE * elapsed:
+            if self._got < MIN_RATE * elapsed:
                 raise FetchError(f"{self.label}{redact(self.url)} sent only {self._got} bytes in "
                                  f"{elapsed:.0f} s (GPULOCK_STALL_TIMEOUT={self.stall:g}); "
                                  "the transfer was stopped")

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from gpulock.credentials import redact
 from gpulock.errors import GpulockError
+from gpulock.http import MIN_RATE
 from gpulock.lock.vcs import (
     GitSource,
     checkout_root,
@@ -30,7 +31,6 @@ from gpulock.sources import copy_below, pinned_below, select
 from gpulock.store import Store
 
 _LFS = b"version https://git-lfs.github.com/spec/v1"
-_MIN_RATE = 1024  # bytes/s: as gpulock.http's downloads
 
 
 class GitModelSource:
@@ -123,7 +123,7 @@ def _resolve_lfs(model: Model | PinnedModel, source: GitSource, root: Path,
         size = sum(_pointer_size(root, path) or 0 for path in pointers)
         try:
             run_git("lfs", "pull", *_include(pointers), repo=root, url=source.url,
-                    settings=settings, slack=size / _MIN_RATE)
+                    settings=settings, slack=size / MIN_RATE)
         except GpulockError as exc:
             raise GpulockError(f"model '{model.name}': {exc}") from None
     left = [path for path in pointers if _is_pointer(root, path)]
