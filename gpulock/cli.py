@@ -373,7 +373,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _print_models(store: Store, lock_path: Path) -> None:
     from gpulock.lock import lockfile
     from gpulock.models import from_dict
-    from gpulock.models.views import stored_blob
+    from gpulock.models.blobs import stored_blob
 
     try:
         models = [from_dict(m) for m in lockfile.read(lock_path).models]

@@ -212,10 +212,10 @@ def test_a_modelscope_file_changed_upstream_fails_the_sync(modelscope, make_inde
 def killed_in_ranges(hub: FakeHub, index_url: str, project: Project,
                      monkeypatch: pytest.MonkeyPatch, big: bytes, first: bytes) -> Path:
     """A locked model whose 1 MiB range 0 a killed sync wrote (as `first`) and recorded."""
-    from gpulock.models import views
+    from gpulock.models import ranges
 
-    monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
-    monkeypatch.setattr(views, "RANGE_MIN", 2**20)
+    monkeypatch.setattr(ranges, "PARALLEL_FROM", 2**20)
+    monkeypatch.setattr(ranges, "RANGE_MIN", 2**20)
     hub.repo("org/big").commit({"model.safetensors": big})
     setup(project, index_url, '[models.big]\nsource = "hf://org/big"\n')
     project.lock()
@@ -263,11 +263,11 @@ def test_a_corrupt_kept_range_is_caught_by_the_hash_and_the_file_fetched_again(
 @pytest.mark.parametrize("one_stream_for", [0.0, 1e9])
 def test_a_fresh_large_file_goes_as_one_stream_or_as_pieces_as_its_first_piece_came(
         hub, make_index, project, monkeypatch, one_stream_for):
-    from gpulock.models import views
+    from gpulock.models import ranges
 
-    monkeypatch.setattr(views, "PARALLEL_FROM", 2**20)
-    monkeypatch.setattr(views, "RANGE_MIN", 2**20)
-    monkeypatch.setattr(views, "ONE_STREAM_FOR", one_stream_for)
+    monkeypatch.setattr(ranges, "PARALLEL_FROM", 2**20)
+    monkeypatch.setattr(ranges, "RANGE_MIN", 2**20)
+    monkeypatch.setattr(ranges, "ONE_STREAM_FOR", one_stream_for)
     big = os.urandom(4 * 2**20)
     hub.repo("org/big").commit({"model.safetensors": big})
     setup(project, make_index().url, '[models.big]\nsource = "hf://org/big"\n')
@@ -414,14 +414,14 @@ def test_gc_keeps_the_modelscope_1_x_folders_of_pinned_models_and_drops_the_rest
 
 
 def test_a_ranges_record_for_other_pieces_is_not_trusted(tmp_path: Path):
-    from gpulock.models.views import _done_pieces
+    from gpulock.models.ranges import done_pieces
 
     state = tmp_path / "blob.part.ranges"
     state.write_text(json.dumps({"step": 16, "size": 64, "done": [0, 2, 9, "x"]}))
-    assert _done_pieces(state, 16, 64, 4) == {0, 2}  # out of range and non-ints dropped
-    assert _done_pieces(state, 32, 64, 2) == set()   # cut in other pieces: start over
-    assert _done_pieces(state, 16, 80, 5) == set()   # another file size
+    assert done_pieces(state, 16, 64, 4) == {0, 2}  # out of range and non-ints dropped
+    assert done_pieces(state, 32, 64, 2) == set()   # cut in other pieces: start over
+    assert done_pieces(state, 16, 80, 5) == set()   # another file size
     state.write_text("[0, 1]")                        # an older gpulock's list
-    assert _done_pieces(state, 16, 64, 4) == set()
+    assert done_pieces(state, 16, 64, 4) == set()
     state.unlink()
-    assert _done_pieces(state, 16, 64, 4) == set()
+    assert done_pieces(state, 16, 64, 4) == set()

@@ -341,7 +341,7 @@ def test_a_fifo_planted_as_a_view_file_sync_rewrites_is_replaced_never_waited_on
 
 def test_a_fifo_planted_as_a_claimed_partials_ranges_record_is_not_waited_on(
         make_index, project: Project):
-    from gpulock.models.views import PARALLEL_FROM
+    from gpulock.models.ranges import PARALLEL_FROM
 
     big = os.urandom(PARALLEL_FROM + 1)
     index = make_index()

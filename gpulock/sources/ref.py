@@ -44,7 +44,7 @@ class RefSource:
                            weights=other.weights, extract=model.extract)
 
     def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
-        from gpulock.models.views import fetch_blob
+        from gpulock.models.fetch import fetch_blob
 
         *_, other = _hops(store, model.name, model.source)
         same = next((f for f in other.files if f.etag == file.etag), None)

@@ -143,7 +143,7 @@ def _check(ref: FileRef, label: str, sha256: str, size: int, path: Path | None) 
     """Refuse bytes that are not the locked file. What a server sent is described (its
     hash helps whoever debugs a mirror, and anyone could ask the server for it); what a
     local file holds never is: a hand-edited lock could aim a file:// URL at a secret and
-    read its hash or length from a CI log (the rule model files follow, models/views.py)."""
+    read its hash or length from a CI log (the rule model files follow, models/blobs.py)."""
     if size == ref.size and sha256 == ref.sha256:
         return
     locked = f"the lock says {ref.sha256} ({ref.size} bytes); it was not stored"

@@ -36,7 +36,8 @@ from pathlib import Path
 from gpulock.env import generation
 from gpulock.errors import GpulockError
 from gpulock.models import PinnedModel, from_dict
-from gpulock.models.views import HubRepo, indexed_blob
+from gpulock.models.blobs import indexed_blob
+from gpulock.models.hub import HubRepo
 from gpulock.safeopen import Unsafe, read_small
 from gpulock.store import Store, roots
 from gpulock.store.layout import Layout

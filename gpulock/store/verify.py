@@ -641,7 +641,8 @@ def _refetch_entry(store: Store, key: str, ref: FileRef, python: str | None) -> 
 
 def _refetch_blobs(store: Store, blobs: set[str], log: Log) -> list[str]:
     from gpulock.models import from_dict
-    from gpulock.models.views import fetch_blob, stored_blob
+    from gpulock.models.blobs import stored_blob
+    from gpulock.models.fetch import fetch_blob
 
     models = [from_dict(m) for m in roots.model_roots(store)]
     owners = {}

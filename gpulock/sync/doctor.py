@@ -228,7 +228,7 @@ def _disk(manifest: Manifest, lock: Lock, store: Store, packages: bool = True,
     wheels and extracted archives take more than that: the check is a floor."""
     from gpulock.build.env import store_keys
     from gpulock.models import from_dict
-    from gpulock.models.views import stored_blob
+    from gpulock.models.blobs import stored_blob
 
     present = set(os.listdir(store.layout.pkgs)) if store.layout.pkgs.is_dir() else set()
     keys = store_keys(manifest, lock)
