@@ -40,7 +40,11 @@ from gpulock.lock.vcs import resolve as resolve_git
 _PARSE = threading.Lock()
 # Versions whose metadata is read ahead of a resolver walking down a name's versions: each is
 # a round trip or three (ranges of the wheel) that would otherwise come one after another.
+# The window widens with the walk, as far as it has gone (a walk that has passed 30 versions
+# rarely stops at the next 8): the big stack's lock walks gradio down 214 versions, and with
+# 8 ahead it waited 6.3 s on metadata.
 _AHEAD = 8
+_AHEAD_MOST = 64
 
 
 @functools.cache
@@ -260,20 +264,23 @@ class IndexFinder:
 
     def _walk_ahead(self, candidate: Candidate) -> None:
         """From the second version of a name the resolver asks about (it is backtracking
-        through them, newest first), read the metadata of the next `_AHEAD` older wheels on
-        the pool, as uv's batch prefetch does: the walk then waits on one round trip, not one
-        per version. Never an sdist: its metadata may take a build, only for a version the
-        resolver really reaches."""
+        through them, newest first), read the metadata of the next older wheels (`_AHEAD`,
+        and as many as the walk has passed, up to `_AHEAD_MOST`) on the pool, as uv's batch
+        prefetch does: the walk then waits on one round trip, not one per version. Never an
+        sdist: its metadata may take a build, only for a version the resolver really
+        reaches."""
         with self._lock:
             self._asked[candidate.name] += 1
-            walking = self._asked[candidate.name] > 1
+            asked = self._asked[candidate.name]
             page = self._pages.get(candidate.name)
+        walking = asked > 1
         if not walking or page is None or not page.done() or page.exception() is not None:
             return
         listed = page.result()
         at = next((i for i, c in enumerate(listed) if c.source == candidate.source), None)
         if at is not None:
-            for older in listed[at + 1: at + 1 + _AHEAD]:
+            ahead = min(_AHEAD_MOST, max(_AHEAD, asked))
+            for older in listed[at + 1: at + 1 + ahead]:
                 if isinstance(older.source, DistFile) and older.source.is_wheel:
                     self._meta_future(older)
 
