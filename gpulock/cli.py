@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpulock import __version__
 from gpulock.errors import GpulockError, StaleLockError
@@ -208,7 +208,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                    preflight=(lambda: None) if args.no_check else preflight,
                    substitutes=_substitutes(spec))
     gen = outcome.generation
-    models = (f", {len(locked.models)} model(s) in {store.layout.hf}"
+    models = (f", {_models_where(store, spec.project.name, locked.models)}"
               if locked.models and not args.no_models else "")
     if outcome.nothing_to_do:
         where = f"generation {gen.number}, {len(gen.packages)} packages" if gen else "models"
@@ -222,6 +222,17 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                 else f"'{spec.project.name}' models synced")
     print(f"{packages}{fetched}{models} [{outcome.seconds:.2f}s]", file=sys.stderr)
     return 0
+
+
+def _models_where(store: Store, project: str, models: Sequence[dict[str, Any]]) -> str:
+    """"3 model(s) in <store>/v1/hf (2) and <store>/v1/files/<project> (1)": each cache
+    the lock's models are laid out in."""
+    from collections import Counter
+
+    caches = Counter(store.layout.model_cache(project, str(m.get("source", ""))) for m in models)
+    where = [f"{cache} ({count})" if len(caches) > 1 else str(cache)
+             for cache, count in caches.items()]
+    return f"{len(models)} model(s) in {' and '.join(where)}"
 
 
 def _substituters(spec: Manifest) -> list[str]:
@@ -314,32 +325,43 @@ def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
 def _cmd_env(args: argparse.Namespace) -> int:
     from gpulock.env.exports import exports, render
     from gpulock.env.generation import current
+    from gpulock.store import Store
 
     spec, _, store = _project_paths(args)
     if current(store, spec.project.name) is None:
         print(f"warning: '{spec.project.name}' has no synced environment in {store.root} yet; "
               "run 'gpulock sync'", file=sys.stderr)
-    hub_models = any(m.source.startswith("hf://") for m in spec.models)
-    ms_models = any(m.source.startswith("ms://") for m in spec.models)
-    print(render(exports(store, spec.project.name, spec.project.python, hub_models, ms_models),
-                 args.format))
+    seen = store
+    if args.mounted_at:
+        if not os.path.isabs(args.mounted_at):
+            raise GpulockError(f"--mounted-at {args.mounted_at!r} is not an absolute path: give "
+                               "the store's path as the worker sees it, e.g. "
+                               "/runpod-volume/.gpulock")
+        seen = Store(Path(args.mounted_at))
+    print(render(exports(seen, spec.project.name, spec.project.python,
+                         [m.source for m in spec.models]), args.format))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gpulock.env.generation import current, project_dir
+    from gpulock.env.generation import current, project_dir, site_packages
 
     spec, _, store = _project_paths(args)
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise GpulockError("nothing to run: use 'gpulock run -- COMMAND [ARGS]'")
-    if current(store, spec.project.name) is None:
+    now = current(store, spec.project.name)
+    if now is None:
         raise GpulockError(f"'{spec.project.name}' has no synced environment in {store.root}; "
                            "run 'gpulock sync' first")
     env_root = project_dir(store, spec.project.name).absolute() / "current"
     environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
     environ["VIRTUAL_ENV"] = str(env_root)
     environ["PATH"] = f"{env_root / 'bin'}{os.pathsep}{environ.get('PATH', '')}"
+    if not os.path.isfile(now.interpreter):
+        # The pod's interpreter, not in this image: `python` is then PATH's pythonX.Y (a
+        # dangling link is passed over), which finds the environment this way.
+        environ["PYTHONPATH"] = str(site_packages(env_root, now.python_minor))
     try:
         os.execvpe(command[0], command, environ)
     except OSError as exc:
@@ -366,14 +388,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if now and generations and generations[-1].number > now.number:
         print(f"rolled back: generation {now.number} is current, {generations[-1].number} is "
               "newer; the next 'gpulock sync' builds the lock again")
-    _print_models(store, lock_path)
+    _print_models(store, spec.project.name, lock_path)
     return 0
 
 
-def _print_models(store: Store, lock_path: Path) -> None:
+def _print_models(store: Store, project: str, lock_path: Path) -> None:
     from gpulock.lock import lockfile
     from gpulock.models import from_dict
     from gpulock.models.blobs import stored_blob
+    from gpulock.models.views import view_of
 
     try:
         models = [from_dict(m) for m in lockfile.read(lock_path).models]
@@ -383,7 +406,7 @@ def _print_models(store: Store, lock_path: Path) -> None:
         have = sum(1 for f in model.files if stored_blob(store, f) is not None)
         state = "complete" if have == len(model.files) else f"{have}/{len(model.files)} files"
         print(f"model {model.name}: {model.source}@{(model.commit or '')[:12]}  "
-              f"{model.size / 2**20:.1f} MiB  {state}")
+              f"{model.size / 2**20:.1f} MiB  {state}  {view_of(store, project, model)}")
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -443,12 +466,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     for damage in result.damage:
         print(f"damaged {damage.kind} {damage.key}: {damage.problem}", file=sys.stderr)
+    for line in result.fallbacks:
+        print(f"note: {line}", file=sys.stderr)
+    for line in result.cannot_start:
+        print(f"cannot start {line}", file=sys.stderr)
     mode = "xxh3" if args.fast else "sha256"
+    problems = len(result.damage) + len(result.cannot_start)
     print(f"checked {result.entries} package entries ({result.files} files), {result.blobs} "
           f"model files and {result.generations} generations, {result.bytes / 2**20:.1f} MiB "
-          f"by {mode} in {elapsed:.2f}s: {len(result.damage)} problem(s)", file=sys.stderr)
+          f"by {mode} in {elapsed:.2f}s: {problems} problem(s)", file=sys.stderr)
     if not result.damage:
-        return 0
+        return 1 if result.cannot_start else 0
     if not args.repair:
         print("run 'gpulock verify --repair' to fetch the damaged files again", file=sys.stderr)
         return 1
@@ -463,7 +491,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if again.damage:
         return 1
     print("repaired; the store verifies", file=sys.stderr)
-    return 0
+    return 1 if again.cannot_start else 0  # what this machine lacks, no repair brings
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -633,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help="print PYTHONPATH and PATH exports for the environment")
     project_options(env)
     env.add_argument("--format", choices=FORMATS, default="sh")
+    env.add_argument("--mounted-at", metavar="PATH",
+                     help="the store's path where the exports are used, when it is not this "
+                          "machine's (a RunPod serverless worker sees a pod's "
+                          "/workspace/.gpulock at /runpod-volume/.gpulock)")
     env.set_defaults(func=_cmd_env)
 
     run = sub.add_parser("run", help="run a command inside the synced environment")

@@ -29,7 +29,7 @@ _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # gpulock that lays generations out differently raises it, and the next sync builds one. It is
 # recorded beside the lock digest, not in it: an older gpulock sharing the volume then keeps
 # the newer generation instead of each rebuilding over the other's.
-GENERATION_FORMAT = 2
+GENERATION_FORMAT = 3
 # A generation's record: its seal names every file and link the generation holds.
 RECORD_LIMIT = 256 * 2**20
 

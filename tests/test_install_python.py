@@ -117,6 +117,13 @@ def _interpreter(project: Project, archive: Archive) -> Path:
             / "bin" / f"python{archive.minor}")
 
 
+def _recorded(project: Project, archive: Archive) -> str:
+    """How a generation names the store's CPython: relative to its `bin/`, so that it is
+    found wherever the volume is mounted."""
+    return os.path.relpath(_interpreter(project, archive),
+                           _store(project) / "v1" / "envs" / "demo" / "gen-1" / "bin")
+
+
 def _sync(project: Project, *args: str) -> tuple[int, str]:
     result = project.gpulock("sync", "--store", str(_store(project)), *args)
     return result.code, result.err
@@ -144,7 +151,7 @@ def test_sync_install_python_installs_cpython_into_the_store_and_env_i_runs_a_sc
     served = next(path for path in mirror.files if path.startswith("/mirror/"))
     assert "/downloads.json" in mirror.requests and mirror.requests.count(served) == 1
     record = _generation(project)
-    assert record["python"] == str(interpreter)
+    assert record["python"] == _recorded(project, archive)
     assert record["python_version"] == archive.version
     assert _files_below(home) == []  # uv wrote nothing outside the store
 
@@ -183,7 +190,7 @@ def test_a_second_sync_reuses_the_store_interpreter_and_never_runs_uv(
         code, err = _sync(project, *args)
         assert code == 0 and "'demo' is up to date: generation 1" in err, err
     assert mirror.requests == fetched
-    assert _generation(project)["python"] == str(_interpreter(project, archive))
+    assert _generation(project)["python"] == _recorded(project, archive)
 
 
 def test_gc_and_verify_leave_the_store_interpreter_alone(make_index, project: Project,
@@ -244,7 +251,7 @@ def test_install_python_in_gpu_toml_installs_without_the_flag(make_index, projec
     _project(project, make_index, archive, extra="install-python = true\n")
     code, err = _sync(project)
     assert code == 0, err
-    assert _generation(project)["python"] == str(_interpreter(project, archive))
+    assert _generation(project)["python"] == _recorded(project, archive)
 
 
 @pytest.mark.parametrize("key", ["install-python", "install_python"])
@@ -343,3 +350,27 @@ def test_doctor_names_the_store_interpreter_and_what_install_python_will_do(
     installed = _fake_install(store.layout, "cpython-3.15.1-linux-x86_64-gnu", "3.15")
     found = _python(lock, store)
     assert found.status == OK and found.message == f"CPython 3.15.1 at {installed}"
+
+
+def test_a_store_with_its_cpython_moved_elsewhere_runs_there_and_stays_up_to_date(
+        make_index, project: Project, archive: Archive, mirror: PythonMirror, tmp_path: Path):
+    """The volume mounted at another path (a serverless worker's /runpod-volume, another
+    mountPath): the environment's python, its scripts and the next sync all follow it."""
+    _project(project, make_index, archive)
+    assert _sync(project, "--install-python")[0] == 0
+    assert os.readlink(_store(project) / "v1" / "envs" / "demo" / "current" / "bin" /
+                       "python") == _recorded(project, archive)
+    moved = tmp_path / "runpod-volume" / ".gpulock"
+    moved.parent.mkdir()
+    os.rename(_store(project), moved)
+    interpreter = moved / "v1" / "python" / _interpreter(project, archive).relative_to(
+        _store(project) / "v1" / "python")
+    current = moved / "v1" / "envs" / "demo" / "current"
+    ran = subprocess.run([str(current / "bin" / "hello-app")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == f"hello {archive.minor} {interpreter}"
+    synced = project.gpulock("sync", "--store", str(moved))
+    assert synced.code == 0 and "'demo' is up to date: generation 1" in synced.err, synced.err
+    verified = project.gpulock("verify", "--store", str(moved))
+    assert verified.code == 0 and "note:" not in verified.err, verified.err

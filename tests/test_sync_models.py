@@ -130,7 +130,9 @@ def test_models_only_and_no_models(hub, make_index, project):
     assert code == 0, err
     assert hub.resolved == ["config.json"]
     status = project.gpulock("status", "--store", str(project.root / "store"))
-    assert status.out.rstrip().endswith("complete")
+    commit = hub.repo("org/tiny").branches["main"]
+    snapshot = project.root / "store" / "v1" / "hf" / "models--org--tiny" / "snapshots" / commit
+    assert status.out.rstrip().endswith(f"complete  {snapshot}")  # where the model is
 
 
 def test_a_killed_sync_resumes_the_large_file_it_was_fetching(hub, make_index, project):

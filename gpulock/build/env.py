@@ -124,7 +124,7 @@ def environment(store: Store, label: str, entries: Sequence[Entry], python: str,
 
     work = store.work_dir(f"buildenv-{label}")
     try:
-        scaffold(work, entries, python, python_version, work / "bin" / "python")
+        scaffold(work, entries, python, python_version)
         yield work / "bin" / "python"
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -16,29 +16,38 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Iterable
 
 from gpulock.env.generation import project_dir, site_packages
 from gpulock.errors import GpulockError
 from gpulock.store import Store
 
 
-def exports(store: Store, project: str, python: str, hub_models: bool = False,
-            modelscope_models: bool = False) -> dict[str, str]:
+def exports(store: Store, project: str, python: str, model_sources: Iterable[str] = ()
+            ) -> dict[str, str]:
+    """The variables that put the project's current environment, and the caches its models
+    are laid out in (one per kind of `model_sources`), on a process's path. `store` is the
+    store as the process will see it: on a serverless worker, where the volume is mounted."""
     minor = ".".join(python.split(".")[:2])
     current = project_dir(store, project).absolute() / "current"
     values = {
         "PYTHONPATH": str(site_packages(current, minor)),
         "PATH": f"{current / 'bin'}:$PATH",
     }
-    if hub_models:
+    caches = {store.layout.model_cache(project, source) for source in model_sources}
+    if store.layout.hf in caches:
         # huggingface_hub reads HF_HUB_OFFLINE at import: the pinned snapshots are complete.
-        values["HF_HUB_CACHE"] = str(store.layout.hf.absolute())
+        values["HF_HUB_CACHE"] = str(store.layout.hf)
         # huggingface_hub before 0.20 (transformers 4.35 pins 0.17) reads only this name.
         values["HUGGINGFACE_HUB_CACHE"] = values["HF_HUB_CACHE"]
         values["HF_HUB_OFFLINE"] = "1"
-    if modelscope_models:
+    if store.layout.ms_cache(project) in caches:
         # ModelScope loads offline with snapshot_download(repo, local_files_only=True).
-        values["MODELSCOPE_CACHE"] = str(store.layout.ms_cache(project).absolute())
+        values["MODELSCOPE_CACHE"] = str(store.layout.ms_cache(project))
+    files = store.layout.model_cache(project, "")
+    if files in caches:
+        # Every other model: `$GPULOCK_FILES/<model>/<file>`, or the extracted tree itself.
+        values["GPULOCK_FILES"] = str(files)
     return values
 
 

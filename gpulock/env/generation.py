@@ -34,6 +34,22 @@ from gpulock.store.scratch import link_atomic, tag
 from gpulock.uptodate import GENERATION_FORMAT, RECORD_LIMIT
 
 RECORD = "gpulock-generation.json"
+# The shell's `'''true'` is `true`; Python's is the start of a string that ends before the
+# script's own code. The shell never reaches that end: it has exec'd or exited.
+_LAUNCHER = """\
+#!/bin/sh
+'''true'
+p=$(realpath -- "$0" 2>/dev/null) || p=$0
+b=${p%/*}
+[ -x "$b/python" ] && exec "$b/python" "$0" "$@"
+if ! command -v python@MINOR@ >/dev/null 2>&1; then
+  echo "gpulock: $0 cannot start: the environment's interpreter ($b/python) is not on this \
+machine, nor is python@MINOR@ on PATH" >&2
+  exit 127
+fi
+PYTHONPATH="${b%/*}/lib/python@MINOR@/site-packages${PYTHONPATH:+:$PYTHONPATH}" \
+exec python@MINOR@ "$0" "$@"
+'''"""
 _CONFIG_LIMIT = 64 * 2**10  # pyvenv.cfg: five lines
 _SITECUSTOMIZE = '''\
 """Written by gpulock: makes this environment's .pth files work through PYTHONPATH and, on a
@@ -137,12 +153,28 @@ class Generation:
         return ".".join(self.python_version.split(".")[:2])
 
     @property
+    def interpreter(self) -> str:
+        """The interpreter `bin/python` leads to, as a path on this machine (`python` may be
+        relative to `bin/`: the store's own CPython, wherever the store is mounted now)."""
+        return os.path.normpath(os.path.join(self.path, "bin", self.python))
+
+    @property
     def site_packages(self) -> Path:
         return site_packages(self.path, self.python_minor)
 
 
 def site_packages(root: Path, python_minor: str) -> Path:
     return root / "lib" / f"python{python_minor}" / "site-packages"
+
+
+def recorded_python(store: Store, python: str) -> str:
+    """How a generation names the interpreter `python` (its `bin/python` link, its record,
+    its lock digest): a CPython in the store by its path relative to the generation's `bin/`,
+    so it is found wherever the volume is mounted; any other by its absolute path."""
+    inside = os.path.abspath(store.layout.python)
+    if os.path.commonpath([os.path.abspath(python), inside]) != inside:
+        return python
+    return os.path.relpath(python, store.layout.env("project") / "gen-1" / "bin")
 
 
 def project_dir(store: Store, project: str) -> Path:
@@ -212,8 +244,10 @@ class Built:
 def create(store: Store, project: str, entries: Mapping[str, Entry], python: str,
            python_version: str, lock_digest: str, lock_text: str,
            verify_imports: Sequence[str], previous: Generation | None = None) -> Built:
-    """Build a complete generation and publish it (not yet current); the links `previous`
-    (the current generation) already holds are taken over, not made again."""
+    """Build a complete generation on the interpreter `python` (a path on this machine) and
+    publish it (not yet current); the links `previous` (the current generation) already
+    holds are taken over, not made again."""
+    python = recorded_python(store, python)
     envs = store.layout.folder(project_dir(store, project))
     number = _next_number(envs)
     final = envs / f"gen-{number}"
@@ -223,7 +257,7 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
     work.chmod(0o755)
     try:
         stats, scripts = scaffold(work, list(entries.values()), python, python_version,
-                                  final / "bin" / "python", f"generation {number}",
+                                  f"generation {number}",
                                   previous.path if previous is not None else None)
         (work / "pylock.gpu.toml").write_text(lock_text)
         generation = Generation(path=final, number=number, lock_digest=lock_digest,
@@ -245,12 +279,11 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-            # Another sync published this number first: take the next one. Only the number
-            # and the interpreter path inside scripts name the generation, and scripts
-            # reach python through `bin/python` relative to the generation.
+            # Another sync published this number first: take the next one. Only the record
+            # and pyvenv.cfg name the number; scripts find `bin/python` beside themselves.
             number = _next_number(envs)
             final = envs / f"gen-{number}"
-            _renumber(work, number, final, entries)
+            _renumber(work, number)
             generation = dataclasses.replace(generation, path=final, number=number)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -259,20 +292,23 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
 
 
 def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: str,
-             interpreter: Path, what: str = "a build environment",
-             previous: Path | None = None) -> tuple[FarmStats, int]:
-    """Lay out a venv of `entries` on `python` in the empty folder `work`: interpreter links,
-    pyvenv.cfg, the farm with gpulock's sitecustomize, and console scripts that start
-    `interpreter` (the environment's `bin/python` where it will finally live); links the
-    environment `previous` already holds are shared with it (farm.link)."""
+             what: str = "a build environment", previous: Path | None = None
+             ) -> tuple[FarmStats, int]:
+    """Lay out a venv of `entries` on `python` (absolute, or relative to `bin/`) in the empty
+    folder `work`: interpreter links, pyvenv.cfg, the farm with gpulock's sitecustomize, and
+    console scripts that start the `bin/python` beside them; links the environment
+    `previous` already holds are shared with it (farm.link)."""
     minor = ".".join(python_version.split(".")[:2])
     bin_dir = work / "bin"
     bin_dir.mkdir()
     for name in ("python", "python3", f"python{minor}"):
         link(python, bin_dir / name, previous / "bin" / name if previous else None)
+    # `home` is where the interpreter is as the generation is built. `bin/python` is a
+    # link, and CPython follows it when `home` is gone (the volume mounted elsewhere).
+    executable = os.path.normpath(os.path.join(bin_dir, python))
     (work / "pyvenv.cfg").write_text(
-        f"home = {Path(python).parent}\ninclude-system-site-packages = false\n"
-        f"version = {python_version}\nexecutable = {python}\n"
+        f"home = {os.path.dirname(executable)}\ninclude-system-site-packages = false\n"
+        f"version = {python_version}\nexecutable = {executable}\n"
         f"command = gpulock sync ({what})\n")
     site = site_packages(work, minor)
     stats = build(site, entries, reserved=("sitecustomize.py", "sitecustomize"),
@@ -283,7 +319,7 @@ def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: 
     (site / "sitecustomize" / "__init__.py").write_text(_SITECUSTOMIZE.format(
         python=minor, store_imports="1" if on_network_volume(work) else "0"))
     (site / "sitecustomize" / "__pycache__").write_bytes(b"")
-    return stats, _write_scripts(bin_dir, interpreter, entries)
+    return stats, _write_scripts(bin_dir, minor, entries)
 
 
 def _seal(work: Path) -> None:
@@ -312,34 +348,29 @@ def _next_number(envs: Path) -> int:
     return max(numbers, default=0) + 1
 
 
-def _renumber(work: Path, number: int, final: Path, entries: Mapping[str, Entry]) -> None:
+def _renumber(work: Path, number: int) -> None:
     record = read_json(work / RECORD, RECORD_LIMIT)
     record["number"] = number
     (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
     config = read_small(work / "pyvenv.cfg", _CONFIG_LIMIT).decode()
     (work / "pyvenv.cfg").write_text(re.sub(r"\(generation \d+\)", f"(generation {number})",
                                             config))
-    bin_dir = work / "bin"
-    for script in bin_dir.iterdir():
-        if not script.is_symlink():
-            script.unlink()
-    _write_scripts(bin_dir, final / "bin" / "python", entries.values())
 
 
-def _write_scripts(bin_dir: Path, interpreter: Path, entries: Iterable[Entry]) -> int:
+def _write_scripts(bin_dir: Path, minor: str, entries: Iterable[Entry]) -> int:
     from installer.scripts import Script
 
     count = 0
     for entry in entries:
         for name, module, attr, section in entry.scripts:
             kind: Literal["console", "gui"] = "gui" if section == "gui" else "console"
-            _, data = Script(name, module, attr, kind).generate(str(interpreter), "posix")
-            _write_script(bin_dir, entry, name, data)
+            _, data = Script(name, module, attr, kind).generate("python", "posix")
+            _write_script(bin_dir, entry, name, launcher(minor) + data[data.index(b"\n"):])
             count += 1
         for name, data in _data_scripts(entry):
             # `#!python` in .data/scripts means "the interpreter that installs me".
             if re.match(rb"#!pythonw?(\r?\n)", data):
-                data = _shebang(str(interpreter)) + data[data.index(b"\n"):]
+                data = launcher(minor) + data[data.index(b"\n"):]
             _write_script(bin_dir, entry, name, data)
             count += 1
     return count
@@ -360,13 +391,14 @@ def _data_scripts(entry: Entry) -> Iterator[tuple[str, bytes]]:
         raise DamagedEntry(entry.path, str(exc)) from None
 
 
-def _shebang(interpreter: str) -> bytes:
-    """`#!interpreter`, or where the kernel cannot read that (a space, over 127 bytes) the
-    /bin/sh trampoline installer writes into console scripts."""
-    if " " not in interpreter and len(interpreter) + 3 <= 127:
-        return b"#!" + interpreter.encode()
-    quoted = interpreter.replace('"', '\\"')
-    return ("#!/bin/sh\n'''exec' \"" + quoted + "\" \"$0\" \"$@\"\n' '''").encode()
+def launcher(minor: str) -> bytes:
+    """The first lines of each Python script in `bin/`: a /bin/sh trampoline (pip's form for
+    shebangs the kernel cannot read, uv's for relocatable venvs) that runs the script with
+    the `python` beside it, wherever the store is mounted; where that interpreter is not on
+    this machine (the pod's, seen from another image), with `pythonX.Y` from PATH and the
+    environment's site-packages on PYTHONPATH. An absolute shebang would name the path the
+    store had when it was written. To Python, the shell lines are one string."""
+    return _LAUNCHER.replace("@MINOR@", minor).encode()
 
 
 def _write_script(bin_dir: Path, entry: Entry, name: str, data: bytes) -> None:

@@ -8,6 +8,7 @@ a version that is installed but not selected makes uv's search fail outright.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -30,10 +31,19 @@ def find_python(version: str) -> str | None:
     from uv import find_uv_bin
 
     minor = ".".join(version.split(".")[:2])
-    found = subprocess.run([find_uv_bin(), "python", "find", "--no-python-downloads", version],
-                           capture_output=True, text=True, check=False)
-    if found.returncode == 0 and found.stdout.strip():
-        return found.stdout.strip()
+    try:
+        uv: str | None = find_uv_bin()
+    except FileNotFoundError:
+        uv = None  # gpulock installed without its uv binary (a worker's image)
+    if uv is not None:
+        found = subprocess.run([uv, "python", "find", "--no-python-downloads", version],
+                               capture_output=True, text=True, check=False)
+        if found.returncode == 0 and found.stdout.strip():
+            return found.stdout.strip()
+    elif version.count(".") < 2:  # PATH's pythonX.Y, as uv's discovery would find it
+        on_path = shutil.which(f"python{minor}")
+        if on_path and _runs(on_path, minor):
+            return on_path
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     prefix = version if version.count(".") == 2 else f"{version}."
     candidates = sorted((p for p in root.glob(f"{prefix}*") if p.name.startswith(prefix)),

@@ -35,6 +35,19 @@ if TYPE_CHECKING:
 _TREE_LIMIT = 256 * 2**20  # `trees/<commit>.json`: every pinned file of a commit
 
 
+def view_of(store: Store, project: str, model: PinnedModel) -> Path:
+    """Where a synced model's files are: its snapshot in the Hugging Face or ModelScope
+    cache, or its folder (or extracted tree) under `files/<project>/`."""
+    layout = store.layout
+    if model.source.startswith("hf://"):
+        return Layout.commit_folder(HubRepo.of(model.source).folder(store) / "snapshots",
+                                    model.commit or "")
+    if model.source.startswith("ms://"):
+        root = layout.ms_repo(project, model.source.removeprefix("ms://"))
+        return Layout.ms_snapshot(root, model.revision or "master")
+    return layout.file_view(project, model.name)
+
+
 def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     layout = store.layout
     root = HubRepo.of(model.source).folder(store)
@@ -42,7 +55,7 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     links = layout.folder(root / "blobs")
     for file in model.files:
         link_to(Layout.named(links, str(file.etag), "a blob id"), blobs[file.path])
-    snapshot = layout.ready(Layout.commit_folder(root / "snapshots", commit))
+    snapshot = layout.ready(view_of(store, "", model))
     _lay_out(store, model, snapshot, {
         file.path: "../" * (file.path.count("/") + 2) + f"blobs/{file.etag}"
         for file in model.files})
@@ -120,9 +133,7 @@ def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
 def _ms_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]) -> Path:
     """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it, in
     the project's own cache: a revision's files are what this project's lock pinned."""
-    layout = store.layout
-    root = layout.ms_repo(project, model.source.removeprefix("ms://"))
-    snapshot = layout.ready(Layout.ms_snapshot(root, model.revision or "master"))
+    snapshot = store.layout.ready(view_of(store, project, model))
     # A revision's files can change between locks (no commits on ModelScope): a link that
     # names another blob than the lock's is replaced.
     _lay_out(store, model, snapshot, {
@@ -164,7 +175,7 @@ def _file_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, 
     """`files/<project>/<model>/<filename>` for a plain download, `files/<project>/<model>`
     -> its tree when extracted; a view of the other kind left by an earlier lock is
     replaced."""
-    view = store.layout.ready(store.layout.file_view(project, model.name))
+    view = store.layout.ready(view_of(store, project, model))
     is_link = os.path.islink(view)
     if model.extract:
         (file,) = model.files

@@ -130,6 +130,16 @@ class Layout:
         _checked("a revision", revision, revision_problem(revision))
         return repo / "refs" / revision
 
+    def model_cache(self, project: str, source: str) -> Path:
+        """The cache a model of `source` is laid out in: `hf/` for hf://, the project's
+        `modelscope/<project>/` for ms://, `files/<project>/` for every other source."""
+        if source.startswith("hf://"):
+            return self.hf
+        if source.startswith("ms://"):
+            return self.ms_cache(project)
+        _checked("a project name", project, name_problem(project))
+        return self.files / project
+
     def ms_cache(self, project: str) -> Path:
         """`modelscope/<project>`: the project's MODELSCOPE_CACHE."""
         _checked("a project name", project, name_problem(project))

@@ -69,6 +69,10 @@ class Checked:
     files: int = 0
     bytes: int = 0
     damage: list[Damage] = field(default_factory=list)
+    # Current generations that cannot start on this machine, and those that start only on a
+    # fallback interpreter: what this machine lacks, not damage a repair could undo.
+    cannot_start: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
 
 
 def _digest(path: Path, fast: bool) -> tuple[str, int]:
@@ -332,7 +336,26 @@ def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
     for folder in _projects(store):
         result.damage += _check_project(store, folder, damaged, result)
     result.damage += _check_views(store) + _check_indexes(store) + _check_trees(store)
+    _check_starts(store, result)
     return result
+
+
+def _check_starts(store: Store, result: Checked) -> None:
+    """Whether each project's current generation can start here (its interpreter, or the
+    fallback its scripts take; console scripts written for another store path)."""
+    from gpulock.env.starts import how_it_starts
+
+    for folder in _projects(store):
+        if os.path.islink(folder):
+            continue
+        now = generation.current_in(folder)
+        if now is None:
+            continue
+        start = how_it_starts(now)
+        if not start.runs:
+            result.cannot_start.append(f"{folder.name}: {start.problem}")
+        elif start.problem:
+            result.fallbacks.append(f"{folder.name}: {start.problem}")
 
 
 def _check_trees(store: Store) -> list[Damage]:
@@ -554,7 +577,7 @@ def _rebuild(store: Store, where: str, log: Log) -> list[str]:
                 "sync' in its project")
             return []
         entries = {package: store.entry(key) for package, key in old.packages.items()}
-        built = generation.create(store, project, entries, old.python, old.python_version,
+        built = generation.create(store, project, entries, old.interpreter, old.python_version,
                                   old.lock_digest, lock_text, ())
         generation.switch(store, project, built.generation)
         log(f"rebuilt {where} as generation {built.generation.number}, now current")
@@ -593,7 +616,7 @@ def _package_sources(store: Store) -> dict[str, tuple[FileRef | None, str | None
         for name, key in gen.packages.items():
             package = by_name.get(name)  # the generation records each package's key
             if package and package.wheel:
-                sources[key] = (package.wheel, gen.python)
+                sources[key] = (package.wheel, gen.interpreter)
     pkgs = store.layout.pkgs
     for name in os.listdir(pkgs) if pkgs.is_dir() else []:
         if name not in sources and not entry_key_problem(name):

@@ -163,7 +163,9 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
                                               install=install_python, log=log)
     from gpulock.uptodate import GENERATION_FORMAT, lock_digest
 
-    digest = lock_digest(lock_text, python)
+    # The interpreter as the generation names it: a store CPython by a relative path, so
+    # the same lock on the same volume mounted elsewhere is still the same generation.
+    digest = lock_digest(lock_text, generation.recorded_python(store, python))
     previous = generation.current(store, project)
     if previous is not None and previous.lock_digest == digest \
             and previous.format >= GENERATION_FORMAT:

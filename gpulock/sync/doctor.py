@@ -140,7 +140,25 @@ def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | 
     found += [_model(model.name, dict(model.weights), gpus) for model in pinned
               if model.weights]
     found += _arch_lists(manifest, lock, gpus)
+    if interpreter:
+        found += _environment(manifest, store)
     return found
+
+
+def _environment(manifest: Manifest, store: Store) -> list[Check]:
+    """Whether the project's current environment starts here: on a worker whose image is
+    not the pod's, its interpreter may be missing (its scripts then take pythonX.Y)."""
+    from gpulock.env.generation import current
+    from gpulock.env.starts import how_it_starts
+
+    now = current(store, manifest.project.name)
+    if now is None:
+        return []
+    start = how_it_starts(now)
+    if not start.problem:
+        return [Check("environment", OK, f"generation {now.number} starts with "
+                      f"{now.interpreter}")]
+    return [Check("environment", WARN if start.runs else BLOCKER, start.problem)]
 
 
 def _driver_checks(lock: Lock, driver: Driver | str | None) -> list[Check]:
