@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from gpulock import faults
+from gpulock.env import mounts
 from gpulock.env.farm import FarmStats, build, link
-from gpulock.env.mounts import on_network_volume
 from gpulock.errors import GpulockError
 from gpulock.safeopen import Unsafe, check_folder, open_regular, read_json, read_small
 from gpulock.store import DamagedEntry, Entry, Store, seal
@@ -80,7 +80,25 @@ else:
         _os._exit(1)
 
 
-if _os.environ.get("GPULOCK_STORE_IMPORTS", "{store_imports}") == "1":
+
+
+def _store_imports():
+    """GPULOCK_STORE_IMPORTS=1 or 0, else whether this folder is on a network volume now:
+    the pod that built it may have had it on a local disk, a worker mounts it over NFS."""
+    said = _os.environ.get("GPULOCK_STORE_IMPORTS")
+    if said in ("0", "1"):
+        return said == "1"
+    found = {{}}
+    source = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "mounts.py")
+    try:
+        with open(source, encoding="utf-8") as handle:
+            exec(compile(handle.read(), source, "exec"), found)
+        return found["on_network_volume"](_here)
+    except (OSError, SyntaxError, KeyError):
+        return False
+
+
+if _store_imports():
     # Only here: on a local disk no Python started in the environment pays for importlib.
     import importlib.machinery as _machinery
     import importlib.util as _util
@@ -316,8 +334,10 @@ def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: 
     # A package whose __pycache__ is a file: Python can never write bytecode into the
     # generation (it would be a file verify cannot tell from a planted one).
     (site / "sitecustomize").mkdir()
-    (site / "sitecustomize" / "__init__.py").write_text(_SITECUSTOMIZE.format(
-        python=minor, store_imports="1" if on_network_volume(work) else "0"))
+    (site / "sitecustomize" / "__init__.py").write_text(_SITECUSTOMIZE.format(python=minor))
+    # Which filesystem holds the environment is asked where Python starts (mounts.py needs
+    # only `os`): one copy of the rule, run by the sitecustomize.
+    shutil.copyfile(mounts.__file__, site / "sitecustomize" / "mounts.py")
     (site / "sitecustomize" / "__pycache__").write_bytes(b"")
     return stats, _write_scripts(bin_dir, minor, entries)
 
