@@ -86,6 +86,7 @@ class Project:
     no_build: bool = False  # wheels only: a pod never compiles by surprise
     prerelease: str = "if-necessary-or-explicit"
     install_python: bool = False  # sync installs the target CPython into the store (uv)
+    local_start: bool = False  # generations carry a pack a worker unpacks to local disk
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "project": {
         "name": str, "python": str, "platform": str, "glibc": str, "cuda": str, "index": str,
         "no_build": bool, "prerelease": str, "install-python": bool, "install_python": bool,
+        "local-start": bool,
     },
     "group": {
         "packages": "REQ", "index": str, "no_deps": bool, "no_build_isolation": bool,
@@ -449,7 +451,8 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
     return Project(name=raw["name"], python=python, platform=platform, glibc=glibc,
                    cuda=cuda, index=index, no_build=raw.get("no_build", False),
                    prerelease=_prerelease(reader, table, raw) or Project.prerelease,
-                   install_python=raw.get("install-python", raw.get("install_python", False)))
+                   install_python=raw.get("install-python", raw.get("install_python", False)),
+                   local_start=raw.get("local-start", False))
 
 
 def _prerelease(reader: _Reader, table: tuple[str, ...], raw: dict[str, Any]) -> str | None:
@@ -600,9 +603,9 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
     out: list[str] = [_comment(line) for line in header.splitlines()]
     defaults = Project(name=project.name, python=project.python)
     out += _table(("project",), notes, [
-        (key.replace("install_python", "install-python"), getattr(project, key))
+        (key.replace("_python", "-python").replace("_start", "-start"), getattr(project, key))
         for key in ("name", "python", "platform", "glibc", "cuda", "index", "no_build",
-                    "prerelease", "install_python")
+                    "prerelease", "install_python", "local_start")
         if key in ("name", "python") or getattr(project, key) != getattr(defaults, key)])
     for group in manifest.groups:
         out += _table(("groups", group.name), notes, [

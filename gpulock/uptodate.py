@@ -66,8 +66,8 @@ def _decide(manifest_path: Path, lock_path: Path, store_root: Path | None,
     project = manifest["project"]
     name, python = project["name"], project["python"]
     if not _PROJECT.fullmatch(name) or project.get("install-python", project.get(
-            "install_python")):
-        return None  # the store's interpreter: the full path decides
+            "install_python")) or project.get("local-start"):
+        return None  # the store's interpreter, a generation's pack: the full path decides
     from gpulock.locations import default_store
 
     root = (store_root or default_store(manifest_path.parent)).absolute()

@@ -201,3 +201,58 @@ def test_a_store_moved_to_another_path_keeps_working(make_index, project: Projec
         assert result.code == 0, result.err
     synced = project.gpulock("sync", "--store", str(moved))
     assert synced.code == 0 and "is up to date" in synced.err, synced.err
+
+
+@needs_bwrap
+def test_local_start_unpacks_the_small_files_once_and_leaves_large_ones_on_the_volume(
+        make_index, project: Project, hub: FakeHub, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("gpulock.env.localstart.SMALL", 2048)
+    big = os.urandom(4096)  # a "shared library": larger than SMALL, stays on the volume
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP,
+                                                   "app/libbig.so": big},
+               entry_points="[console_scripts]\nserve = app:main\n")
+    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
+                  f'index = "{index.url}"\nlocal-start = true\n'
+                  '[groups.main]\npackages = ["app"]\n')
+    store = project.root.parent / "workspace" / ".gpulock"
+    synced = project.gpulock("sync", "--store", str(store))
+    assert synced.code == 0, synced.err
+    environment = _dockerfile_env(project, store)
+    start = f"{MOUNT}/v1/envs/worker/current/local-start"
+    local = "/tmp/gpulock/worker/gen-1"
+    code = ("import app, os; d = os.path.dirname(app.__file__); "
+            "print(d, os.path.realpath(os.path.join(d, 'libbig.so')), "
+            "len(open(os.path.join(d, 'libbig.so'), 'rb').read()))")
+    ran = _worker(store, environment, f"{start} serve && {start} python{HOST_PYTHON} -c "
+                  f"\"{code}\" && ls -a {local} && {start} sh -c 'echo $PYTHONPATH'")
+    assert ran.returncode == 0, ran.stderr
+    served, imported, listed, pythonpath = (ran.stdout.split("\n", 2)[:2]
+                                            + ran.stdout.split("\n", 2)[2].rsplit("\n", 2)[:2])
+    assert served.split()[2] == f"{local}/lib/python{HOST_PYTHON}/site-packages/app"
+    folder, library, size = imported.split()
+    assert folder == f"{local}/lib/python{HOST_PYTHON}/site-packages/app"
+    assert library.startswith(f"{MOUNT}/v1/pkgs/") and size == "4096"
+    assert ".complete" in listed.split() and ".store" in listed.split()
+    # The volume's own environment is left off PYTHONPATH: the local copy stands for it.
+    assert pythonpath == f"{local}/lib/python{HOST_PYTHON}/site-packages"
+
+
+def test_without_room_local_start_runs_from_the_volume(make_index, project: Project,
+                                                       tmp_path: Path):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP},
+               entry_points="[console_scripts]\nserve = app:main\n")
+    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
+                  f'index = "{index.url}"\nlocal-start = true\n'
+                  '[groups.main]\npackages = ["app"]\n')
+    store = project.root / "store"
+    assert project.gpulock("sync", "--store", str(store)).code == 0
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # nothing can be unpacked below a file
+    ran = subprocess.run([str(store / "v1" / "envs" / "worker" / "current" / "local-start"),
+                          "serve"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "GPULOCK_LOCAL": str(blocked)})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split()[2].startswith(str(store.resolve()))
+    assert ran.stderr.startswith("gpulock: could not unpack the environment into ")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpulock import faults
-from gpulock.env import mounts
+from gpulock.env import localstart, mounts
 from gpulock.env.farm import FarmStats, build, link
 from gpulock.errors import GpulockError
 from gpulock.safeopen import Unsafe, check_folder, open_regular, read_json, read_small
@@ -261,10 +261,11 @@ class Built:
 
 def create(store: Store, project: str, entries: Mapping[str, Entry], python: str,
            python_version: str, lock_digest: str, lock_text: str,
-           verify_imports: Sequence[str], previous: Generation | None = None) -> Built:
+           verify_imports: Sequence[str], previous: Generation | None = None,
+           local_start: bool = False) -> Built:
     """Build a complete generation on the interpreter `python` (a path on this machine) and
     publish it (not yet current); the links `previous` (the current generation) already
-    holds are taken over, not made again."""
+    holds are taken over, not made again; `local_start`: with its pack (localstart.py)."""
     python = recorded_python(store, python)
     envs = store.layout.folder(project_dir(store, project))
     number = _next_number(envs)
@@ -287,6 +288,8 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
             "python": python, "python_version": python_version,
             "created": generation.created, "format": GENERATION_FORMAT},
             sort_keys=True, indent=1))
+        if local_start:
+            localstart.write(work, store.layout.base, minor)
         _verify(work, minor, verify_imports)
         faults.point("farm", work)
         while True:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from gpulock.env import generation
+from gpulock.env import generation, localstart
 from gpulock.errors import GpulockError
 from gpulock.safeopen import Unsafe, open_descriptor, read_small
 from gpulock.store import ENTRY_MANIFEST, ENTRY_RECORDS, DamagedEntry, Record, Store, roots
@@ -578,7 +578,8 @@ def _rebuild(store: Store, where: str, log: Log) -> list[str]:
             return []
         entries = {package: store.entry(key) for package, key in old.packages.items()}
         built = generation.create(store, project, entries, old.interpreter, old.python_version,
-                                  old.lock_digest, lock_text, ())
+                                  old.lock_digest, lock_text, (), local_start=os.path.lexists(
+                                      old.path / localstart.PACK))
         generation.switch(store, project, built.generation)
         log(f"rebuilt {where} as generation {built.generation.number}, now current")
     else:

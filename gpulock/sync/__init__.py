@@ -165,7 +165,9 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
 
     # The interpreter as the generation names it: a store CPython by a relative path, so
     # the same lock on the same volume mounted elsewhere is still the same generation.
-    digest = lock_digest(lock_text, generation.recorded_python(store, python))
+    # A generation with a local-start pack is another layout of the same lock.
+    digest = lock_digest(lock_text, generation.recorded_python(store, python)
+                         + ("\0local-start" if manifest.project.local_start else ""))
     previous = generation.current(store, project)
     if previous is not None and previous.lock_digest == digest \
             and previous.format >= GENERATION_FORMAT:
@@ -255,7 +257,8 @@ def _build(manifest: Manifest, lock: Lock, lock_text: str, store: Store, jobs: i
             progress.stop()
     entries: dict[str, Entry] = {name: store.entry(key) for name, (_, key) in plan.items()}
     built = generation.create(store, project, entries, python, python_version, digest,
-                              lock_text, manifest.verify_imports, previous)
+                              lock_text, manifest.verify_imports, previous,
+                              local_start=manifest.project.local_start)
     before_switch()
     faults.point("switch", built.generation.path)
     generation.switch(store, project, built.generation)
