@@ -1,6 +1,7 @@
 """gpulock vs uv, side by side, in one run, on the same manifests.
 
-    .venv/bin/python bench/bench.py [--runs 3] [--only lock|proxy|sync|models|cache|volume]
+    .venv/bin/python bench/bench.py [--runs 3] [--only lock|proxy|sync|models|cache|volume
+                                               |coldstart]
 
 Each step runs as a child process; wall time is the median of --runs runs, peak memory
 is the child's maximum RSS (wait4), filesystem operations are the syscalls strace counts
@@ -23,6 +24,11 @@ needs no network).
 cache: `gpulock push` of the synced --sync-manifest store to a SeaweedFS on 127.0.0.1, then
 a cold `gpulock sync` of an empty store from that cache alone, against the same cold sync
 from the index.
+
+coldstart: a serverless worker's cold start on a FUSE volume with latency (latencyfs), from
+a fresh mount with the page cache dropped: `import torch, transformers` and a model's
+config and weights read from the HF view; the farm as a worker sees it, its `local-start`
+pack unpacked to local disk, a uv venv on the same volume and that venv on local disk.
 
 models: `gpulock sync --models-only` vs `huggingface_hub.snapshot_download` of the same
 repository from one fake hub on 127.0.0.1, in two cases: 4 safetensors shards and a config

@@ -256,3 +256,50 @@ def test_without_room_local_start_runs_from_the_volume(make_index, project: Proj
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split()[2].startswith(str(store.resolve()))
     assert ran.stderr.startswith("gpulock: could not unpack the environment into ")
+
+
+def test_a_local_start_pack_names_no_path_and_links_only_into_the_store(
+        make_index, project: Project, monkeypatch: pytest.MonkeyPatch):
+    import tarfile
+
+    monkeypatch.setattr("gpulock.env.localstart.SMALL", 2048)
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP,
+                                                   "app/data/big.bin": os.urandom(4096)},
+               entry_points="[console_scripts]\nserve = app:main\n")
+    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
+                  f'index = "{index.url}"\nlocal-start = true\n'
+                  '[groups.main]\npackages = ["app"]\n')
+    store = project.root / "store"
+    assert project.gpulock("sync", "--store", str(store)).code == 0
+    current = store / "v1" / "envs" / "worker" / "current"
+    with tarfile.open(current / "local.tar") as pack:
+        members = pack.getmembers()
+    assert not any(str(project.root) in m.name or str(project.root) in m.linkname
+                   for m in members)
+    for member in members:
+        assert not member.name.startswith("/") and ".." not in member.name.split("/")
+        if member.issym() and member.name.startswith("lib/"):
+            # `<dir>/<member>` -> `<dir>/.store/pkgs/...`: up to <dir>, then through .store.
+            depth = member.name.count("/")
+            assert member.linkname.startswith("../" * depth + ".store/pkgs/"), member
+    big = next(m for m in members if m.name.endswith("app/data/big.bin"))
+    assert big.issym()
+    assert project.gpulock("verify", "--store", str(store)).code == 0
+
+
+def test_turning_local_start_on_builds_a_generation_with_the_pack(make_index,
+                                                                   project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP})
+    text = (f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\nindex = "{index.url}"\n'
+            '[groups.main]\npackages = ["app"]\n')
+    project.write(text)
+    store = project.root / "store"
+    assert project.gpulock("sync", "--store", str(store)).code == 0
+    project.write(text.replace("[groups.main]", "local-start = true\n[groups.main]"))
+    synced = project.gpulock("sync", "--store", str(store), "--frozen")  # the lock stays fresh
+    assert synced.code == 0 and "generation 2" in synced.err, synced.err
+    assert (store / "v1" / "envs" / "worker" / "current" / "local.tar").is_file()
+    again = project.gpulock("sync", "--store", str(store), "--frozen")
+    assert again.code == 0 and "is up to date: generation 2" in again.err, again.err

@@ -98,8 +98,10 @@ def _add_tree(pack: tarfile.TarFile, top: Path, name: str, real_v1: str) -> None
 
 
 def _add_large_or_small(pack: tarfile.TarFile, path: Path, member: str, real_v1: str) -> None:
+    """A large file of a store entry as a link; anything else (the generation's own files
+    live in a folder that is renamed once built) as a file."""
     real = os.path.realpath(path)
-    if os.stat(real).st_size < SMALL or not real.startswith(real_v1 + "/"):
+    if os.stat(real).st_size < SMALL or not real.startswith(f"{real_v1}/pkgs/"):
         _add_file(pack, path, member)
         return
     # `<dir>/<member>` -> `<dir>/.store/<path below v1>`, whatever <dir> is.
