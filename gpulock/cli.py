@@ -468,15 +468,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"damaged {damage.kind} {damage.key}: {damage.problem}", file=sys.stderr)
     for line in result.fallbacks:
         print(f"note: {line}", file=sys.stderr)
+    # What this machine lacks is said, but is no damage: verify's status is the store's.
     for line in result.cannot_start:
-        print(f"cannot start {line}", file=sys.stderr)
+        print(f"warning: cannot start {line}", file=sys.stderr)
     mode = "xxh3" if args.fast else "sha256"
-    problems = len(result.damage) + len(result.cannot_start)
     print(f"checked {result.entries} package entries ({result.files} files), {result.blobs} "
           f"model files and {result.generations} generations, {result.bytes / 2**20:.1f} MiB "
-          f"by {mode} in {elapsed:.2f}s: {problems} problem(s)", file=sys.stderr)
+          f"by {mode} in {elapsed:.2f}s: {len(result.damage)} problem(s)", file=sys.stderr)
     if not result.damage:
-        return 1 if result.cannot_start else 0
+        return 0
     if not args.repair:
         print("run 'gpulock verify --repair' to fetch the damaged files again", file=sys.stderr)
         return 1
@@ -491,7 +491,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if again.damage:
         return 1
     print("repaired; the store verifies", file=sys.stderr)
-    return 1 if again.cannot_start else 0  # what this machine lacks, no repair brings
+    return 0
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -170,10 +170,10 @@ def test_verify_and_doctor_on_a_worker_say_how_its_environment_starts(
 
     environment["PATH"] = f"{MOUNT}/v1/envs/worker/current/bin"  # no python3.X on PATH
     nowhere = _worker(store, environment, f"{gpulock} verify --store {MOUNT}", installed)
-    assert nowhere.returncode == 1
-    assert (f"cannot start worker: {missing}, nor is python{HOST_PYTHON} on PATH; install "
-            f"CPython {HOST_PYTHON} in this image") in nowhere.stderr, nowhere.stderr
-    assert "1 problem(s)" in nowhere.stderr
+    assert nowhere.returncode == 0  # the store is sound: what this machine lacks is said
+    assert (f"warning: cannot start worker: {missing}, nor is python{HOST_PYTHON} on PATH; "
+            f"install CPython {HOST_PYTHON} in this image") in nowhere.stderr, nowhere.stderr
+    assert "0 problem(s)" in nowhere.stderr
 
 
 def test_a_store_moved_to_another_path_keeps_working(make_index, project: Project,
@@ -220,7 +220,9 @@ def test_local_start_unpacks_the_small_files_once_and_leaves_large_ones_on_the_v
     assert synced.code == 0, synced.err
     environment = _dockerfile_env(project, store)
     start = f"{MOUNT}/v1/envs/worker/current/local-start"
-    local = "/tmp/gpulock/worker/gen-1"
+    digest = json.loads((store / "v1" / "envs" / "worker" / "current" /
+                         "gpulock-generation.json").read_text())["lock_digest"]
+    local = f"/tmp/gpulock-{os.getuid()}/worker/gen-1-{digest[:16]}"
     code = ("import app, os; d = os.path.dirname(app.__file__); "
             "print(d, os.path.realpath(os.path.join(d, 'libbig.so')), "
             "len(open(os.path.join(d, 'libbig.so'), 'rb').read()))")
@@ -303,3 +305,46 @@ def test_turning_local_start_on_builds_a_generation_with_the_pack(make_index,
     assert (store / "v1" / "envs" / "worker" / "current" / "local.tar").is_file()
     again = project.gpulock("sync", "--store", str(store), "--frozen")
     assert again.code == 0 and "is up to date: generation 2" in again.err, again.err
+
+
+@pytest.mark.parametrize("local", ["relative/dir", "someone-elses"])
+def test_local_start_unpacks_only_into_an_absolute_folder_of_the_users_own(
+        make_index, project: Project, tmp_path: Path, local: str):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP},
+               entry_points="[console_scripts]\nserve = app:main\n")
+    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
+                  f'index = "{index.url}"\nlocal-start = true\n'
+                  '[groups.main]\npackages = ["app"]\n')
+    store = project.root / "store"
+    assert project.gpulock("sync", "--store", str(store)).code == 0
+    if local == "someone-elses":
+        local = str(tmp_path / local)
+        os.mkdir(local)
+        os.chown(local, 65534, 65534)  # nobody's: a copy there could be anyone's code
+    ran = subprocess.run([str(store / "v1" / "envs" / "worker" / "current" / "local-start"),
+                          "serve"], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "GPULOCK_LOCAL": local})
+    assert ran.returncode == 0 and ran.stdout.startswith("serving"), ran.stderr
+    assert ran.stdout.split()[2].startswith(str(store.resolve()))  # from the volume
+    why = ("is not an absolute path" if local == "relative/dir"
+           else "is not this user's own folder")
+    assert why in ran.stderr and ran.stderr.count("\n") == 1, ran.stderr
+    assert not (tmp_path / "relative").exists()
+
+
+def test_a_data_script_with_a_future_import_keeps_running(make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "tool", "1.0", files={
+        "tool/__init__.py": b"",
+        "tool-1.0.data/scripts/future-tool": b'#!python\n"""Doc."""\nfrom __future__ import '
+                                             b'annotations\nimport sys\nprint("future", '
+                                             b'sys.prefix)\n'})
+    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
+                  f'index = "{index.url}"\n[groups.main]\npackages = ["tool"]\n')
+    store = project.root / "store"
+    assert project.gpulock("sync", "--store", str(store)).code == 0
+    ran = subprocess.run([sys.executable, "-m", "gpulock", "run", "--manifest",
+                          str(project.manifest), "--store", str(store), "--", "future-tool"],
+                         capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.startswith("future"), ran.stderr

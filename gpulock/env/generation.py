@@ -39,7 +39,7 @@ RECORD = "gpulock-generation.json"
 _LAUNCHER = """\
 #!/bin/sh
 '''true'
-p=$(realpath -- "$0" 2>/dev/null) || p=$0
+p=$(realpath -- "$0" 2>/dev/null || realpath "$0" 2>/dev/null) || p=$0
 b=${p%/*}
 [ -x "$b/python" ] && exec "$b/python" "$0" "$@"
 if ! command -v python@MINOR@ >/dev/null 2>&1; then
@@ -94,7 +94,7 @@ def _store_imports():
         with open(source, encoding="utf-8") as handle:
             exec(compile(handle.read(), source, "exec"), found)
         return found["on_network_volume"](_here)
-    except (OSError, SyntaxError, KeyError):
+    except Exception:  # never an error at every start: the farm's paths are kept
         return False
 
 
@@ -289,7 +289,7 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
             "created": generation.created, "format": GENERATION_FORMAT},
             sort_keys=True, indent=1))
         if local_start:
-            localstart.write(work, store.layout.base, minor)
+            localstart.write(work, store.layout.base, minor, lock_digest[:16])
         _verify(work, minor, verify_imports)
         faults.point("farm", work)
         while True:
@@ -393,7 +393,7 @@ def _write_scripts(bin_dir: Path, minor: str, entries: Iterable[Entry]) -> int:
         for name, data in _data_scripts(entry):
             # `#!python` in .data/scripts means "the interpreter that installs me".
             if re.match(rb"#!pythonw?(\r?\n)", data):
-                data = launcher(minor) + data[data.index(b"\n"):]
+                data = _started(minor, data[data.index(b"\n"):])
             _write_script(bin_dir, entry, name, data)
             count += 1
     return count
@@ -412,6 +412,18 @@ def _data_scripts(entry: Entry) -> Iterator[tuple[str, bytes]]:
                 yield name, handle.read()
     except Unsafe as exc:
         raise DamagedEntry(entry.path, str(exc)) from None
+
+
+def _started(minor: str, body: bytes) -> bytes:
+    """A data script's body behind the launcher; one whose first lines matter to Python
+    (a coding cookie, `from __future__` after its docstring) gets `/usr/bin/env pythonX.Y`
+    instead: the launcher's string would come before them. That finds the environment's
+    python when its `bin/` leads PATH (`gpulock run`, `gpulock env`)."""
+    head = body.lstrip(b"\r\n").split(b"\n", 2)[:2]
+    if b"from __future__" in body or any(re.match(rb"[ \t\f]*#.*?coding[:=]", line)
+                                         for line in head):
+        return f"#!/usr/bin/env python{minor}".encode() + body
+    return launcher(minor) + body
 
 
 def launcher(minor: str) -> bytes:

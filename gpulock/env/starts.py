@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 
 from gpulock.env.generation import Generation
@@ -37,11 +38,14 @@ def how_it_starts(gen: Generation) -> Start:
                             "machine (the store was written at another path, by an older "
                             "gpulock); run 'gpulock sync' to rebuild it with scripts that "
                             "start wherever the store is mounted")
-    if _runnable(gen.interpreter):
+    failed = _start_failure(gen) if _runnable(gen.interpreter) else None
+    if _runnable(gen.interpreter) and not failed:
         return Start(True)
     minor = gen.python_minor
     fallback = shutil.which(f"python{minor}")
-    missing = f"{where}: its interpreter {gen.interpreter} is not on this machine"
+    missing = (f"{where}: its interpreter {gen.interpreter} fails to start here ({failed})"
+               if failed else f"{where}: its interpreter {gen.interpreter} is not on this "
+               "machine")
     if fallback:
         return Start(True, f"{missing}; its scripts start {fallback} from PATH with the "
                            "environment on PYTHONPATH (run 'gpulock sync --install-python' on "
@@ -53,6 +57,20 @@ def how_it_starts(gen: Generation) -> Start:
 
 def _runnable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _start_failure(gen: Generation) -> str | None:
+    """The last line the environment's python says when it cannot start (a CPython that
+    finds its standard library only where it was installed), or None when it starts."""
+    try:
+        ran = subprocess.run([str(gen.path / "bin" / "python"), "-c", ""], capture_output=True,
+                             text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if ran.returncode == 0:
+        return None
+    said = ran.stderr.strip().splitlines()
+    return said[-1] if said else f"exit status {ran.returncode}"
 
 
 def _stale_script(gen: Generation) -> str | None:
@@ -74,6 +92,9 @@ def _stale_script(gen: Generation) -> str | None:
         if not line.startswith(b"#!/") or line.startswith(b"#!/bin/sh"):
             continue
         interpreter = (line[2:].split() or [b""])[0].decode(errors="replace")
-        if not _runnable(interpreter):
+        # Only a generation's own python, as older gpulock wrote it: a package's script for
+        # perl or bash is not this store's to judge.
+        made = "/envs/" in interpreter and interpreter.endswith("/bin/python")
+        if made and not _runnable(interpreter):
             return interpreter
     return None
