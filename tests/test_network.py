@@ -23,11 +23,14 @@ CASES = {
 }
 
 
-def uv_compile(requirements: list[str], folder: Path, python: str) -> dict[str, str]:
+def uv_compile(requirements: list[str], folder: Path, python: str,
+               constraints: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
     source = folder / "requirements.in"
     source.write_text("\n".join(requirements) + "\n")
+    (folder / "constraints.txt").write_text("".join(f"{c}\n" for c in constraints))
     result = subprocess.run(
-        [find_uv_bin(), "pip", "compile", str(source), "--python-platform",
+        [find_uv_bin(), "pip", "compile", str(source), "--constraint",
+         str(folder / "constraints.txt"), "--python-platform",
          "x86_64-manylinux_2_28", "--python-version", python, "--no-header", "--no-annotate",
          "--index-url", "https://pypi.org/simple", "--cache-dir", str(folder / "uv-cache"),
          "-q"], capture_output=True, text=True, timeout=600)
@@ -47,3 +50,15 @@ def test_pins_match_uv_pip_compile_for_linux_x86_64(case, project: Project, tmp_
     project.write(f'[project]\nname = "{case}"\npython = "{python}"\n'
                   f'[groups.main]\npackages = [{packages}]\n')
     assert project.pins() == uv_compile(requirements, tmp_path, python)
+
+
+def test_cuda_12_8_locks_what_uv_picks_with_cuda_13_runtimes_excluded(project: Project,
+                                                                      tmp_path: Path):
+    """PyPI's default torch is a CUDA 13 build: `cuda = "12.8"` backtracks to the newest
+    CUDA 12 build, as uv does when told that no CUDA runtime newer than 12.8 may come in."""
+    project.write('[project]\nname = "cu128"\npython = "3.11"\ncuda = "12.8"\n'
+                  '[groups.main]\npackages = ["torch"]\n')
+    pins = project.pins()
+    uv = uv_compile(["torch"], tmp_path, "3.11",
+                    constraints=["nvidia-cuda-runtime<12.9", "nvidia-cuda-runtime-cu12<12.9"])
+    assert pins["torch"] == uv["torch"] and pins == uv

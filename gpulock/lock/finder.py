@@ -25,6 +25,7 @@ from packaging.version import Version
 
 from gpulock.build import Builder
 from gpulock.errors import GpulockError
+from gpulock.lock import cuda
 from gpulock.lock.index import DistFile, Index, Listing
 from gpulock.lock.metadata import CoreMetadata, MetadataSource
 from gpulock.lock.resolve import Candidate, Req
@@ -140,6 +141,7 @@ class IndexFinder:
                 by_version[dist.version].append(dist)
         reasons: list[str] = []
         wrong_cuda: list[str] = []
+        too_new: dict[tuple[int, int], list[str]] = defaultdict(list)
         no_wheel: list[str] = []
         candidates: list[tuple[tuple[object, ...], Candidate]] = []
         label = self.target.cuda_label
@@ -147,6 +149,13 @@ class IndexFinder:
             local = version.local or ""
             if label and local.startswith("cu") and local != label:
                 wrong_cuda.append(str(version))
+                continue
+            # An unlabelled CUDA build (PyPI's) says its CUDA through NVIDIA's runtime
+            # packages: one newer than the target's is never offered, so whatever needs it
+            # backtracks to a build the pod's driver runs.
+            built = cuda.built_for(name, version) if label and not local else None
+            if built is not None and self.target.cuda and cuda.newer(built, self.target.cuda):
+                too_new[built].append(str(version))
                 continue
             usable = [d for d in dists if self.target.python_matches(d.requires_python)]
             if not usable:
@@ -171,6 +180,11 @@ class IndexFinder:
             reasons.append(f"{name} {', '.join(sorted(wrong_cuda, key=Version))} "
                            f"{'is' if len(wrong_cuda) == 1 else 'are'} built for another "
                            f"CUDA than project.cuda = {self.target.cuda} (+{label})")
+        for built, versions in sorted(too_new.items()):
+            newest = sorted(versions, key=Version)[-3:]
+            reasons.append(f"{name} {', '.join(newest)} {'is' if len(versions) == 1 else 'are'} "
+                           f"built for CUDA {built[0]}.{built[1]}, newer than project.cuda = "
+                           f"{self.target.cuda}")
         if no_wheel:
             newest = sorted(no_wheel, key=Version)[-3:]
             reasons.append(f"{name} {', '.join(newest)} only have sdists, and no_build is set "

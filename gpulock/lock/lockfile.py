@@ -95,6 +95,21 @@ class Lock:
         return next((p for p in self.packages if p.name == name), None)
 
 
+def cuda_needed(lock: Lock) -> str | None:
+    """The newest CUDA the lock's packages are built for (gpulock.lock.cuda), or None."""
+    from packaging.version import InvalidVersion, Version
+
+    from gpulock.lock.cuda import needed
+
+    versions = []
+    for package in lock.packages:
+        try:
+            versions.append((package.name, Version(package.version)))
+        except InvalidVersion:
+            continue
+    return needed(versions)
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -141,6 +156,11 @@ def dumps(lock: Lock) -> str:
                                    "glibc": target.glibc}
     if target.cuda:
         tool_target["cuda"] = target.cuda
+    # The CUDA the locked builds need (their labels, NVIDIA's runtime packages): what a
+    # driver must run, which may be older than the target's.
+    needed = cuda_needed(lock)
+    if needed:
+        tool_target["cuda-needed"] = needed
     document = {
         "lock-version": LOCK_VERSION,
         "environments": [target.environment_markers],

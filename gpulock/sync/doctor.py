@@ -162,7 +162,11 @@ def _environment(manifest: Manifest, store: Store) -> list[Check]:
 
 
 def _driver_checks(lock: Lock, driver: Driver | str | None) -> list[Check]:
-    cuda = lock.target.cuda
+    # What the locked builds need (a CUDA 12.6 torch on a 12.8 target runs on a 12.6
+    # driver); the target's own CUDA when no package says.
+    from gpulock.lock.lockfile import cuda_needed
+
+    cuda = (cuda_needed(lock) or lock.target.cuda) if lock.target.cuda else None
     if not isinstance(driver, Driver):
         why = driver or "no NVIDIA driver here (nvidia-smi is not on PATH)"
         if cuda:
