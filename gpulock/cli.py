@@ -113,13 +113,29 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_lock(args: argparse.Namespace) -> int:
     from gpulock import manifest
     from gpulock.lock import lockfile
+
+    whole = manifest.load(_find_manifest(_manifest_arg(args)))
+    first = Path(args.lock) if args.lock else lockfile.default_path(whole)
+    names = [manifest.DEFAULT_TARGET, *(t.name for t in whole.targets)]
+    if len(names) > 1 and args.lock:
+        raise GpulockError("gpu.toml declares [targets]: each is locked beside the default "
+                           f"lock ({lockfile.target_path(first, names[1]).name}...), so --lock "
+                           "names none of them; leave it out")
+    for name in names:
+        code = _lock_one(args, whole.for_target(name), lockfile.target_path(first, name),
+                         f" [target {name}]" if len(names) > 1 else "")
+    return code
+
+
+def _lock_one(args: argparse.Namespace, spec: Manifest, path: Path, which: str) -> int:
+    """Lock one target of the manifest into `path` (`which`: its name, said after it)."""
+    from gpulock.lock import lockfile
     from gpulock.lock import locking as lock
 
-    spec = manifest.load(_find_manifest(_manifest_arg(args)))
-    path = Path(args.lock) if args.lock else lockfile.default_path(spec)
     if args.check:
         locked = lockfile.check(spec, path)
-        print(f"{path} is up to date ({len(locked.packages)} packages)", file=sys.stderr)
+        print(f"{path} is up to date ({len(locked.packages)} packages){which}",
+              file=sys.stderr)
         return 0
     started = time.perf_counter()
     with _Status() as status:
@@ -134,10 +150,10 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     count = len(result.lock.packages)
     if result.up_to_date:
         print(f"{path} is up to date ({count} packages, manifest unchanged) "
-              f"[{elapsed:.2f}s]", file=sys.stderr)
+              f"[{elapsed:.2f}s]{which}", file=sys.stderr)
         return 0
-    print(f"Resolved {count} packages for {result.lock.target.describe()} in {elapsed:.2f}s",
-          file=sys.stderr)
+    print(f"Resolved {count} packages for {result.lock.target.describe()} in {elapsed:.2f}s"
+          f"{which}", file=sys.stderr)
     for model in result.lock.models:
         size = sum(f["size"] for f in model["files"]) / 2**20
         at = f"@{model['commit'][:12]}" if model.get("commit") else ""
@@ -160,9 +176,31 @@ def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
     from gpulock.store import Store
 
     spec = manifest.load(_find_manifest(_manifest_arg(args)))
-    path = Path(args.lock) if args.lock else lockfile.default_path(spec)
+    target = _target(spec, args)
+    path = Path(args.lock) if args.lock else lockfile.target_path(
+        lockfile.default_path(spec), target)
     root = Path(args.store) if args.store else default_store(spec.path.parent)
-    return spec, path, Store(root)
+    return spec.for_target(target), path, Store(root)
+
+
+def _target(spec: Manifest, args: argparse.Namespace) -> str:
+    """--target, else the one this pod runs when gpu.toml declares [targets] (said on
+    stderr by sync and doctor), else [project]'s own."""
+    from gpulock.manifest import DEFAULT_TARGET
+
+    given = getattr(args, "target", None)
+    if given:
+        spec.for_target(given)  # an unknown name: one sentence, with the closest
+        return str(given)
+    if not spec.targets:
+        return DEFAULT_TARGET
+    from gpulock.sync.doctor import probe_driver
+    from gpulock.sync.targets import choose
+
+    name, why = choose(spec, probe_driver())
+    if args.func in (_cmd_sync, _cmd_doctor):
+        _say(why)
+    return name
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
@@ -558,9 +596,12 @@ def _cmd_k8s_job(args: argparse.Namespace) -> int:
         flag = "--pvc-size" if args.pvc_size else "--storage-class"
         raise GpulockError(f"{flag} describes a claim to create: add --create-pvc, or leave "
                            f"it out to use the existing claim '{args.pvc}'")
-    spec = manifest.load(_find_manifest(_manifest_arg(args)))
-    path = Path(args.lock) if args.lock else lockfile.default_path(spec)
-    options = k8s.JobOptions(
+    whole = manifest.load(_find_manifest(_manifest_arg(args)))
+    target = args.target or manifest.DEFAULT_TARGET
+    spec = whole.for_target(target)
+    path = Path(args.lock) if args.lock else lockfile.target_path(
+        lockfile.default_path(whole), target)
+    options = k8s.JobOptions(target=None if target == manifest.DEFAULT_TARGET else target,
         name=args.name, namespace=args.namespace, pvc=args.pvc, create_pvc=args.create_pvc,
         pvc_size=args.pvc_size or k8s.DEFAULT_PVC_SIZE, storage_class=args.storage_class,
         image=args.image, install_gpulock=None if args.no_install_gpulock
@@ -625,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--lock", help="the lock file (default: pylock.gpu.toml beside it)")
         command.add_argument("--store", help="the store (default: $GPULOCK_STORE, else "
                              "/workspace/.gpulock when writable, else ./store)")
+        command.add_argument("--target", help="which of gpu.toml's [targets] (default: the "
+                             "one this pod's architecture and driver run)")
 
     sync = sub.add_parser("sync", help="fill the store and switch the environment to the lock")
     project_options(sync)
@@ -736,6 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--project", help="the folder of the project's gpu.toml")
     job.add_argument("--lock", help="the lock file (default: pylock.gpu.toml beside it); it "
                      "must be fresh")
+    job.add_argument("--target", help="which of gpu.toml's [targets] the Job syncs (its pod "
+                     "has no GPU to choose by; default: [project]'s own)")
     job.add_argument("--name", help="the Job's and ConfigMap's name (default: "
                      "gpulock-sync-<project>)")
     job.add_argument("--namespace", help="their namespace (default: kubectl's current one)")

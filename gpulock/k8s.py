@@ -78,6 +78,7 @@ class JobOptions:
     install_gpulock: str | None = DEFAULT_INSTALL  # pip's requirement; None: in the image
     install_python: bool = True  # sync --install-python: the interpreter on the volume
     secret: str = DEFAULT_SECRET  # credentials: optional, every key an environment variable
+    target: str | None = None  # one of gpu.toml's [targets]: the Job's pod has no GPU to tell
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ def sync_command(project: str, options: JobOptions) -> list[str]:
     gpulock = f"{TOOLS}/bin/gpulock" if options.install_gpulock is not None else "gpulock"
     return [gpulock, "sync", "--frozen", "--manifest", f"{folder}/{MANIFEST_KEY}",
             "--lock", f"{folder}/{LOCK_KEY}", "--store", STORE,
+            *(["--target", options.target] if options.target else []),
             *(["--install-python"] if options.install_python else [])]
 
 

@@ -9,6 +9,7 @@ parsed content, so comments and formatting never make a lock stale.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import re
 import sys
@@ -63,6 +64,17 @@ class Group:
     # What a no_build_isolation build compiles against (torch, setuptools...): locked with
     # the project, so the build sees the very versions that run beside it.
     build_requires: tuple[Requirement, ...] = ()
+    target_indexes: tuple[tuple[str, str], ...] = ()  # (target, index) for named targets
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """[targets.<name>]: another pod the lock serves (a CUDA variant, an architecture)."""
+
+    name: str
+    platform: str
+    glibc: str
+    cuda: str | None
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,26 @@ class Manifest:
     verify_imports: tuple[str, ...] = ()
     cache: CacheSettings = field(default_factory=lambda: CacheSettings())
     content_hash: str = field(default="", compare=False)
+    targets: tuple[TargetSpec, ...] = ()
+
+    def for_target(self, name: str) -> Manifest:
+        """This manifest as the target `name` sees it: its platform, glibc and CUDA, each
+        group's index for it, and its own environment (`<project>.<target>`) so that pods
+        of two targets sharing a volume never switch each other's."""
+        if name == DEFAULT_TARGET:
+            return self
+        spec = next((t for t in self.targets if t.name == name), None)
+        if spec is None:
+            names = [DEFAULT_TARGET, *(t.name for t in self.targets)]
+            hint = difflib.get_close_matches(name, names, n=1)
+            raise ManifestError(f"{self.path}: no target named {name!r}"
+                                + (f"; did you mean {hint[0]!r}?" if hint
+                                   else f"; the targets are: {', '.join(names)}"))
+        project = dataclasses.replace(self.project, name=f"{self.project.name}.{name}",
+                                      platform=spec.platform, glibc=spec.glibc, cuda=spec.cuda)
+        groups = tuple(dataclasses.replace(g, index=dict(g.target_indexes).get(name, g.index))
+                       for g in self.groups)
+        return dataclasses.replace(self, project=project, groups=groups, targets=())
 
     @property
     def target(self) -> Target:
@@ -144,14 +176,18 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "group": {
         "packages": "REQ", "index": str, "no_deps": bool, "no_build_isolation": bool,
         "env": dict, "no_build": bool, "prerelease": str, "build_requires": "REQ",
+        "targets": dict,
     },
+    "target": {"platform": str, "glibc": str, "cuda": str},
+    "group_target": {"index": str},
     "model": {
         "source": str, "revision": str, "include": list, "exclude": list, "extract": bool,
     },
     "verify": {"imports": list},
     "cache": {"substituters": list, "trusted-keys": list, "trusted_keys": list},
 }
-_TOP_LEVEL = ("project", "groups", "models", "verify", "cache")
+_TOP_LEVEL = ("project", "targets", "groups", "models", "verify", "cache")
+DEFAULT_TARGET = "default"  # [project]'s own target, as --target names it
 TYPE_WORDS = {str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
 
@@ -314,7 +350,8 @@ def parse(text: str, path: Path) -> Manifest:
             raise reader.error((), key, f"'{key}' must be a table ([{key}])")
 
     project = _project(reader, data.get("project"))
-    groups = _groups(reader, data.get("groups", {}), project)
+    targets = _targets(reader, data.get("targets", {}), project)
+    groups = _groups(reader, data.get("groups", {}), project, targets)
     models = _models(reader, data.get("models", {}))
     verify = data.get("verify", {})
     reader.check_keys(("verify",), verify, "verify")
@@ -326,7 +363,7 @@ def parse(text: str, path: Path) -> Manifest:
 
     return Manifest(path=path, project=project, groups=groups, models=models,
                     verify_imports=imports, cache=_cache(reader, data.get("cache", {})),
-                    content_hash=content_hash(data))
+                    content_hash=content_hash(data), targets=targets)
 
 
 def _cache(reader: _Reader, raw: dict[str, Any]) -> CacheSettings:
@@ -430,20 +467,7 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
         raise reader.error(table, "python", f"python = {python!r} must be a CPython version "
                            f"from 3.{PYTHON_MINORS[0]} to 3.{PYTHON_MINORS[-1]}, like \"3.10\" "
                            "or \"3.10.12\"")
-    platform = raw.get("platform", "linux_x86_64")
-    if platform not in PLATFORMS:
-        hint = difflib.get_close_matches(platform, PLATFORMS, n=1)
-        way_out = (f"did you mean {hint[0]!r}?" if hint
-                   else f"expected one of: {', '.join(PLATFORMS)}")
-        raise reader.error(table, "platform", f"platform = {platform!r} is not supported; "
-                           f"{way_out}")
-    glibc = raw.get("glibc", "2.28")
-    if not re.fullmatch(r"2\.\d+", glibc):
-        raise reader.error(table, "glibc", f"glibc = {glibc!r} must look like \"2.28\" "
-                           "(the manylinux level of the pod's distribution)")
-    cuda = raw.get("cuda")
-    if cuda is not None and not re.fullmatch(r"\d+\.\d+", cuda):
-        raise reader.error(table, "cuda", f"cuda = {cuda!r} must look like \"12.1\"")
+    platform, glibc, cuda = _machine(reader, table, raw, ("linux_x86_64", "2.28", None))
     index = _index(reader, table, raw.get("index", DEFAULT_INDEX))
     if "install-python" in raw and "install_python" in raw:
         raise reader.error(table, "install_python", "[project] holds both 'install-python' "
@@ -453,6 +477,50 @@ def _project(reader: _Reader, raw: dict[str, Any] | None) -> Project:
                    prerelease=_prerelease(reader, table, raw) or Project.prerelease,
                    install_python=raw.get("install-python", raw.get("install_python", False)),
                    local_start=raw.get("local-start", False))
+
+
+def _machine(reader: _Reader, table: tuple[str, ...], raw: dict[str, Any],
+             defaults: tuple[str, str, str | None]) -> tuple[str, str, str | None]:
+    """A target's platform, glibc and CUDA, checked: [project]'s, or a [targets.X]'s
+    (`defaults`: what it does not say)."""
+    platform = raw.get("platform", defaults[0])
+    if platform not in PLATFORMS:
+        hint = difflib.get_close_matches(platform, PLATFORMS, n=1)
+        way_out = (f"did you mean {hint[0]!r}?" if hint
+                   else f"expected one of: {', '.join(PLATFORMS)}")
+        raise reader.error(table, "platform", f"platform = {platform!r} is not supported; "
+                           f"{way_out}")
+    glibc = raw.get("glibc", defaults[1])
+    if not re.fullmatch(r"2\.\d+", glibc):
+        raise reader.error(table, "glibc", f"glibc = {glibc!r} must look like \"2.28\" "
+                           "(the manylinux level of the pod's distribution)")
+    cuda = raw.get("cuda", defaults[2])
+    if cuda is not None and not re.fullmatch(r"\d+\.\d+", cuda):
+        raise reader.error(table, "cuda", f"cuda = {cuda!r} must look like \"12.1\"")
+    return platform, glibc, cuda
+
+
+def _targets(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[TargetSpec, ...]:
+    """[targets.<name>]: more pods the lock serves, each the project's target with another
+    platform, glibc or CUDA."""
+    targets = []
+    for name, body in raw.items():
+        table = ("targets", name)
+        if not isinstance(body, dict):
+            raise reader.error(("targets",), name, f"targets.{name} must be a table")
+        reader.check_keys(table, body, "target")
+        if problem := name_problem(name):
+            raise reader.error(table, None, f"the target name {name!r} {problem}")
+        if name == DEFAULT_TARGET:
+            raise reader.error(table, None, f"'{DEFAULT_TARGET}' names [project]'s own "
+                               "target; choose another name")
+        if not body:
+            raise reader.error(table, None, f"[targets.{name}] says nothing: give it a "
+                               "platform, glibc or cuda of its own")
+        platform, glibc, cuda = _machine(reader, table, body,
+                                         (project.platform, project.glibc, project.cuda))
+        targets.append(TargetSpec(name, platform, glibc, cuda))
+    return tuple(targets)
 
 
 def _prerelease(reader: _Reader, table: tuple[str, ...], raw: dict[str, Any]) -> str | None:
@@ -473,7 +541,8 @@ def _index(reader: _Reader, table: tuple[str, ...], index: str) -> str:
     return remember(index).rstrip("/")
 
 
-def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Group, ...]:
+def _groups(reader: _Reader, raw: dict[str, Any], project: Project,
+            targets: tuple[TargetSpec, ...] = ()) -> tuple[Group, ...]:
     groups = []
     seen: dict[str, str] = {}
     for name, body in raw.items():
@@ -505,13 +574,36 @@ def _groups(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Gro
             if not isinstance(value, str):
                 raise reader.error(table, "env", f"env.{key} in [groups.{name}] must be a "
                                    f"string, not {describe(value)}")
+        target_indexes = _target_indexes(reader, table, body.get("targets", {}), targets)
         groups.append(Group(name=name, packages=tuple(requirements), index=index,
                             no_deps=body.get("no_deps", False),
                             no_build_isolation=body.get("no_build_isolation", False),
                             env=tuple(sorted(env.items())), no_build=body.get("no_build"),
                             prerelease=_prerelease(reader, table, body),
-                            build_requires=build_requires))
+                            build_requires=build_requires, target_indexes=target_indexes))
     return tuple(groups)
+
+
+def _target_indexes(reader: _Reader, table: tuple[str, ...], raw: dict[str, Any],
+                    targets: tuple[TargetSpec, ...]) -> tuple[tuple[str, str], ...]:
+    """A group's `targets = { cu130 = { index = "..." } }`: its index for named targets
+    (the PyTorch index has one per CUDA variant)."""
+    names = [t.name for t in targets]
+    found = []
+    for name, body in raw.items():
+        where = (*table, "targets", name)
+        if name not in names:
+            hint = difflib.get_close_matches(name, names, n=1)
+            raise reader.error((*table, "targets"), name, f"no [targets.{name}] is declared"
+                               + (f"; did you mean '{hint[0]}'?" if hint else
+                                  f"; declared: {', '.join(names) or 'none'}"))
+        if not isinstance(body, dict):
+            raise reader.error((*table, "targets"), name, f"targets.{name} in "
+                               f"[groups.{table[-1]}] must be a table like {{ index = \"...\" }}")
+        reader.check_keys(where, body, "group_target")
+        if "index" in body:
+            found.append((name, _index(reader, where, body["index"])))
+    return tuple(found)
 
 
 def _requirements(reader: _Reader, table: tuple[str, ...], key: str, texts: list[Any]
@@ -607,6 +699,10 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
         for key in ("name", "python", "platform", "glibc", "cuda", "index", "no_build",
                     "prerelease", "install_python", "local_start")
         if key in ("name", "python") or getattr(project, key) != getattr(defaults, key)])
+    for target in manifest.targets:
+        out += _table(("targets", target.name), notes, [
+            (key, getattr(target, key)) for key in ("platform", "glibc", "cuda")
+            if getattr(target, key) != getattr(project, key)])
     for group in manifest.groups:
         out += _table(("groups", group.name), notes, [
             ("index", group.index), ("no_deps", group.no_deps or None),
@@ -615,6 +711,8 @@ def dump(manifest: Manifest, notes: Mapping[str, str] | None = None, header: str
             ("env", dict(group.env) or None),
             ("build_requires", [str(r) for r in group.build_requires] or None),
             ("packages", [str(r) for r in group.packages])])
+        for name, index in group.target_indexes:
+            out += _table(("groups", group.name, "targets", name), notes, [("index", index)])
     for model in manifest.models:
         out += _table(("models", model.name), notes, [
             ("source", model.source), ("revision", model.revision),

@@ -63,6 +63,8 @@ def _decide(manifest_path: Path, lock_path: Path, store_root: Path | None,
     ours = tomllib.loads(lock_text)["tool"]["gpulock"]
     if ours["manifest-hash"] != content_hash(manifest):
         return None
+    if "targets" in manifest:
+        return None  # which target this pod runs takes its driver: the full path decides
     project = manifest["project"]
     name, python = project["name"], project["python"]
     if not _PROJECT.fullmatch(name) or project.get("install-python", project.get(

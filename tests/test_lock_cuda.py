@@ -25,7 +25,9 @@ TAG = "cp310-cp310-manylinux_2_17_x86_64"
     ("torch", "2.15.0", None),                             # PyPI's: its dependencies say
     ("nvidia-cuda-runtime", "13.2.86", (13, 2)),           # toolkit-versioned
     ("nvidia-cuda-runtime-cu12", "12.8.90", (12, 8)),
-    ("nvidia-cublas", "13.0.0.19", (13, 0)),
+    ("nvidia-cublas", "13.1.0.3", None),                   # 13.1 ships with CUDA 13.0
+    ("nvidia-nvjitlink", "13.5.37", None),
+    ("nvidia-nvjitlink-cu12", "12.8.93", (12, 0)),
     ("cuda-toolkit", "12.9.1", (12, 9)),
     ("nvidia-cufft-cu12", "11.3.3.83", (12, 0)),           # its own numbers: the name says
     ("nvidia-cudnn-cu13", "9.13.0.50", (13, 0)),

@@ -24,14 +24,15 @@ CASES = {
 
 
 def uv_compile(requirements: list[str], folder: Path, python: str,
-               constraints: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+               constraints: tuple[str, ...] | list[str] = (), arch: str = "x86_64"
+               ) -> dict[str, str]:
     source = folder / "requirements.in"
     source.write_text("\n".join(requirements) + "\n")
     (folder / "constraints.txt").write_text("".join(f"{c}\n" for c in constraints))
     result = subprocess.run(
         [find_uv_bin(), "pip", "compile", str(source), "--constraint",
          str(folder / "constraints.txt"), "--python-platform",
-         "x86_64-manylinux_2_28", "--python-version", python, "--no-header", "--no-annotate",
+         f"{arch}-manylinux_2_28", "--python-version", python, "--no-header", "--no-annotate",
          "--index-url", "https://pypi.org/simple", "--cache-dir", str(folder / "uv-cache"),
          "-q"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -62,3 +63,26 @@ def test_cuda_12_8_locks_what_uv_picks_with_cuda_13_runtimes_excluded(project: P
     uv = uv_compile(["torch"], tmp_path, "3.11",
                     constraints=["nvidia-cuda-runtime<12.9", "nvidia-cuda-runtime-cu12<12.9"])
     assert pins["torch"] == uv["torch"] and pins == uv
+
+
+def test_a_three_target_lock_pins_what_uv_pins_for_each_target(project: Project,
+                                                               tmp_path: Path):
+    """CUDA 12.8 and 13.0 on x86_64, CUDA 12.8 on aarch64 (GH200): each target's lock against
+    uv told that platform and no CUDA runtime newer than the target's."""
+    project.write('[project]\nname = "fleet"\npython = "3.11"\ncuda = "12.8"\n'
+                  '[targets.cu130]\ncuda = "13.0"\n'
+                  '[targets.gh200]\nplatform = "linux_aarch64"\n'
+                  '[groups.main]\npackages = ["torch", "transformers"]\n')
+    result = project.gpulock("lock")
+    assert result.code == 0, result.err
+    from gpulock.lock import lockfile
+
+    for name, arch, newest in (("default", "x86_64", "12.9"), ("cu130", "x86_64", "13.1"),
+                               ("gh200", "aarch64", "12.9")):
+        path = lockfile.target_path(project.lock_path, name)
+        pins = {p.name: p.version for p in lockfile.read(path).packages}
+        folder = tmp_path / name
+        folder.mkdir()
+        uv = uv_compile(["torch", "transformers"], folder, "3.11", arch=arch, constraints=[
+            f"nvidia-cuda-runtime<{newest}", f"nvidia-cuda-runtime-cu12<{newest}"])
+        assert pins == uv, name

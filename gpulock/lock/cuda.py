@@ -16,13 +16,12 @@ from collections.abc import Iterable
 
 from packaging.version import Version
 
-# Packages whose version is the CUDA toolkit's own (13.2.86 is CUDA 13.2). The other NVIDIA
-# libraries (cufft 11.x, cudnn 9.x, nccl 2.x) number their releases their own way: only a
-# `-cuNN` suffix in their name says their CUDA.
-_TOOLKIT_VERSIONED = frozenset({
-    "nvidia-cuda-runtime", "nvidia-cuda-nvrtc", "nvidia-cuda-cupti", "nvidia-cuda-nvcc",
-    "nvidia-nvjitlink", "nvidia-cublas", "nvidia-nvtx", "cuda-toolkit",
-})
+# What says a build's CUDA: the CUDA runtime it loads (13.2.86 is CUDA 13.2), or the
+# toolkit meta-package. The libraries beside it may be newer within the major version
+# (nvjitlink 13.5 and cublas 13.1 ship to CUDA 13.0 builds: minor-version compatibility) or
+# number their releases their own way (cufft 11.x, cudnn 9.x, nccl 2.x): for them only a
+# `-cuNN` suffix in their name says their CUDA's major version.
+_TOOLKIT_VERSIONED = frozenset({"nvidia-cuda-runtime", "cuda-toolkit"})
 _SUFFIX = re.compile(r"(nvidia-[a-z0-9-]+)-cu(\d{2})")
 _LABEL = re.compile(r"cu(\d{1,2}?)(\d)")
 

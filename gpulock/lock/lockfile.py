@@ -198,6 +198,15 @@ def write(path: Path, lock: Lock) -> bool:
     return True
 
 
+def target_path(path: Path, target: str) -> Path:
+    """The lock of `target` beside the default one: `pylock.gpu-<target>.toml` (PEP 751's
+    `pylock.<name>.toml`, one name per file)."""
+    from gpulock.manifest import DEFAULT_TARGET
+
+    return path if target == DEFAULT_TARGET else path.with_name(
+        f"{path.name.removesuffix('.toml')}-{target}.toml")
+
+
 def default_path(manifest: Manifest) -> Path:
     return manifest.path.parent / DEFAULT_NAME
 

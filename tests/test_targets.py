@@ -1,0 +1,142 @@
+"""One lock for a mixed fleet: gpu.toml declares [targets.<name>] beside [project]'s own
+target, `lock` writes one PEP 751 lock per target, and `sync` picks the target this pod
+runs, by its architecture and then the newest CUDA its driver runs (nvidia-smi, faked at
+its boundary as doctor's tests do)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.pylock import Pylock
+
+from gpulock.errors import ManifestError
+from gpulock.manifest import parse
+from gpulock.manifest_hash import tomllib
+from tests.conftest import Project
+from tests.support.dists import make_wheel
+from tests.test_doctor import fake_driver
+
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+PY = f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+def _fleet(project: Project, make_index) -> None:
+    """torch 2.9 from a cu128 index and a cu130 index, as the PyTorch indexes serve it, an
+    aarch64 build on the cu128 one; numpy from the default index."""
+    default, cu128, cu130 = make_index(), make_index(), make_index()
+    make_wheel(default.folder, "numpy", "2.0", tag=f"{PY}-{PY}-manylinux_2_17_x86_64")
+    make_wheel(default.folder, "numpy", "2.0", tag=f"{PY}-{PY}-manylinux_2_17_aarch64")
+    for index, label in ((cu128, "cu128"), (cu130, "cu130")):
+        make_wheel(index.folder, "torch", f"2.9.0+{label}", requires=["numpy"],
+                   tag=f"{PY}-{PY}-manylinux_2_28_x86_64")
+    make_wheel(cu128.folder, "torch", "2.9.0+cu128", requires=["numpy"],
+               tag=f"{PY}-{PY}-manylinux_2_28_aarch64")
+    project.write(f'[project]\nname = "fleet"\npython = "{HOST_PYTHON}"\ncuda = "12.8"\n'
+                  f'index = "{default.url}"\n\n'
+                  '[targets.cu130]\ncuda = "13.0"\n\n'
+                  '[targets.arm]\nplatform = "linux_aarch64"\n\n'
+                  f'[groups.pytorch]\nindex = "{cu128.url}"\npackages = ["torch"]\n'
+                  f'targets = {{ cu130 = {{ index = "{cu130.url}" }} }}\n')
+
+
+def test_targets_are_declared_with_errors_that_point_at_the_mistake(tmp_path: Path):
+    base = '[project]\nname = "p"\npython = "3.11"\ncuda = "12.8"\n'
+    manifest = parse(base + '[targets.cu130]\ncuda = "13.0"\n[targets.arm]\n'
+                     'platform = "linux_aarch64"\n', tmp_path / "gpu.toml")
+    assert [(t.name, t.platform, t.cuda) for t in manifest.targets] == [
+        ("cu130", "linux_x86_64", "13.0"), ("arm", "linux_aarch64", "12.8")]
+    arm = manifest.for_target("arm")
+    assert arm.project.name == "p.arm" and arm.target.arch == "aarch64"
+    for text, said in (
+            ('[targets.cu130]\ncudaa = "13.0"\n', "unknown key 'cudaa' in [targets.cu130]; "
+                                                 "did you mean 'cuda'?"),
+            ('[targets.cu130]\ncuda = "13"\n', 'cuda = \'13\' must look like "12.1"'),
+            ('[targets.default]\ncuda = "13.0"\n', "'default' names [project]'s own target"),
+            ('[targets.x]\n', "[targets.x] says nothing"),
+            ('[targets.cu130]\ncuda = "13.0"\n[groups.g]\npackages = ["torch"]\n'
+             'targets = { cu13 = { index = "https://example.org/simple" } }\n',
+             "no [targets.cu13] is declared; did you mean 'cu130'?")):
+        with pytest.raises(ManifestError) as raised:
+            parse(base + text, tmp_path / "gpu.toml")
+        assert said in str(raised.value), str(raised.value)
+    with pytest.raises(ManifestError, match="no target named 'cu13'; did you mean 'cu130'"):
+        manifest.for_target("cu13")
+
+
+def test_lock_writes_one_pep_751_lock_per_target(make_index, project: Project):
+    _fleet(project, make_index)
+    result = project.gpulock("lock")
+    assert result.code == 0, result.err
+    pins = {}
+    for name, file in (("default", "pylock.gpu.toml"), ("cu130", "pylock.gpu-cu130.toml"),
+                       ("arm", "pylock.gpu-arm.toml")):
+        with (project.root / file).open("rb") as handle:
+            read = Pylock.from_dict(tomllib.load(handle))  # packaging's PEP 751 reader
+        pins[name] = {str(p.name): str(p.version) for p in read.packages}
+        assert f"[target {name}]" in result.err
+    assert pins["default"]["torch"] == "2.9.0+cu128"
+    assert pins["cu130"]["torch"] == "2.9.0+cu130"
+    assert pins["arm"]["torch"] == "2.9.0+cu128"
+    arm = (project.root / "pylock.gpu-arm.toml").read_text()
+    assert "aarch64" in arm and "x86_64.whl" not in arm
+    again = project.gpulock("lock", "--check")
+    assert again.code == 0 and again.err.count("is up to date") == 3, again.err
+
+
+@pytest.mark.parametrize(("driver", "cuda", "chosen", "torch"), [
+    ("570.133.07", "12.8", "default", "2.9.0+cu128"),
+    ("580.65.06", "13.0", "cu130", "2.9.0+cu130"),
+])
+def test_sync_picks_the_target_the_pods_driver_runs(
+        make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        driver: str, cuda: str, chosen: str, torch: str):
+    if sys.platform != "linux" or __import__("platform").machine() != "x86_64":
+        pytest.skip("the fleet's targets are x86_64 and aarch64 pods; this is neither")
+    _fleet(project, make_index)
+    assert project.gpulock("lock").code == 0
+    monkeypatch.setenv("PATH", f"{fake_driver(tmp_path / 'smi', driver, cuda)}:/usr/bin:/bin")
+    store = project.root / "store"
+    result = project.gpulock("sync", "--store", str(store), "--frozen", "--no-check")
+    assert result.code == 0, result.err
+    assert f"runs target '{chosen}'" in result.err
+    env = "fleet" if chosen == "default" else f"fleet.{chosen}"
+    site = store / "v1" / "envs" / env / "current" / "lib" / f"python{HOST_PYTHON}"
+    assert (site / "site-packages" / f"torch-{torch}.dist-info").is_dir()
+    other = project.gpulock("sync", "--store", str(store), "--frozen", "--no-check",
+                            "--target", "cu130" if chosen == "default" else "default")
+    assert other.code == 0, other.err
+    # Both environments on one store; numpy's entry is stored once for both.
+    assert len(list((store / "v1" / "pkgs").glob("*-numpy-2.0"))) == 1
+
+
+def test_a_pod_that_runs_no_target_is_told_what_each_needs(
+        make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    if __import__("platform").machine() != "x86_64":
+        pytest.skip("the sentence names this x86_64 machine")
+    _fleet(project, make_index)
+    assert project.gpulock("lock").code == 0
+    monkeypatch.setenv("PATH", f"{fake_driver(tmp_path / 'smi', '550.54.15', '12.4')}:"
+                               "/usr/bin:/bin")
+    result = project.gpulock("sync", "--store", str(project.root / "store"), "--frozen")
+    assert result.code == 1
+    assert ("this pod (x86_64, NVIDIA driver 550.54.15 running CUDA up to 12.4) runs none of "
+            "gpu.toml's targets: default needs x86_64 and CUDA 12.8; cu130 needs x86_64 and "
+            "CUDA 13.0; arm needs aarch64 and CUDA 12.8; pass --target NAME") in result.err
+
+
+def test_uv_installs_a_targets_lock_as_written(make_index, project: Project, tmp_path: Path):
+    from tests.test_uv_interop import uv
+
+    if __import__("platform").machine() != "x86_64":
+        pytest.skip("the cu130 target is an x86_64 pod")
+    _fleet(project, make_index)
+    assert project.gpulock("lock").code == 0
+    venv = tmp_path / "venv"
+    assert uv("venv", "--python", sys.executable, str(venv), cwd=tmp_path).returncode == 0
+    installed = uv("pip", "install", "--python", str(venv / "bin" / "python"), "-r",
+                   str(project.root / "pylock.gpu-cu130.toml"), cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+    frozen = uv("pip", "freeze", "--python", str(venv / "bin" / "python"), cwd=tmp_path)
+    assert sorted(frozen.stdout.split()) == ["numpy==2.0", "torch==2.9.0+cu130"]
