@@ -20,6 +20,7 @@ from gpulock.errors import GpulockError, StaleLockError
 
 if TYPE_CHECKING:
     from gpulock.manifest import Manifest
+    from gpulock.models import PinnedModel
     from gpulock.store import Store
     from gpulock.store.substituters.pull import Substitutes
 
@@ -121,37 +122,69 @@ def _cmd_lock(args: argparse.Namespace) -> int:
         raise GpulockError("gpu.toml declares [targets]: each is locked beside the default "
                            f"lock ({lockfile.target_path(first, names[1]).name}...), so --lock "
                            "names none of them; leave it out")
+    upgrading = _upgrading(args.upgrade_package, whole, first, names)
+    models = None
     for name in names:
-        code = _lock_one(args, whole.for_target(name), lockfile.target_path(first, name),
-                         f" [target {name}]" if len(names) > 1 else "")
-    return code
+        models = _lock_one(args, whole.for_target(name), lockfile.target_path(first, name),
+                           f" [target {name}]" if len(names) > 1 else "", upgrading[name],
+                           models)
+    return 0
 
 
-def _lock_one(args: argparse.Namespace, spec: Manifest, path: Path, which: str) -> int:
-    """Lock one target of the manifest into `path` (`which`: its name, said after it)."""
+def _upgrading(requested: list[str], whole: Manifest, first: Path, names: list[str]
+               ) -> dict[str, list[str]]:
+    """--upgrade-package for each target: the names that target's lock or gpu.toml holds
+    (a CUDA 12 runtime is in one target's lock only); a name no target holds is an error
+    before anything is locked."""
+    from packaging.utils import canonicalize_name
+
+    from gpulock.lock import lockfile
+    from gpulock.lock.locking import read_previous
+
+    if len(names) == 1:
+        return {names[0]: requested}
+    listed = {canonicalize_name(r.name) for g in whole.groups for r in g.packages}
+    listed |= {canonicalize_name(m.name) for m in whole.models}
+    held = {}
+    for name in names:
+        previous = read_previous(lockfile.target_path(first, name))
+        held[name] = listed | {p.name for p in previous.packages} if previous else listed
+    unknown = [n for n in requested if all(canonicalize_name(n) not in h for h in held.values())]
+    if unknown:
+        raise GpulockError(f"--upgrade-package {unknown[0]}: no package or model of that name "
+                           "is in gpu.toml or any target's lock")
+    return {name: [n for n in requested if canonicalize_name(n) in held[name]]
+            for name in names}
+
+
+def _lock_one(args: argparse.Namespace, spec: Manifest, path: Path, which: str,
+              upgrading: list[str], models: list[PinnedModel] | None) -> list[PinnedModel]:
+    """Lock one target of the manifest into `path` (`which`: its name, said after it), its
+    models pinned as `models` says when another target pinned them; return its model pins."""
     from gpulock.lock import lockfile
     from gpulock.lock import locking as lock
+    from gpulock.models import from_dict
 
     if args.check:
         locked = lockfile.check(spec, path)
         print(f"{path} is up to date ({len(locked.packages)} packages){which}",
               file=sys.stderr)
-        return 0
+        return [from_dict(m) for m in locked.models]
     started = time.perf_counter()
     with _Status() as status:
         from gpulock.locations import default_store
         from gpulock.store import Store
 
         store = Store(Path(args.store) if args.store else default_store(spec.path.parent))
-        result = lock.lock(spec, path, upgrade=args.upgrade,
-                           upgrade_packages=args.upgrade_package, progress=status, store=store,
-                           refresh=args.refresh)
+        result = lock.lock(spec, path, upgrade=args.upgrade, upgrade_packages=upgrading,
+                           progress=status, store=store, refresh=args.refresh, models=models)
     elapsed = time.perf_counter() - started
     count = len(result.lock.packages)
+    pins = [from_dict(m) for m in result.lock.models]
     if result.up_to_date:
         print(f"{path} is up to date ({count} packages, manifest unchanged) "
               f"[{elapsed:.2f}s]{which}", file=sys.stderr)
-        return 0
+        return pins
     print(f"Resolved {count} packages for {result.lock.target.describe()} in {elapsed:.2f}s"
           f"{which}", file=sys.stderr)
     for model in result.lock.models:
@@ -166,7 +199,7 @@ def _lock_one(args: argparse.Namespace, spec: Manifest, path: Path, which: str) 
     for line in result.changes:
         print(line, file=sys.stderr)
     print(f"Wrote {path}" if result.written else f"{path} unchanged", file=sys.stderr)
-    return 0
+    return pins
 
 
 def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
@@ -176,6 +209,9 @@ def _project_paths(args: argparse.Namespace) -> tuple[Manifest, Path, Store]:
     from gpulock.store import Store
 
     spec = manifest.load(_find_manifest(_manifest_arg(args)))
+    if spec.targets and args.lock and not getattr(args, "target", None):
+        raise GpulockError(f"gpu.toml declares [targets]: say which one {args.lock} is "
+                           "locked for with --target NAME")
     target = _target(spec, args)
     path = Path(args.lock) if args.lock else lockfile.target_path(
         lockfile.default_path(spec), target)
@@ -192,8 +228,8 @@ def _target(spec: Manifest, args: argparse.Namespace) -> str:
     if given:
         spec.for_target(given)  # an unknown name: one sentence, with the closest
         return str(given)
-    if not spec.targets:
-        return DEFAULT_TARGET
+    if not spec.targets or args.func not in (_cmd_sync, _cmd_doctor, _cmd_run):
+        return DEFAULT_TARGET  # status, env, push...: [project]'s unless --target says
     from gpulock.sync.doctor import probe_driver
     from gpulock.sync.targets import choose
 
@@ -462,15 +498,17 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 def _store_only(args: argparse.Namespace) -> Store:
     """The store for store-wide commands: --store, else the project's, else the default."""
+    from gpulock import manifest
     from gpulock.locations import default_store
     from gpulock.store import Store
 
     if args.store:
         return Store(Path(args.store))
     try:
-        return _project_paths(args)[2]
+        spec = manifest.load(_find_manifest(_manifest_arg(args)))
     except GpulockError:
         return Store(default_store(Path.cwd()))
+    return Store(default_store(spec.path.parent))  # every target's store: no target to choose
 
 
 def _opened(store: Store) -> Store:
@@ -601,7 +639,7 @@ def _cmd_k8s_job(args: argparse.Namespace) -> int:
     spec = whole.for_target(target)
     path = Path(args.lock) if args.lock else lockfile.target_path(
         lockfile.default_path(whole), target)
-    options = k8s.JobOptions(target=None if target == manifest.DEFAULT_TARGET else target,
+    options = k8s.JobOptions(target=target if whole.targets else None,
         name=args.name, namespace=args.namespace, pvc=args.pvc, create_pvc=args.create_pvc,
         pvc_size=args.pvc_size or k8s.DEFAULT_PVC_SIZE, storage_class=args.storage_class,
         image=args.image, install_gpulock=None if args.no_install_gpulock

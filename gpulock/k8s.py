@@ -159,7 +159,8 @@ def _check_image_python(spec: Manifest, options: JobOptions) -> None:
                            "leave out --no-install-python to install it into the store")
 
 
-def config_files(spec: Manifest, lock_path: Path) -> tuple[dict[str, str], list[str]]:
+def config_files(spec: Manifest, lock_path: Path, target: str | None = None
+                 ) -> tuple[dict[str, str], list[str]]:
     """The ConfigMap's data (gpu.toml and the lock) and notes for the user.
 
     The lock must exist and be fresh (a stale one is an error now, not a failed Job later);
@@ -178,6 +179,8 @@ def config_files(spec: Manifest, lock_path: Path) -> tuple[dict[str, str], list[
             same = parse(bare, spec.path)
         except ManifestError:
             same = None
+        if same is not None and target:
+            same = same.for_target(target)  # `spec` is gpu.toml as that target sees it
         if same is None or same != spec or same.content_hash != spec.content_hash:
             raise GpulockError(f"{spec.path} holds user:password in a URL that cannot be taken "
                                "out of its text safely; move the credentials to a netrc file "
@@ -214,7 +217,7 @@ def job_manifests(spec: Manifest, lock_path: Path, options: JobOptions) -> Rende
     project from its lock into the claim's store."""
     check_options(options)
     _check_image_python(spec, options)
-    files, notes = config_files(spec, lock_path)
+    files, notes = config_files(spec, lock_path, options.target)
     project = spec.project.name
     name = options.name or job_name(project)
     labels = {**LABELS, "app.kubernetes.io/instance": label_value(project)}

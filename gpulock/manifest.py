@@ -509,8 +509,10 @@ def _targets(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Ta
         if not isinstance(body, dict):
             raise reader.error(("targets",), name, f"targets.{name} must be a table")
         reader.check_keys(table, body, "target")
-        if problem := name_problem(name):
-            raise reader.error(table, None, f"the target name {name!r} {problem}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+            # It names a lock file (PEP 751: one name, no dots) and an environment folder.
+            raise reader.error(table, None, f"the target name {name!r} must be 1 to 32 "
+                               "letters, digits, '_' or '-'")
         if name == DEFAULT_TARGET:
             raise reader.error(table, None, f"'{DEFAULT_TARGET}' names [project]'s own "
                                "target; choose another name")

@@ -21,6 +21,9 @@ TAG = "cp310-cp310-manylinux_2_17_x86_64"
 @pytest.mark.parametrize(("name", "version", "cuda"), [
     ("torch", "2.9.0+cu128", (12, 8)),                     # the PyTorch index's label
     ("torch", "1.8.0+cu92", (9, 2)),
+    ("torch", "2.0.0+cu12", None),                         # not a label torch writes
+    ("cuda-bindings", "13.0.1", (13, 0)),                  # its major is its CUDA's
+    ("cupy-cuda12x", "13.6.0", (12, 0)),
     ("torch", "2.9.0+cpu", None),
     ("torch", "2.15.0", None),                             # PyPI's: its dependencies say
     ("nvidia-cuda-runtime", "13.2.86", (13, 2)),           # toolkit-versioned
@@ -95,7 +98,7 @@ def test_no_build_for_the_target_cuda_is_explained_in_words(make_index, project:
     for runtime, cuda in (("nvidia-cuda-runtime 13.2.86", "13.2"),
                           ("nvidia-cuda-runtime-cu12 12.4.127", "12.4"),
                           ("nvidia-cuda-runtime-cu12 12.8.90", "12.8")):
-        assert (f"{runtime} is built for CUDA {cuda}, newer than project.cuda = 12.1"
+        assert (f"{runtime} is built for CUDA {cuda}, newer than the target's cuda = 12.1"
                 in result.err), result.err
     assert "torch 2.9 depends on nvidia-cuda-runtime-cu12==12.8.90" in result.err
     assert "Traceback" not in result.err

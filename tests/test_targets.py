@@ -55,6 +55,7 @@ def test_targets_are_declared_with_errors_that_point_at_the_mistake(tmp_path: Pa
             ('[targets.cu130]\ncuda = "13"\n', 'cuda = \'13\' must look like "12.1"'),
             ('[targets.default]\ncuda = "13.0"\n', "'default' names [project]'s own target"),
             ('[targets.x]\n', "[targets.x] says nothing"),
+            ('[targets."cu12.8"]\ncuda = "12.8"\n', "must be 1 to 32 letters, digits"),
             ('[targets.cu130]\ncuda = "13.0"\n[groups.g]\npackages = ["torch"]\n'
              'targets = { cu13 = { index = "https://example.org/simple" } }\n',
              "no [targets.cu13] is declared; did you mean 'cu130'?")):
@@ -117,13 +118,39 @@ def test_a_pod_that_runs_no_target_is_told_what_each_needs(
         pytest.skip("the sentence names this x86_64 machine")
     _fleet(project, make_index)
     assert project.gpulock("lock").code == 0
-    monkeypatch.setenv("PATH", f"{fake_driver(tmp_path / 'smi', '550.54.15', '12.4')}:"
+    monkeypatch.setenv("PATH", f"{fake_driver(tmp_path / 'smi', '520.61.05', '11.8')}:"
                                "/usr/bin:/bin")
     result = project.gpulock("sync", "--store", str(project.root / "store"), "--frozen")
     assert result.code == 1
-    assert ("this pod (x86_64, NVIDIA driver 550.54.15 running CUDA up to 12.4) runs none of "
+    assert ("this pod (x86_64, NVIDIA driver 520.61.05 running CUDA up to 11.8) runs none of "
             "gpu.toml's targets: default needs x86_64 and CUDA 12.8; cu130 needs x86_64 and "
             "CUDA 13.0; arm needs aarch64 and CUDA 12.8; pass --target NAME") in result.err
+
+
+@pytest.mark.parametrize(("driver", "said"), [
+    (None, "no NVIDIA driver): syncing target 'default'"),  # a build stage, CI
+    (("550.54.15", "12.4"), "runs target 'default'"),  # 12.8 on 12.4: minor-version compat
+])
+def test_without_a_driver_that_runs_a_target_exactly_sync_takes_the_nearest(
+        make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        driver: tuple[str, str] | None, said: str):
+    if __import__("platform").machine() != "x86_64":
+        pytest.skip("the default target is an x86_64 pod")
+    _fleet(project, make_index)
+    assert project.gpulock("lock").code == 0
+    smi = f"{fake_driver(tmp_path / 'smi', *driver)}:" if driver else ""
+    monkeypatch.setenv("PATH", f"{smi}/usr/bin:/bin")
+    result = project.gpulock("sync", "--store", str(project.root / "store"), "--frozen",
+                             "--no-check")
+    assert result.code == 0 and said in result.err, result.err
+
+
+def test_a_lock_named_without_its_target_is_refused(make_index, project: Project):
+    _fleet(project, make_index)
+    assert project.gpulock("lock").code == 0
+    result = project.gpulock("sync", "--lock", str(project.lock_path), "--frozen")
+    assert result.code == 1
+    assert "say which one" in result.err and "--target NAME" in result.err
 
 
 def test_uv_installs_a_targets_lock_as_written(make_index, project: Project, tmp_path: Path):
@@ -140,3 +167,22 @@ def test_uv_installs_a_targets_lock_as_written(make_index, project: Project, tmp
     assert installed.returncode == 0, installed.stderr
     frozen = uv("pip", "freeze", "--python", str(venv / "bin" / "python"), cwd=tmp_path)
     assert sorted(frozen.stdout.split()) == ["numpy==2.0", "torch==2.9.0+cu130"]
+
+
+def test_every_target_pins_the_same_model_commit(make_index, project: Project, hub,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    first = hub.repo("org/tiny").commit({"config.json": b'{"v": 1}'})
+    _fleet(project, make_index)
+    with project.manifest.open("a") as manifest:
+        manifest.write('[models.tiny]\nsource = "hf://org/tiny"\n')
+    assert project.gpulock("lock").code == 0
+    hub.repo("org/tiny").commit({"config.json": b'{"v": 2}'})  # main moves on
+    text = project.manifest.read_text()
+    project.write(text.replace("[targets.arm]", '[targets.gh200]\nplatform = "linux_aarch64"'
+                                                '\n\n[targets.arm]'))
+    result = project.gpulock("lock")  # gh200 is new: it takes the default target's pin
+    assert result.code == 0, result.err
+    for name in ("pylock.gpu.toml", "pylock.gpu-gh200.toml", "pylock.gpu-arm.toml"):
+        assert first in (project.root / name).read_text(), name
+    unknown = project.gpulock("lock", "--upgrade-package", "nonesuch")
+    assert unknown.code == 1 and "is in gpu.toml or any target's lock" in unknown.err

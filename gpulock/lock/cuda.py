@@ -23,7 +23,11 @@ from packaging.version import Version
 # `-cuNN` suffix in their name says their CUDA's major version.
 _TOOLKIT_VERSIONED = frozenset({"nvidia-cuda-runtime", "cuda-toolkit"})
 _SUFFIX = re.compile(r"(nvidia-[a-z0-9-]+)-cu(\d{2})")
-_LABEL = re.compile(r"cu(\d{1,2}?)(\d)")
+# cu92, cu118, cu128, cu130: the last digit is the minor version; two digits only for 9.x.
+_LABEL = re.compile(r"cu(9|\d\d)(\d)")
+# Packages whose major version is their CUDA's (cuda-bindings 13.x needs a CUDA 13 driver).
+_MAJOR_VERSIONED = frozenset({"cuda-bindings", "cuda-python"})
+_CUPY = re.compile(r"cupy-cuda(\d{2})x")
 
 
 def built_for(name: str, version: Version) -> tuple[int, int] | None:
@@ -38,6 +42,10 @@ def built_for(name: str, version: Version) -> tuple[int, int] | None:
         return version.major, version.minor
     if suffixed:
         return int(suffixed.group(2)), 0
+    if name in _MAJOR_VERSIONED and 9 <= version.major <= 99:
+        return version.major, 0
+    if cupy := _CUPY.fullmatch(name):
+        return int(cupy.group(1)), 0
     return None
 
 

@@ -183,8 +183,8 @@ class IndexFinder:
         for built, versions in sorted(too_new.items()):
             newest = sorted(versions, key=Version)[-3:]
             reasons.append(f"{name} {', '.join(newest)} {'is' if len(versions) == 1 else 'are'} "
-                           f"built for CUDA {built[0]}.{built[1]}, newer than project.cuda = "
-                           f"{self.target.cuda}")
+                           f"built for CUDA {built[0]}.{built[1]}, newer than the target's "
+                           f"cuda = {self.target.cuda}")
         if no_wheel:
             newest = sorted(no_wheel, key=Version)[-3:]
             reasons.append(f"{name} {', '.join(newest)} only have sdists, and no_build is set "

@@ -56,10 +56,12 @@ def read_previous(path: Path) -> Lock | None:
 def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
          upgrade_packages: Iterable[str] = (), cache: Cache | None = None,
          workers: int = 16, progress: Callable[[str], None] | None = None,
-         store: Store | None = None, refresh: bool = False) -> LockResult:
+         store: Store | None = None, refresh: bool = False,
+         models: Sequence[PinnedModel] | None = None) -> LockResult:
     """Lock `manifest` into `path`; `store` is where ref:// models look up other projects'
     pins (default: the project's default store); `refresh` revalidates every cached index
-    page (as `upgrade` does), even one its max-age still holds fresh."""
+    page (as `upgrade` does), even one its max-age still holds fresh; `models`: pins made
+    already (another target's: every target runs the same weights)."""
     upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
     previous = read_previous(path)
     named = {p.name for p in previous.packages} if previous else set()
@@ -71,8 +73,9 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
                            "is in gpu.toml or the lock")
     if (previous is not None and not upgrade and not upgrade_names and not refresh
             and previous.manifest_hash == manifest.content_hash
-            and previous.target == manifest.target
-            and {m.get("name") for m in previous.models} == {m.name for m in manifest.models}):
+            and previous.target == manifest.target and not _beyond_cuda(previous)
+            and {m.get("name") for m in previous.models} == {m.name for m in manifest.models}
+            and (models is None or list(previous.models) == [m.as_dict() for m in models])):
         return LockResult(lock=previous, up_to_date=True)
 
     preferred: dict[NormalizedName, Version] = {}
@@ -127,7 +130,8 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     finally:
         finder.close()
 
-    models = pin_models(manifest, previous, upgrade, upgrade_names, store)
+    if models is None:
+        models = pin_models(manifest, previous, upgrade, upgrade_names, store)
     new = Lock(target=target, manifest_hash=manifest.content_hash, packages=tuple(packages),
                models=tuple(m.as_dict() for m in models))
     result = LockResult(lock=new, changes=diff(previous, new))
@@ -140,6 +144,18 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
         "bytes_received": http.bytes_received,
     }
     return result
+
+
+def _beyond_cuda(lock: Lock) -> bool:
+    """Whether `lock` (made before CUDA constrained the resolution) holds builds for a newer
+    CUDA than its target's: such a lock is resolved again, not kept."""
+    from gpulock.lock.cuda import newer
+
+    needed = lockfile.cuda_needed(lock)
+    if not needed or not lock.target.cuda:
+        return False
+    major, minor = (int(part) for part in needed.split("."))
+    return newer((major, minor), lock.target.cuda)
 
 
 def _builder(manifest: Manifest, group: Group, preferred: Mapping[NormalizedName, Version]

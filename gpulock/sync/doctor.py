@@ -166,7 +166,7 @@ def _driver_checks(lock: Lock, driver: Driver | str | None) -> list[Check]:
     # driver); the target's own CUDA when no package says.
     from gpulock.lock.lockfile import cuda_needed
 
-    cuda = (cuda_needed(lock) or lock.target.cuda) if lock.target.cuda else None
+    cuda = cuda_needed(lock) or lock.target.cuda
     if not isinstance(driver, Driver):
         why = driver or "no NVIDIA driver here (nvidia-smi is not on PATH)"
         if cuda:

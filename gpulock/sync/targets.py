@@ -34,7 +34,18 @@ def choose(manifest: Manifest, driver: Driver | str | None, machine: str | None 
             runs.append((need or Version("0"), name))
     pod = f"this pod ({arch}, " + (f"NVIDIA driver {driver.version} running CUDA up to "
                                    f"{driver.cuda})" if isinstance(driver, Driver) and
-                                   driver.cuda else "no NVIDIA driver)")
+                                   driver.cuda else f"{_no_driver(driver)})")
+    if not runs and have is not None:
+        # CUDA's minor-version compatibility: a 12.8 build runs on a 12.4 driver (doctor
+        # warns of PTX JIT), the nearest such target rather than none.
+        runs = [(need, name) for name, target in targets_of(manifest)
+                if target.arch == arch and target.cuda and (need := _cuda(target.cuda))
+                and need.major == have.major]
+    if not runs and have is None:
+        default = targets_of(manifest)[0][1]
+        if default.arch == arch:  # a build stage or CI: no driver to choose by
+            return DEFAULT_TARGET, (f"{pod}: syncing target '{DEFAULT_TARGET}' (--target NAME "
+                                    "chooses another)")
     if not runs:
         needs = "; ".join(f"{name} needs {target.arch}"
                           + (f" and CUDA {target.cuda}" if target.cuda else "")
@@ -45,6 +56,10 @@ def choose(manifest: Manifest, driver: Driver | str | None, machine: str | None 
     order = [name for name, _ in targets_of(manifest)]
     best = max(runs, key=lambda run: (run[0], -order.index(run[1])))[1]
     return best, f"{pod} runs target '{best}' (--target NAME chooses another)"
+
+
+def _no_driver(driver: Driver | str | None) -> str:
+    return driver if isinstance(driver, str) else "no NVIDIA driver"
 
 
 def _cuda(text: str) -> Version | None:
