@@ -133,6 +133,21 @@ def test_an_lfs_server_that_drips_is_stopped_by_the_pull_s_deadline(
     _write(project, f"{_served(tmp_path, server, login='')}@main")
     result = project.gpulock("lock")
     refused(result, "model 'm'", "git lfs took over", "was stopped")
+    # The whole pull is stopped: git-lfs, which git started, is not left downloading.
+    assert _running_in(tmp_path) == []
+
+
+def _running_in(folder: Path) -> list[str]:
+    """The processes whose working folder is below `folder`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(folder)):
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                             .decode(errors="replace"))
+        except OSError:
+            continue
+    return found
 
 
 SELECTIONS = {  # what the model takes of a repository whose other.bin's object is lost

@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -87,10 +88,8 @@ def run_git(command: str, *args: str, repo: Path | None = None, url: str | None 
         if url and url.startswith("http://") and not private(url):
             env.update(_without_netrc(Path(empty)))
         try:
-            result = subprocess.run(["git", *where, command, *args], cwd=repo or empty,
-                                    capture_output=True, encoding="utf-8",
-                                    errors="surrogateescape", check=False, env=env,
-                                    timeout=30 * stall + slack)
+            result = _run_group(["git", *where, command, *args], repo or Path(empty), env,
+                                30 * stall + slack)
         except FileNotFoundError:
             raise GpulockError("git is not installed, but the manifest names a git "
                                "repository") from None
@@ -104,6 +103,23 @@ def run_git(command: str, *args: str, repo: Path | None = None, url: str | None 
                "reach another host)" if credentials and _REDIRECT.search(last[0]) else "")
         raise GpulockError(f"git {command} failed: {redact(last[0])}{why}")
     return result.stdout
+
+
+def _run_group(command: list[str], cwd: Path, env: dict[str, str], timeout: float
+               ) -> subprocess.CompletedProcess[str]:
+    """`command` in a process group of its own, the whole group killed when it overruns or
+    gpulock is interrupted: git runs git-lfs, which a kill of git alone left downloading."""
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, encoding="utf-8", errors="surrogateescape",
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _environment(command: str, url: str | None, settings: dict[str, str], stall: float
