@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,54 @@ def torch_index_hash(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_FETCHING_BACKEND = """\
+import os
+import urllib.request
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    extra = ""
+    try:  # as flash-attn's setup.py fetches a prebuilt wheel when it can
+        urllib.request.urlopen({url!r}, timeout=10).read()
+        extra = "Requires-Dist: fetched\\n"
+    except Exception:
+        pass
+    folder = os.path.join(metadata_directory, "dl-1.0.dist-info")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "METADATA"), "w") as handle:
+        handle.write("Metadata-Version: 2.1\\nName: dl\\nVersion: 1.0\\n" + extra)
+    return "dl-1.0.dist-info"
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise NotImplementedError
+"""
+
+
+def test_a_metadata_hook_that_downloads_cannot_make_the_lock_depend_on_it(
+        make_index, project: Project):
+    import io
+    import tarfile
+
+    index = make_index()
+    probe = index.url.replace("/simple", "/files/prebuilt.whl")
+    files = {"PKG-INFO": "Metadata-Version: 2.1\nName: dl\nVersion: 1.0\n\n",
+             "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+                               'backend-path = ["."]\n',
+             "backend.py": _FETCHING_BACKEND.format(url=probe)}
+    with tarfile.open(index.folder / "dl-1.0.tar.gz", "w:gz") as archive:
+        for name, text in files.items():
+            member = tarfile.TarInfo(f"dl-1.0/{name}")
+            member.size = len(text.encode())
+            archive.addfile(member, io.BytesIO(text.encode()))
+    make_wheel(index.folder, "helper", "1.0")
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    project.write(f'[project]\nname = "dl"\npython = "{python}"\nindex = "{index.url}"\n'
+                  '[groups.ext]\nno_build_isolation = true\nbuild_requires = ["helper"]\n'
+                  'packages = ["dl"]\n')
+    lock = project.lock()
+    assert {p.name for p in lock.packages} == {"dl", "helper"}
+    assert not any(path.endswith("prebuilt.whl") for path, _ in index.requests)
+    assert "fetched" not in project.lock_path.read_text()

@@ -100,7 +100,8 @@ def _sdist(folder: Path, cuda: bool = False) -> None:
             archive.addfile(member, io.BytesIO(data))
 
 
-def _manifest(name: str, sources: Path, cuda: bool = False) -> str:
+def _manifest(name: str, sources: Path, cuda: bool = False, build_requires: bool = True
+              ) -> str:
     torch = ('[groups.pytorch]\npackages = ["torch==2.13.0"]\n' if cuda else
              f'[groups.pytorch]\nindex = "{TORCH.parent.as_uri()}"\n'  # type: ignore[union-attr]
              'packages = ["torch==2.13.0"]\n')
@@ -109,8 +110,8 @@ def _manifest(name: str, sources: Path, cuda: bool = False) -> str:
     index = "https://pypi.org/simple" if cuda else MIRROR.as_uri()
     return (f'[project]\nname = "{name}"\npython = "3.11"\nindex = "{index}"\n{torch}'
             f'[groups.extensions]\nindex = "{sources.as_uri()}"\nno_build_isolation = true\n'
-            f'build_requires = ["torch", "setuptools", "ninja"]\nenv = {env}\n'
-            'packages = ["addone"]\n[verify]\nimports = ["addone"]\n')
+            + ('build_requires = ["torch", "setuptools", "ninja"]\n' if build_requires else "")
+            + f'env = {env}\npackages = ["addone"]\n[verify]\nimports = ["addone"]\n')
 
 
 @pytest.mark.skipif(TORCH is None, reason="the torch-2.13.0+cpu wheel is not in pip's "
@@ -163,3 +164,44 @@ def test_a_cuda_extension_builds_with_nvcc_against_torch_from_pypi(project: Proj
     assert "libcudart.so.13" in dynamic and ".nv_fatbin" in dynamic  # nvcc's kernels in it
     assert b"SM_800_900" in library.read_bytes()  # built for TORCH_CUDA_ARCH_LIST 8.0;9.0
     _computes(project, store)
+
+
+@pytest.mark.skipif(TORCH is None, reason="the torch-2.13.0+cpu wheel is not in pip's "
+                    "configured find-links folder (pip config list)")
+@pytest.mark.skipif(not MIRROR.is_dir(), reason=f"torch's dependencies need {MIRROR}")
+@pytest.mark.skipif(find_python("3.11") is None, reason="the torch wheel is for CPython 3.11")
+@pytest.mark.skipif(shutil.which("c++") is None, reason="building the extension needs c++")
+def test_without_build_requires_the_extension_locks_against_the_other_groups_as_it_builds(
+        project: Project, tmp_path: Path):
+    """As pip users write it (`pip install --no-build-isolation` after torch): the metadata
+    hook at lock time sees the other groups' locked wheels, as the build at sync sees their
+    entries; nothing is compiled to lock."""
+    sources = tmp_path / "sources"
+    _sdist(sources)
+    project.write(_manifest("implicit", sources, build_requires=False))
+    locked = project.gpulock("lock")
+    assert locked.code == 0, locked.err
+    assert not list(Path(project.root).rglob("_C.cpython-*.so"))
+    store = str(project.root / "store")
+    synced = project.gpulock("sync", "--store", store)
+    assert synced.code == 0, synced.err
+    _computes(project, store)
+
+
+@pytest.mark.skipif(not MIRROR.is_dir(), reason=f"setuptools comes from {MIRROR}")
+def test_a_build_that_imports_what_it_lacks_says_which_module_and_what_to_do_first(
+        project: Project, tmp_path: Path):
+    sources = tmp_path / "sources"
+    _sdist(sources)
+    project.write(f'[project]\nname = "lacks"\npython = "{sys.version_info.major}.'
+                  f'{sys.version_info.minor}"\nindex = "{MIRROR.as_uri()}"\n'
+                  f'[groups.extensions]\nindex = "{sources.as_uri()}"\n'
+                  'no_build_isolation = true\nbuild_requires = ["setuptools"]\n'
+                  'packages = ["addone"]\n')
+    result = project.gpulock("lock")
+    assert result.code == 1
+    first = result.err.splitlines()[0]
+    assert ("building addone-1.0.tar.gz failed: it imports 'torch', which a venv on CPython "
+            in first and "add the package that provides torch to its group's "
+            "build_requires" in first), result.err
+    assert "ModuleNotFoundError: No module named 'torch'" in result.err  # the log follows

@@ -5,8 +5,10 @@ own build requirements). A `no_build_isolation` build sees an environment instea
 - at sync, one made of the lock's store entries (`gpulock.build.env`): the torch it compiles
   against is the locked torch that runs beside it;
 - at lock time, for metadata only, a throwaway venv holding the group's `build_requires`
-  (pinned to the previous lock's versions when there is one) and the source's declared
-  build system; the PEP 517 metadata hook runs there, so nothing is compiled to lock.
+  (pinned to the previous lock's versions when there is one), or without them the other
+  groups' locked wheels (`sees`: what the build at sync sees), and the source's declared
+  build system; the PEP 517 metadata hook runs there, offline for every client that
+  honours a proxy, so nothing is compiled or downloaded to lock.
 `Builder.key` names the settings a build depends on besides its inputs.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -41,6 +44,9 @@ class Builder:
     # Where a lock-time metadata environment gets build_requires: first the group's index.
     indexes: tuple[str, ...] = ()
     pins: tuple[tuple[str, str], ...] = ()  # name -> version the previous lock chose
+    # Without build_requires: the wheels of everything else the lock resolved, which the
+    # metadata hook sees as the build at sync sees their entries (lock time only).
+    sees: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -113,18 +119,31 @@ class Builder:
                               check=False)
         python = venv / "bin" / "python"
         wanted = [self._pinned(r) for r in (*self.build_requires, *system.requires)]
+        if made.returncode == 0 and self.sees:
+            made = subprocess.run([uv, "pip", "install", "--quiet", "--no-deps", "--python",
+                                   str(python), "--no-python-downloads", *self.sees],
+                                  capture_output=True, text=True, env=self._index_env(),
+                                  check=False)
         if made.returncode == 0 and wanted:
             made = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python),
                                    "--no-python-downloads", *wanted],
                                   capture_output=True, text=True, env=self._index_env(),
                                   check=False)
+        holding = f"a venv on CPython {self.python} with " + (
+            ", ".join(wanted) + (" and the project's other locked packages" if self.sees
+                                 else "") if wanted else "the project's other locked packages")
         if made.returncode != 0:
-            raise _failed(label, "its metadata build environment could not be made",
-                          f"a venv on CPython {self.python} with {', '.join(wanted)}",
+            raise _failed(label, "its metadata build environment could not be made", holding,
                           made.stdout + made.stderr)
         from pyproject_hooks import BuildBackendHookCaller, quiet_subprocess_runner
 
-        settings = {**dict(self.env), "PYTHONDONTWRITEBYTECODE": "1"}
+        # Offline, for every client that honours a proxy (urllib, requests, pip): a setup.py
+        # that would fetch something (flash-attn fetches a prebuilt wheel when it can) must
+        # not make the lock depend on what a server says today.
+        dead = "http://127.0.0.1:9"
+        settings = {**dict(self.env), "PYTHONDONTWRITEBYTECODE": "1", "NO_PROXY": "",
+                    "no_proxy": "", **{f"{scheme}_proxy": dead for scheme in
+                                       ("http", "https", "all", "HTTP", "HTTPS", "ALL")}}
 
         def runner(cmd: Sequence[str], cwd: str | None = None,
                    extra_environ: Mapping[str, str] | None = None) -> None:
@@ -140,9 +159,7 @@ class Builder:
         except Exception as exc:  # the backend's own failure, whatever it raised
             output = getattr(exc, "output", b"") or b""
             said = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-            raise _failed(label, "its metadata hook failed",
-                          f"a venv on CPython {self.python} with {', '.join(wanted)}",
-                          said or str(exc)) from None
+            raise _failed(label, "its metadata hook failed", holding, said or str(exc)) from None
         metadata = out / name / "METADATA"
         if "/" in name or not metadata.is_file():
             raise GpulockError(f"building the metadata of {label} gave no METADATA")
@@ -196,8 +213,21 @@ def _failed(label: str, what: str, environment: str, log: str) -> GpulockError:
     # uv and build backends got the index logins through their environment: a log line
     # that echoes an index URL must not carry them to the terminal.
     tail = [redact(line) for line in log.strip().splitlines()[-LOG_LINES:]]
+    missing = _MISSING.findall(log)
+    if missing:
+        # The usual cause, said first: setup.py imports what its environment lacks.
+        module = missing[-1]
+        return GpulockError(
+            f"building {label} failed: it imports '{module}', which {environment} lacks; "
+            f"add the package that provides {module} to its group's build_requires (or, for "
+            "a no_build_isolation group without build_requires, to another group of the "
+            f"project); the last {len(tail)} lines of its log:",
+            details=["  " + line for line in tail])
     return GpulockError(f"building {label} failed ({what}) in {environment}; the last "
                         f"{len(tail)} lines of its log:", details=["  " + line for line in tail])
+
+
+_MISSING = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?([\w.]+)'?")
 
 
 def _source_tree(source: Path, into: Path, label: str) -> Path:

@@ -13,6 +13,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
@@ -27,7 +28,7 @@ from gpulock.lock.finder import IndexFinder
 from gpulock.lock.index import DistFile, Index
 from gpulock.lock.lockfile import FileRef, Lock, LockedPackage, VcsRef
 from gpulock.lock.metadata import MetadataSource
-from gpulock.lock.resolve import resolve
+from gpulock.lock.resolve import Resolution, resolve
 from gpulock.lock.vcs import GitSource
 from gpulock.manifest import Group, Manifest, Model
 from gpulock.models import PinnedModel
@@ -84,7 +85,6 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
             if package.name not in upgrade_names:
                 preferred[canonicalize_name(package.name)] = Version(package.version)
 
-    target = manifest.target
     cache = cache or Cache()
     http = Http()
     indexes: dict[str, Index] = {}
@@ -92,32 +92,23 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     def index(url: str) -> Index:
         return indexes.setdefault(url, Index(url, http, cache, refresh=refresh or upgrade))
 
-    routed: dict[NormalizedName, Index] = {}
-    builders: dict[NormalizedName, Builder] = {}
-    no_deps: set[str] = set()
-    roots = []
-    for group in manifest.groups:
-        builder = _builder(manifest, group, preferred)
-        for requirement in group.packages:
-            name = canonicalize_name(requirement.name)
-            if group.index:
-                routed[name] = index(group.index)
-            if group.no_deps:
-                no_deps.add(name)
-            if group.no_build_isolation or group.env:
-                builders[name] = builder
-            roots.append((group.name, requirement))
-        # Locked with everything else: the build sees the versions that run beside it.
-        roots += [(group.name, requirement) for requirement in group.build_requires]
-
     metadata = MetadataSource(http, cache)
-    finder = IndexFinder(target, index(manifest.project.index), routed, metadata, builders,
-                         Builder(target.python), preferred=preferred, no_deps=no_deps,
-                         workers=workers, no_build=manifest.no_build_for)
+    # A no-isolation group without build_requires builds at sync against every other locked
+    # package; its metadata hook at lock time sees the same: the rest, resolved first, from
+    # their locked wheels (nothing compiled, nothing needed on this machine).
+    implicit = {g.name for g in manifest.groups if g.no_build_isolation and not g.build_requires}
+    sees: tuple[str, ...] = ()
+    if implicit:
+        rest = [g for g in manifest.groups if g.name not in implicit]
+        finder, first = _resolve(manifest, rest, (), preferred, index, metadata, workers,
+                                 progress)
+        finder.close()
+        sees = tuple(pin.source.url for pin in first.pins.values()
+                     if isinstance(pin.source, DistFile) and pin.source.is_wheel)
+        preferred = {**{n: p.version for n, p in first.pins.items()}, **preferred}
+    finder, resolution = _resolve(manifest, manifest.groups, sees, preferred, index, metadata,
+                                  workers, progress)
     try:
-        resolution = resolve(roots, finder, target.marker_environment, no_deps=no_deps,
-                             preferred=preferred, target=target.describe(), progress=progress,
-                             prerelease=manifest.prerelease_for)
         known = {ref.url: p for p in (previous.packages if previous else ())
                  if (ref := p.wheel or p.sdist) is not None}
 
@@ -129,7 +120,57 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
         packages = list(finder.pool.map(locked, sorted(resolution.pins)))
     finally:
         finder.close()
+    return _write(manifest, path, previous, packages, metadata, http, indexes, upgrade,
+                  upgrade_names, store, models)
 
+
+def _resolve(manifest: Manifest, groups: Sequence[Group], sees: tuple[str, ...],
+             preferred: Mapping[NormalizedName, Version], index: Callable[[str], Index],
+             metadata: MetadataSource, workers: int,
+             progress: Callable[[str], None] | None) -> tuple[IndexFinder, Resolution]:
+    """Resolve `groups` for the manifest's target; `sees`: the wheels a no-isolation
+    metadata hook without build_requires is given. The finder is the caller's to close."""
+    target = manifest.target
+    routed: dict[NormalizedName, Index] = {}
+    builders: dict[NormalizedName, Builder] = {}
+    no_deps: set[str] = set()
+    roots = []
+    for group in groups:
+        builder = _builder(manifest, group, preferred, sees)
+        for requirement in group.packages:
+            name = canonicalize_name(requirement.name)
+            if group.index:
+                routed[name] = index(group.index)
+            if group.no_deps:
+                no_deps.add(name)
+            if group.no_build_isolation or group.env:
+                builders[name] = builder
+            roots.append((group.name, requirement))
+        # Locked with everything else: the build sees the versions that run beside it.
+        roots += [(group.name, requirement) for requirement in group.build_requires]
+        if group.no_build_isolation and not group.build_requires:
+            # What setup.py itself needs at sync, where the build sees only locked packages
+            # (a pyproject.toml's other build system is named in build_requires).
+            roots.append((group.name, Requirement("setuptools")))
+    finder = IndexFinder(target, index(manifest.project.index), routed, metadata, builders,
+                         Builder(target.python), preferred=preferred, no_deps=no_deps,
+                         workers=workers, no_build=manifest.no_build_for)
+    try:
+        resolution = resolve(roots, finder, target.marker_environment, no_deps=no_deps,
+                             preferred=preferred, target=target.describe(), progress=progress,
+                             prerelease=manifest.prerelease_for)
+    except BaseException:
+        finder.close()
+        raise
+    return finder, resolution
+
+
+def _write(manifest: Manifest, path: Path, previous: Lock | None,
+           packages: list[LockedPackage], metadata: MetadataSource, http: Http,
+           indexes: dict[str, Index], upgrade: bool, upgrade_names: AbstractSet[str],
+           store: Store | None, models: Sequence[PinnedModel] | None) -> LockResult:
+    """The lock of `packages` and the models written to `path`, and what changed."""
+    target = manifest.target
     if models is None:
         models = pin_models(manifest, previous, upgrade, upgrade_names, store)
     new = Lock(target=target, manifest_hash=manifest.content_hash, packages=tuple(packages),
@@ -158,16 +199,18 @@ def _beyond_cuda(lock: Lock) -> bool:
     return newer((major, minor), lock.target.cuda)
 
 
-def _builder(manifest: Manifest, group: Group, preferred: Mapping[NormalizedName, Version]
-             ) -> Builder:
+def _builder(manifest: Manifest, group: Group, preferred: Mapping[NormalizedName, Version],
+             sees: tuple[str, ...] = ()) -> Builder:
     """How the group's sources build; a no-isolation metadata build takes build_requires
-    from the group's index first, then the project's and the other groups'."""
+    from the group's index first, then the project's and the other groups'; without
+    build_requires it is given `sees` (the other groups' locked wheels)."""
     indexes = dict.fromkeys([group.index or manifest.project.index, manifest.project.index,
                              *(g.index for g in manifest.groups if g.index)])
     return Builder(manifest.target.python, isolation=not group.no_build_isolation,
                    env=group.env, build_requires=tuple(str(r) for r in group.build_requires),
                    indexes=tuple(i for i in indexes if i),
-                   pins=tuple(sorted((n, str(v)) for n, v in preferred.items())))
+                   pins=tuple(sorted((n, str(v)) for n, v in preferred.items())),
+                   sees=sees if group.no_build_isolation and not group.build_requires else ())
 
 
 def _locked(source: object, name: str, version: Version, dependencies: Sequence[str],
