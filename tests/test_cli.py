@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gpulock.cli import build_parser
 from tests.support.dists import make_wheel
 
@@ -117,3 +119,17 @@ def test_a_full_disk_is_one_sentence_and_leaves_current(tmp_path: Path, make_ind
     assert list((tmp_path / "store" / "v1" / "tmp").glob("*")) in ([], [
         tmp_path / "store" / "v1" / "tmp" / "downloads"])
     assert not (tmp_path / "store" / "v1" / "envs" / "x" / "current").exists()
+
+
+def test_a_reader_that_leaves_early_gets_no_error(monkeypatch: pytest.MonkeyPatch,
+                                                  capfd: pytest.CaptureFixture[str]):
+    """`gpulock env | head -1`: the pipe closes under gpulock's print; it says nothing of it
+    (a BrokenPipeError is an OSError, and was reported as a failed sync)."""
+    from gpulock import cli
+
+    def closed(_args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_cmd_env", closed)
+    assert cli.main(["env"]) == 1
+    assert capfd.readouterr().err == ""
