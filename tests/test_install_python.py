@@ -280,7 +280,7 @@ def test_the_manifest_refuses_a_wrong_install_python(tmp_path: Path):
 
 def test_without_install_python_a_missing_cpython_names_the_flag(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch):
-    from gpulock.sync import find_interpreter
+    from gpulock.env.interpreter import find_interpreter
 
     monkeypatch.setattr("gpulock.env.interpreter.find_python", lambda version: None)
     with pytest.raises(GpulockError, match="gpulock sync --install-python"):

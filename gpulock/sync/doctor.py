@@ -229,7 +229,7 @@ def _glibc(lock: Lock) -> Check:
 def _python(lock: Lock, store: Store, install: bool = False) -> Check:
     """The base CPython the environment's `bin/python` will link to, as sync finds it (the
     store's own first); with `install-python` a missing one is sync's to install."""
-    from gpulock.sync import find_interpreter
+    from gpulock.env.interpreter import find_interpreter
 
     try:
         python, full = find_interpreter(lock.target.python, store,
