@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 LAYOUT = "v1"
+# The buckets, one folder each: what a name in one means is that bucket's alone.
+PAGES = "pages"  # an index page by URL: its validators and body
+METADATA = "metadata"  # core metadata by distribution (sdists and git: by build settings)
+FACTS = "facts"  # a file's sha256 and size by URL, hashed once
+INTERPRETERS = "interpreters"  # this machine's CPython by version, trusted while unchanged
 
 
 def default_cache_dir() -> Path:

@@ -113,9 +113,9 @@ def _current_record(project_envs: Path) -> dict[str, Any] | None:
 
 def _cached_interpreter(version: str) -> str | None:
     """The interpreter the full sync would take from this machine's cache, if still valid."""
-    from gpulock.cache import Cache
+    from gpulock.cache import INTERPRETERS, Cache
 
-    hit = Cache().get_json("interpreters", version)
+    hit = Cache().get_json(INTERPRETERS, version)
     if not isinstance(hit, dict) or os.stat(hit["path"]).st_mtime_ns != hit["mtime_ns"]:
         return None
     return str(hit["path"])

@@ -103,10 +103,10 @@ def find_interpreter(version: str, store: Store | None = None, *,
             return found
         if install:
             return pythons.install(store, version, arch, log)
-    from gpulock.cache import Cache
+    from gpulock.cache import INTERPRETERS, Cache
 
     cache = Cache()
-    hit = cache.get_json("interpreters", version)
+    hit = cache.get_json(INTERPRETERS, version)
     if isinstance(hit, dict):
         try:
             if os.stat(hit["path"]).st_mtime_ns == hit["mtime_ns"]:
@@ -122,6 +122,6 @@ def find_interpreter(version: str, store: Store | None = None, *,
                            f"the store with uv (or 'uv python install {version}')")
     full, python = subprocess.run([python, "-c", _BASE_PYTHON], capture_output=True, text=True,
                                   check=True).stdout.split("\n")[:2]
-    cache.put_json("interpreters", version, {"path": python, "version": full,
+    cache.put_json(INTERPRETERS, version, {"path": python, "version": full,
                                              "mtime_ns": os.stat(python).st_mtime_ns})
     return python, full

@@ -24,6 +24,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
 from gpulock.build import Builder
+from gpulock.cache import METADATA
 from gpulock.errors import GpulockError
 from gpulock.lock import cuda
 from gpulock.lock.index import DistFile, Index, Listing
@@ -249,10 +250,10 @@ class IndexFinder:
             tree = checkout(source, self.metadata.cache.root)
             builder = self.builder_for(candidate.name)
             key = f"git:{source.commit}:{source.subdirectory}:{builder.key}"
-            raw = self.metadata.cache.get_bytes("metadata", key)
+            raw = self.metadata.cache.get_bytes(METADATA, key)
             if raw is None:
                 raw = builder.metadata(Path(tree), source.url)
-                self.metadata.cache.put_bytes("metadata", key, raw)
+                self.metadata.cache.put_bytes(METADATA, key, raw)
             from gpulock.lock.metadata import parse_core_metadata
 
             return parse_core_metadata(raw)

@@ -29,7 +29,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from gpulock.cache import Cache
+from gpulock.cache import PAGES, Cache
 from gpulock.credentials import redact, remember
 from gpulock.errors import FetchError
 from gpulock.http import Http
@@ -264,7 +264,7 @@ class Index:
     def _cached_page(self, url: str) -> tuple[dict[str, Any], bytes] | None:
         # One JSON line of HTTP facts, then the body as served: no re-escaping of
         # megabytes of JSON on every store.
-        raw = self.cache.get_bytes("pages", url)
+        raw = self.cache.get_bytes(PAGES, url)
         if raw is None or b"\n" not in raw:
             return None
         head, _, body = raw.partition(b"\n")
@@ -274,7 +274,7 @@ class Index:
             return None
 
     def _store_page(self, url: str, head: dict[str, Any], body: bytes) -> None:
-        self.cache.put_bytes("pages", url, json.dumps(head).encode() + b"\n" + body)
+        self.cache.put_bytes(PAGES, url, json.dumps(head).encode() + b"\n" + body)
 
     def _parse(self, head: dict[str, Any], body: bytes, url: str, keep: Keep | None
                ) -> Listing:

@@ -30,7 +30,7 @@ from packaging.version import Version
 
 from gpulock import untrusted
 from gpulock.build import Builder
-from gpulock.cache import Cache
+from gpulock.cache import FACTS, METADATA, Cache
 from gpulock.credentials import redact
 from gpulock.errors import FetchError
 from gpulock.http import Http
@@ -184,10 +184,10 @@ class MetadataSource:
 
     def wheel(self, dist: DistFile) -> CoreMetadata:
         key = f"{dist.url}#{dist.sha256 or ''}"
-        raw = self.cache.get_bytes("metadata", key)
+        raw = self.cache.get_bytes(METADATA, key)
         if raw is None:
             raw = self._fetch_wheel_metadata(dist)
-            self.cache.put_bytes("metadata", key, raw)
+            self.cache.put_bytes(METADATA, key, raw)
         return parse_core_metadata(raw)
 
     def _fetch_wheel_metadata(self, dist: DistFile) -> bytes:
@@ -274,7 +274,7 @@ class MetadataSource:
         """The file's sha256 and size, downloading it once when the index gave neither."""
         if dist.sha256 and dist.size is not None:
             return dist.sha256, dist.size
-        cached = self.cache.get_json("facts", dist.url)
+        cached = self.cache.get_json(FACTS, dist.url)
         if cached and (not dist.sha256 or cached["sha256"] == dist.sha256):
             return cached["sha256"], cached["size"]
         if dist.local_path is not None:
@@ -290,7 +290,7 @@ class MetadataSource:
         return sha256, size
 
     def _remember_facts(self, dist: DistFile, sha256: str, size: int) -> None:
-        self.cache.put_json("facts", dist.url, {"sha256": sha256, "size": size})
+        self.cache.put_json(FACTS, dist.url, {"sha256": sha256, "size": size})
 
     def _remote_size(self, dist: DistFile) -> int:
         response = self.http.get(dist.url, {"Range": "bytes=0-0"})
@@ -320,14 +320,14 @@ class MetadataSource:
     def sdist(self, dist: DistFile, builder: Builder) -> CoreMetadata:
         sha256, _ = self.facts(dist)
         key = f"sdist:{sha256}:{builder.key}"
-        raw = self.cache.get_bytes("metadata", key)
+        raw = self.cache.get_bytes(METADATA, key)
         if raw is None:
             with tempfile.TemporaryDirectory(prefix="gpulock-sdist-") as tmp:
                 path = self._download(dist, Path(tmp))
                 raw = _pkg_info(path, f"{dist.filename} ({redact(dist.url)})")
                 if raw is None or not parse_core_metadata(raw).reliable_for_sdist:
                     raw = builder.metadata(path, dist.filename)
-            self.cache.put_bytes("metadata", key, raw)
+            self.cache.put_bytes(METADATA, key, raw)
         return parse_core_metadata(raw)
 
     def _download(self, dist: DistFile, folder: Path) -> Path:
