@@ -862,6 +862,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        if "gpulock.lock.vcs" in sys.modules:  # git on the pool's threads: stop it too
+            sys.modules["gpulock.lock.vcs"].stop_running()
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `gpulock env | head -1`: the reader left; say nothing

@@ -163,3 +163,21 @@ def test_a_metadata_hook_that_downloads_cannot_make_the_lock_depend_on_it(
     assert {p.name for p in lock.packages} == {"dl", "helper"}
     assert not any(path.endswith("prebuilt.whl") for path, _ in index.requests)
     assert "fetched" not in project.lock_path.read_text()
+
+
+def test_the_missing_module_named_first_is_the_failures_not_an_optional_import():
+    from gpulock.build import _failed
+
+    log = ("warning: No module named 'psutil' (optional, skipped)\n"
+           "Traceback (most recent call last):\n  File \"setup.py\", line 3\n"
+           "OSError: CUDA_HOME environment variable is not set\n")
+    said = str(_failed("ext-1.0.tar.gz", "its metadata hook failed", "a venv on CPython 3.11",
+                       log))
+    assert "it imports" not in said and "(its metadata hook failed)" in said
+    log += ("Traceback (most recent call last):\n  File \"setup.py\", line 1\n"
+            "ModuleNotFoundError: No module named 'torch'\n")
+    said = str(_failed("ext-1.0.tar.gz", "uv build exited 1", "an isolated build on CPython "
+                       "3.11", log))
+    assert said.startswith("building ext-1.0.tar.gz failed: it imports 'torch', which an "
+                           "isolated build on CPython 3.11 lacks; set no_build_isolation = "
+                           "true on its group with torch's package in build_requires")

@@ -44,9 +44,22 @@ class Builder:
     # Where a lock-time metadata environment gets build_requires: first the group's index.
     indexes: tuple[str, ...] = ()
     pins: tuple[tuple[str, str], ...] = ()  # name -> version the previous lock chose
-    # Without build_requires: the wheels of everything else the lock resolved, which the
-    # metadata hook sees as the build at sync sees their entries (lock time only).
-    sees: tuple[str, ...] = ()
+    # Without build_requires: everything else the lock resolved, (its wheel's URL, name==
+    # version), which the metadata hook sees as the build at sync sees their entries.
+    sees: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def metadata_key(self) -> str:
+        """What a lock-time METADATA depends on: the build settings, and for a no-isolation
+        hook the versions it saw (a setup.py may write `torch=={torch.__version__}`)."""
+        if self.isolation:
+            return self.key
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+
+        named = {canonicalize_name(Requirement(r).name) for r in self.build_requires}
+        held = tuple(pin for pin in self.pins if pin[0] in named)
+        return hashlib.sha256(repr((self.key, self.sees, held)).encode()).hexdigest()
 
     @property
     def key(self) -> str:
@@ -120,10 +133,7 @@ class Builder:
         python = venv / "bin" / "python"
         wanted = [self._pinned(r) for r in (*self.build_requires, *system.requires)]
         if made.returncode == 0 and self.sees:
-            made = subprocess.run([uv, "pip", "install", "--quiet", "--no-deps", "--python",
-                                   str(python), "--no-python-downloads", *self.sees],
-                                  capture_output=True, text=True, env=self._index_env(),
-                                  check=False)
+            self._install_sees(python, work, label)
         if made.returncode == 0 and wanted:
             made = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python),
                                    "--no-python-downloads", *wanted],
@@ -165,6 +175,32 @@ class Builder:
             raise GpulockError(f"building the metadata of {label} gave no METADATA")
         with metadata.open("rb") as handle:
             return untrusted.bounded(handle, f"the METADATA built from {label}")
+
+    def _install_sees(self, python: Path, work: Path, label: str) -> None:
+        """The other groups' locked packages into the hook's venv: their wheels for the
+        target, else (a machine of another platform locking) the same versions for this one.
+        The lists go through a 0600 file, not the command line every user can read."""
+        failed = ""
+        for attempt, entries in (("wheels", [url for url, _ in self.sees]),
+                                 ("versions", [spec for _, spec in self.sees])):
+            listed = work / f"sees-{attempt}.txt"
+            listed.touch(mode=0o600)
+            listed.write_text("".join(f"{entry}\n" for entry in entries))
+            made = subprocess.run([_uv(), "pip", "install", "--quiet", "--no-deps", "--python",
+                                   str(python), "--no-python-downloads", "-r", str(listed)],
+                                  capture_output=True, text=True, env=self._index_env(),
+                                  check=False)
+            if made.returncode == 0:
+                return
+            failed = (made.stderr.strip().splitlines() or [f"exit {made.returncode}"])[-1]
+        from gpulock.credentials import redact
+
+        names = ", ".join(spec.split("==")[0] for _, spec in self.sees[:6])
+        raise GpulockError(f"the metadata hook of {label} runs against the other groups' "
+                           f"locked packages ({names}{'...' if len(self.sees) > 6 else ''}), "
+                           "and neither their wheels for the target nor those versions for "
+                           f"this machine install here ({redact(failed)}); lock on a machine "
+                           "of the target's platform, or give the group build_requires")
 
     def _pinned(self, requirement: str) -> str:
         """`requirement` held to the previous lock's version (uv's match-runtime, as near as
@@ -213,15 +249,20 @@ def _failed(label: str, what: str, environment: str, log: str) -> GpulockError:
     # uv and build backends got the index logins through their environment: a log line
     # that echoes an index URL must not carry them to the terminal.
     tail = [redact(line) for line in log.strip().splitlines()[-LOG_LINES:]]
-    missing = _MISSING.findall(log)
+    # The usual cause, said first: the failure itself (the last traceback's exception, not
+    # an optional import the build caught and logged) is a module its environment lacks.
+    failure = log.rsplit("Traceback (most recent call last):", 1)[-1]
+    missing = _MISSING.findall(failure) if "Traceback" in log else []
     if missing:
-        # The usual cause, said first: setup.py imports what its environment lacks.
         module = missing[-1]
+        fix = (f"add the package that provides {module} to its group's build_requires (or, "
+               "for a no_build_isolation group without build_requires, to another group of "
+               "the project)" if "no-isolation" in environment or "venv" in environment
+               else f"set no_build_isolation = true on its group with {module}'s package in "
+               "build_requires")
         return GpulockError(
             f"building {label} failed: it imports '{module}', which {environment} lacks; "
-            f"add the package that provides {module} to its group's build_requires (or, for "
-            "a no_build_isolation group without build_requires, to another group of the "
-            f"project); the last {len(tail)} lines of its log:",
+            f"{fix}; the last {len(tail)} lines of its log:",
             details=["  " + line for line in tail])
     return GpulockError(f"building {label} failed ({what}) in {environment}; the last "
                         f"{len(tail)} lines of its log:", details=["  " + line for line in tail])

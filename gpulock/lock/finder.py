@@ -249,7 +249,7 @@ class IndexFinder:
         if isinstance(source, GitSource):
             tree = checkout(source, self.metadata.cache.root)
             builder = self.builder_for(candidate.name)
-            key = f"git:{source.commit}:{source.subdirectory}:{builder.key}"
+            key = f"git:{source.commit}:{source.subdirectory}:{builder.metadata_key}"
             raw = self.metadata.cache.get_bytes(METADATA, key)
             if raw is None:
                 raw = builder.metadata(Path(tree), source.url)

@@ -97,15 +97,17 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     # package; its metadata hook at lock time sees the same: the rest, resolved first, from
     # their locked wheels (nothing compiled, nothing needed on this machine).
     implicit = {g.name for g in manifest.groups if g.no_build_isolation and not g.build_requires}
-    sees: tuple[str, ...] = ()
+    sees: tuple[tuple[str, str], ...] = ()
     if implicit:
         rest = [g for g in manifest.groups if g.name not in implicit]
         finder, first = _resolve(manifest, rest, (), preferred, index, metadata, workers,
                                  progress)
         finder.close()
-        sees = tuple(pin.source.url for pin in first.pins.values()
+        sees = tuple((pin.source.url, f"{name}=={pin.version}")
+                     for name, pin in sorted(first.pins.items())
                      if isinstance(pin.source, DistFile) and pin.source.is_wheel)
-        preferred = {**{n: p.version for n, p in first.pins.items()}, **preferred}
+        # The versions the hook saw come first: the lock should be what it was built against.
+        preferred = {**preferred, **{n: p.version for n, p in first.pins.items()}}
     finder, resolution = _resolve(manifest, manifest.groups, sees, preferred, index, metadata,
                                   workers, progress)
     try:
@@ -124,7 +126,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
                   upgrade_names, store, models)
 
 
-def _resolve(manifest: Manifest, groups: Sequence[Group], sees: tuple[str, ...],
+def _resolve(manifest: Manifest, groups: Sequence[Group], sees: tuple[tuple[str, str], ...],
              preferred: Mapping[NormalizedName, Version], index: Callable[[str], Index],
              metadata: MetadataSource, workers: int,
              progress: Callable[[str], None] | None) -> tuple[IndexFinder, Resolution]:
@@ -200,7 +202,7 @@ def _beyond_cuda(lock: Lock) -> bool:
 
 
 def _builder(manifest: Manifest, group: Group, preferred: Mapping[NormalizedName, Version],
-             sees: tuple[str, ...] = ()) -> Builder:
+             sees: tuple[tuple[str, str], ...] = ()) -> Builder:
     """How the group's sources build; a no-isolation metadata build takes build_requires
     from the group's index first, then the project's and the other groups'; without
     build_requires it is given `sees` (the other groups' locked wheels)."""

@@ -319,7 +319,7 @@ class MetadataSource:
 
     def sdist(self, dist: DistFile, builder: Builder) -> CoreMetadata:
         sha256, _ = self.facts(dist)
-        key = f"sdist:{sha256}:{builder.key}"
+        key = f"sdist:{sha256}:{builder.metadata_key}"
         raw = self.cache.get_bytes(METADATA, key)
         if raw is None:
             with tempfile.TemporaryDirectory(prefix="gpulock-sdist-") as tmp:

@@ -6,6 +6,7 @@ branch or tag never changes what `sync` builds. Checkouts are cached by commit.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import fcntl
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,25 @@ def run_git(command: str, *args: str, repo: Path | None = None, url: str | None 
     return result.stdout
 
 
+# The process groups of the git commands running now (on any thread): an interrupted
+# gpulock stops them all (Ctrl-C reaches only the main thread, and git's own group is not
+# the terminal's).
+_RUNNING: set[int] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_running() -> None:
+    """Kill every git command's process group still running (on Ctrl-C, at exit)."""
+    with _RUNNING_LOCK:
+        groups = list(_RUNNING)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
+atexit.register(stop_running)
+
+
 def _run_group(command: list[str], cwd: Path, env: dict[str, str], timeout: float
                ) -> subprocess.CompletedProcess[str]:
     """`command` in a process group of its own, the whole group killed when it overruns or
@@ -112,13 +133,19 @@ def _run_group(command: list[str], cwd: Path, env: dict[str, str], timeout: floa
     with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, encoding="utf-8", errors="surrogateescape",
                           start_new_session=True) as process:
+        with _RUNNING_LOCK:
+            _RUNNING.add(process.pid)
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=5)  # a descendant that left the group keeps
+            raise                              # the pipes open: not waited on for long
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process.pid)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
