@@ -98,6 +98,10 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     # their locked wheels (nothing compiled, nothing needed on this machine).
     implicit = {g.name for g in manifest.groups if g.no_build_isolation and not g.build_requires}
     sees: tuple[tuple[str, str], ...] = ()
+    # setup.py's own build system, locked beside such a group where the index has it: the
+    # build at sync sees only locked packages.
+    with_setuptools = bool(implicit) and _listed(index(manifest.index_for("setuptools")),
+                                                 "setuptools")
     if implicit:
         rest = [g for g in manifest.groups if g.name not in implicit]
         finder, first = _resolve(manifest, rest, (), preferred, index, metadata, workers,
@@ -109,7 +113,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
         # The versions the hook saw come first: the lock should be what it was built against.
         preferred = {**preferred, **{n: p.version for n, p in first.pins.items()}}
     finder, resolution = _resolve(manifest, manifest.groups, sees, preferred, index, metadata,
-                                  workers, progress)
+                                  workers, progress, with_setuptools)
     try:
         known = {ref.url: p for p in (previous.packages if previous else ())
                  if (ref := p.wheel or p.sdist) is not None}
@@ -129,9 +133,11 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
 def _resolve(manifest: Manifest, groups: Sequence[Group], sees: tuple[tuple[str, str], ...],
              preferred: Mapping[NormalizedName, Version], index: Callable[[str], Index],
              metadata: MetadataSource, workers: int,
-             progress: Callable[[str], None] | None) -> tuple[IndexFinder, Resolution]:
+             progress: Callable[[str], None] | None, with_setuptools: bool = False
+             ) -> tuple[IndexFinder, Resolution]:
     """Resolve `groups` for the manifest's target; `sees`: the wheels a no-isolation
-    metadata hook without build_requires is given. The finder is the caller's to close."""
+    metadata hook without build_requires is given; `with_setuptools`: setuptools locked
+    beside such a group. The finder is the caller's to close."""
     target = manifest.target
     routed: dict[NormalizedName, Index] = {}
     builders: dict[NormalizedName, Builder] = {}
@@ -150,9 +156,7 @@ def _resolve(manifest: Manifest, groups: Sequence[Group], sees: tuple[tuple[str,
             roots.append((group.name, requirement))
         # Locked with everything else: the build sees the versions that run beside it.
         roots += [(group.name, requirement) for requirement in group.build_requires]
-        if group.no_build_isolation and not group.build_requires:
-            # What setup.py itself needs at sync, where the build sees only locked packages
-            # (a pyproject.toml's other build system is named in build_requires).
+        if with_setuptools and group.no_build_isolation and not group.build_requires:
             roots.append((group.name, Requirement("setuptools")))
     finder = IndexFinder(target, index(manifest.project.index), routed, metadata, builders,
                          Builder(target.python), preferred=preferred, no_deps=no_deps,
@@ -165,6 +169,14 @@ def _resolve(manifest: Manifest, groups: Sequence[Group], sees: tuple[tuple[str,
         finder.close()
         raise
     return finder, resolution
+
+
+def _listed(index: Index, name: str) -> bool:
+    """Whether `index` offers any file of `name`."""
+    try:
+        return bool(index.files(name).files)
+    except GpulockError:
+        return False
 
 
 def _write(manifest: Manifest, path: Path, previous: Lock | None,
