@@ -253,3 +253,12 @@ def test_a_7z_archive_that_would_leave_its_tree_is_refused(make_index, project, 
     assert result.code == 1 and "nothing was extracted" in result.err, result.err
     assert "Traceback" not in result.err
     assert not any((project.root / "store" / "v1" / "trees").iterdir())
+
+
+def test_a_hub_that_cannot_be_reached_is_one_sentence(make_index, project, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    write(project, make_index(), '[models.tiny]\nsource = "hf://org/tiny"\n')
+    result = project.gpulock("lock")
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    assert result.err.startswith("error: model 'tiny' (hf://org/tiny@main): "), result.err
+    assert "127.0.0.1:9" in result.err

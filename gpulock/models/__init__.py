@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -309,6 +310,18 @@ def chosen_files(model: Model, files: list[Any], where: str) -> list[Any]:
     return chosen
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client errors of whichever client huggingface_hub uses (httpx, httpx2; the
+    requests of older releases raise OSErrors), from the modules it has already imported."""
+    found = []
+    for module in ("httpx", "httpx2"):
+        loaded = sys.modules.get(module)
+        error = getattr(loaded, "HTTPError", None) if loaded else None
+        if isinstance(error, type) and issubclass(error, Exception):
+            found.append(error)
+    return tuple(found)
+
+
 def _pin_hf(model: Model) -> PinnedModel:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
@@ -351,6 +364,10 @@ def _pin_hf(model: Model) -> PinnedModel:
     except (HfHubHTTPError, OSError) as exc:
         reason = str(exc).splitlines()[0]
         raise GpulockError(f"{where}: the Hub answered: {reason}") from None
+    except _transport_errors() as exc:  # huggingface_hub 1.x and 2.x speak httpx
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise GpulockError(f"{where}: the Hub at {api.endpoint} cannot be reached ({reason})"
+                           ) from None
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise GpulockError(f"{where}: the Hub answered something that is not a repository "
                            f"listing ({type(exc).__name__})") from None
