@@ -92,10 +92,11 @@ def _worker(store: Path, environment: dict[str, str], command: str,
              if os.path.exists(top)
              for arg in (("--symlink", os.readlink(top), top) if os.path.islink(top)
                          else ("--ro-bind", top, top))]
-    image += [arg for folder in installed for arg in ("--ro-bind", folder, folder)]
+    # After /tmp's tmpfs: a checkout under /tmp (CI's clone) must stay seen.
+    extra = [arg for folder in installed for arg in ("--ro-bind", folder, folder)]
     variables = [arg for key, value in environment.items() for arg in ("--setenv", key, value)]
     return subprocess.run(["bwrap", *image, "--dev", "/dev", "--proc", "/proc",
-                           "--tmpfs", "/tmp", "--bind", str(store), MOUNT, "--clearenv",
+                           "--tmpfs", "/tmp", *extra, "--bind", str(store), MOUNT, "--clearenv",
                            "--setenv", "HOME", "/tmp", *variables, "--chdir", "/tmp",
                            "/bin/sh", "-c", command], capture_output=True, text=True,
                           timeout=120)

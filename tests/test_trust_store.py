@@ -436,7 +436,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OWN_FILES = {
     ("gpulock/uptodate.py", "manifest_path.read_text("),  # gpu.toml
     ("gpulock/uptodate.py", "lock_path.read_text("),  # the project's lock
-    ("gpulock/env/mounts.py", 'Path("/proc/self/mountinfo").read_text('),
+    ("gpulock/env/generation.py", "_SITE_HOOK.read_text("),  # gpulock's own package file
 }
 
 
