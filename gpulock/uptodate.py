@@ -19,19 +19,21 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from gpulock.places import (
+    BASE,
+    CURRENT,
+    ENVS,
+    GENERATION_FORMAT,
+    GENERATION_RECORD,
+    MODEL_ROOTS,
+    PYTHON,
+    RECORD_LIMIT,
+    ROOTS,
+)
 from gpulock.safeopen import Unsafe, read_json
 
 _GENERATION = re.compile(r"gen-\d+")
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-# What a generation holds besides the lock's packages (its sitecustomize, its scripts): a
-# gpulock that lays generations out differently raises it, and the next sync builds one. It is
-# recorded beside the lock digest, not in it: an older gpulock sharing the volume then keeps
-# the newer generation instead of each rebuilding over the other's.
-GENERATION_FORMAT = 3
-# A generation's record: its seal names every file and link the generation holds.
-RECORD_LIMIT = 256 * 2**20
 
 
 def lock_digest(lock_text: str, python: str) -> str:
@@ -73,17 +75,17 @@ def _decide(manifest_path: Path, lock_path: Path, store_root: Path | None,
     from gpulock.locations import default_store
 
     root = (store_root or default_store(manifest_path.parent)).absolute()
-    base = root / "v1"
-    if os.path.lexists(base / "python") or not _sound_store(root):
+    base = root / BASE
+    if os.path.lexists(base / PYTHON) or not _sound_store(root):
         return None  # an interpreter sync would prefer, or a store the full path refuses
-    record = _current_record(base / "envs" / name)
+    record = _current_record(base / ENVS / name)
     interpreter = _cached_interpreter(python)
     if record is None or interpreter is None or record.get("python") != interpreter:
         return None
     if record.get("lock_digest") != lock_digest(lock_text, interpreter) \
             or not current_format(record):
         return None
-    if models and (ours.get("models") or os.path.lexists(base / "roots" / "models" /
+    if models and (ours.get("models") or os.path.lexists(base / ROOTS / MODEL_ROOTS /
                                                          f"{name}.json")):
         return None  # views and extracted trees to re-check, or models to forget
     return (f"'{name}' is up to date: generation {record['number']}, "
@@ -96,18 +98,18 @@ def _sound_store(root: Path) -> bool:
 
     if any(n.startswith("v") and n[1:].isdigit() and int(n[1:]) > 1 for n in os.listdir(root)):
         return False
-    return sound_store(root / "v1")
+    return sound_store(root / BASE)
 
 
 def _current_record(project_envs: Path) -> dict[str, Any] | None:
     if not stat.S_ISDIR(os.lstat(project_envs).st_mode):
         return None  # a link or file planted where the project's folder goes
-    name = os.readlink(project_envs / "current")
+    name = os.readlink(project_envs / CURRENT)
     if not _GENERATION.fullmatch(name) or os.path.islink(project_envs / name):
         return None
     # Read as every store file is (the volume is shared): a FIFO planted here must not hang
     # the sync that merely asks whether it has anything to do.
-    record = read_json(project_envs / name / "gpulock-generation.json", RECORD_LIMIT)
+    record = read_json(project_envs / name / GENERATION_RECORD, RECORD_LIMIT)
     return record if isinstance(record, dict) else None
 
 

@@ -27,13 +27,13 @@ from gpulock import faults
 from gpulock.env import localstart, mounts
 from gpulock.env.farm import FarmStats, build, link
 from gpulock.errors import GpulockError
+from gpulock.places import CURRENT, GENERATION_FORMAT, GENERATION_RECORD, RECORD_LIMIT
 from gpulock.safeopen import Unsafe, check_folder, open_regular, read_json, read_small
 from gpulock.store import DamagedEntry, Entry, Store, seal
 from gpulock.store.names import entry_key_problem, optimized_bytecode, script_problem
 from gpulock.store.scratch import link_atomic, tag
-from gpulock.uptodate import GENERATION_FORMAT, RECORD_LIMIT
 
-RECORD = "gpulock-generation.json"
+RECORD = GENERATION_RECORD
 # The shell's `'''true'` is `true`; Python's is the start of a string that ends before the
 # script's own code. The shell never reaches that end: it has exec'd or exited.
 _LAUNCHER = """\
@@ -66,7 +66,7 @@ class Generation:
     python: str
     python_version: str
     created: float
-    format: int = 1  # uptodate.GENERATION_FORMAT of the gpulock that built it
+    format: int = 1  # places.GENERATION_FORMAT of the gpulock that built it
 
     @property
     def python_minor(self) -> str:
@@ -133,7 +133,7 @@ def current_in(folder: Path) -> Generation | None:
 def current_name(folder: Path) -> str | None:
     """`gen-<N>` when `folder/current` is a link gpulock made, else None."""
     try:
-        name = os.readlink(folder / "current")
+        name = os.readlink(folder / CURRENT)
     except OSError:
         return None
     return name if re.fullmatch(r"gen-\d+", name) else None
@@ -386,7 +386,7 @@ def _verify(root: Path, minor: str, imports: Sequence[str]) -> None:
 
 def switch(store: Store, project: str, generation: Generation) -> None:
     """Make `generation` current by renaming a fresh link over `current` (atomic)."""
-    link_atomic(project_dir(store, project) / "current", generation.path.name)
+    link_atomic(project_dir(store, project) / CURRENT, generation.path.name)
 
 
 def rollback(store: Store, project: str, number: int | None) -> tuple[Generation, int | None]:

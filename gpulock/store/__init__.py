@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gpulock import faults
+from gpulock import faults, places
 from gpulock.errors import GpulockError
 from gpulock.safeopen import Unsafe, read_json
 from gpulock.store.layout import Layout
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from gpulock.lock.lockfile import FileRef
     from gpulock.store.compile import Compiler
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = places.LAYOUT_VERSION
 ENTRY_MANIFEST = "gpulock-entry.json"
 ENTRY_RECORDS = "gpulock-records.json"
 # What an entry's own files may hold: its manifest is names, scripts and folders (KiB); its

@@ -36,6 +36,7 @@ import re
 import stat
 from pathlib import Path
 
+from gpulock import places
 from gpulock.errors import GpulockError
 from gpulock.locations import STORE_FOLDERS
 from gpulock.store.names import (
@@ -70,7 +71,7 @@ class Layout:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.pkgs = base / "pkgs"
-        self.envs = base / "envs"
+        self.envs = base / places.ENVS
         self.tmp = base / "tmp"
         self.downloads = base / "tmp" / "downloads"
         self.model_parts = base / "tmp" / "models"
@@ -80,8 +81,8 @@ class Layout:
         self.modelscope = base / "modelscope"
         self.files = base / "files"
         self.trees = base / "trees"
-        self.python = base / "python"
-        self.model_roots = base / "roots" / "models"
+        self.python = base / places.PYTHON
+        self.model_roots = base / places.ROOTS / places.MODEL_ROOTS
         self.tmp_roots = base / "roots" / "tmp"
         self.collectors = base / "roots" / "gc"
         self._real: set[Path] = set()

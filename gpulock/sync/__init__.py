@@ -98,7 +98,8 @@ def _sync_packages(manifest: Manifest, lock: Lock, lock_text: str, store: Store,
     python, python_version = find_interpreter(lock.target.python, store,
                                               platform=lock.target.platform,
                                               install=install_python, log=log)
-    from gpulock.uptodate import GENERATION_FORMAT, lock_digest
+    from gpulock.places import GENERATION_FORMAT
+    from gpulock.uptodate import lock_digest
 
     # The interpreter as the generation names it: a store CPython by a relative path, so
     # the same lock on the same volume mounted elsewhere is still the same generation.
