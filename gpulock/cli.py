@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpulock import __version__
 from gpulock.errors import GpulockError, StaleLockError
@@ -163,13 +163,12 @@ def _lock_one(args: argparse.Namespace, spec: Manifest, path: Path, which: str,
     models pinned as `models` says when another target pinned them; return its model pins."""
     from gpulock.lock import lockfile
     from gpulock.lock import locking as lock
-    from gpulock.models import from_dict
 
     if args.check:
         locked = lockfile.check(spec, path)
         print(f"{path} is up to date ({len(locked.packages)} packages){which}",
               file=sys.stderr)
-        return [from_dict(m) for m in locked.models]
+        return list(locked.models)
     started = time.perf_counter()
     with _Status() as status:
         from gpulock.locations import default_store
@@ -180,7 +179,7 @@ def _lock_one(args: argparse.Namespace, spec: Manifest, path: Path, which: str,
                            progress=status, store=store, refresh=args.refresh, models=models)
     elapsed = time.perf_counter() - started
     count = len(result.lock.packages)
-    pins = [from_dict(m) for m in result.lock.models]
+    pins = list(result.lock.models)
     if result.up_to_date:
         print(f"{path} is up to date ({count} packages, manifest unchanged) "
               f"[{elapsed:.2f}s]{which}", file=sys.stderr)
@@ -188,14 +187,13 @@ def _lock_one(args: argparse.Namespace, spec: Manifest, path: Path, which: str,
     print(f"Resolved {count} packages for {result.lock.target.describe()} in {elapsed:.2f}s"
           f"{which}", file=sys.stderr)
     for model in result.lock.models:
-        size = sum(f["size"] for f in model["files"]) / 2**20
-        at = f"@{model['commit'][:12]}" if model.get("commit") else ""
-        weights = model.get("weights")
+        at = f"@{model.commit[:12]}" if model.commit else ""
+        weights = dict(model.weights)
         detail = (f"; {weights['parameters']:,} parameters ({', '.join(weights['dtypes'])}), "
                   f"{weights['bytes'] / 2**30:.2f} GiB of GPU memory for the weights"
                   if weights else "")
-        print(f"model {model['name']}: {model['source']}{at}, {len(model['files'])} files, "
-              f"{size:.1f} MiB{detail}", file=sys.stderr)
+        print(f"model {model.name}: {model.source}{at}, {len(model.files)} files, "
+              f"{model.size / 2**20:.1f} MiB{detail}", file=sys.stderr)
     for line in result.changes:
         print(line, file=sys.stderr)
     print(f"Wrote {path}" if result.written else f"{path} unchanged", file=sys.stderr)
@@ -298,12 +296,12 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_where(store: Store, project: str, models: Sequence[dict[str, Any]]) -> str:
+def _models_where(store: Store, project: str, models: Sequence[PinnedModel]) -> str:
     """"3 model(s) in <store>/v1/hf (2) and <store>/v1/files/<project> (1)": each cache
     the lock's models are laid out in."""
     from collections import Counter
 
-    caches = Counter(store.layout.model_cache(project, str(m.get("source", ""))) for m in models)
+    caches = Counter(store.layout.model_cache(project, m.source) for m in models)
     where = [f"{cache} ({count})" if len(caches) > 1 else str(cache)
              for cache, count in caches.items()]
     return f"{len(models)} model(s) in {' and '.join(where)}"
@@ -381,7 +379,6 @@ def _cmd_push(args: argparse.Namespace) -> int:
 def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
     """The sha256 of each model file to push: the lock's models', or every blob's."""
     from gpulock.lock import lockfile
-    from gpulock.models import from_dict
     from gpulock.store.names import hex_problem
 
     if every:
@@ -392,7 +389,7 @@ def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
         return sorted(sha for sha in found if not hex_problem(sha, 64))
     if not lock_path.is_file():
         return []
-    models = [from_dict(m) for m in lockfile.read(lock_path).models]
+    models = list(lockfile.read(lock_path).models)
     return sorted({f.sha256 for m in models for f in m.files if f.sha256})
 
 
@@ -468,12 +465,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _print_models(store: Store, project: str, lock_path: Path) -> None:
     from gpulock.lock import lockfile
-    from gpulock.models import from_dict
     from gpulock.models.blobs import stored_blob
     from gpulock.models.views import view_of
 
     try:
-        models = [from_dict(m) for m in lockfile.read(lock_path).models]
+        models = list(lockfile.read(lock_path).models)
     except GpulockError:
         return
     for model in models:

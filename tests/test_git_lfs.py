@@ -75,7 +75,7 @@ def _pinned_and_synced(project: Project, tmp_path: Path, path: str = "model.bin"
     """lock pins the real bytes of the model's `path` (not its pointer's); sync, from an
     empty cache (so the file is fetched again), lays them out; verify passes."""
     lock = project.lock()
-    files = {f["path"]: f for f in lock.models[0]["files"]}  # type: ignore[index]
+    files = {f["path"]: f for f in lock.models[0].as_dict()["files"]}
     assert files[path]["size"] == len(WEIGHTS)
     assert files[path]["sha256"] == hashlib.sha256(WEIGHTS).hexdigest()
     shutil.rmtree(tmp_path / "cache")

@@ -21,7 +21,7 @@ def write(project: Project, index: IndexServer, models: str) -> None:
 
 
 def model_entry(project: Project, name: str) -> dict:
-    return next(m for m in project.lock().models if m["name"] == name)
+    return next(m.as_dict() for m in project.lock().models if m.name == name)
 
 
 def test_a_model_is_pinned_to_its_commit_with_every_files_hash(hub, make_index, project):

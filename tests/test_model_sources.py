@@ -44,7 +44,7 @@ def test_a_mounted_folder_is_pinned_copied_into_the_store_and_read_from_files(
     store = tmp_path / "store"
     result = project.gpulock("sync", "--models-only", "--store", str(store))
     assert result.code == 0, result.err
-    pinned = {f["path"]: f for f in project.lock().models[0]["files"]}
+    pinned = {f["path"]: f for f in project.lock().models[0].as_dict()["files"]}
     assert set(pinned) == set(files) and all(len(f["sha256"]) == 64 for f in pinned.values())
     view = _view(store, "p", "data")
     for path, data in files.items():
@@ -117,7 +117,7 @@ def test_a_git_repository_is_pinned_to_a_commit_and_synced(project: Project, tmp
     store = tmp_path / "store"
     result = project.gpulock("sync", "--models-only", "--store", str(store))
     assert result.code == 0, result.err
-    assert project.lock().models[0]["commit"] == first
+    assert project.lock().models[0].commit == first
     for path, data in files.items():
         assert (_view(store, "p", "tiny") / path).read_bytes() == data
 

@@ -177,7 +177,8 @@ def test_modelscope_models_are_pinned_by_file_hashes_and_load_offline(modelscope
     modelscope.repos["iic/tiny-asr"] = {"master": dict(files)}
     setup(project, make_index().url, '[models.asr]\nsource = "ms://iic/tiny-asr"\n')
     lock = project.lock()
-    (entry,) = lock.models
+    (pinned,) = lock.models
+    entry = pinned.as_dict()
     assert entry["revision"] == "master" and "commit" not in entry
     assert {f["path"]: f["sha256"] for f in entry["files"]} == {
         p: hashlib.sha256(d).hexdigest() for p, d in files.items()}

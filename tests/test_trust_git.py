@@ -305,7 +305,7 @@ def test_a_model_file_that_differs_from_the_lock_names_only_the_expected_hash(
     _commit(repo, {"weights.bin": b"w" * 100})
     _write(project, f'[models.m]\nsource = "git+{repo.as_uri()}@main"\n')
     lock = project.lock()
-    commit = str(lock.models[0]["commit"])
+    commit = str(lock.models[0].commit)
     _edit_model(project, commit, [{"path": "weights.bin", "size": 100, "sha256": "1" * 64}])
     line = refused(_sync(project, "--frozen"), "model 'm'", "weights.bin", "1" * 64)
     assert hashlib.sha256(b"w" * 100).hexdigest() not in line

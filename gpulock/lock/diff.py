@@ -12,7 +12,6 @@ from typing import TypeVar
 from packaging.version import Version
 
 from gpulock.lock.lockfile import Lock
-from gpulock.models import from_dict
 
 T = TypeVar("T")
 
@@ -37,8 +36,8 @@ def diff(old: Lock | None, new: Lock) -> list[str]:
                 lines.append(f"~ {name} {a.version} -> {b.version} ({verb})")
             elif a.artifact != b.artifact:
                 lines.append(f"~ {name} {b.version} (rebuilt: {a.artifact} -> {b.artifact})")
-    for name, m, n in _paired({m["name"]: from_dict(m) for m in (old.models if old else ())},
-                              {m["name"]: from_dict(m) for m in new.models}):
+    for name, m, n in _paired({m.name: m for m in (old.models if old else ())},
+                              {m.name: m for m in new.models}):
         if n is None and m is not None:
             lines.append(f"- model {name}")
         elif n is not None and m is None:

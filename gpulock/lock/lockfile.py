@@ -32,6 +32,7 @@ from gpulock.store.names import (
 
 if TYPE_CHECKING:
     from gpulock.manifest import Manifest
+    from gpulock.models import PinnedModel
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,7 +90,7 @@ class Lock:
     target: Target
     manifest_hash: str
     packages: tuple[LockedPackage, ...]
-    models: tuple[dict[str, Any], ...] = field(default=())
+    models: tuple[PinnedModel, ...] = field(default=())  # parsed and checked once, at read
 
     def package(self, name: str) -> LockedPackage | None:
         return next((p for p in self.packages if p.name == name), None)
@@ -171,7 +172,7 @@ def dumps(lock: Lock) -> str:
             "format": FORMAT,
             "manifest-hash": lock.manifest_hash,
             "target": tool_target,
-            "models": list(lock.models),
+            "models": [m.as_dict() for m in lock.models],
         }},
     }
     header = ("# This file is written by `gpulock lock` from gpu.toml; do not edit it by hand.\n"
@@ -217,7 +218,7 @@ def check(manifest: Manifest, path: Path) -> Lock:
     if lock.manifest_hash != manifest.content_hash:
         raise StaleLockError(f"{path} is stale: {manifest.path.name} changed since it was "
                             "locked; run 'gpulock lock'")
-    missing = {m.name for m in manifest.models} - {m.get("name") for m in lock.models}
+    missing = {m.name for m in manifest.models} - {m.name for m in lock.models}
     if missing:
         raise StaleLockError(f"{path} pins no model {', '.join(sorted(missing))}; run "
                             "'gpulock lock'")
@@ -348,12 +349,18 @@ def _parse(text: str, path: Path) -> Lock:
                                if isinstance(d, dict) and "name" in d),
             groups=tuple(groups or ())))
     return Lock(target=target, manifest_hash=ours.get("manifest-hash", str),
-                packages=tuple(packages), models=tuple(ours.get("models", list)))
+                packages=tuple(packages), models=_models(ours.get("models", list), path))
+
+
+def _models(entries: list[Any], path: Path) -> tuple[PinnedModel, ...]:
+    """The lock's model pins, each refused in one sentence when it breaks a rule."""
+    from gpulock.models import from_dict
+
+    return tuple(from_dict(entry, f"{path} models[{i}]") for i, entry in enumerate(entries))
 
 
 def _check_lock(lock: Lock, path: Path) -> None:
     """Refuse, naming the entry, a lock that breaks a rule of gpulock.store.names or PEP 751."""
-    from gpulock.models import from_dict
 
     problem = _target_problem(lock.target)
     if problem:
@@ -370,8 +377,7 @@ def _check_lock(lock: Lock, path: Path) -> None:
                                 "written (run 'gpulock lock' to rewrite it)")
         seen.add(package.name)
     names: set[str] = set()
-    for i, entry in enumerate(lock.models):
-        model = from_dict(entry, f"{path} models[{i}]")
+    for model in lock.models:
         if model.name in names:
             raise LockfileError(f"{path} pins model {model.name!r} twice; run 'gpulock lock' "
                                 "to rewrite the lock")

@@ -75,8 +75,8 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     if (previous is not None and not upgrade and not upgrade_names and not refresh
             and previous.manifest_hash == manifest.content_hash
             and previous.target == manifest.target and not _beyond_cuda(previous)
-            and {m.get("name") for m in previous.models} == {m.name for m in manifest.models}
-            and (models is None or list(previous.models) == [m.as_dict() for m in models])):
+            and {m.name for m in previous.models} == {m.name for m in manifest.models}
+            and (models is None or list(previous.models) == list(models))):
         return LockResult(lock=previous, up_to_date=True)
 
     preferred: dict[NormalizedName, Version] = {}
@@ -188,7 +188,7 @@ def _write(manifest: Manifest, path: Path, previous: Lock | None,
     if models is None:
         models = pin_models(manifest, previous, upgrade, upgrade_names, store)
     new = Lock(target=target, manifest_hash=manifest.content_hash, packages=tuple(packages),
-               models=tuple(m.as_dict() for m in models))
+               models=tuple(models))
     result = LockResult(lock=new, changes=diff(previous, new))
     result.written = lockfile.write(path, new)
     result.stats = {
@@ -258,10 +258,10 @@ def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
     """Each model's pin: kept from the previous lock while its request is unchanged."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpulock.models import from_dict, pin
+    from gpulock.models import pin
     from gpulock.sources.ref import refuse_cycles
 
-    kept = {m["name"]: from_dict(m) for m in (previous.models if previous else ())}
+    kept = {m.name: m for m in (previous.models if previous else ())}
     store = store or Store(default_store(manifest.path.parent))
 
     def one(model: Model) -> PinnedModel:

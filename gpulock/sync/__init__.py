@@ -61,16 +61,16 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
     def models_step() -> None:
         """Models before the switch: a sync that fails on a model leaves current as it was."""
         if models and lock.models:
-            from gpulock.models import from_dict
             from gpulock.models.views import sync_models
             from gpulock.sources.ref import refuse_cycles
 
-            pinned = [from_dict(m) for m in lock.models]
+            pinned = list(lock.models)
+            rooted = [m.as_dict() for m in pinned]  # GC roots are JSON records
             refuse_cycles(store, manifest.project.name, pinned)  # a lock made by hand or
-            with roots.temporary(store, models=lock.models):  # before they were refused
+            with roots.temporary(store, models=rooted):  # before they were refused
                 laid_out.append(sync_models(store, manifest.project.name, pinned, log, jobs,
                                             substitutes))
-                roots.record_models(store, manifest.project.name, lock.models)
+                roots.record_models(store, manifest.project.name, rooted)
         elif models:
             roots.forget_models(store, manifest.project.name)  # its models are gc's to take
 

@@ -134,9 +134,8 @@ def checks(manifest: Manifest, lock: Lock, store: Store, driver: Driver | str | 
     found = [*_driver_checks(lock, driver), _glibc(lock), *python,
              _disk(manifest, lock, store, packages, models)]
     gpus = driver.gpus if isinstance(driver, Driver) else ()
-    from gpulock.models import from_dict
 
-    pinned = [from_dict(model) for model in lock.models]
+    pinned = list(lock.models)
     found += [_model(model.name, dict(model.weights), gpus) for model in pinned
               if model.weights]
     found += _arch_lists(manifest, lock, gpus)
@@ -249,14 +248,13 @@ def _disk(manifest: Manifest, lock: Lock, store: Store, packages: bool = True,
     model files it lacks) against the free space of the store's filesystem. Unpacked
     wheels and extracted archives take more than that: the check is a floor."""
     from gpulock.build.env import store_keys
-    from gpulock.models import from_dict
     from gpulock.models.blobs import stored_blob
 
     present = set(os.listdir(store.layout.pkgs)) if store.layout.pkgs.is_dir() else set()
     keys = store_keys(manifest, lock)
     needed = sum(ref.size for p in lock.packages if (ref := p.wheel or p.sdist) is not None
                  and keys[p.name] not in present) if packages else 0
-    for model in (from_dict(m) for m in lock.models) if models else ():
+    for model in lock.models if models else ():
         needed += sum(f.size for f in model.files if stored_blob(store, f) is None)
     folder = Path(store.root)
     while not folder.exists():
