@@ -241,8 +241,8 @@ def test_local_start_unpacks_the_small_files_once_and_leaves_large_ones_on_the_v
     assert pythonpath == f"{local}/lib/python{HOST_PYTHON}/site-packages"
 
 
-def test_without_room_local_start_runs_from_the_volume(make_index, project: Project,
-                                                       tmp_path: Path):
+def _local_start_project(project: Project, make_index) -> Path:
+    """`app` with a console script, synced with `local-start = true` into `<project>/store`."""
     index = make_index()
     make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP},
                entry_points="[console_scripts]\nserve = app:main\n")
@@ -251,6 +251,12 @@ def test_without_room_local_start_runs_from_the_volume(make_index, project: Proj
                   '[groups.main]\npackages = ["app"]\n')
     store = project.root / "store"
     assert project.gpulock("sync", "--store", str(store)).code == 0
+    return store
+
+
+def test_without_room_local_start_runs_from_the_volume(make_index, project: Project,
+                                                       tmp_path: Path):
+    store = _local_start_project(project, make_index)
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")  # nothing can be unpacked below a file
     ran = subprocess.run([str(store / "v1" / "envs" / "worker" / "current" / "local-start"),
@@ -311,14 +317,7 @@ def test_turning_local_start_on_builds_a_generation_with_the_pack(make_index,
 @pytest.mark.parametrize("local", ["relative/dir", "someone-elses"])
 def test_local_start_unpacks_only_into_an_absolute_folder_of_the_users_own(
         make_index, project: Project, tmp_path: Path, local: str):
-    index = make_index()
-    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP},
-               entry_points="[console_scripts]\nserve = app:main\n")
-    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
-                  f'index = "{index.url}"\nlocal-start = true\n'
-                  '[groups.main]\npackages = ["app"]\n')
-    store = project.root / "store"
-    assert project.gpulock("sync", "--store", str(store)).code == 0
+    store = _local_start_project(project, make_index)
     if local == "someone-elses":
         local = str(tmp_path / local)
         os.mkdir(local)

@@ -114,11 +114,21 @@ def _manifest(name: str, sources: Path, cuda: bool = False, build_requires: bool
             + f'env = {env}\npackages = ["addone"]\n[verify]\nimports = ["addone"]\n')
 
 
-@pytest.mark.skipif(TORCH is None, reason="the torch-2.13.0+cpu wheel is not in pip's "
-                    "configured find-links folder (pip config list)")
-@pytest.mark.skipif(not MIRROR.is_dir(), reason=f"torch's dependencies need {MIRROR}")
-@pytest.mark.skipif(find_python("3.11") is None, reason="the torch wheel is for CPython 3.11")
-@pytest.mark.skipif(shutil.which("c++") is None, reason="building the extension needs c++")
+def needs_torch_build(test):  # type: ignore[no-untyped-def]
+    """What building the C++ extension against the real torch wheel needs here."""
+    for needed in (
+            pytest.mark.skipif(TORCH is None, reason="the torch-2.13.0+cpu wheel is not in "
+                               "pip's configured find-links folder (pip config list)"),
+            pytest.mark.skipif(not MIRROR.is_dir(), reason=f"torch's dependencies need {MIRROR}"),
+            pytest.mark.skipif(find_python("3.11") is None,
+                               reason="the torch wheel is for CPython 3.11"),
+            pytest.mark.skipif(shutil.which("c++") is None,
+                               reason="building the extension needs c++")):
+        test = needed(test)
+    return test
+
+
+@needs_torch_build
 def test_a_torch_cpp_extension_builds_once_against_the_locked_torch_and_serves_two_projects(
         project: Project, tmp_path: Path):
     sources = tmp_path / "sources"
@@ -166,11 +176,7 @@ def test_a_cuda_extension_builds_with_nvcc_against_torch_from_pypi(project: Proj
     _computes(project, store)
 
 
-@pytest.mark.skipif(TORCH is None, reason="the torch-2.13.0+cpu wheel is not in pip's "
-                    "configured find-links folder (pip config list)")
-@pytest.mark.skipif(not MIRROR.is_dir(), reason=f"torch's dependencies need {MIRROR}")
-@pytest.mark.skipif(find_python("3.11") is None, reason="the torch wheel is for CPython 3.11")
-@pytest.mark.skipif(shutil.which("c++") is None, reason="building the extension needs c++")
+@needs_torch_build
 def test_without_build_requires_the_extension_locks_against_the_other_groups_as_it_builds(
         project: Project, tmp_path: Path):
     """As pip users write it (`pip install --no-build-isolation` after torch): the metadata
