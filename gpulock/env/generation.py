@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Literal
 
 from gpulock import faults
-from gpulock.env import localstart, mounts
 from gpulock.env.farm import FarmStats, build, link
 from gpulock.errors import GpulockError
 from gpulock.places import CURRENT, GENERATION_FORMAT, GENERATION_RECORD, RECORD_LIMIT
@@ -191,6 +190,8 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
             "created": generation.created, "format": GENERATION_FORMAT},
             sort_keys=True, indent=1))
         if local_start:
+            from gpulock.env import localstart  # tarfile: not for `gpulock env` to import
+
             localstart.write(work, store.layout.base, minor, lock_digest[:16])
         _verify(work, minor, verify_imports)
         faults.point("farm", work)
@@ -244,6 +245,8 @@ def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: 
         hook.replace(_SITE_HOOK_VERSION, f"_PYTHON = {minor!r}\n", 1))
     # Which filesystem holds the environment is asked where Python starts (mounts.py needs
     # only `os`): one copy of the rule, run by the sitecustomize.
+    from gpulock.env import mounts
+
     shutil.copyfile(mounts.__file__, site / "sitecustomize" / "mounts.py")
     (site / "sitecustomize" / "__pycache__").write_bytes(b"")
     return stats, _write_scripts(bin_dir, minor, entries)
