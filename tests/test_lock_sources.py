@@ -177,7 +177,7 @@ def test_the_missing_module_named_first_is_the_failures_not_an_optional_import()
     log += ("Traceback (most recent call last):\n  File \"setup.py\", line 1\n"
             "ModuleNotFoundError: No module named 'torch'\n")
     said = str(_failed("ext-1.0.tar.gz", "uv build exited 1", "an isolated build on CPython "
-                       "3.11", log))
+                       "3.11", log, isolated=True))
     assert said.startswith("building ext-1.0.tar.gz failed: it imports 'torch', which an "
                            "isolated build on CPython 3.11 lacks; set no_build_isolation = "
                            "true on its group with torch's package in build_requires")

@@ -110,7 +110,8 @@ class Builder:
         wheels = sorted(out.glob("*.whl"))
         if result.returncode != 0 or not wheels:
             raise _failed(label, f"uv build exited {result.returncode}",
-                          described or self.describe(), result.stdout + result.stderr)
+                          described or self.describe(), result.stdout + result.stderr,
+                          isolated=self.isolation)
         return wheels[0]
 
     def describe(self) -> str:
@@ -243,7 +244,8 @@ def _flat_folder(index: str) -> bool:
         return False
 
 
-def _failed(label: str, what: str, environment: str, log: str) -> GpulockError:
+def _failed(label: str, what: str, environment: str, log: str, isolated: bool = False
+            ) -> GpulockError:
     from gpulock.credentials import redact
 
     # uv and build backends got the index logins through their environment: a log line
@@ -257,7 +259,7 @@ def _failed(label: str, what: str, environment: str, log: str) -> GpulockError:
         module = missing[-1]
         fix = (f"add the package that provides {module} to its group's build_requires (or, "
                "for a no_build_isolation group without build_requires, to another group of "
-               "the project)" if "no-isolation" in environment or "venv" in environment
+               "the project)" if not isolated
                else f"set no_build_isolation = true on its group with {module}'s package in "
                "build_requires")
         return GpulockError(
