@@ -20,7 +20,7 @@ from gpulock.errors import GpulockError, StaleLockError
 
 if TYPE_CHECKING:
     from gpulock.manifest import Manifest
-    from gpulock.models import PinnedModel
+    from gpulock.pins import PinnedModel
     from gpulock.store import Store
     from gpulock.store.substituters.pull import Substitutes
 
@@ -301,7 +301,9 @@ def _models_where(store: Store, project: str, models: Sequence[PinnedModel]) -> 
     the lock's models are laid out in."""
     from collections import Counter
 
-    caches = Counter(store.layout.model_cache(project, m.source) for m in models)
+    from gpulock.sources import kind_of
+
+    caches = Counter(kind_of(m.source).cache(store, project) for m in models)
     where = [f"{cache} ({count})" if len(caches) > 1 else str(cache)
              for cache, count in caches.items()]
     return f"{len(models)} model(s) in {' and '.join(where)}"
@@ -350,7 +352,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
                            "or $GPULOCK_SUBSTITUTERS")
     key = load_secret(args.key)
     if args.all:
-        from gpulock.store.names import entry_key_problem
+        from gpulock.names import entry_key_problem
 
         keys = sorted(p.name for p in opened.layout.pkgs.iterdir()
                       if not entry_key_problem(p.name) and opened.has(p.name))
@@ -379,7 +381,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
     """The sha256 of each model file to push: the lock's models', or every blob's."""
     from gpulock.lock import lockfile
-    from gpulock.store.names import hex_problem
+    from gpulock.names import hex_problem
 
     if every:
         shards = store.layout.blobs
@@ -466,7 +468,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _print_models(store: Store, project: str, lock_path: Path) -> None:
     from gpulock.lock import lockfile
     from gpulock.models.blobs import stored_blob
-    from gpulock.models.views import view_of
+    from gpulock.sources import kind_of
 
     try:
         models = list(lockfile.read(lock_path).models)
@@ -476,7 +478,8 @@ def _print_models(store: Store, project: str, lock_path: Path) -> None:
         have = sum(1 for f in model.files if stored_blob(store, f) is not None)
         state = "complete" if have == len(model.files) else f"{have}/{len(model.files)} files"
         print(f"model {model.name}: {model.source}@{(model.commit or '')[:12]}  "
-              f"{model.size / 2**20:.1f} MiB  {state}  {view_of(store, project, model)}")
+              f"{model.size / 2**20:.1f} MiB  {state}  "
+              f"{kind_of(model.source).view(store, project, model)}")
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -518,7 +521,7 @@ def _opened(store: Store) -> Store:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from gpulock.store.gc import collect, describe
+    from gpulock.upkeep.gc import collect, describe
 
     if args.keep < 1:
         raise GpulockError("--keep must be at least 1: the current generation is always kept")
@@ -530,7 +533,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from gpulock.store.verify import check, repair
+    from gpulock.upkeep.repair import repair
+    from gpulock.upkeep.verify import check
 
     store = _opened(_store_only(args))
     started = time.perf_counter()

@@ -23,16 +23,13 @@ from packaging.utils import canonicalize_name
 
 from gpulock.credentials import login_problem, redact, remember, shown
 from gpulock.errors import GpulockError, ManifestError
-from gpulock.lock.target import Target
 from gpulock.manifest_hash import content_hash
-from gpulock.store.names import (
+from gpulock.names import (
     git_url_problem,
     name_problem,
-    repo_problem,
-    revision_problem,
-    segment_problem,
     url_problem,
 )
+from gpulock.target import Target
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,8 +38,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 PLATFORMS = ("linux_x86_64", "linux_aarch64")
-MODEL_SCHEMES = ("hf://", "ms://", "https://", "http://", "s3://", "git+https://",
-                 "git+http://", "git+file://", "file://", "/", "ref://")
 PYTHON_MINORS = range(8, 16)  # CPython 3.8 to 3.15: the releases uv and PyPI wheels know
 MAX_BYTES = 2**20  # a gpu.toml larger than this is not a manifest
 MAX_DEPTH = 100  # arrays and inline tables nested deeper than this are refused
@@ -640,28 +635,22 @@ def _source(reader: _Reader, table: tuple[str, ...], source: str) -> str:
         return reader.error(table, "source", f"source = {shown(source)!r} in "
                             f"[models.{table[-1]}] {problem}")
 
-    if not source.startswith(MODEL_SCHEMES):
-        raise refused("must start with hf://, ms://, https://, s3://, git+https://, "
-                      "git+file://, file://, / or ref://")
-    if problem := login_problem(source):
-        raise refused(problem)
-    from gpulock.sources import source_for
+    from gpulock.sources import SCHEMES, source_for
 
     kind = source_for(source)
-    if kind is not None and (problem := kind.problem(source)):
+    if kind is None:
+        raise refused(f"must start with {SCHEMES}")
+    if problem := login_problem(source):
         raise refused(problem)
-    if source.startswith("http") and (problem := url_problem(source)):
+    if problem := kind.problem(source):
         raise refused(problem)
-    if source.startswith(("hf://", "ms://")):
-        repo = source.split("://", 1)[1]
-        if problem := repo_problem(repo.removeprefix("datasets/") if source.startswith(
-                "hf://") else repo):
-            raise refused(problem)
     # Kept for the URL git is given (without git+), as for git+ requirements.
     return "git+" + remember(source[4:]) if source.startswith("git+") else remember(source)
 
 
 def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
+    from gpulock.sources import kind_of  # only a manifest with models pays its import
+
     models = []
     for name, body in raw.items():
         table = ("models", name)
@@ -675,8 +664,7 @@ def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
             raise reader.error(table, None, f"[models.{name}] needs 'source'")
         source = _source(reader, table, source)
         revision = body.get("revision")
-        if revision is not None and (problem := revision_problem(revision) or (
-                segment_problem(revision) if source.startswith("ms://") else None)):
+        if revision is not None and (problem := kind_of(source).revision_problem(revision)):
             raise reader.error(table, "revision", f"revision = {revision!r} in "
                                f"[models.{name}] {problem}")
         models.append(Model(name=name, source=source, revision=revision,

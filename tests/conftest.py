@@ -12,6 +12,7 @@ import pytest
 from gpulock import credentials
 from gpulock.cli import main
 from gpulock.lock import lockfile
+from gpulock.pins import Lock
 from tests.support import s3
 from tests.support.hf_hub import FakeHub
 from tests.support.index_server import IndexServer
@@ -138,7 +139,7 @@ class Project:
         captured = self.capsys.readouterr()
         return Result(code, captured.out, captured.err)
 
-    def lock(self, *args: str) -> lockfile.Lock:
+    def lock(self, *args: str) -> Lock:
         result = self.gpulock("lock", *args)
         assert result.code == 0, result.err
         return lockfile.read(self.lock_path)

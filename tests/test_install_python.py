@@ -336,9 +336,9 @@ def test_a_planted_python_folder_is_refused(tmp_path: Path):
 
 def test_doctor_names_the_store_interpreter_and_what_install_python_will_do(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from gpulock.lock.lockfile import Lock
-    from gpulock.lock.target import Target
+    from gpulock.pins import Lock
     from gpulock.sync.doctor import BLOCKER, OK, _python
+    from gpulock.target import Target
 
     monkeypatch.setattr("gpulock.env.interpreter.find_python", lambda version: None)
     store = Store(tmp_path / "store").open()

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from gpulock.errors import LockfileError
 from gpulock.lock import lockfile
-from gpulock.lock.lockfile import FileRef, Lock, LockedPackage, VcsRef
-from gpulock.lock.target import Target
+from gpulock.pins import FileRef, Lock, LockedPackage, VcsRef
+from gpulock.target import Target
 
 names = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True)
 versions = st.from_regex(r"[0-9]{1,2}\.[0-9]{1,2}(\.[0-9])?(\+cu1[0-9]{2}|\+cpu)?",
@@ -139,13 +139,13 @@ def test_a_git_package_that_would_reach_outside_its_checkout_or_run_code_is_refu
 
 
 def test_models_round_trip_through_the_lock_exactly():
-    from gpulock.models import from_dict
+    from gpulock.pins import model_from_table
 
     model = {"name": "qwen", "source": "hf://org/qwen", "revision": "refs/pr/1",
              "commit": "c" * 40, "include": ["*.json"], "weights": {"bytes": 2},
              "files": [{"path": "a/config.json", "size": 2, "git-sha1": "d" * 40},
                        {"path": "model.safetensors", "size": 9, "sha256": "e" * 64}]}
-    lock = Lock(Target("3.10"), "sha256:" + "1" * 64, (), (from_dict(model),))
+    lock = Lock(Target("3.10"), "sha256:" + "1" * 64, (), (model_from_table(model, "a test"),))
     again = lockfile.loads(lockfile.dumps(lock), Path("pylock.gpu.toml"))
     assert [m.as_dict() for m in again.models] == [model]
     assert again.models == lock.models

@@ -503,7 +503,8 @@ def test_a_sync_waits_while_a_gc_chooses_and_not_for_a_dead_one(make_index, proj
 
 def test_gc_puts_back_an_entry_a_sync_rooted_while_it_was_collecting(make_index, project,
                                                                      monkeypatch):
-    from gpulock.store import Store, gc, roots
+    from gpulock.store import Store, roots
+    from gpulock.upkeep import gc
 
     index = make_index()
     three_versions(index.folder)

@@ -17,7 +17,7 @@ from packaging.version import Version
 
 from gpulock.errors import ResolutionError
 from gpulock.lock.resolve import Candidate, Req, resolve
-from gpulock.lock.target import Target
+from gpulock.target import Target
 
 NAMES = ["a", "b", "c", "d"]
 VERSIONS = ["1", "2", "3"]

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from gpulock import k8s, manifest
 from gpulock.cli import main
-from gpulock.store.names import MEMBER_DEPTH_MAX
+from gpulock.names import MEMBER_DEPTH_MAX
 from gpulock.sync.doctor import count
 from gpulock.untrusted import TEXT_MAX
 from tests import test_trust

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from gpulock import signing
 from gpulock.errors import GpulockError
 from gpulock.manifest import Model
+from gpulock.names import path_problem
 from gpulock.sources.s3 import S3Source
 from gpulock.store.layout import Layout
-from gpulock.store.names import path_problem
-from gpulock.store.substituters import CacheError
+from gpulock.store.substituters.backend import CacheError
 from gpulock.store.substituters.s3 import S3
 from tests.conftest import Project, Result
 from tests.support.dists import make_wheel

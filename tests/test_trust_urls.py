@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from gpulock import credentials
 from gpulock.errors import GpulockError
 from gpulock.manifest import parse
-from gpulock.store.substituters import CacheError, open_substituter
+from gpulock.store.substituters import open_substituter
+from gpulock.store.substituters.backend import CacheError
 from gpulock.store.substituters.folder import Folder
 from gpulock.store.substituters.s3 import S3
 from tests.conftest import Project

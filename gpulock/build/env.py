@@ -28,8 +28,8 @@ from packaging.utils import canonicalize_name
 
 from gpulock.build import Builder, closure
 from gpulock.errors import GpulockError
-from gpulock.lock.lockfile import Lock, LockedPackage
 from gpulock.manifest import Group, Manifest
+from gpulock.pins import Lock, LockedPackage
 from gpulock.store import Entry, Store
 
 

@@ -34,20 +34,14 @@ def exports(store: Store, project: str, python: str, model_sources: Iterable[str
         "PYTHONPATH": str(site_packages(current, minor)),
         "PATH": f"{current / 'bin'}:$PATH",
     }
-    caches = {store.layout.model_cache(project, source) for source in model_sources}
-    if store.layout.hf in caches:
-        # huggingface_hub reads HF_HUB_OFFLINE at import: the pinned snapshots are complete.
-        values["HF_HUB_CACHE"] = str(store.layout.hf)
-        # huggingface_hub before 0.20 (transformers 4.35 pins 0.17) reads only this name.
-        values["HUGGINGFACE_HUB_CACHE"] = values["HF_HUB_CACHE"]
-        values["HF_HUB_OFFLINE"] = "1"
-    if store.layout.ms_cache(project) in caches:
-        # ModelScope loads offline with snapshot_download(repo, local_files_only=True).
-        values["MODELSCOPE_CACHE"] = str(store.layout.ms_cache(project))
-    files = store.layout.model_cache(project, "")
-    if files in caches:
-        # Every other model: `$GPULOCK_FILES/<model>/<file>`, or the extracted tree itself.
-        values["GPULOCK_FILES"] = str(files)
+    sources = list(model_sources)
+    if sources:
+        from gpulock.sources import SOURCES, source_for
+
+        kinds = {source_for(source) for source in sources}
+        for kind in SOURCES:  # in the registry's order: the hubs' caches first
+            if kind in kinds:
+                values.update(kind.exports(store, project))
     return values
 
 

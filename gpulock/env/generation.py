@@ -26,10 +26,10 @@ from typing import Literal
 from gpulock import faults
 from gpulock.env.farm import FarmStats, build, link
 from gpulock.errors import GpulockError
+from gpulock.names import entry_key_problem, optimized_bytecode, script_problem
 from gpulock.places import CURRENT, GENERATION_FORMAT, GENERATION_RECORD, RECORD_LIMIT
 from gpulock.safeopen import Unsafe, check_folder, open_regular, read_json, read_small
 from gpulock.store import DamagedEntry, Entry, Store, seal
-from gpulock.store.names import entry_key_problem, optimized_bytecode, script_problem
 from gpulock.store.scratch import link_atomic, tag
 
 RECORD = GENERATION_RECORD

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from packaging.version import Version
 
-from gpulock.lock.lockfile import Lock
+from gpulock.pins import Lock
 
 T = TypeVar("T")
 

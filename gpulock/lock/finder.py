@@ -30,9 +30,9 @@ from gpulock.lock import cuda
 from gpulock.lock.index import DistFile, Index, Listing
 from gpulock.lock.metadata import CoreMetadata, MetadataSource
 from gpulock.lock.resolve import Candidate, Req
-from gpulock.lock.target import Target
 from gpulock.lock.vcs import GitSource, checkout
 from gpulock.lock.vcs import resolve as resolve_git
+from gpulock.target import Target
 
 # packaging parses quoted marker values with ast.literal_eval, and CPython 3.11 keeps the AST
 # builder's recursion depth in state shared by all threads: two threads parsing at once can

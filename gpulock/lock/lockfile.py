@@ -12,7 +12,6 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,18 +20,20 @@ import tomli_w
 
 from gpulock.credentials import credentials_in
 from gpulock.errors import LockfileError, StaleLockError
-from gpulock.lock.target import Target
-from gpulock.store.names import (
-    git_url_problem,
-    hex_problem,
-    path_problem,
-    segment_problem,
-    url_problem,
+from gpulock.names import git_url_problem, hex_problem, path_problem
+from gpulock.pins import (
+    FileRef,
+    Lock,
+    LockedPackage,
+    PinnedModel,
+    VcsRef,
+    file_problem,
+    model_from_table,
 )
+from gpulock.target import Target
 
 if TYPE_CHECKING:
     from gpulock.manifest import Manifest
-    from gpulock.models import PinnedModel
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,57 +44,6 @@ MAX_BYTES = 256 * 2**20
 LOCK_VERSION = "1.0"
 FORMAT = 1  # [tool.gpulock] format; a newer number means a newer gpulock wrote the lock
 DEFAULT_NAME = "pylock.gpu.toml"
-
-
-@dataclass(frozen=True)
-class FileRef:
-    name: str
-    url: str
-    size: int
-    sha256: str
-    upload_time: datetime | None = None
-
-
-@dataclass(frozen=True)
-class VcsRef:
-    url: str
-    commit_id: str
-    requested_revision: str | None = None
-    subdirectory: str | None = None
-
-
-@dataclass(frozen=True)
-class LockedPackage:
-    name: str
-    version: str
-    index: str | None = None
-    wheel: FileRef | None = None
-    sdist: FileRef | None = None
-    vcs: VcsRef | None = None
-    requires_python: str | None = None
-    dependencies: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
-
-    @property
-    def artifact(self) -> str:
-        """What identifies this package's content: the file hash or the git commit."""
-        if self.wheel:
-            return f"sha256:{self.wheel.sha256}"
-        if self.sdist:
-            return f"sha256:{self.sdist.sha256}"
-        assert self.vcs is not None
-        return f"git:{self.vcs.commit_id}"
-
-
-@dataclass(frozen=True)
-class Lock:
-    target: Target
-    manifest_hash: str
-    packages: tuple[LockedPackage, ...]
-    models: tuple[PinnedModel, ...] = field(default=())  # parsed and checked once, at read
-
-    def package(self, name: str) -> LockedPackage | None:
-        return next((p for p in self.packages if p.name == name), None)
 
 
 def cuda_needed(lock: Lock) -> str | None:
@@ -354,13 +304,19 @@ def _parse(text: str, path: Path) -> Lock:
 
 def _models(entries: list[Any], path: Path) -> tuple[PinnedModel, ...]:
     """The lock's model pins, each refused in one sentence when it breaks a rule."""
-    from gpulock.models import from_dict
+    if not entries:
+        return ()
+    from gpulock.sources import checked  # the rules of each pin's own kind of source
 
-    return tuple(from_dict(entry, f"{path} models[{i}]") for i, entry in enumerate(entries))
+    pins = []
+    for i, entry in enumerate(entries):
+        where = f"{path} models[{i}]"
+        pins.append(checked(model_from_table(entry, where), where))
+    return tuple(pins)
 
 
 def _check_lock(lock: Lock, path: Path) -> None:
-    """Refuse, naming the entry, a lock that breaks a rule of gpulock.store.names or PEP 751."""
+    """Refuse, naming the entry, a lock that breaks a rule of gpulock.names or PEP 751."""
 
     problem = _target_problem(lock.target)
     if problem:
@@ -441,28 +397,4 @@ def _package_problem(package: LockedPackage) -> str | None:
             return f"has a commit-id {vcs.commit_id!r} that is not a git commit"
         if vcs.subdirectory is not None and (problem := path_problem(vcs.subdirectory)):
             return f"has a subdirectory {vcs.subdirectory!r} that {problem}"
-    return None
-
-
-def file_problem(ref: FileRef) -> str | None:
-    """What makes a wheel or sdist reference unsafe to fetch or name a file by, or None: the
-    lock's rules, also for a reference kept outside a lock (a store entry's origin, whose
-    fields may be of any JSON type)."""
-    for name, kind, said in (("name", str, "a string"), ("url", str, "a string"),
-                             ("size", int, "a whole number"), ("sha256", str, "a string")):
-        value = getattr(ref, name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"has a {name} that is not {said}"
-    if problem := segment_problem(ref.name):
-        return f"is named {ref.name!r}, which {problem}"
-    if problem := hex_problem(ref.sha256, 64):
-        return f"has a sha256 that {problem}"
-    if ref.size < 0:
-        return "has a negative size"
-    if credentials_in(ref.url):
-        return "has a URL with credentials (locks keep bare URLs)"
-    if not ref.url.startswith(("https://", "http://", "file://")):
-        return "has a URL that is not https://, http:// or file://"
-    if problem := url_problem(ref.url):
-        return f"has a URL that {problem}"
     return None

@@ -26,12 +26,11 @@ from gpulock.lock import lockfile
 from gpulock.lock.diff import diff
 from gpulock.lock.finder import IndexFinder
 from gpulock.lock.index import DistFile, Index
-from gpulock.lock.lockfile import FileRef, Lock, LockedPackage, VcsRef
 from gpulock.lock.metadata import MetadataSource
 from gpulock.lock.resolve import Resolution, resolve
 from gpulock.lock.vcs import GitSource
 from gpulock.manifest import Group, Manifest, Model
-from gpulock.models import PinnedModel
+from gpulock.pins import FileRef, Lock, LockedPackage, PinnedModel, VcsRef
 from gpulock.store import Store
 
 
@@ -258,15 +257,14 @@ def pin_models(manifest: Manifest, previous: Lock | None, upgrade: bool,
     """Each model's pin: kept from the previous lock while its request is unchanged."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpulock.models import pin
-    from gpulock.sources.ref import refuse_cycles
+    from gpulock.sources import pin, refuse_cycles, requested_revision
 
     kept = {m.name: m for m in (previous.models if previous else ())}
     store = store or Store(default_store(manifest.path.parent))
 
     def one(model: Model) -> PinnedModel:
         old = kept.get(model.name)
-        if old is not None and old.matches(model) and not upgrade and (
+        if old is not None and old.matches(model, requested_revision(model)) and not upgrade and (
                 canonicalize_name(model.name) not in upgrade_names):
             return old
         return pin(model, store)

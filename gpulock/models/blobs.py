@@ -15,7 +15,7 @@ from pathlib import Path
 import xxhash
 
 from gpulock.errors import GpulockError, HashMismatchError
-from gpulock.models import ModelFile, PinnedModel
+from gpulock.pins import ModelFile, PinnedModel
 from gpulock.safeopen import Unsafe, open_descriptor, open_regular
 from gpulock.store import Store
 from gpulock.store.layout import Layout

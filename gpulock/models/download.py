@@ -19,9 +19,9 @@ from typing import BinaryIO
 from gpulock import faults
 from gpulock.errors import GpulockError, HashMismatchError
 from gpulock.http import Http
-from gpulock.models import ModelFile, PinnedModel
 from gpulock.models.blobs import CHUNK, Hashes, hash_part, publish, stored_blob
 from gpulock.models.ranges import RangedDownload, worth_ranges
+from gpulock.pins import ModelFile, PinnedModel
 from gpulock.safeopen import open_descriptor
 from gpulock.store import Store
 from gpulock.store.layout import Layout

@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 from gpulock.errors import GpulockError
-from gpulock.models import ModelFile, PinnedModel
+from gpulock.names import member_problem
+from gpulock.pins import ModelFile, PinnedModel
 from gpulock.store import Store, seal
-from gpulock.store.names import member_problem
 from gpulock.store.scratch import built_beside, write_atomic
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from gpulock.errors import GpulockError
 from gpulock.http import Http
-from gpulock.models import ModelFile
 from gpulock.models.blobs import CHUNK, Hashes
+from gpulock.pins import ModelFile
 from gpulock.safeopen import Unsafe, open_descriptor, read_json
 from gpulock.store.scratch import open_part, write_atomic
 

@@ -6,7 +6,8 @@ store's blobs (gpulock.models.blobs), `snapshots/<commit>/<path>` are relative l
 files, so huggingface_hub finds a complete snapshot with HF_HUB_OFFLINE=1. A snapshot folder
 is built aside and renamed into place: it is complete or absent. ModelScope repositories get
 the folders each modelscope release reads, in the project's own cache; plain downloads get
-`files/<project>/<model>/`.
+`files/<project>/<model>/`. Which view a model gets, and where, is its source's choice
+(gpulock.sources): the functions here only write the formats.
 """
 
 from __future__ import annotations
@@ -19,43 +20,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpulock.errors import GpulockError
-from gpulock.models import PinnedModel
 from gpulock.models.blobs import link_to
-from gpulock.models.extract import extracted
-from gpulock.models.fetch import Log, fetch_missing
-from gpulock.models.hub import HubRepo
+from gpulock.pins import PinnedModel
 from gpulock.safeopen import Unsafe, read_json, read_small
-from gpulock.store import Store
 from gpulock.store.layout import Layout
 from gpulock.store.scratch import built_beside, link_atomic, write_atomic
 
 if TYPE_CHECKING:
-    from gpulock.store.substituters.pull import Substitutes
+    from gpulock.store import Store
 
 _TREE_LIMIT = 256 * 2**20  # `trees/<commit>.json`: every pinned file of a commit
 
 
-def view_of(store: Store, project: str, model: PinnedModel) -> Path:
-    """Where a synced model's files are: its snapshot in the Hugging Face or ModelScope
-    cache, or its folder (or extracted tree) under `files/<project>/`."""
+def hf_view(store: Store, root: Path, snapshot: Path, model: PinnedModel,
+            blobs: dict[str, Path]) -> None:
+    """The model's commit in the Hugging Face cache's repository folder `root`: blob links,
+    the `snapshot` folder, `trees/<commit>.json` and `refs/<revision>`."""
     layout = store.layout
-    if model.source.startswith("hf://"):
-        return Layout.commit_folder(HubRepo.of(model.source).folder(store) / "snapshots",
-                                    model.commit or "")
-    if model.source.startswith("ms://"):
-        root = layout.ms_repo(project, model.source.removeprefix("ms://"))
-        return Layout.ms_snapshot(root, model.revision or "master")
-    return layout.file_view(project, model.name)
-
-
-def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
-    layout = store.layout
-    root = HubRepo.of(model.source).folder(store)
     commit = model.commit or ""
     links = layout.folder(root / "blobs")
     for file in model.files:
         link_to(Layout.named(links, str(file.etag), "a blob id"), blobs[file.path])
-    snapshot = layout.ready(view_of(store, "", model))
+    snapshot = layout.ready(snapshot)
     _lay_out(store, model, snapshot, {
         file.path: "../" * (file.path.count("/") + 2) + f"blobs/{file.etag}"
         for file in model.files})
@@ -64,9 +50,8 @@ def _hf_view(store: Store, model: PinnedModel, blobs: dict[str, Path]) -> Path:
         ref = layout.ready(Layout.ref(root, model.revision))
         with contextlib.suppress(OSError, Unsafe):
             if read_small(ref, len(commit)) == commit.encode():
-                return snapshot
+                return
         write_atomic(ref, commit)  # no newline: huggingface_hub reads it verbatim
-    return snapshot
 
 
 def _write_tree(path: Path, model: PinnedModel) -> None:
@@ -114,37 +99,23 @@ def _lay_out(store: Store, model: PinnedModel, snapshot: Path, links: dict[str, 
         link_atomic(store.layout.ready(link), target)
 
 
-def sync_models(store: Store, project: str, models: list[PinnedModel], log: Log,
-                jobs: int = 8, substitutes: Substitutes | None = None) -> tuple[int, int]:
-    """Fetch what the store lacks (from a binary cache first, when there is one) and lay
-    out the views; return (files fetched, bytes)."""
-    found, count, size = fetch_missing(store, models, log, jobs, substitutes)
-    for model in models:
-        blobs = {f.path: found[str(f.etag)] for f in model.files}
-        if model.source.startswith("hf://"):
-            _hf_view(store, model, blobs)
-        elif model.source.startswith("ms://"):
-            _ms_view(store, project, model, blobs)
-        else:
-            _file_view(store, project, model, blobs)
-    return count, size
-
-
-def _ms_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]) -> Path:
-    """`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it, in
-    the project's own cache: a revision's files are what this project's lock pinned."""
-    snapshot = store.layout.ready(view_of(store, project, model))
+def ms_view(store: Store, snapshot: Path, legacy: list[Path], repo_id: str,
+            model: PinnedModel, blobs: dict[str, Path]) -> None:
+    """The ModelScope repository `repo_id` at the pinned revision: `snapshot`
+    (`models/{owner}--{name}/snapshots/{revision}/{path}`, as modelscope-hub reads it, in
+    the project's own cache: a revision's files are what this project's lock pinned), and
+    the `legacy` folders modelscope 1.x reads."""
+    snapshot = store.layout.ready(snapshot)
     # A revision's files can change between locks (no commits on ModelScope): a link that
     # names another blob than the lock's is replaced.
     _lay_out(store, model, snapshot, {
         file.path: os.path.relpath(blobs[file.path], Layout.inside(snapshot, file.path).parent)
         for file in model.files})
-    _ms_legacy_view(store, project, model, blobs)
-    return snapshot
+    _ms_legacy_view(store, legacy, repo_id, model, blobs)
 
 
-def _ms_legacy_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]
-                    ) -> None:
+def _ms_legacy_view(store: Store, legacy: list[Path], repo_id: str, model: PinnedModel,
+                    blobs: dict[str, Path]) -> None:
     """Each folder modelscope 1.x before modelscope-hub reads (Layout.ms_legacy_repos), with
     the index files of its hub/utils/caching.py: `.msc`, a pickled list of {Path, Revision}
     the cache holds (with `local_files_only=True` a non-empty list is the whole check), and
@@ -152,12 +123,11 @@ def _ms_legacy_view(store: Store, project: str, model: PinnedModel, blobs: dict[
     when it loads, and must never write through a link into a blob."""
     import pickle
 
-    repo_id = model.source.removeprefix("ms://")
     revision = model.revision or "master"
     index = pickle.dumps([{"Path": f.path, "Revision": revision}
                           for f in sorted(model.files, key=lambda f: f.path)], protocol=2)
     meta = pickle.dumps({"id": repo_id}, protocol=2)
-    for folder in store.layout.ms_legacy_repos(project, repo_id):
+    for folder in legacy:
         root = store.layout.ready(folder)
         _lay_out(store, model, root, {
             file.path: os.path.relpath(blobs[file.path], Layout.inside(root, file.path).parent)
@@ -170,12 +140,12 @@ def _ms_legacy_view(store: Store, project: str, model: PinnedModel, blobs: dict[
             write_atomic(path, content)
 
 
-def _file_view(store: Store, project: str, model: PinnedModel, blobs: dict[str, Path]
-               ) -> None:
-    """`files/<project>/<model>/<filename>` for a plain download, `files/<project>/<model>`
-    -> its tree when extracted; a view of the other kind left by an earlier lock is
-    replaced."""
-    view = store.layout.ready(view_of(store, project, model))
+def file_view(store: Store, view: Path, model: PinnedModel, blobs: dict[str, Path]) -> None:
+    """`view/<filename>` for each file (`files/<project>/<model>/`), or `view` -> its tree
+    when extracted; a view of the other kind left by an earlier lock is replaced."""
+    from gpulock.models.extract import extracted
+
+    view = store.layout.ready(view)
     is_link = os.path.islink(view)
     if model.extract:
         (file,) = model.files

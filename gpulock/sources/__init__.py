@@ -1,121 +1,174 @@
-"""Model sources beyond the hubs: each pins a model to exact files at lock time and brings
-one file's bytes to sync, and is one module registered here by its scheme.
+"""Model sources: each kind pins a model to exact files at lock time, brings a pinned file's
+bytes into the blob store at sync, lays out the view its clients read, and tells gc which
+of its views are live. One module per kind, registered here by scheme, in one list:
 
-    file:///mnt/nfs/x, /mnt/nfs/x    a folder or file already mounted (PVC, NFS)   local.py
-    s3://bucket/path/?endpoint=...   a folder (prefix) or one object               s3.py
-    git+https://host/repo.git@rev    a repository at a commit (git+file:// too)    git.py
-    ref://<project>/<model>          what another project on the store pinned      ref.py
+    hf://org/name, hf://datasets/org/name  a Hugging Face repository  hf.py    hf/ (HF_HUB_CACHE)
+    ms://owner/name                 a ModelScope repository      ms.py     modelscope/<project>/
+    https://host/file (http://)     one file from a web server   https.py  files/<project>/<model>
+    s3://bucket/path/?endpoint=...  a prefix or one object       s3.py     files/...
+    git+https://host/repo.git@rev   a repository at a commit     git.py    files/...
+    file:///mnt/nfs/x, /mnt/nfs/x   a mounted folder or file     local.py  files/...
+    ref://<project>/<model>         another project's pin        ref.py    files/...
 
-Hugging Face, ModelScope and https:// keep their own paths through gpulock.models and
-gpulock.models.views. Whatever a source returns is a `PinnedModel` that `PinnedModel.problem()`
-checks before anything is written; whatever bytes it brings are hashed against the lock
-before they become a blob, so a source never decides what the store holds.
+Whatever a source pins is checked by `PinnedModel.problem` against the general rules and
+its own kind's (`checked`, `pin`) before anything is written; whatever bytes it brings are
+hashed against the lock before they become a blob, so a source never decides what the
+store holds. What the kinds share is in files.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from gpulock.credentials import shown
+from gpulock.errors import GpulockError, LockfileError
+from gpulock.pins import ModelFile, ModelRequest, PinnedModel, SourceRules, model_from_table
+from gpulock.sources.files import Remove
+from gpulock.sources.git import GitModelSource
+from gpulock.sources.hf import HfSource
+from gpulock.sources.https import HttpsSource
+from gpulock.sources.local import LocalSource
+from gpulock.sources.ms import MsSource
+from gpulock.sources.ref import RefSource
+from gpulock.sources.s3 import S3Source
 
 if TYPE_CHECKING:
-    from gpulock.manifest import Model
-    from gpulock.models import ModelFile, PinnedModel
+    from collections.abc import Iterable
+
     from gpulock.store import Store
 
-SCHEMES = ("file://", "/", "s3://", "git+https://", "git+http://", "git+file://", "ref://")
 
-
-class ModelSource(Protocol):
+class ModelSource(SourceRules, Protocol):
     """One kind of model source."""
 
-    def problem(self, source: str) -> str | None:
-        """What is wrong with a manifest's source string of this kind, or None."""
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The schemes (or `/`) its source strings start with."""
         ...
 
-    def pin(self, model: Model, store: Store) -> PinnedModel:
-        """The model pinned to exact files (path, size, sha256) as the source holds it now;
+    @property
+    def named(self) -> str:
+        """How a message names them: the ones a manifest is told to use."""
+        ...
+
+    @property
+    def default_revision(self) -> str | None:
+        """What a model that names no revision follows."""
+        ...
+
+    def pin(self, model: ModelRequest, store: Store) -> PinnedModel:
+        """The model pinned to exact files (path, size, hash) as the source holds it now;
         `store` is the one the project syncs into (ref:// reads other projects' pins there)."""
         ...
 
-    def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
-        """Write the pinned file's bytes to the new file `target` (the caller checks them)."""
+    def fetch(self, store: Store, model: PinnedModel, file: ModelFile, streams: int) -> Path:
+        """The pinned file's blob in the store, brought from the source and checked against
+        the lock when the store lacks it; a large file may come over `streams` connections."""
+        ...
+
+    def cache(self, store: Store, project: str) -> Path:
+        """The folder the project's models of this kind are laid out in."""
+        ...
+
+    def exports(self, store: Store, project: str) -> dict[str, str]:
+        """The variables that point a process at `cache` (`gpulock env`)."""
+        ...
+
+    def view(self, store: Store, project: str, model: PinnedModel) -> Path:
+        """Where the synced model's files are."""
+        ...
+
+    def lay_out(self, store: Store, project: str, model: PinnedModel,
+                blobs: dict[str, Path]) -> None:
+        """Lay out the model's view of its files' `blobs` (path -> blob)."""
+        ...
+
+    def collect(self, store: Store, pinned: list[PinnedModel], remove: Remove) -> None:
+        """Remove (through `remove`) the views of its kind that none of `pinned` needs."""
         ...
 
 
 def source_for(source: str) -> ModelSource | None:
-    """The source kind for a model's source string; None for the hubs and https://."""
-    if source.startswith(("file://", "/")):
-        from gpulock.sources.local import LocalSource
-
-        return LocalSource()
-    if source.startswith("s3://"):
-        from gpulock.sources.s3 import S3Source
-
-        return S3Source()
-    if source.startswith(("git+https://", "git+http://", "git+file://")):
-        from gpulock.sources.git import GitModelSource
-
-        return GitModelSource()
-    if source.startswith("ref://"):
-        from gpulock.sources.ref import RefSource
-
-        return RefSource()
-    return None
+    """The kind of source a source string names, or None when gpulock reads no such kind."""
+    return next((kind for kind in SOURCES if source.startswith(kind.prefixes)), None)
 
 
-def select(model: Model, paths: list[str]) -> list[str]:
-    """The paths the model's include / exclude globs choose (the hubs' own rules)."""
-    from types import SimpleNamespace
-
-    from gpulock.models import chosen_files
-
-    listed = [SimpleNamespace(path=path) for path in paths]
-    return [f.path for f in chosen_files(model, listed, f"model '{model.name}'")]
+def kind_of(source: str) -> ModelSource:
+    """The kind of a source that was checked when it was read (a manifest, a lock, a root)."""
+    kind = source_for(source)
+    if kind is None:
+        raise GpulockError(f"{shown(source)!r} is not a model source gpulock reads")
+    return kind
 
 
-def pinned_file(path: str, local: Path) -> ModelFile:
-    """The model file `path`, pinned by the sha256 and size of its bytes at `local`."""
-    from gpulock.digests import hash_file
-    from gpulock.models import ModelFile
-
-    sha256, size = hash_file(local)
-    return ModelFile(path=path, size=size, sha256=sha256)
+def requested_revision(model: ModelRequest) -> str | None:
+    """The revision a model asks for; hub repositories follow their default branch."""
+    kind = source_for(model.source)
+    return model.revision or (kind.default_revision if kind else None)
 
 
-def pinned_below(model: Model, root: Path, path: str, where: str) -> ModelFile:
-    """The model file `path` below the folder `root` (a checkout, a share: `where` in
-    words), pinned by its bytes, read as a regular file through real folders only."""
-    from gpulock.digests import hash_stream
-    from gpulock.models import ModelFile
-
-    with _opened(model, root, path, where) as handle:
-        sha256, size = hash_stream(handle)
-    return ModelFile(path=path, size=size, sha256=sha256)
-
-
-def copy_below(model: PinnedModel, root: Path, file: ModelFile, target: Path,
-               where: str) -> None:
-    """The pinned `file` below the folder `root` (`where` in words) copied into the new file
-    `target`: read as a regular file through real folders only, and no more than one byte
-    past the pinned size (the caller's hash check names a larger file)."""
-    left = file.size + 1
-    with _opened(model, root, file.path, where) as handle, target.open("xb") as out:
-        while left > 0 and (chunk := handle.read(min(left, 1 << 20))):
-            out.write(chunk)
-            left -= len(chunk)
+def checked(pinned: PinnedModel, where: str) -> PinnedModel:
+    """`pinned`, read from `where` (a lock, a GC root), refused in one sentence when it
+    breaks a rule of its own kind of source or the general ones."""
+    problem = pinned.problem(source_for(pinned.source) or _UNKNOWN)
+    if problem:
+        raise LockfileError(f"{where}: model {pinned.name!r} {problem}; it was refused before "
+                            "anything was written (run 'gpulock lock' to rewrite the lock)")
+    return pinned
 
 
-@contextmanager
-def _opened(model: Model | PinnedModel, root: Path, path: str, where: str
-            ) -> Iterator[BinaryIO]:
-    from gpulock.errors import GpulockError
-    from gpulock.safeopen import Unsafe, open_regular
+def model_roots(store: Store, running: Iterable[object] = ()) -> list[PinnedModel]:
+    """The pins each project's last sync laid out (roots/models/), and those of `running`
+    syncs, typed and checked: what gc keeps and verify expects the store to hold. A root
+    that breaks a rule stops the reader, never counts as pinning nothing."""
+    from gpulock.store import roots
 
-    try:
-        with open_regular(root, path) as handle:
-            yield handle
-    except Unsafe as exc:
-        raise GpulockError(f"model '{model.name}': {path} in {where} is refused: {exc} "
-                           "(gpulock reads regular files only, through no link)") from None
+    where = "a model root"
+    return [checked(model_from_table(entry, where), where)
+            for entry in [*roots.model_roots(store), *running]]
+
+
+def pin(model: ModelRequest, store: Store) -> PinnedModel:
+    """Pin a manifest's model to exact files; refuse what a hub or server answered when a
+    file name, commit or hash could not be laid out safely in a store."""
+    kind = kind_of(model.source)
+    pinned = kind.pin(model, store)
+    problem = pinned.problem(kind)
+    if problem:
+        where = f"model '{model.name}' ({model.source}@{pinned.revision})" if pinned.revision \
+            else f"model '{model.name}' ({model.source})"
+        raise GpulockError(f"{where}: refused, as what the server answered {problem}; "
+                           "nothing was pinned")
+    return pinned
+
+
+def fetch_blob(store: Store, model: PinnedModel, file: ModelFile) -> Path:
+    """One pinned file's blob, fetched from the model's source when the store lacks it."""
+    return kind_of(model.source).fetch(store, model, file, 1)
+
+
+def refuse_cycles(store: Store, project: str,
+                  models: Iterable[ModelRequest | PinnedModel]) -> None:
+    """Refuse `project`'s ref:// models whose chain of refs leads back into itself."""
+    _REF.refuse_cycles(store, project, models)
+
+
+class _Unknown:
+    """The rules of a source no kind reads: every pin of it is refused."""
+
+    commits = git_ids = one_file = False
+
+    def problem(self, source: str) -> str | None:
+        return f"is not {SCHEMES}"
+
+    def revision_problem(self, revision: str) -> str | None:
+        return None
+
+
+_UNKNOWN = _Unknown()
+_REF = RefSource(checked, fetch_blob)
+# The one list of model sources, in the order their schemes are tried and named.
+SOURCES: tuple[ModelSource, ...] = (HfSource(), MsSource(), HttpsSource(), S3Source(),
+                                    GitModelSource(), LocalSource(), _REF)
+SCHEMES = ", ".join(kind.named for kind in SOURCES[:-1]) + f" or {SOURCES[-1].named}"

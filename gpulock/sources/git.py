@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gpulock.credentials import redact
@@ -25,20 +26,26 @@ from gpulock.lock.vcs import (
     run_git,
     subdirectory_of,
 )
-from gpulock.manifest import Model
-from gpulock.models import ModelFile, PinnedModel
-from gpulock.sources import copy_below, pinned_below, select
-from gpulock.store import Store
+from gpulock.pins import ModelFile, ModelRequest, PinnedModel
+from gpulock.sources.files import FileSource, copy_below, pinned_below, select
+
+if TYPE_CHECKING:
+    from gpulock.store import Store
 
 _LFS = b"version https://git-lfs.github.com/spec/v1"
 
 
-class GitModelSource:
+class GitModelSource(FileSource):
     """A repository at a commit."""
 
+    prefixes = ("git+https://", "git+http://", "git+file://")
+    named = "git+https://, git+file://"
+    commits = True
+
     def problem(self, source: str) -> str | None:
+        """What is wrong with the repository URL, its revision or subdirectory, or None."""
         from gpulock.lock.vcs import split_url
-        from gpulock.store.names import git_url_problem, path_problem, revision_problem
+        from gpulock.names import git_url_problem, path_problem, revision_problem
 
         repo, revision, subdirectory = split_url(source)
         if subdirectory is not None and (problem := path_problem(subdirectory)):
@@ -49,7 +56,8 @@ class GitModelSource:
             return f"has a revision {revision!r} that {problem}"
         return git_url_problem(repo)
 
-    def pin(self, model: Model, store: Store) -> PinnedModel:
+    def pin(self, model: ModelRequest, store: Store) -> PinnedModel:
+        """The commit the revision names now, and every chosen file's sha256."""
         url = model.source if not model.revision else \
             f"{model.source.rsplit('@', 1)[0]}@{model.revision}"
         try:
@@ -65,7 +73,8 @@ class GitModelSource:
                            commit=source.commit, include=model.include, exclude=model.exclude,
                            files=files, extract=model.extract)
 
-    def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
+    def write(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
+        """The file from a checkout of the pinned commit (LFS pointers resolved)."""
         from gpulock.lock.vcs import split_url
 
         repo, revision, subdirectory = split_url(model.source)
@@ -81,7 +90,7 @@ class GitModelSource:
         copy_below(model, tree, file, target, f"{redact(repo)} at {model.commit}")
 
 
-def _checkout(model: Model | PinnedModel, source: GitSource) -> tuple[Path, Path]:
+def _checkout(model: ModelRequest | PinnedModel, source: GitSource) -> tuple[Path, Path]:
     """The commit's checkout (cloned once into the user's cache) and the model's folder in
     it; an error names the model."""
     from gpulock.cache import Cache
@@ -98,7 +107,7 @@ def _in_root(source: GitSource, path: str) -> str:
     return f"{source.subdirectory}/{path}" if source.subdirectory else path
 
 
-def _resolve_lfs(model: Model | PinnedModel, source: GitSource, root: Path,
+def _resolve_lfs(model: ModelRequest | PinnedModel, source: GitSource, root: Path,
                  paths: list[str]) -> None:
     """Replace the Git LFS pointers among the model's `paths` (relative to the checkout's
     root) by their files: `git lfs pull` of those files only (never the repository's other
@@ -155,7 +164,7 @@ def lfs_endpoint(url: str) -> str:
     return f"{url}/info/lfs" if url.endswith(".git") else f"{url}.git/info/lfs"
 
 
-def _files(model: Model, root: Path, subdirectory: str | None) -> list[str]:
+def _files(model: ModelRequest, root: Path, subdirectory: str | None) -> list[str]:
     """The repository's files at the commit below `subdirectory`, relative to it (git's own
     listing, so .git and untracked files never count); a link is refused: its target is not
     the repository's bytes."""

@@ -7,30 +7,38 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from gpulock.errors import GpulockError
-from gpulock.manifest import Model
-from gpulock.models import ModelFile, PinnedModel
-from gpulock.sources import copy_below, pinned_below, select
-from gpulock.store import Store
+from gpulock.pins import ModelFile, ModelRequest, PinnedModel
+from gpulock.sources.files import FileSource, copy_below, pinned_below, select
+
+if TYPE_CHECKING:
+    from gpulock.store import Store
 
 
 def root_of(source: str) -> Path:
+    """The folder or file a `file://` URL or absolute path names."""
     return Path(unquote(urlsplit(source).path) if source.startswith("file://") else source)
 
 
-class LocalSource:
+class LocalSource(FileSource):
     """A mounted folder or file."""
 
+    prefixes = ("file://", "/")
+    named = "file://, /"
+
     def problem(self, source: str) -> str | None:
+        """What is wrong with the path, or None."""
         if source.startswith("file://") and urlsplit(source).netloc not in ("", "localhost"):
             return "names another host: file:// sources are paths on the pod"
         if not str(root_of(source)).startswith("/"):
             return "is not an absolute path"
         return None
 
-    def pin(self, model: Model, store: Store) -> PinnedModel:
+    def pin(self, model: ModelRequest, store: Store) -> PinnedModel:
+        """Every chosen file, hashed where it lies."""
         root = root_of(model.source)
         try:
             info = os.lstat(root)
@@ -48,14 +56,15 @@ class LocalSource:
                            include=model.include, exclude=model.exclude, files=tuple(files),
                            extract=model.extract)
 
-    def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
+    def write(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
+        """A copy of the file as it lies now (the caller checks it is the pinned one)."""
         root = root_of(model.source)
         if root.name == file.path and not root.is_dir():  # the source is this one file
             root = root.parent
         copy_below(model, root, file, target, str(root))
 
 
-def _walk(model: Model, root: Path) -> list[Path]:
+def _walk(model: ModelRequest, root: Path) -> list[Path]:
     """The regular files below `root`; a link is refused (its target is not the share's)."""
     found = []
     for folder, dirs, names in os.walk(root):

@@ -12,100 +12,119 @@ naming it, never a recursion; a lock refuses to pin one and a sync to record one
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpulock.errors import GpulockError
-from gpulock.manifest import Model
-from gpulock.models import ModelFile, PinnedModel, from_dict
-from gpulock.store import Store
-from gpulock.store.names import name_problem
+from gpulock.names import name_problem
+from gpulock.pins import ModelFile, ModelRequest, PinnedModel, model_from_table
+from gpulock.sources.files import FileSource
+
+if TYPE_CHECKING:
+    from gpulock.store import Store
+
+# What the registry lends this source (gpulock.sources): a pin checked by the rules of its
+# own source, and the blob of a pinned file fetched from wherever its pin says.
+Checked = Callable[[PinnedModel, str], PinnedModel]
+Fetch = Callable[["Store", PinnedModel, ModelFile], Path]
 
 
 def parts(source: str) -> tuple[str, str]:
+    """The project and model a `ref://` source names."""
     project, _, model = source.removeprefix("ref://").partition("/")
     return project, model
 
 
-class RefSource:
+class RefSource(FileSource):
     """Another project's pinned model."""
 
+    prefixes = ("ref://",)
+    named = "ref://"
+    git_ids = True  # the referenced pin's files, hub ones by their git blob id too
+
+    def __init__(self, checked: Checked, fetch_blob: Fetch) -> None:
+        self.checked, self.fetch_blob = checked, fetch_blob
+
     def problem(self, source: str) -> str | None:
+        """What is wrong with the project or model name, or None."""
         project, model = parts(source)
         for what, name in (("project", project), ("model", model)):
             if problem := name_problem(name):
                 return f"names a {what} {name!r} that {problem} (ref://<project>/<model>)"
         return None
 
-    def pin(self, model: Model, store: Store) -> PinnedModel:
-        other = referenced(store, model.name, model.source)
+    def pin(self, model: ModelRequest, store: Store) -> PinnedModel:
+        """The files the other project's last sync pinned, as it pinned them."""
+        other = self.referenced(store, model.name, model.source)
         return PinnedModel(name=model.name, source=model.source, revision=None,
                            commit=other.commit, include=(), exclude=(), files=other.files,
                            weights=other.weights, extract=model.extract)
 
-    def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
-        from gpulock.models.fetch import fetch_blob
-
-        *_, other = _hops(store, model.name, model.source)
+    def write(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
+        """The file's bytes from the source at the end of the chain of refs."""
+        *_, other = self.hops(store, model.name, model.source)
         same = next((f for f in other.files if f.etag == file.etag), None)
         if same is None:
             raise GpulockError(f"model '{model.name}': {model.source} no longer pins "
                                f"{file.path}; lock this project again")
-        blob = fetch_blob(store, other, same)
+        blob = self.fetch_blob(store, other, same)
         with blob.open("rb") as source, target.open("xb") as out:
             while chunk := source.read(1 << 20):
                 out.write(chunk)
 
 
+    def refuse_cycles(self, store: Store, project: str,
+                      models: Iterable[ModelRequest | PinnedModel]) -> None:
+        """Refuse `project`'s ref:// models whose chain leads back to one of its own models
+        (or into any cycle) before a lock pins them or a sync records them as the project's
+        root. A link the store cannot follow (a project that synced no such model) ends the
+        chain here: pin and fetch say what is wrong with it when they need it."""
+        for model in models:
+            if model.source.startswith(self.prefixes):
+                try:
+                    for _ in self.hops(store, model.name, model.source,
+                                       start=f"ref://{project}/{model.name}"):
+                        pass
+                except RefCycleError:
+                    raise
+                except GpulockError:
+                    continue
+
+    def hops(self, store: Store, name: str, source: str, start: str | None = None
+             ) -> Iterator[PinnedModel]:
+        """The pins along `source`'s chain of refs, first hop first, the last one's source
+        not a ref (`start`, the asking model's own ref, counts as passed already)."""
+        passed = [start] if start else []
+        while source.startswith(self.prefixes):
+            if source in passed:
+                cycle = " -> ".join([*passed[passed.index(source):], source])
+                raise RefCycleError(f"model '{name}': the ref:// sources {cycle} lead back to "
+                                    "themselves, so no source holds their files; point one "
+                                    "of them at where the files come from and sync that "
+                                    "project")
+            passed.append(source)
+            other = self.referenced(store, name, source)
+            yield other
+            source = other.source
+
+    def referenced(self, store: Store, name: str, source: str) -> PinnedModel:
+        """The model `source` names, as its project's last sync on the store pinned it,
+        checked by the rules of its own source."""
+        from gpulock.store import roots
+
+        project, model = parts(source)
+        recorded = roots.project_models(store, project)
+        if recorded is None:
+            raise GpulockError(f"model '{name}': {source} names project '{project}', which "
+                               f"has synced no models into the store {store.root}")
+        for entry in recorded:
+            if isinstance(entry, dict) and entry.get("name") == model:
+                where = f"{source} in {store.root}"
+                return self.checked(model_from_table(entry, where), where)
+        raise GpulockError(f"model '{name}': project '{project}' has no model '{model}' in "
+                           f"the store {store.root}")
+
+
 class RefCycleError(GpulockError):
     """A chain of ref:// sources that comes back to a model it passed."""
-
-
-def refuse_cycles(store: Store, project: str, models: Iterable[Model | PinnedModel]) -> None:
-    """Refuse `project`'s ref:// models whose chain leads back to one of its own models (or
-    into any cycle) before a lock pins them or a sync records them as the project's root.
-    A link the store cannot follow (a project that synced no such model) ends the chain
-    here: pin and fetch say what is wrong with it when they need it."""
-    for model in models:
-        if model.source.startswith("ref://"):
-            try:
-                for _ in _hops(store, model.name, model.source,
-                               start=f"ref://{project}/{model.name}"):
-                    pass
-            except RefCycleError:
-                raise
-            except GpulockError:
-                continue
-
-
-def _hops(store: Store, name: str, source: str, start: str | None = None
-          ) -> Iterator[PinnedModel]:
-    """The pins along `source`'s chain of refs, first hop first, the last one's source not
-    a ref (`start`, the asking model's own ref, counts as passed already)."""
-    passed = [start] if start else []
-    while source.startswith("ref://"):
-        if source in passed:
-            cycle = " -> ".join([*passed[passed.index(source):], source])
-            raise RefCycleError(f"model '{name}': the ref:// sources {cycle} lead back to "
-                                "themselves, so no source holds their files; point one of "
-                                "them at where the files come from and sync that project")
-        passed.append(source)
-        other = referenced(store, name, source)
-        yield other
-        source = other.source
-
-
-def referenced(store: Store, name: str, source: str) -> PinnedModel:
-    """The model `source` names, as its project's last sync on the store pinned it."""
-    from gpulock.store import roots
-
-    project, model = parts(source)
-    recorded = roots.project_models(store, project)
-    if recorded is None:
-        raise GpulockError(f"model '{name}': {source} names project '{project}', which has "
-                           f"synced no models into the store {store.root}")
-    for entry in recorded:
-        if isinstance(entry, dict) and entry.get("name") == model:
-            return from_dict(entry, f"{source} in {store.root}")
-    raise GpulockError(f"model '{name}': project '{project}' has no model '{model}' in the "
-                       f"store {store.root}")

@@ -10,28 +10,35 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpulock.errors import GpulockError
-from gpulock.manifest import Model
-from gpulock.models import FILE_LIMIT, ModelFile, PinnedModel
-from gpulock.sources import pinned_file, select
-from gpulock.store import Store
-from gpulock.store.names import path_problem
-from gpulock.store.substituters import CacheError
+from gpulock.names import path_problem
+from gpulock.pins import FILE_LIMIT, ModelFile, ModelRequest, PinnedModel
+from gpulock.sources.files import FileSource, pinned_file, select
+from gpulock.store.substituters.backend import CacheError
 from gpulock.store.substituters.s3 import S3
 
+if TYPE_CHECKING:
+    from gpulock.store import Store
 
-class S3Source:
+
+class S3Source(FileSource):
     """A prefix or an object in a bucket."""
 
+    prefixes = ("s3://",)
+    named = "s3://"
+
     def problem(self, source: str) -> str | None:
+        """What is wrong with the bucket URL, or None."""
         try:
             S3(source)
         except CacheError as exc:
             return str(exc).split(": ", 1)[-1]
         return None
 
-    def pin(self, model: Model, store: Store) -> PinnedModel:
+    def pin(self, model: ModelRequest, store: Store) -> PinnedModel:
+        """Every chosen object, hashed as it is read once."""
         bucket = S3(model.source)
         try:
             objects = bucket.listing()
@@ -53,7 +60,7 @@ class S3Source:
                            include=model.include, exclude=model.exclude, files=tuple(files),
                            extract=model.extract)
 
-    def _pin_object(self, model: Model, folder: S3, name: str, size: int, tmp: Path
+    def _pin_object(self, model: ModelRequest, folder: S3, name: str, size: int, tmp: Path
                     ) -> ModelFile:
         target = tmp / "object"
         try:
@@ -66,7 +73,8 @@ class S3Source:
         finally:
             target.unlink(missing_ok=True)
 
-    def fetch(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
+    def write(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
+        """The object's bytes, read no further than the pinned size."""
         bucket = S3(model.source)
         if len(model.files) == 1 and bucket.prefix.rsplit("/", 1)[-1] == file.path:
             bucket = S3(_parent(model.source))  # the source names the object itself
@@ -79,7 +87,8 @@ class S3Source:
                                "the lock pinned it")
 
 
-def _refuse_unsafe(model: Model, bucket: S3, sizes: dict[str, int], names: list[str]) -> None:
+def _refuse_unsafe(model: ModelRequest, bucket: S3, sizes: dict[str, int],
+                   names: list[str]) -> None:
     """Refuse, before any object is read, a chosen key that is no relative path the store
     may lay out (the hubs' rule for their file names), or a size no model file has (a
     download would be planned for it)."""

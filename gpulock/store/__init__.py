@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gpulock import faults, places
 from gpulock.errors import GpulockError
+from gpulock.names import hex_problem, segment_problem
 from gpulock.safeopen import Unsafe, read_json
 from gpulock.store.layout import Layout
-from gpulock.store.names import hex_problem, segment_problem
 from gpulock.store.scratch import tag
 
 if TYPE_CHECKING:
-    from gpulock.lock.lockfile import FileRef
+    from gpulock.pins import FileRef
     from gpulock.store.compile import Compiler
 
 LAYOUT_VERSION = places.LAYOUT_VERSION
@@ -275,7 +275,7 @@ def _record(value: Any) -> bool:
 
 def _origin(path: Path, value: Any) -> FileRef | None:
     """A manifest's `origin`, checked by the lock's own rules for a wheel it names."""
-    from gpulock.lock.lockfile import FileRef, file_problem
+    from gpulock.pins import FileRef, file_problem
 
     if value is None:
         return None

@@ -21,7 +21,7 @@ from gpulock import faults
 from gpulock.credentials import redact
 from gpulock.errors import FetchError, GpulockError
 from gpulock.http import Http
-from gpulock.lock.lockfile import FileRef
+from gpulock.pins import FileRef
 from gpulock.safeopen import open_file
 from gpulock.store.layout import Layout
 from gpulock.store.scratch import alive_writers, claim_partial, open_part, tag

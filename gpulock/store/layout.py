@@ -2,7 +2,7 @@
 
 Each method takes names that came from outside (a project or model name, a digest, a
 commit, a repository id, a file's path in a repository) and returns the path they name,
-after checking them against gpulock.store.names. A value that breaks a rule never becomes a path:
+after checking them against gpulock.names. A value that breaks a rule never becomes a path:
 it is refused with an UnsafeNameError, whatever reader let it through.
 
 Writers never follow a link into the store's own folders: `folder()` and `ready()` create
@@ -39,7 +39,7 @@ from pathlib import Path
 from gpulock import places
 from gpulock.errors import GpulockError
 from gpulock.locations import STORE_FOLDERS
-from gpulock.store.names import (
+from gpulock.names import (
     entry_key_problem,
     hex_problem,
     name_problem,
@@ -131,13 +131,8 @@ class Layout:
         _checked("a revision", revision, revision_problem(revision))
         return repo / "refs" / revision
 
-    def model_cache(self, project: str, source: str) -> Path:
-        """The cache a model of `source` is laid out in: `hf/` for hf://, the project's
-        `modelscope/<project>/` for ms://, `files/<project>/` for every other source."""
-        if source.startswith("hf://"):
-            return self.hf
-        if source.startswith("ms://"):
-            return self.ms_cache(project)
+    def file_cache(self, project: str) -> Path:
+        """`files/<project>`: the project's models that are plain files ($GPULOCK_FILES)."""
         _checked("a project name", project, name_problem(project))
         return self.files / project
 
@@ -175,9 +170,8 @@ class Layout:
 
     def file_view(self, project: str, model: str) -> Path:
         """`files/<project>/<model>`: a plain download's folder, or the link to its tree."""
-        _checked("a project name", project, name_problem(project))
         _checked("a model name", model, name_problem(model))
-        return self.files / project / model
+        return self.file_cache(project) / model
 
     def tree(self, sha256: str) -> Path:
         _checked("a sha256", sha256, hex_problem(sha256, 64))

@@ -39,8 +39,8 @@ from installer.utils import Scheme
 
 from gpulock import faults, untrusted
 from gpulock.errors import GpulockError
+from gpulock.names import member_problem, path_problem, script_problem
 from gpulock.store.elf import climbing_dirs, is_elf, search_paths
-from gpulock.store.names import member_problem, path_problem, script_problem
 
 if TYPE_CHECKING:
     from installer.scripts import ScriptSection

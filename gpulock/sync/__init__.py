@@ -23,8 +23,8 @@ from gpulock.env import generation
 from gpulock.env.interpreter import find_interpreter
 from gpulock.errors import GpulockError
 from gpulock.lock import lockfile
-from gpulock.lock.lockfile import Lock, LockedPackage
 from gpulock.manifest import Manifest
+from gpulock.pins import Lock, LockedPackage
 from gpulock.store import Entry, Store, roots
 
 if TYPE_CHECKING:
@@ -61,8 +61,8 @@ def sync(manifest: Manifest, lock: Lock, lock_text: str, store: Store, *, jobs: 
     def models_step() -> None:
         """Models before the switch: a sync that fails on a model leaves current as it was."""
         if models and lock.models:
-            from gpulock.models.views import sync_models
-            from gpulock.sources.ref import refuse_cycles
+            from gpulock.models.sync import sync_models
+            from gpulock.sources import refuse_cycles
 
             pinned = list(lock.models)
             rooted = [m.as_dict() for m in pinned]  # GC roots are JSON records

@@ -20,8 +20,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from gpulock.errors import GpulockError
-from gpulock.lock.lockfile import Lock
 from gpulock.manifest import Manifest
+from gpulock.pins import Lock
 from gpulock.store import Store
 
 OK, INFO, WARN, BLOCKER = "ok", "info", "warn", "blocker"

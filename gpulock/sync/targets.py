@@ -9,9 +9,9 @@ import platform
 from packaging.version import InvalidVersion, Version
 
 from gpulock.errors import GpulockError
-from gpulock.lock.target import Target
 from gpulock.manifest import DEFAULT_TARGET, Manifest
 from gpulock.sync.doctor import Driver
+from gpulock.target import Target
 
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 

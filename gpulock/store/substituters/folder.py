@@ -7,7 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 from gpulock.credentials import shown
 from gpulock.safeopen import Unsafe, open_file, replace_below
-from gpulock.store.substituters import CacheError, Progress
+from gpulock.store.substituters.backend import CacheError, Progress
 
 _CHUNK = 1 << 20
 

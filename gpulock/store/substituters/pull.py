@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gpulock.digests import hash_file
-from gpulock.lock.lockfile import LockedPackage
+from gpulock.pins import LockedPackage
 from gpulock.signing import PublicKey
 from gpulock.store import Store
 from gpulock.store.layout import Layout
-from gpulock.store.substituters import CacheError, CacheUnreachable, Substituter
+from gpulock.store.substituters.backend import CacheError, CacheUnreachable, Substituter
 from gpulock.store.substituters.record import (
     RECORD_LIMIT,
     RecordError,

@@ -30,10 +30,10 @@ from gpulock.http import Http
 from gpulock.safeopen import open_file
 from gpulock.signing import SecretKey
 from gpulock.store import DamagedEntry, Entry, Record, Store
+from gpulock.store.integrity import EntryDamage, verified_records, verify_blob
 from gpulock.store.layout import Layout
-from gpulock.store.substituters import Substituter
+from gpulock.store.substituters.backend import Substituter
 from gpulock.store.substituters.record import CacheRecord, blob_name, record_name, wheel_name
-from gpulock.store.verify import EntryDamage, verified_records, verify_blob
 
 Log = Callable[[str], None]
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from gpulock.errors import GpulockError
-from gpulock.lock.lockfile import LockedPackage
+from gpulock.names import entry_key_problem, hex_problem, segment_problem
+from gpulock.pins import LockedPackage
 from gpulock.signing import PublicKey, SecretKey, signed_by
-from gpulock.store.names import entry_key_problem, hex_problem, segment_problem
 
 FORMAT = "gpulock-entry-1"
 RECORD_LIMIT = 64 << 10  # a record is a few hundred bytes; a larger one is not a record

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from gpulock.credentials import login_problem, redact, shown
 from gpulock.errors import FetchError
 from gpulock.http import Body, paced, stall_timeout
-from gpulock.store.substituters import CacheError, CacheUnreachable, Progress
+from gpulock.store.substituters.backend import CacheError, CacheUnreachable, Progress
 
 Sink = Callable[[int, bytes], None]  # (offset in the object, bytes)
 

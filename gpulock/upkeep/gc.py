@@ -29,19 +29,17 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpulock.env import generation
 from gpulock.errors import GpulockError
-from gpulock.models import PinnedModel, from_dict
 from gpulock.models.blobs import indexed_blob
-from gpulock.models.hub import HubRepo
-from gpulock.safeopen import Unsafe, read_small
-from gpulock.store import Store, roots
-from gpulock.store.layout import Layout
-from gpulock.store.names import hex_problem
+from gpulock.names import hex_problem
+from gpulock.pins import PinnedModel
+from gpulock.sources import SOURCES, model_roots
+from gpulock.store import Store, listing, roots
 from gpulock.store.scratch import STALE_SECONDS, abandoned, alive_writers, tag, tagged
 
 Log = Callable[[str], None]
@@ -76,7 +74,7 @@ class _Remover:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:
             return False
-        size = _size(path)
+        size = listing.size(path)
         if label:
             self.log(f"{'would remove' if self.dry_run else 'removing'} {label}")
         if not self.dry_run:
@@ -118,7 +116,7 @@ def _choose(store: Store, keep: int, remove: _Remover, result: Collected) -> Non
     rooted = roots.temporary_roots(store)
     # Every root read and understood before anything moves: one that cannot be read stops
     # gc with nothing removed, never counts as referencing nothing.
-    pinned = [from_dict(m) for m in roots.model_roots(store) + rooted.models]
+    pinned = model_roots(store, rooted.models)
     kept = _collect_generations(store, keep, rooted.digests, remove, result)
     live_pkgs = {key for gen in kept for key in gen.packages.values()} | rooted.pkgs
     _collect_entries(store, live_pkgs, remove, result)
@@ -129,7 +127,7 @@ def _choose(store: Store, keep: int, remove: _Remover, result: Collected) -> Non
 def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Remover,
                          result: Collected) -> list[generation.Generation]:
     kept: list[generation.Generation] = []
-    for folder in _dirs(store.layout.envs):
+    for folder in listing.dirs(store.layout.envs):
         now = generation.current_name(folder)
         _refuse_unreadable(folder, now)
         generations = generation.generations_in(folder)
@@ -139,7 +137,7 @@ def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Rem
                 kept.append(gen)
             elif remove(gen.path, f"{folder.name} generation {gen.number}"):
                 result.generations.append(f"{folder.name}/gen-{gen.number}")
-        for leftover in _names(folder):  # half-built generations, stray `current` links
+        for leftover in listing.names(folder):  # half-built generations, stray `current` links
             if leftover.name.startswith(".") and abandoned(leftover, remove.alive) and remove(
                     leftover):
                 result.other.append(str(leftover))
@@ -149,7 +147,7 @@ def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Rem
 def _refuse_unreadable(folder: Path, now: str | None) -> None:
     """Stop gc when a generation's record cannot be read: the entries it links would look
     unreferenced and be collected under it (current or not, it may be rolled back to)."""
-    for path in _names(folder):
+    for path in listing.names(folder):
         if re.fullmatch(r"gen-\d+", path.name) and not path.is_symlink() \
                 and generation.read(path) is None:
             which, fix = (("the current generation", "'gpulock sync' in that project, then ")
@@ -162,12 +160,12 @@ def _refuse_unreadable(folder: Path, now: str | None) -> None:
 def _collect_entries(store: Store, live: set[str], remove: _Remover,
                      result: Collected) -> None:
     pkgs = store.layout.pkgs
-    dead = [p.name for p in _names(pkgs) if p.name not in live]
+    dead = [p.name for p in listing.names(pkgs) if p.name not in live]
     for key in dead:
         remove.log(f"{'would remove' if remove.dry_run else 'removing'} package entry {key}")
     if remove.dry_run:
         result.entries = dead
-        result.freed += sum(_size(pkgs / key) for key in dead)
+        result.freed += sum(listing.size(pkgs / key) for key in dead)
         return
     moved: dict[str, Path] = {}
     for key in dead:
@@ -181,7 +179,7 @@ def _collect_entries(store: Store, live: set[str], remove: _Remover,
         with contextlib.suppress(OSError):  # else the sync published its own copy already
             os.rename(moved.pop(key), pkgs / key)
     result.entries = sorted(moved)
-    result.freed += sum(_size(path) for path in moved.values())
+    result.freed += sum(listing.size(path) for path in moved.values())
 
 
 def _collect_models(store: Store, pinned: list[PinnedModel], remove: _Remover,
@@ -189,162 +187,58 @@ def _collect_models(store: Store, pinned: list[PinnedModel], remove: _Remover,
     layout = store.layout
     live_sha = {f.sha256 for m in pinned for f in m.files if f.sha256}
     live_git = {f.git_sha1 for m in pinned for f in m.files if f.git_sha1 and not f.sha256}
-    for link in _files(layout.git_blobs):
+    for link in listing.files(layout.git_blobs):
         target = indexed_blob(layout, link)
         if link.parent.name + link.name in live_git and target is not None:
             live_sha.add(target.parent.name + target.name)
         else:
             remove(link)
-    for blob in _files(layout.blobs):
+    for blob in listing.files(layout.blobs):
         sha = blob.parent.name + blob.name
         if sha not in live_sha and remove(blob):
             result.blobs += 1
             if not hex_problem(sha, 64):
                 remove(layout.fast_record(sha))
-    # Views: hf snapshots, refs, trees and blob links of commits nothing pins any more.
-    live_hf = {(HubRepo.of(m.source).folder(store).name, m.commit or "") for m in pinned
-               if m.source.startswith("hf://")}
-    # A live repository's folders stay even when empty: a sync may be about to fill them.
-    live_repos = {name for name, _ in live_hf}
-    live_etags = {str(f.etag) for m in pinned for f in m.files}
-    for repo in _dirs(layout.hf):
-        for snapshot in _dirs(repo / "snapshots"):
-            if (repo.name, snapshot.name) not in live_hf:
-                remove(snapshot, f"snapshot {repo.name}@{snapshot.name[:12]}")
-        for tree in _files(repo / "trees"):
-            if (repo.name, tree.name.removesuffix(".json")) not in live_hf:
-                remove(tree)
-        for ref in _files(repo / "refs"):
-            if (repo.name, _text(ref)) not in live_hf:
-                remove(ref)
-        for link in _files(repo / "blobs"):
-            if link.name not in live_etags:
-                remove(link)
-        if repo.name not in live_repos:
-            _prune_empty(repo, remove.dry_run)
-    # ModelScope views are per project; a snapshot stays while any root pins its revision.
-    live_ms = {(m.source.removeprefix("ms://").replace("/", "--"), m.revision or "master")
-               for m in pinned if m.source.startswith("ms://")}
-    for cache in _dirs(layout.modelscope):
-        for repo in _dirs(cache / "models"):
-            for snapshot in _dirs(repo / "snapshots"):
-                if (repo.name, snapshot.name) not in live_ms:
-                    remove(snapshot, f"snapshot {cache.name}/{repo.name}@{snapshot.name}")
-            if repo.name not in {name for name, _ in live_ms}:
-                _prune_empty(repo, remove.dry_run)
-        # modelscope 1.x's own layouts beside it (Layout.ms_legacy_names), one per project.
-        live_legacy = {parts for name, _ in live_ms
-                       for parts in Layout.ms_legacy_names(name.replace("--", "/", 1))}
-        for repo, parts in _ms_legacy_folders(cache):
-            if parts not in live_legacy:
-                remove(repo, f"modelscope 1.x view {cache.name}/{'/'.join(parts)}")
-        for owner in _dirs(cache):
-            if owner.name not in ("models", "temp"):
-                _prune_empty(owner, remove.dry_run)
+    # Each source's own views (the Hugging Face cache, ModelScope's): commits and
+    # revisions nothing pins any more.
+    for kind in SOURCES:
+        kind.collect(store, pinned, remove)
     live_trees = {str(f.sha256) for m in pinned if m.extract for f in m.files}
-    for tree in _dirs(layout.trees):
+    for tree in listing.dirs(layout.trees):
         if tree.name not in live_trees:
             remove(tree)
-    for sealed in _names(layout.trees):  # the seals beside the trees, never inside one
+    for sealed in listing.names(layout.trees):  # the seals beside the trees, never inside one
         if sealed.name.endswith(".seal.json") and not sealed.is_dir() and (
                 sealed.name.removesuffix(".seal.json") not in live_trees):
             remove(sealed)
-    for path in _files(layout.files):
+    for path in listing.files(layout.files):
         if path.is_symlink() and not path.exists():
             remove(path)  # its blob or tree was collected above
-
-
-def _ms_legacy_folders(cache: Path) -> list[tuple[Path, tuple[str, ...]]]:
-    """Every `<owner>/<name>` and `hub/<owner>/<name>` folder below a project's cache."""
-    found: list[tuple[Path, tuple[str, ...]]] = []
-    for owner in _dirs(cache):
-        if owner.name in ("models", "temp"):
-            continue
-        for repo in _dirs(owner):
-            if owner.name == "hub":
-                found += [(inner, ("hub", repo.name, inner.name)) for inner in _dirs(repo)]
-            else:
-                found.append((repo, (owner.name, repo.name)))
-    return found
 
 
 def _collect_scratch(store: Store, remove: _Remover, result: Collected) -> None:
     """Work in progress of writers that are gone: unpacks, builds, downloads, roots."""
     layout = store.layout
-    for path in _walk(layout.tmp, lambda p: "~" in p.name or p.name.endswith(".lock")):
+    for path in listing.walk(layout.tmp, lambda p: "~" in p.name or p.name.endswith(".lock")):
         if abandoned(path, remove.alive) and remove(path):
             result.other.append(str(path))
     for folder in (layout.downloads, layout.model_parts):
-        for item in _dirs(folder):
+        for item in listing.dirs(folder):
             with contextlib.suppress(OSError):  # only empty and quiet ones: a sync may be
                 if not remove.dry_run and _quiet(item):  # about to write into it
                     item.rmdir()
-    for root in _names(layout.tmp_roots) + _names(layout.collectors):
+    for root in listing.names(layout.tmp_roots) + listing.names(layout.collectors):
         if abandoned(root, remove.alive) and remove(root):
             result.other.append(str(root))
     # Views and blobs are built beside their final names, as dot-names that carry a writer;
     # a published tree is never walked into (its own dot-files are the archive's).
     leftovers = [p for root in (layout.hf, layout.modelscope, layout.files,
                                 layout.base / "blobs", layout.base / "roots")
-                 for p in _walk(root, lambda p: tagged(p.name))]
-    leftovers += [p for p in _names(layout.trees) if tagged(p.name)]
+                 for p in listing.walk(root, lambda p: tagged(p.name))]
+    leftovers += [p for p in listing.names(layout.trees) if tagged(p.name)]
     for path in leftovers:
         if abandoned(path, remove.alive) and remove(path):
             result.other.append(str(path))
-
-
-def _walk(root: Path, pick: Callable[[Path], bool]) -> Iterator[Path]:
-    """Paths below `root` that `pick` chooses, never descending into links or picked folders."""
-    if os.path.islink(root):
-        return  # not gpulock's: verify names it, gc never goes through it
-    for folder, dirs, names in os.walk(root):
-        for name in names:
-            if pick(path := Path(folder) / name):
-                yield path
-        chosen = [d for d in dirs if pick(Path(folder) / d)]
-        dirs[:] = [d for d in dirs if d not in chosen]
-        for name in chosen:
-            yield Path(folder) / name
-
-
-def _names(folder: Path) -> list[Path]:
-    """What `folder` holds; nothing when it is a link (gc never lists through a link)."""
-    if os.path.islink(folder):
-        return []
-    try:
-        return [folder / n for n in sorted(os.listdir(folder))]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _files(folder: Path) -> list[Path]:
-    """Published files and links below `folder` (dot-names are work in progress)."""
-    found: list[Path] = []
-    if os.path.islink(folder):
-        return found
-    for parent, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(parent) / n for n in names if not n.startswith(".")]
-    return sorted(found)
-
-
-def _dirs(folder: Path) -> list[Path]:
-    """Real folders (not links) directly in `folder`, published ones only."""
-    found = []
-    for path in _names(folder):
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISDIR(os.lstat(path).st_mode) and not path.name.startswith("."):
-                found.append(path)
-    return found
-
-
-def _text(path: Path) -> str:
-    """A small file gpulock wrote (a Hugging Face ref: one commit id), or "" when it is not
-    one: never read through a link, never waited on as a FIFO."""
-    try:
-        return read_small(path, 4096).decode("utf-8", "replace").strip()
-    except (OSError, Unsafe):
-        return ""
 
 
 def _quiet(folder: Path) -> bool:
@@ -352,31 +246,6 @@ def _quiet(folder: Path) -> bool:
         return time.time() - folder.lstat().st_mtime > STALE_SECONDS
     except FileNotFoundError:
         return False
-
-
-def _prune_empty(folder: Path, dry_run: bool) -> None:
-    """Remove the empty folders of a repository nothing pins (work in progress stays)."""
-    if dry_run or os.path.islink(folder):
-        return
-    for parent, _dirs, _names in os.walk(folder, topdown=False):
-        if not any(part.startswith(".") for part in Path(parent).relative_to(folder).parts):
-            with contextlib.suppress(OSError):
-                os.rmdir(parent)
-
-
-def _size(path: Path) -> int:
-    """Bytes a path holds on disk, not following links (a farm's links cost nothing)."""
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            return os.lstat(path).st_size
-    except FileNotFoundError:
-        return 0
-    total = 0
-    for folder, _dirs, names in os.walk(path):
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(folder, name)).st_size
-    return total
 
 
 def describe(result: Collected, dry_run: bool) -> str:
