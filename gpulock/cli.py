@@ -251,7 +251,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             print(f"{said} [{time.perf_counter() - started:.2f}s]", file=sys.stderr)
             return 0
     from gpulock.lock import lockfile
-    from gpulock.sync import sync
+    from gpulock.sync import Options, sync
 
     spec, path, store = _project_paths(args)
     if args.frozen:
@@ -266,19 +266,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                 result = lock.lock(spec, path, progress=status, store=store)
             print(f"Locked {len(result.lock.packages)} packages into {path}", file=sys.stderr)
             locked = lockfile.read(path)
-    opened = store.open()
-    with_packages, with_models = not args.models_only, not args.no_models
-
-    def preflight() -> None:
-        from gpulock.sync.doctor import preflight
-
-        preflight(spec, locked, opened, packages=with_packages, models=with_models)
-
-    outcome = sync(spec, locked, path.read_text(encoding="utf-8"), opened, jobs=args.jobs,
-                   packages=with_packages, models=with_models,
-                   install_python=args.install_python or spec.project.install_python,
-                   preflight=(lambda: None) if args.no_check else preflight,
-                   substitutes=_substitutes(spec))
+    options = Options(jobs=args.jobs, packages=not args.models_only, models=not args.no_models,
+                      install_python=args.install_python or spec.project.install_python,
+                      check=not args.no_check, substitutes=_substitutes(spec))
+    outcome = sync(spec, locked, path.read_text(encoding="utf-8"), store.open(), options)
     gen = outcome.generation
     models = (f", {_models_where(store, spec.project.name, locked.models)}"
               if locked.models and not args.no_models else "")

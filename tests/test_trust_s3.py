@@ -267,7 +267,7 @@ def test_keys_an_s3_listing_holds_are_refused_or_pinned_as_safe_paths_before_any
             pinned = None
     assert all(path_problem(name) is None for name in read)
     if pinned is not None:
-        assert pinned.problem() is None
+        assert pinned.problem(S3Source()) is None
         for file in pinned.files:
             Layout.inside(Path("/store/v1/files/p/m"), file.path)
 
