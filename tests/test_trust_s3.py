@@ -27,6 +27,7 @@ from gpulock import signing
 from gpulock.errors import GpulockError
 from gpulock.manifest import Model
 from gpulock.names import path_problem
+from gpulock.sources import pin
 from gpulock.sources.s3 import S3Source
 from gpulock.store.layout import Layout
 from gpulock.store.substituters.backend import CacheError
@@ -259,10 +260,10 @@ def test_keys_an_s3_listing_holds_are_refused_or_pinned_as_safe_paths_before_any
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(S3, "listing", lambda self: [(n, 3) for n in names])
         patch.setattr(S3, "download", download)
-        try:
-            pinned = S3Source().pin(model, None)  # type: ignore[arg-type]
+        try:  # as `gpulock lock` pins: the source, then the pin checked by its rules
+            pinned = pin(model, None)  # type: ignore[arg-type]
         except GpulockError as exc:
-            assert str(exc).startswith("model 'm': ") and "\n" not in str(exc)
+            assert str(exc).startswith("model 'm'") and "\n" not in str(exc)
             assert len(str(exc)) < 1000  # a huge key is not echoed whole
             pinned = None
     assert all(path_problem(name) is None for name in read)
