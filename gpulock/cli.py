@@ -343,10 +343,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
                            "or $GPULOCK_SUBSTITUTERS")
     key = load_secret(args.key)
     if args.all:
-        from gpulock.names import entry_key_problem
+        from gpulock.store import listing
 
-        keys = sorted(p.name for p in opened.layout.pkgs.iterdir()
-                      if not entry_key_problem(p.name) and opened.has(p.name))
+        keys = [key for key in listing.entries(opened) if opened.has(key)]
     else:
         now = current(opened, spec.project.name)
         if now is None:
@@ -372,14 +371,11 @@ def _cmd_push(args: argparse.Namespace) -> int:
 def _model_blobs(store: Store, lock_path: Path, every: bool) -> list[str]:
     """The sha256 of each model file to push: the lock's models', or every blob's."""
     from gpulock.lock import lockfile
-    from gpulock.names import hex_problem
+    from gpulock.store import listing
 
     if every:
-        shards = store.layout.blobs
-        found = [f"{shard.name}{blob.name}" for shard in sorted(shards.iterdir())
-                 if shard.is_dir() and not shard.is_symlink() for blob in shard.iterdir()
-                 ] if shards.is_dir() else []
-        return sorted(sha for sha in found if not hex_problem(sha, 64))
+        return sorted({sha for blob in listing.blobs(store)
+                       if (sha := listing.blob_sha256(blob)) is not None})
     if not lock_path.is_file():
         return []
     models = list(lockfile.read(lock_path).models)

@@ -649,6 +649,8 @@ def _source(reader: _Reader, table: tuple[str, ...], source: str) -> str:
 
 
 def _models(reader: _Reader, raw: dict[str, Any]) -> tuple[Model, ...]:
+    if not raw:
+        return ()
     from gpulock.sources import kind_of  # only a manifest with models pays its import
 
     models = []

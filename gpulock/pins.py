@@ -216,7 +216,7 @@ def _present(entry: dict[str, Any]) -> dict[str, Any]:
 def model_from_table(entry: object, where: str) -> PinnedModel:
     """A pinned model from its lock (or GC root) table, refused in one sentence when any
     field has the wrong type; its rules are checked by whoever knows its source
-    (gpulock.sources.pinned)."""
+    (gpulock.sources.checked)."""
     if not isinstance(entry, dict):
         raise LockfileError(f"{where} is not a table; run 'gpulock lock' to rewrite the lock")
 

@@ -507,6 +507,26 @@ def test_a_damaged_model_root_is_named_by_verify(synced_project, canary):
     assert "Traceback" not in checked.err
 
 
+@pytest.mark.parametrize("plant", ["a project that is a link", "a file among the projects",
+                                   "a dot-file among the blobs"])
+def test_verify_names_what_gpulock_did_not_put_among_the_projects_and_the_blobs(
+        synced_project, canary, plant):
+    v1 = synced_project.root / "store" / "v1"
+    if plant == "a project that is a link":
+        os.symlink(synced_project.root / "canary", v1 / "envs" / "evil")
+        expected = "generation evil: its folder in envs/ is not one gpulock made"
+    elif plant == "a file among the projects":
+        (v1 / "envs" / "stray").write_text("x")
+        expected = "generation stray: its folder in envs/ is not one gpulock made"
+    else:
+        shard = next((v1 / "blobs" / "sha256").iterdir())
+        (shard / ".planted").write_text("x")
+        expected = f"blob {shard.name}.planted: is not a blob gpulock stored"
+    checked = gpulock(synced_project, "verify")
+    assert checked.code == 1 and expected in checked.err, checked.err
+    assert "Traceback" not in checked.err
+
+
 def test_a_modelscope_index_that_would_run_code_is_found_by_verify(modelscope, make_index,
                                                                     project, canary):
     modelscope.repos["iic/tiny"] = {"master": {"model.pt": WEIGHTS}}

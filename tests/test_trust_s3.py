@@ -260,17 +260,20 @@ def test_keys_an_s3_listing_holds_are_refused_or_pinned_as_safe_paths_before_any
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(S3, "listing", lambda self: [(n, 3) for n in names])
         patch.setattr(S3, "download", download)
-        try:  # as `gpulock lock` pins: the source, then the pin checked by its rules
-            pinned = pin(model, None)  # type: ignore[arg-type]
+        try:
+            pinned = S3Source().pin(model, None)  # type: ignore[arg-type]
         except GpulockError as exc:
-            assert str(exc).startswith("model 'm'") and "\n" not in str(exc)
+            assert str(exc).startswith("model 'm': ") and "\n" not in str(exc)
             assert len(str(exc)) < 1000  # a huge key is not echoed whole
             pinned = None
+        problem = pinned.problem(S3Source()) if pinned is not None else None
+        if problem is not None:  # keys that are a file and a folder (`a`, `a/b`): the pin
+            assert "both as a file and as a folder" in problem  # is refused as `lock` pins
+            with pytest.raises(GpulockError, match="refused, as what the server answered"):
+                pin(model, None)  # type: ignore[arg-type]
     assert all(path_problem(name) is None for name in read)
-    if pinned is not None:
-        assert pinned.problem(S3Source()) is None
-        for file in pinned.files:
-            Layout.inside(Path("/store/v1/files/p/m"), file.path)
+    for file in pinned.files if pinned is not None else ():
+        Layout.inside(Path("/store/v1/files/p/m"), file.path)
 
 
 # -- a file share whose locked file became a FIFO ------------------------------------------

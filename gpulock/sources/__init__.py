@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Protocol
 from gpulock.credentials import shown
 from gpulock.errors import GpulockError, LockfileError
 from gpulock.pins import ModelFile, ModelRequest, PinnedModel, SourceRules, model_from_table
-from gpulock.sources.files import Remove
 from gpulock.sources.git import GitModelSource
 from gpulock.sources.hf import HfSource
 from gpulock.sources.https import HttpsSource
@@ -36,6 +35,7 @@ from gpulock.sources.s3 import S3Source
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from gpulock.sources.files import Remove
     from gpulock.store import Store
 
 

@@ -17,19 +17,11 @@ from urllib.parse import urlsplit
 
 from gpulock.credentials import redact
 from gpulock.errors import GpulockError
-from gpulock.http import MIN_RATE
-from gpulock.lock.vcs import (
-    GitSource,
-    checkout_root,
-    held,
-    resolve,
-    run_git,
-    subdirectory_of,
-)
 from gpulock.pins import ModelFile, ModelRequest, PinnedModel
 from gpulock.sources.files import FileSource, copy_below, pinned_below, select
 
 if TYPE_CHECKING:
+    from gpulock.lock.vcs import GitSource
     from gpulock.store import Store
 
 _LFS = b"version https://git-lfs.github.com/spec/v1"
@@ -61,6 +53,8 @@ class GitModelSource(FileSource):
         url = model.source if not model.revision else \
             f"{model.source.rsplit('@', 1)[0]}@{model.revision}"
         try:
+            from gpulock.lock.vcs import resolve
+
             source = resolve(url)
         except GpulockError as exc:
             raise GpulockError(f"model '{model.name}': {exc}") from None
@@ -75,7 +69,7 @@ class GitModelSource(FileSource):
 
     def write(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
         """The file from a checkout of the pinned commit (LFS pointers resolved)."""
-        from gpulock.lock.vcs import split_url
+        from gpulock.lock.vcs import GitSource, split_url
 
         repo, revision, subdirectory = split_url(model.source)
         if not model.commit:
@@ -94,6 +88,7 @@ def _checkout(model: ModelRequest | PinnedModel, source: GitSource) -> tuple[Pat
     """The commit's checkout (cloned once into the user's cache) and the model's folder in
     it; an error names the model."""
     from gpulock.cache import Cache
+    from gpulock.lock.vcs import checkout_root, subdirectory_of
 
     try:
         root = checkout_root(source, Cache().root)
@@ -121,6 +116,9 @@ def _resolve_lfs(model: ModelRequest | PinnedModel, source: GitSource, root: Pat
         raise GpulockError(f"model '{model.name}': {redact(source.url)} keeps files in Git "
                            "LFS, and git-lfs is not installed to fetch them "
                            "(https://git-lfs.com, or apt-get install git-lfs)")
+    from gpulock.http import MIN_RATE
+    from gpulock.lock.vcs import held, run_git
+
     settings = {"lfs.url": lfs_endpoint(source.url), "lfs.fetchinclude": "",
                 "lfs.fetchexclude": ""}
     with held(root):  # another thread or process may have pulled them meanwhile
@@ -168,6 +166,8 @@ def _files(model: ModelRequest, root: Path, subdirectory: str | None) -> list[st
     """The repository's files at the commit below `subdirectory`, relative to it (git's own
     listing, so .git and untracked files never count); a link is refused: its target is not
     the repository's bytes."""
+    from gpulock.lock.vcs import run_git
+
     prefix = f"{subdirectory}/" if subdirectory else ""
     listed = run_git("ls-files", "-s", "-z", "--full-name", "--", subdirectory or ".",
                      repo=root)

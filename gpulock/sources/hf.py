@@ -215,12 +215,6 @@ def _pin(model: ModelRequest) -> PinnedModel:
                        include=model.include, exclude=model.exclude, files=files)
 
 
-# Bytes per element of each safetensors dtype.
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2,
-                "BF16": 2, "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1,
-                "BOOL": 1}
-
-
 def _weights(model: PinnedModel) -> tuple[tuple[str, Any], ...]:
     """Parameters, bytes and dtypes of the safetensors files, from their headers alone.
 

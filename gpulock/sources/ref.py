@@ -73,7 +73,6 @@ class RefSource(FileSource):
             while chunk := source.read(1 << 20):
                 out.write(chunk)
 
-
     def refuse_cycles(self, store: Store, project: str,
                       models: Iterable[ModelRequest | PinnedModel]) -> None:
         """Refuse `project`'s ref:// models whose chain leads back to one of its own models

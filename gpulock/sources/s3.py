@@ -16,11 +16,10 @@ from gpulock.errors import GpulockError
 from gpulock.names import path_problem
 from gpulock.pins import FILE_LIMIT, ModelFile, ModelRequest, PinnedModel
 from gpulock.sources.files import FileSource, pinned_file, select
-from gpulock.store.substituters.backend import CacheError
-from gpulock.store.substituters.s3 import S3
 
 if TYPE_CHECKING:
     from gpulock.store import Store
+    from gpulock.store.substituters.s3 import S3
 
 
 class S3Source(FileSource):
@@ -31,6 +30,9 @@ class S3Source(FileSource):
 
     def problem(self, source: str) -> str | None:
         """What is wrong with the bucket URL, or None."""
+        from gpulock.store.substituters.backend import CacheError
+        from gpulock.store.substituters.s3 import S3
+
         try:
             S3(source)
         except CacheError as exc:
@@ -39,6 +41,9 @@ class S3Source(FileSource):
 
     def pin(self, model: ModelRequest, store: Store) -> PinnedModel:
         """Every chosen object, hashed as it is read once."""
+        from gpulock.store.substituters.backend import CacheError
+        from gpulock.store.substituters.s3 import S3
+
         bucket = S3(model.source)
         try:
             objects = bucket.listing()
@@ -62,6 +67,8 @@ class S3Source(FileSource):
 
     def _pin_object(self, model: ModelRequest, folder: S3, name: str, size: int, tmp: Path
                     ) -> ModelFile:
+        from gpulock.store.substituters.backend import CacheError
+
         target = tmp / "object"
         try:
             if not folder.download(name, target, size):
@@ -75,6 +82,9 @@ class S3Source(FileSource):
 
     def write(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
         """The object's bytes, read no further than the pinned size."""
+        from gpulock.store.substituters.backend import CacheError
+        from gpulock.store.substituters.s3 import S3
+
         bucket = S3(model.source)
         if len(model.files) == 1 and bucket.prefix.rsplit("/", 1)[-1] == file.path:
             bucket = S3(_parent(model.source))  # the source names the object itself

@@ -1,10 +1,11 @@
-"""What the store holds, listed once for everything that walks it (gc, verify, push --all):
-the projects' env folders, the package entries and the model blobs, and the plain folder
-listings they are made of.
+"""What the store holds, listed once for everything that walks it (gc, verify, repair,
+push --all): the projects in `envs/`, the package entries and the model blobs, and the
+plain folder listings they are made of.
 
 Nothing here follows a link or waits on one: a listing of a path that is a link, or that
-vanished under it (a sync renaming its work into place), is empty. Dot-names are work in
-progress and are never listed as published.
+vanished under it (a sync renaming its work into place), is empty. `files` and `dirs` leave
+out dot-names, work in progress; `names`, `projects` and `blobs` list everything there, for
+verify to judge what gpulock did not put there.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from gpulock.store import Store
 
 
 def projects(store: Store) -> list[Path]:
-    """Each project's folder of generations (`envs/<project>`)."""
-    return dirs(store.layout.envs)
+    """What `envs/` holds: each project's folder of generations (and whatever else is
+    there, for verify to name)."""
+    return names(store.layout.envs)
 
 
 def entries(store: Store) -> list[str]:
@@ -31,8 +33,13 @@ def entries(store: Store) -> list[str]:
 
 
 def blobs(store: Store) -> list[Path]:
-    """Every published model blob (`blobs/sha256/<2>/<62>`), whatever its name."""
-    return files(store.layout.blobs)
+    """Every file below `blobs/sha256/`, sorted, whatever its name (verify judges it)."""
+    found: list[Path] = []
+    if os.path.islink(store.layout.blobs):
+        return found
+    for parent, _subdirs, leaves in os.walk(store.layout.blobs):
+        found += [Path(parent) / n for n in leaves]
+    return sorted(found)
 
 
 def blob_sha256(blob: Path) -> str | None:

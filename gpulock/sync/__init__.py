@@ -172,7 +172,7 @@ def _build(planned: Plan, manifest: Manifest, lock: Lock, lock_text: str, store:
         options.log(line)
     progress = Progress(options.log)
     added = _Filler(planned, manifest, store, options, progress).fill(missing) \
-        if missing else []
+        if missing else []  # a filler opens a client and a compiler pool: only for work
     entries = {name: store.entry(key) for name, (_, key) in planned.packages.items()}
     built = generation.create(store, planned.project, entries, planned.python,
                               planned.python_version, planned.digest, lock_text,
@@ -213,18 +213,18 @@ class _Filler:
 
     def __init__(self, planned: Plan, manifest: Manifest, store: Store, options: Options,
                  progress: Progress) -> None:
+        from gpulock.http import Http
+        from gpulock.store.compile import Compiler
+
         self.planned, self.manifest, self.store = planned, manifest, store
         self.options, self.progress = options, progress
+        self.http = Http()  # its TLS context costs 40 ms: made only when something is fetched
+        self.compiler = Compiler(planned.python)  # one bytecode pool (started lazily)
 
     def fill(self, missing: list[tuple[LockedPackage, str]]) -> list[str]:
         """Add each of `missing`; what was added, as "name version"."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from gpulock.http import Http
-        from gpulock.store.compile import Compiler
-
-        self.http = Http()  # its TLS context costs 40 ms: only when something is fetched
-        self.compiler = Compiler(self.planned.python)  # one bytecode pool (started lazily)
         total = sum(ref.size for p, _ in missing if (ref := p.wheel or p.sdist) is not None)
         self.options.log(f"Fetching {len(missing)} of {len(self.planned.packages)} packages "
                          f"({_size(total)})")

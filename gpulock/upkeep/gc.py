@@ -127,7 +127,7 @@ def _choose(store: Store, keep: int, remove: _Remover, result: Collected) -> Non
 def _collect_generations(store: Store, keep: int, rooted: set[str], remove: _Remover,
                          result: Collected) -> list[generation.Generation]:
     kept: list[generation.Generation] = []
-    for folder in listing.dirs(store.layout.envs):
+    for folder in listing.dirs(store.layout.envs):  # verify names what is not a folder
         now = generation.current_name(folder)
         _refuse_unreadable(folder, now)
         generations = generation.generations_in(folder)

@@ -176,7 +176,7 @@ def _check_trees(store: Store) -> list[Damage]:
     from gpulock.store import seal
 
     found = []
-    for tree in _real_dirs(store.layout.trees):
+    for tree in listing.dirs(store.layout.trees):
         if hex_problem(tree.name, 64):
             continue  # work in progress, or not gpulock's: gc judges those
         raw = _small(store.layout.tree_seal(tree.name), 256 * 2**20)
@@ -263,7 +263,7 @@ def _check_indexes(store: Store) -> list[Damage]:
     damage. Nothing is read through a link, and only a few KiB of each."""
     layout = store.layout
     found = []
-    for repo in _real_dirs(layout.hf):
+    for repo in listing.dirs(layout.hf):
         for folder, _dirs, names in os.walk(repo / "refs"):
             for name in names:
                 ref = Path(folder) / name
@@ -279,14 +279,6 @@ def _check_indexes(store: Store) -> list[Damage]:
             if problem:
                 found.append(Damage("view", os.path.relpath(index, layout.base), problem))
     return found
-
-
-def _real_dirs(folder: Path) -> list[Path]:
-    """The real (not linked) folders in `folder`."""
-    try:
-        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
 
 
 def _small(path: Path, limit: int = 1 << 16) -> bytes | None:
