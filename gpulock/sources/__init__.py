@@ -1,6 +1,7 @@
 """Model sources: each kind pins a model to exact files at lock time, brings a pinned file's
 bytes into the blob store at sync, lays out the view its clients read, and tells gc which
-of its views are live. One module per kind, registered here by scheme, in one list:
+of its views are live and verify what is wrong with them. One module per kind, registered
+here by scheme, in one list:
 
     hf://org/name, hf://datasets/org/name  a Hugging Face repository  hf.py    hf/ (HF_HUB_CACHE)
     ms://owner/name                 a ModelScope repository      ms.py     modelscope/<project>/
@@ -86,6 +87,11 @@ class ModelSource(SourceRules, Protocol):
 
     def collect(self, store: Store, pinned: list[PinnedModel], remove: Remove) -> None:
         """Remove (through `remove`) the views of its kind that none of `pinned` needs."""
+        ...
+
+    def damage(self, store: Store) -> list[tuple[Path, str]]:
+        """What is wrong with the files of its views that its clients read as an index and
+        trust, as (path, problem): for verify, which only reads."""
         ...
 
 

@@ -78,6 +78,10 @@ class FileSource:
     def collect(self, store: Store, pinned: list[PinnedModel], remove: Remove) -> None:
         """Plain views need no collecting of their own: gc drops their dangling links."""
 
+    def damage(self, store: Store) -> list[tuple[Path, str]]:
+        """Plain views hold no index: verify checks their links as every view's."""
+        return []
+
 
 class Remove(Protocol):
     """What gc hands a source to collect its views with: `remove(path, label)` removes a

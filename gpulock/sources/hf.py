@@ -141,6 +141,20 @@ class HfSource:
             if repo.name not in live_repos and not remove.dry_run:
                 listing.prune_empty(repo)
 
+    def damage(self, store: Store) -> list[tuple[Path, str]]:
+        """Refs huggingface_hub follows that name no snapshot this store holds."""
+        from gpulock.store import listing
+
+        found = []
+        for repo in listing.dirs(store.layout.hf):
+            for folder, _dirs, names in os.walk(repo / "refs"):
+                for name in names:
+                    ref = Path(folder) / name
+                    commit = (listing.small(ref) or b"").decode("ascii", "replace")
+                    if hex_problem(commit, 40) or not (repo / "snapshots" / commit).is_dir():
+                        found.append((ref, "names no snapshot this store holds"))
+        return found
+
 
 def _transport_errors() -> tuple[type[Exception], ...]:
     """The HTTP client errors of whichever client huggingface_hub uses (httpx, httpx2; the

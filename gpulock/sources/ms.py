@@ -7,13 +7,15 @@ is read from the environment when a call is made, sent to its own hub only, neve
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from gpulock.errors import GpulockError
-from gpulock.names import repo_problem, revision_problem, segment_problem
+from gpulock.names import path_problem, repo_problem, revision_problem, segment_problem
 from gpulock.pins import ModelFile, ModelRequest, PinnedModel
 from gpulock.sources.files import Remove, check_listing, chosen_files
 
@@ -109,6 +111,20 @@ class MsSource:
                     listing.prune_empty(owner)
 
 
+    def damage(self, store: Store) -> list[tuple[Path, str]]:
+        """modelscope 1.x's index files (`.msc`, `.mdl`), which that client unpickles and
+        trusts: one that would run code, or that lists a file its folder lacks."""
+        layout = store.layout
+        found = []
+        for folder, _dirs, names in os.walk(layout.modelscope) if layout.present(
+                layout.modelscope) else ():
+            for name in sorted({".msc", ".mdl"} & set(names)):
+                index = Path(folder) / name
+                if problem := _index_problem(index):
+                    found.append((index, problem))
+        return found
+
+
 def _repo(source: str) -> str:
     return source.removeprefix("ms://")
 
@@ -162,3 +178,29 @@ def _pin(model: ModelRequest) -> PinnedModel:
                        include=model.include, exclude=model.exclude, files=files)
 
 
+class _Plain(pickle.Unpickler):
+    """Unpickles lists, dicts and strings only: a class or function reference is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+
+def _index_problem(index: Path) -> str | None:
+    from gpulock.store import listing
+
+    raw = listing.small(index)
+    if raw is None:
+        return "is not a small regular file, as modelscope writes it"
+    try:
+        data = _Plain(io.BytesIO(raw)).load()
+    except Exception as exc:  # any way a hostile pickle fails is damage, not a crash
+        return f"is not a plain pickle ({type(exc).__name__}), and modelscope unpickles it"
+    if index.name == ".mdl":
+        return None if isinstance(data, dict) else "is not the dict modelscope writes"
+    if not isinstance(data, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("Path"), str) for item in data):
+        return "is not the file list modelscope writes"
+    for item in data:
+        if path_problem(item["Path"]) or not os.path.isfile(index.parent / item["Path"]):
+            return f"lists {item['Path']!r}, which the folder does not hold"
+    return None

@@ -93,13 +93,19 @@ def walk(root: Path, pick: Callable[[Path], bool]) -> Iterator[Path]:
             yield Path(folder) / name
 
 
+def small(path: Path, limit: int = 1 << 16) -> bytes | None:
+    """A regular file's bytes when it holds at most `limit`; None for anything else (a
+    link, a FIFO, a huge file): never blocks, never fills memory."""
+    try:
+        return read_small(path, limit)
+    except (OSError, Unsafe):
+        return None
+
+
 def text(path: Path) -> str:
     """A small file gpulock wrote (a Hugging Face ref: one commit id), or "" when it is not
     one: never read through a link, never waited on as a FIFO."""
-    try:
-        return read_small(path, 4096).decode("utf-8", "replace").strip()
-    except (OSError, Unsafe):
-        return ""
+    return (small(path, 4096) or b"").decode("utf-8", "replace").strip()
 
 
 def prune_empty(folder: Path) -> None:

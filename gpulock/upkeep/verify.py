@@ -11,22 +11,18 @@ one entry or blob: gpulock.store.integrity). What is found, repair.py mends.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import re
 import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gpulock.env import generation
 from gpulock.errors import GpulockError
-from gpulock.names import bytecode, hex_problem, path_problem
-from gpulock.safeopen import Unsafe, read_small
+from gpulock.names import bytecode, hex_problem
 from gpulock.store import Record, Store, listing
 from gpulock.store.integrity import MAP_FROM, batches, check_blob, check_files
 
@@ -179,7 +175,7 @@ def _check_trees(store: Store) -> list[Damage]:
     for tree in listing.dirs(store.layout.trees):
         if hex_problem(tree.name, 64):
             continue  # work in progress, or not gpulock's: gc judges those
-        raw = _small(store.layout.tree_seal(tree.name), 256 * 2**20)
+        raw = listing.small(store.layout.tree_seal(tree.name), 256 * 2**20)
         if raw is None:
             continue
         try:
@@ -257,63 +253,13 @@ def _check_views(store: Store) -> list[Damage]:
 
 
 def _check_indexes(store: Store) -> list[Damage]:
-    """The files the clients read as an index and trust: Hugging Face refs (a commit whose
-    snapshot is there) and modelscope 1.x's pickles (`.msc`, `.mdl`), which that client
-    unpickles, so one that would run code, or that lists a file the folder lacks, is
-    damage. Nothing is read through a link, and only a few KiB of each."""
-    layout = store.layout
-    found = []
-    for repo in listing.dirs(layout.hf):
-        for folder, _dirs, names in os.walk(repo / "refs"):
-            for name in names:
-                ref = Path(folder) / name
-                commit = (_small(ref) or b"").decode("ascii", "replace")
-                if hex_problem(commit, 40) or not (repo / "snapshots" / commit).is_dir():
-                    found.append(Damage("view", os.path.relpath(ref, layout.base),
-                                        "names no snapshot this store holds"))
-    for folder, _dirs, names in os.walk(layout.modelscope) if layout.present(
-            layout.modelscope) else ():
-        for name in sorted({".msc", ".mdl"} & set(names)):
-            index = Path(folder) / name
-            problem = _index_problem(index)
-            if problem:
-                found.append(Damage("view", os.path.relpath(index, layout.base), problem))
-    return found
+    """The files the clients read as an index and trust (Hugging Face refs, modelscope
+    1.x's pickles), as each source judges its own views. Nothing is read through a link,
+    and only a few KiB of each."""
+    from gpulock.sources import SOURCES
 
-
-def _small(path: Path, limit: int = 1 << 16) -> bytes | None:
-    """A regular file's bytes when it holds at most `limit`; None for anything else (a
-    link, a FIFO, a huge file): never blocks, never fills memory."""
-    try:
-        return read_small(path, limit)
-    except (OSError, Unsafe):
-        return None
-
-
-class _Plain(pickle.Unpickler):
-    """Unpickles lists, dicts and strings only: a class or function reference is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"it names {module}.{name}")
-
-
-def _index_problem(index: Path) -> str | None:
-    raw = _small(index)
-    if raw is None:
-        return "is not a small regular file, as modelscope writes it"
-    try:
-        data = _Plain(io.BytesIO(raw)).load()
-    except Exception as exc:  # any way a hostile pickle fails is damage, not a crash
-        return f"is not a plain pickle ({type(exc).__name__}), and modelscope unpickles it"
-    if index.name == ".mdl":
-        return None if isinstance(data, dict) else "is not the dict modelscope writes"
-    if not isinstance(data, list) or not all(
-            isinstance(item, dict) and isinstance(item.get("Path"), str) for item in data):
-        return "is not the file list modelscope writes"
-    for item in data:
-        if path_problem(item["Path"]) or not os.path.isfile(index.parent / item["Path"]):
-            return f"lists {item['Path']!r}, which the folder does not hold"
-    return None
+    return [Damage("view", os.path.relpath(path, store.layout.base), problem)
+            for kind in SOURCES for path, problem in kind.damage(store)]
 
 
 def _within(path: str, folder: str) -> bool:
