@@ -241,10 +241,12 @@ def test_local_start_unpacks_the_small_files_once_and_leaves_large_ones_on_the_v
     assert pythonpath == f"{local}/lib/python{HOST_PYTHON}/site-packages"
 
 
-def _local_start_project(project: Project, make_index) -> Path:
-    """`app` with a console script, synced with `local-start = true` into `<project>/store`."""
+def _local_start_project(project: Project, make_index, files: dict[str, bytes] | None = None
+                         ) -> Path:
+    """`app` (with `files` besides) with a console script, synced with `local-start = true`
+    into `<project>/store`."""
     index = make_index()
-    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP},
+    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP, **(files or {})},
                entry_points="[console_scripts]\nserve = app:main\n")
     project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
                   f'index = "{index.url}"\nlocal-start = true\n'
@@ -272,15 +274,7 @@ def test_a_local_start_pack_names_no_path_and_links_only_into_the_store(
     import tarfile
 
     monkeypatch.setattr("gpulock.env.localstart.SMALL", 2048)
-    index = make_index()
-    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP,
-                                                   "app/data/big.bin": os.urandom(4096)},
-               entry_points="[console_scripts]\nserve = app:main\n")
-    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
-                  f'index = "{index.url}"\nlocal-start = true\n'
-                  '[groups.main]\npackages = ["app"]\n')
-    store = project.root / "store"
-    assert project.gpulock("sync", "--store", str(store)).code == 0
+    store = _local_start_project(project, make_index, {"app/data/big.bin": os.urandom(4096)})
     current = store / "v1" / "envs" / "worker" / "current"
     with tarfile.open(current / "local.tar") as pack:
         members = pack.getmembers()
