@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -239,7 +240,9 @@ def _target(spec: Manifest, args: argparse.Namespace) -> str:
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    if not (args.install_python or args.models_only):
+    # A named target is checked against gpu.toml's [targets] by the full path (the fast one
+    # decides only for a gpu.toml without targets, whose one target is `default`).
+    if not (args.install_python or args.models_only or args.target not in (None, "default")):
         from gpulock.uptodate import nothing_to_do
 
         found = _find_manifest(_manifest_arg(args))
@@ -837,7 +840,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_git_and_end(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGHUP (a pod stopped, `timeout`, a closed terminal) reaches gpulock but not
+    the git commands it runs in process groups of their own: stop them, then end as the
+    signal ends a process."""
+    if "gpulock.lock.vcs" in sys.modules:
+        sys.modules["gpulock.lock.vcs"].stop_running()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:  # a host's own handler is kept
+            try:
+                signal.signal(signum, _stop_git_and_end)
+            except ValueError:  # main() called on another thread: signals are not its
+                break
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

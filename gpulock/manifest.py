@@ -504,10 +504,14 @@ def _targets(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Ta
         if not isinstance(body, dict):
             raise reader.error(("targets",), name, f"targets.{name} must be a table")
         reader.check_keys(table, body, "target")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
-            # It names a lock file (PEP 751: one name, no dots) and an environment folder.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", name):
+            # It names a lock file (PEP 751: one name, no dots), `--target NAME` and, after
+            # the project's name, an environment folder.
             raise reader.error(table, None, f"the target name {name!r} must be 1 to 32 "
-                               "letters, digits, '_' or '-'")
+                               "letters, digits, '_' or '-', starting with a letter or digit")
+        if problem := name_problem(f"{project.name}.{name}"):
+            raise reader.error(table, None, f"the target's environment "
+                               f"'{project.name}.{name}' {problem}")
         if name == DEFAULT_TARGET:
             raise reader.error(table, None, f"'{DEFAULT_TARGET}' names [project]'s own "
                                "target; choose another name")
@@ -516,6 +520,9 @@ def _targets(reader: _Reader, raw: dict[str, Any], project: Project) -> tuple[Ta
                                "platform, glibc or cuda of its own")
         platform, glibc, cuda = _machine(reader, table, body,
                                          (project.platform, project.glibc, project.cuda))
+        if (platform, glibc, cuda) == (project.platform, project.glibc, project.cuda):
+            raise reader.error(table, None, f"[targets.{name}] is [project]'s own target "
+                               "again: give it another platform, glibc or cuda")
         targets.append(TargetSpec(name, platform, glibc, cuda))
     return tuple(targets)
 

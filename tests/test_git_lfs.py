@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,26 @@ def test_an_lfs_server_that_drips_is_stopped_by_the_pull_s_deadline(
     result = project.gpulock("lock")
     refused(result, "model 'm'", "git lfs took over", "was stopped")
     # The whole pull is stopped: git-lfs, which git started, is not left downloading.
+    assert _running_in(tmp_path) == []
+
+
+def test_a_terminated_lock_leaves_no_git_or_git_lfs_running(project: Project,
+                                                              tmp_path: Path):
+    # git runs in a process group of its own (Ctrl-C must not reach it half-way): SIGTERM,
+    # which a stopped pod or `timeout` sends gpulock alone, stops it too.
+    server = LfsGit(tmp_path / "served", drip=0.7)
+    _lfs_repo(tmp_path / "repo")
+    _write(project, f"{_served(tmp_path, server, login='')}@main")
+    locking = subprocess.Popen([sys.executable, "-m", "gpulock", "lock", "--manifest",
+                                str(project.manifest)], cwd=project.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any("lfs" in c for c in _running_in(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any("lfs" in c for c in _running_in(tmp_path)), "git lfs never started"
+    locking.send_signal(signal.SIGTERM)
+    assert locking.wait(timeout=30) == -signal.SIGTERM
+    time.sleep(0.5)  # killed processes leave /proc once reaped
     assert _running_in(tmp_path) == []
 
 

@@ -46,8 +46,8 @@ def _bwrap_problem() -> str | None:
     return None
 
 
-needs_bwrap = pytest.mark.skipif(_bwrap_problem() is not None,
-                                 reason=str(_bwrap_problem()))
+_NO_BWRAP = _bwrap_problem()  # bubblewrap is tried once, when the tests are collected
+needs_bwrap = pytest.mark.skipif(_NO_BWRAP is not None, reason=str(_NO_BWRAP))
 
 
 def _pod_project(project: Project, make_index, hub: FakeHub) -> tuple[Path, str]:
@@ -209,16 +209,8 @@ def test_local_start_unpacks_the_small_files_once_and_leaves_large_ones_on_the_v
         make_index, project: Project, hub: FakeHub, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr("gpulock.env.localstart.SMALL", 2048)
     big = os.urandom(4096)  # a "shared library": larger than SMALL, stays on the volume
-    index = make_index()
-    make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP,
-                                                   "app/libbig.so": big},
-               entry_points="[console_scripts]\nserve = app:main\n")
-    project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
-                  f'index = "{index.url}"\nlocal-start = true\n'
-                  '[groups.main]\npackages = ["app"]\n')
-    store = project.root.parent / "workspace" / ".gpulock"
-    synced = project.gpulock("sync", "--store", str(store))
-    assert synced.code == 0, synced.err
+    store = _local_start_project(project, make_index, {"app/libbig.so": big},
+                                 project.root.parent / "workspace" / ".gpulock")
     environment = _dockerfile_env(project, store)
     start = f"{MOUNT}/v1/envs/worker/current/local-start"
     digest = json.loads((store / "v1" / "envs" / "worker" / "current" /
@@ -241,18 +233,19 @@ def test_local_start_unpacks_the_small_files_once_and_leaves_large_ones_on_the_v
     assert pythonpath == f"{local}/lib/python{HOST_PYTHON}/site-packages"
 
 
-def _local_start_project(project: Project, make_index, files: dict[str, bytes] | None = None
-                         ) -> Path:
+def _local_start_project(project: Project, make_index, files: dict[str, bytes] | None = None,
+                         store: Path | None = None) -> Path:
     """`app` (with `files` besides) with a console script, synced with `local-start = true`
-    into `<project>/store`."""
+    into `store` (`<project>/store`)."""
     index = make_index()
     make_wheel(index.folder, "app", "1.0", files={"app/__init__.py": APP, **(files or {})},
                entry_points="[console_scripts]\nserve = app:main\n")
     project.write(f'[project]\nname = "worker"\npython = "{HOST_PYTHON}"\n'
                   f'index = "{index.url}"\nlocal-start = true\n'
                   '[groups.main]\npackages = ["app"]\n')
-    store = project.root / "store"
-    assert project.gpulock("sync", "--store", str(store)).code == 0
+    store = store or project.root / "store"
+    synced = project.gpulock("sync", "--store", str(store))
+    assert synced.code == 0, synced.err
     return store
 
 

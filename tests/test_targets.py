@@ -56,12 +56,17 @@ def test_targets_are_declared_with_errors_that_point_at_the_mistake(tmp_path: Pa
             ('[targets.default]\ncuda = "13.0"\n', "'default' names [project]'s own target"),
             ('[targets.x]\n', "[targets.x] says nothing"),
             ('[targets."cu12.8"]\ncuda = "12.8"\n', "must be 1 to 32 letters, digits"),
+            ('[targets.-x]\ncuda = "13.0"\n', "starting with a letter or digit"),
+            ('[targets.same]\ncuda = "12.8"\n', "[targets.same] is [project]'s own target"),
             ('[targets.cu130]\ncuda = "13.0"\n[groups.g]\npackages = ["torch"]\n'
              'targets = { cu13 = { index = "https://example.org/simple" } }\n',
              "no [targets.cu13] is declared; did you mean 'cu130'?")):
         with pytest.raises(ManifestError) as raised:
             parse(base + text, tmp_path / "gpu.toml")
         assert said in str(raised.value), str(raised.value)
+    long = base.replace('name = "p"', f'name = "{"p" * 124}"')
+    with pytest.raises(ManifestError, match=r"the target's environment 'p+\.cu13000' is"):
+        parse(long + '[targets.cu13000]\ncuda = "13.0"\n', tmp_path / "gpu.toml")
     with pytest.raises(ManifestError, match="no target named 'cu13'; did you mean 'cu130'"):
         manifest.for_target("cu13")
 
@@ -151,6 +156,19 @@ def test_a_lock_named_without_its_target_is_refused(make_index, project: Project
     result = project.gpulock("sync", "--lock", str(project.lock_path), "--frozen")
     assert result.code == 1
     assert "say which one" in result.err and "--target NAME" in result.err
+
+
+def test_a_target_gpu_toml_does_not_declare_is_refused_even_when_nothing_changed(
+        make_index, project: Project):
+    index = make_index()
+    make_wheel(index.folder, "app", "1.0")
+    project.write(f'[project]\nname = "p"\npython = "{sys.version_info[0]}.'
+                  f'{sys.version_info[1]}"\nindex = "{index.url}"\n'
+                  '[groups.main]\npackages = ["app"]\n')
+    assert project.gpulock("sync").code == 0
+    assert "up to date" in project.gpulock("sync", "--target", "default").err
+    typo = project.gpulock("sync", "--target", "cu130")
+    assert typo.code == 1 and "no target named 'cu130'" in typo.err, typo.err
 
 
 def test_uv_installs_a_targets_lock_as_written(make_index, project: Project, tmp_path: Path):

@@ -38,14 +38,18 @@ def how_it_starts(gen: Generation) -> Start:
                             "machine (the store was written at another path, by an older "
                             "gpulock); run 'gpulock sync' to rebuild it with scripts that "
                             "start wherever the store is mounted")
-    failed = _start_failure(gen) if _runnable(gen.interpreter) else None
-    if _runnable(gen.interpreter) and not failed:
-        return Start(True)
+    if _runnable(gen.interpreter):
+        failed = _start_failure(gen)
+        if not failed:
+            return Start(True)
+        # The scripts' launcher runs an interpreter that is there: it falls back only when
+        # there is none, so one that fails here fails them too.
+        return Start(False, f"{where}: its interpreter {gen.interpreter} fails to start here "
+                            f"({failed}); run 'gpulock sync --install-python' on the pod to "
+                            "keep an interpreter that starts wherever the volume is mounted")
     minor = gen.python_minor
     fallback = shutil.which(f"python{minor}")
-    missing = (f"{where}: its interpreter {gen.interpreter} fails to start here ({failed})"
-               if failed else f"{where}: its interpreter {gen.interpreter} is not on this "
-               "machine")
+    missing = f"{where}: its interpreter {gen.interpreter} is not on this machine"
     if fallback:
         return Start(True, f"{missing}; its scripts start {fallback} from PATH with the "
                            "environment on PYTHONPATH (run 'gpulock sync --install-python' on "
@@ -61,9 +65,12 @@ def _runnable(path: str) -> bool:
 
 def _start_failure(gen: Generation) -> str | None:
     """The last line the environment's python says when it cannot start (a CPython that
-    finds its standard library only where it was installed), or None when it starts."""
+    finds its standard library only where it was installed), or None when it starts. It
+    starts isolated and without `site`: nothing of the store (its sitecustomize, a `.pth`
+    file someone planted on the volume) runs when verify or doctor asks."""
     try:
-        ran = subprocess.run([str(gen.path / "bin" / "python"), "-c", ""], capture_output=True,
+        ran = subprocess.run([str(gen.path / "bin" / "python"), "-I", "-S", "-c", ""],
+                             capture_output=True,
                              text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)

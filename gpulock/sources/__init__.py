@@ -149,9 +149,10 @@ def pin(model: ModelRequest, store: Store) -> PinnedModel:
     return pinned
 
 
-def fetch_blob(store: Store, model: PinnedModel, file: ModelFile) -> Path:
-    """One pinned file's blob, fetched from the model's source when the store lacks it."""
-    return kind_of(model.source).fetch(store, model, file, 1)
+def fetch_blob(store: Store, model: PinnedModel, file: ModelFile, streams: int = 1) -> Path:
+    """One pinned file's blob, fetched from the model's source when the store lacks it (a
+    large one over up to `streams` connections)."""
+    return kind_of(model.source).fetch(store, model, file, streams)
 
 
 def refuse_cycles(store: Store, project: str,

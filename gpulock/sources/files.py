@@ -5,7 +5,6 @@ tree one archive unpacks to."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +40,8 @@ class FileSource:
     def fetch(self, store: Store, model: PinnedModel, file: ModelFile, streams: int) -> Path:
         """The pinned file's blob: written by `write`, published once its bytes are the
         lock's."""
+        import shutil
+
         from gpulock.credentials import redact
         from gpulock.models.blobs import hash_part, publish, stored_blob
 
@@ -118,13 +119,13 @@ def check_listing(where: str, files: list[tuple[object, object, object]]) -> Non
     names a path twice (a pagination that loops)."""
     seen: set[object] = set()
     for path, size, digest in files:
+        if not (isinstance(path, str) and isinstance(size, int) and not isinstance(size, bool)
+                and (digest is None or isinstance(digest, str))):
+            raise GpulockError(f"{where}: the hub listed a file as {path!r:.200} of size "
+                               f"{size!r:.40}, which is not a file listing; nothing was pinned")
         if path in seen:
             raise GpulockError(f"{where}: the hub listed {path!r} twice; nothing was pinned")
         seen.add(path)
-        if not (isinstance(path, str) and isinstance(size, int) and not isinstance(size, bool)
-                and (digest is None or isinstance(digest, str))):
-            raise GpulockError(f"{where}: the hub listed a file as {path!r} of size {size!r}, "
-                               "which is not a file listing; nothing was pinned")
 
 
 def pinned_file(path: str, local: Path) -> ModelFile:

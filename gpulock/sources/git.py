@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -112,6 +111,8 @@ def _resolve_lfs(model: ModelRequest | PinnedModel, source: GitSource, root: Pat
     takes the credentials, or the request, elsewhere."""
     if not any(_is_pointer(root, path) for path in paths):
         return
+    import shutil
+
     if shutil.which("git-lfs") is None:
         raise GpulockError(f"model '{model.name}': {redact(source.url)} keeps files in Git "
                            "LFS, and git-lfs is not installed to fetch them "

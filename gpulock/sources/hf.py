@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from gpulock.credentials import redact, shown
 from gpulock.errors import GpulockError
 from gpulock.names import hex_problem, repo_problem, revision_problem
 from gpulock.pins import ModelFile, ModelRequest, PinnedModel
@@ -145,14 +146,14 @@ class HfSource:
         """Refs huggingface_hub follows that name no snapshot this store holds."""
         from gpulock.store import listing
 
-        found = []
+        found: list[tuple[Path, str]] = []
         for repo in listing.dirs(store.layout.hf):
-            for folder, _dirs, names in os.walk(repo / "refs"):
-                for name in names:
-                    ref = Path(folder) / name
-                    commit = (listing.small(ref) or b"").decode("ascii", "replace")
-                    if hex_problem(commit, 40) or not (repo / "snapshots" / commit).is_dir():
-                        found.append((ref, "names no snapshot this store holds"))
+            if os.path.islink(repo / "refs"):  # repair removes the link, never what it leads to
+                found.append((repo / "refs", "is a link, which gpulock never makes there"))
+            for ref in listing.files(repo / "refs"):  # never through a link
+                commit = (listing.small(ref) or b"").decode("ascii", "replace")
+                if hex_problem(commit, 40) or not (repo / "snapshots" / commit).is_dir():
+                    found.append((ref, "names no snapshot this store holds"))
         return found
 
 
@@ -168,6 +169,11 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+def _first_line(exc: BaseException) -> str:
+    """An error's first line as a message may quote it: any URL in it without its login."""
+    return redact((str(exc).splitlines() or [type(exc).__name__])[0])
+
+
 def _pin(model: ModelRequest) -> PinnedModel:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
@@ -180,14 +186,11 @@ def _pin(model: ModelRequest) -> PinnedModel:
 
     from gpulock.http import paced
 
-    repo_id = model.source.removeprefix("hf://")
-    repo_type = "model"
-    if repo_id.startswith("datasets/"):
-        repo_id, repo_type = repo_id.removeprefix("datasets/"), "dataset"
-    revision = model.revision or "main"
+    repo = HubRepo.of(model.source)
+    repo_id, repo_type = repo.repo_id, repo.kind
+    revision = model.revision or HfSource.default_revision
     where = f"model '{model.name}' ({model.source}@{revision})"
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None,
-                token=os.environ.get("HF_TOKEN") or False)
+    api = HfApi(endpoint=hf_endpoint(), token=os.environ.get("HF_TOKEN") or False)
     try:
         (info,) = paced(lambda: [api.repo_info(repo_id, revision=revision,
                                                repo_type=repo_type)], where)
@@ -208,12 +211,10 @@ def _pin(model: ModelRequest) -> PinnedModel:
         raise GpulockError(f"{where} does not exist, or is private and HF_TOKEN does not "
                            "grant access to it") from None
     except (HfHubHTTPError, OSError) as exc:
-        reason = str(exc).splitlines()[0]
-        raise GpulockError(f"{where}: the Hub answered: {reason}") from None
+        raise GpulockError(f"{where}: the Hub answered: {_first_line(exc)}") from None
     except _transport_errors() as exc:  # huggingface_hub 1.x and 2.x speak httpx
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise GpulockError(f"{where}: the Hub at {api.endpoint} cannot be reached ({reason})"
-                           ) from None
+        raise GpulockError(f"{where}: the Hub at {shown(api.endpoint)} cannot be reached "
+                           f"({_first_line(exc)})") from None
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise GpulockError(f"{where}: the Hub answered something that is not a repository "
                            f"listing ({type(exc).__name__})") from None

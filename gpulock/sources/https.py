@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from gpulock.errors import GpulockError
 from gpulock.names import url_problem
-from gpulock.pins import ModelFile, ModelRequest, PinnedModel
+from gpulock.pins import FILE_LIMIT, ModelFile, ModelRequest, PinnedModel
 from gpulock.sources.files import FileSource
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ def _pin(model: ModelRequest) -> PinnedModel:
         while chunk := body.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
+            if size > FILE_LIMIT:  # a body without end: refused, never hashed forever
+                raise GpulockError(f"model '{model.name}': {redact(model.source)} sent more "
+                                   f"than {FILE_LIMIT:,} bytes, past any model file")
     name = unquote(urlsplit(model.source).path.rsplit("/", 1)[-1]) or "download"
     return PinnedModel(name=model.name, source=model.source, revision=None, commit=None,
                        include=(), exclude=(),

@@ -7,13 +7,12 @@ is read from the environment when a call is made, sent to its own hub only, neve
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from gpulock.credentials import redact
 from gpulock.errors import GpulockError
 from gpulock.names import path_problem, repo_problem, revision_problem, segment_problem
 from gpulock.pins import ModelFile, ModelRequest, PinnedModel
@@ -93,6 +92,9 @@ class MsSource:
         live = {(_repo(m.source).replace("/", "--"), m.revision or "master") for m in pinned
                 if m.source.startswith(self.prefixes)}
         live_repos = {name for name, _ in live}
+        # modelscope 1.x's own layouts beside it (Layout.ms_legacy_names), one per project.
+        live_legacy = {parts for name in live_repos
+                       for parts in Layout.ms_legacy_names(name.replace("--", "/", 1))}
         for cache in listing.dirs(store.layout.modelscope):
             for repo in listing.dirs(cache / "models"):
                 for snapshot in listing.dirs(repo / "snapshots"):
@@ -100,16 +102,12 @@ class MsSource:
                         remove(snapshot, f"snapshot {cache.name}/{repo.name}@{snapshot.name}")
                 if repo.name not in live_repos and not remove.dry_run:
                     listing.prune_empty(repo)
-            # modelscope 1.x's own layouts beside it (Layout.ms_legacy_names), one per project.
-            live_legacy = {parts for name in live_repos
-                           for parts in Layout.ms_legacy_names(name.replace("--", "/", 1))}
             for repo, parts in _legacy_folders(cache):
                 if parts not in live_legacy:
                     remove(repo, f"modelscope 1.x view {cache.name}/{'/'.join(parts)}")
             for owner in listing.dirs(cache):
                 if owner.name not in ("models", "temp") and not remove.dry_run:
                     listing.prune_empty(owner)
-
 
     def damage(self, store: Store) -> list[tuple[Path, str]]:
         """modelscope 1.x's index files (`.msc`, `.mdl`), which that client unpickles and
@@ -152,8 +150,8 @@ def _pin(model: ModelRequest) -> PinnedModel:
 
     from gpulock.http import paced
 
-    repo_id = model.source.removeprefix("ms://")
-    revision = model.revision or "master"
+    repo_id = _repo(model.source)
+    revision = model.revision or MsSource.default_revision
     where = f"model '{model.name}' ({model.source}@{revision})"
     api = HubApi(endpoint=endpoint(),
                  token=os.environ.get("MODELSCOPE_API_TOKEN") or None)
@@ -162,7 +160,7 @@ def _pin(model: ModelRequest) -> PinnedModel:
                                                     recursive=True), where)
     except (HubError, OSError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise GpulockError(f"{where}: ModelScope answered: {reason}") from None
+        raise GpulockError(f"{where}: ModelScope answered: {redact(reason)}") from None
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise GpulockError(f"{where}: ModelScope answered something that is not a file "
                            f"listing ({type(exc).__name__})") from None
@@ -178,21 +176,23 @@ def _pin(model: ModelRequest) -> PinnedModel:
                        include=model.include, exclude=model.exclude, files=files)
 
 
-class _Plain(pickle.Unpickler):
-    """Unpickles lists, dicts and strings only: a class or function reference is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"it names {module}.{name}")
-
-
 def _index_problem(index: Path) -> str | None:
+    import io
+    import pickle
+
     from gpulock.store import listing
+
+    class Plain(pickle.Unpickler):
+        """Unpickles lists, dicts and strings only: a class or function is refused."""
+
+        def find_class(self, module: str, name: str) -> Any:
+            raise pickle.UnpicklingError(f"it names {module}.{name}")
 
     raw = listing.small(index)
     if raw is None:
         return "is not a small regular file, as modelscope writes it"
     try:
-        data = _Plain(io.BytesIO(raw)).load()
+        data = Plain(io.BytesIO(raw)).load()
     except Exception as exc:  # any way a hostile pickle fails is damage, not a crash
         return f"is not a plain pickle ({type(exc).__name__}), and modelscope unpickles it"
     if index.name == ".mdl":

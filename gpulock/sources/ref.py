@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # What the registry lends this source (gpulock.sources): a pin checked by the rules of its
 # own source, and the blob of a pinned file fetched from wherever its pin says.
 Checked = Callable[[PinnedModel, str], PinnedModel]
-Fetch = Callable[["Store", PinnedModel, ModelFile], Path]
+Fetch = Callable[["Store", PinnedModel, ModelFile, int], Path]
 
 
 def parts(source: str) -> tuple[str, str]:
@@ -61,17 +61,20 @@ class RefSource(FileSource):
                            commit=other.commit, include=(), exclude=(), files=other.files,
                            weights=other.weights, extract=model.extract)
 
-    def write(self, store: Store, model: PinnedModel, file: ModelFile, target: Path) -> None:
-        """The file's bytes from the source at the end of the chain of refs."""
+    def fetch(self, store: Store, model: PinnedModel, file: ModelFile, streams: int) -> Path:
+        """The file's blob, fetched by the source at the end of the chain of refs, which
+        checks it against the same hash (the ref pinned that file's own)."""
+        from gpulock.models.blobs import stored_blob
+
+        blob = stored_blob(store, file)
+        if blob is not None:
+            return blob
         *_, other = self.hops(store, model.name, model.source)
         same = next((f for f in other.files if f.etag == file.etag), None)
         if same is None:
             raise GpulockError(f"model '{model.name}': {model.source} no longer pins "
                                f"{file.path}; lock this project again")
-        blob = self.fetch_blob(store, other, same)
-        with blob.open("rb") as source, target.open("xb") as out:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
+        return self.fetch_blob(store, other, same, streams)
 
     def refuse_cycles(self, store: Store, project: str,
                       models: Iterable[ModelRequest | PinnedModel]) -> None:

@@ -8,7 +8,6 @@ refused before any object is read."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +57,8 @@ class S3Source(FileSource):
         else:
             folder, names = bucket, select(model, list(sizes))
         _refuse_unsafe(model, bucket, sizes, names)
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="gpulock-s3-pin-") as tmp:
             files = [self._pin_object(model, folder, name, sizes[name], Path(tmp))
                      for name in names]

@@ -27,8 +27,9 @@ def choose(manifest: Manifest, driver: Driver | str | None, machine: str | None 
     """The target this pod runs, and why in words; one sentence when it runs none."""
     arch = _ARCHES.get((machine or platform.machine()).lower(), machine or platform.machine())
     have = _cuda(driver.cuda) if isinstance(driver, Driver) and driver.cuda else None
+    targets = targets_of(manifest)
     runs = []
-    for name, target in targets_of(manifest):
+    for name, target in targets:
         need = _cuda(target.cuda) if target.cuda else None
         if target.arch == arch and (need is None or (have is not None and have >= need)):
             runs.append((need or Version("0"), name))
@@ -38,22 +39,22 @@ def choose(manifest: Manifest, driver: Driver | str | None, machine: str | None 
     if not runs and have is not None:
         # CUDA's minor-version compatibility: a 12.8 build runs on a 12.4 driver (doctor
         # warns of PTX JIT), the nearest such target rather than none.
-        runs = [(need, name) for name, target in targets_of(manifest)
+        runs = [(need, name) for name, target in targets
                 if target.arch == arch and target.cuda and (need := _cuda(target.cuda))
                 and need.major == have.major]
     if not runs and have is None:
-        default = targets_of(manifest)[0][1]
+        default = targets[0][1]
         if default.arch == arch:  # a build stage or CI: no driver to choose by
             return DEFAULT_TARGET, (f"{pod}: syncing target '{DEFAULT_TARGET}' (--target NAME "
                                     "chooses another)")
     if not runs:
         needs = "; ".join(f"{name} needs {target.arch}"
                           + (f" and CUDA {target.cuda}" if target.cuda else "")
-                          for name, target in targets_of(manifest))
+                          for name, target in targets)
         raise GpulockError(f"{pod} runs none of gpu.toml's targets: {needs}; pass --target "
                            "NAME to take one anyway")
     # The newest CUDA this driver runs; [project]'s own target first among equals.
-    order = [name for name, _ in targets_of(manifest)]
+    order = [name for name, _ in targets]
     best = max(runs, key=lambda run: (run[0], -order.index(run[1])))[1]
     return best, f"{pod} runs target '{best}' (--target NAME chooses another)"
 

@@ -131,9 +131,8 @@ def _package_sources(store: Store) -> dict[str, tuple[FileRef | None, str | None
             package = by_name.get(name)  # the generation records each package's key
             if package and package.wheel:
                 sources[key] = (package.wheel, gen.interpreter)
-    pkgs = store.layout.pkgs
-    for name in os.listdir(pkgs) if pkgs.is_dir() else []:
-        if name not in sources and not entry_key_problem(name):
+    for name in listing.entries(store):
+        if name not in sources:
             with contextlib.suppress(GpulockError):
                 origin = store.origin(name)
                 if origin is not None and _names_its_entry(name, origin):

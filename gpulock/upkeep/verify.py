@@ -94,8 +94,8 @@ def check(store: Store, fast: bool = False, jobs: int = 8) -> Checked:
     damaged = {d.key for d in result.damage}
     for folder in listing.projects(store):
         result.damage += check_project(store, folder, damaged, result)
+        _check_start(folder, result)
     result.damage += _check_views(store) + _check_indexes(store) + _check_trees(store)
-    _check_starts(store, result)
     return result
 
 
@@ -149,22 +149,19 @@ def _missing_blobs(store: Store) -> list[Damage]:
     return found
 
 
-def _check_starts(store: Store, result: Checked) -> None:
-    """Whether each project's current generation can start here (its interpreter, or the
+def _check_start(folder: Path, result: Checked) -> None:
+    """Whether the project's current generation can start here (its interpreter, or the
     fallback its scripts take; console scripts written for another store path)."""
     from gpulock.env.starts import how_it_starts
 
-    for folder in listing.projects(store):
-        if os.path.islink(folder):
-            continue
-        now = generation.current_in(folder)
-        if now is None:
-            continue
-        start = how_it_starts(now)
-        if not start.runs:
-            result.cannot_start.append(f"{folder.name}: {start.problem}")
-        elif start.problem:
-            result.fallbacks.append(f"{folder.name}: {start.problem}")
+    now = None if os.path.islink(folder) else generation.current_in(folder)
+    if now is None:
+        return
+    start = how_it_starts(now)
+    if not start.runs:
+        result.cannot_start.append(f"{folder.name}: {start.problem}")
+    elif start.problem:
+        result.fallbacks.append(f"{folder.name}: {start.problem}")
 
 
 def _check_trees(store: Store) -> list[Damage]:
