@@ -408,6 +408,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gpulock.env.generation import current, project_dir, site_packages
+    from gpulock.places import CURRENT
 
     spec, _, store = _project_paths(args)
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
@@ -417,7 +418,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if now is None:
         raise GpulockError(f"'{spec.project.name}' has no synced environment in {store.root}; "
                            "run 'gpulock sync' first")
-    env_root = project_dir(store, spec.project.name).absolute() / "current"
+    env_root = project_dir(store, spec.project.name).absolute() / CURRENT
     environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
     environ["VIRTUAL_ENV"] = str(env_root)
     environ["PATH"] = f"{env_root / 'bin'}{os.pathsep}{environ.get('PATH', '')}"

@@ -546,7 +546,7 @@ def _index(reader: _Reader, table: tuple[str, ...], index: str) -> str:
 
 
 def _groups(reader: _Reader, raw: dict[str, Any], project: Project,
-            targets: tuple[TargetSpec, ...] = ()) -> tuple[Group, ...]:
+            targets: tuple[TargetSpec, ...]) -> tuple[Group, ...]:
     groups = []
     seen: dict[str, str] = {}
     for name, body in raw.items():

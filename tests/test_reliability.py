@@ -582,7 +582,7 @@ def test_gc_stops_at_a_generation_whose_record_is_damaged_and_keeps_what_it_link
     index = make_index()
     two_versions(index.folder)
     sync_versions(project, index.url, ["1.0", "2.0"])
-    from gpulock.env.generation import RECORD
+    from gpulock.places import GENERATION_RECORD as RECORD
 
     envs = project.root / "store" / "v1" / "envs" / "demo"
     pkgs = project.root / "store" / "v1" / "pkgs"

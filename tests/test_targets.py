@@ -5,6 +5,7 @@ its boundary as doctor's tests do)."""
 
 from __future__ import annotations
 
+import platform
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from gpulock.manifest_hash import tomllib
 from tests.conftest import Project
 from tests.support.dists import make_wheel
 from tests.test_doctor import fake_driver
+
+# The fleet's default and cu130 targets are x86_64 pods, and the sentences checked name this
+# machine as one: elsewhere these tests would pick, or say, something else.
+x86_64_pod = pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
+                                reason="the fleet's default and cu130 targets are x86_64 pods; "
+                                       "this machine is not one")
 
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PY = f"cp{sys.version_info.major}{sys.version_info.minor}"
@@ -95,11 +102,10 @@ def test_lock_writes_one_pep_751_lock_per_target(make_index, project: Project):
     ("570.133.07", "12.8", "default", "2.9.0+cu128"),
     ("580.65.06", "13.0", "cu130", "2.9.0+cu130"),
 ])
+@x86_64_pod
 def test_sync_picks_the_target_the_pods_driver_runs(
         make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         driver: str, cuda: str, chosen: str, torch: str):
-    if sys.platform != "linux" or __import__("platform").machine() != "x86_64":
-        pytest.skip("the fleet's targets are x86_64 and aarch64 pods; this is neither")
     _fleet(project, make_index)
     assert project.gpulock("lock").code == 0
     monkeypatch.setenv("PATH", f"{fake_driver(tmp_path / 'smi', driver, cuda)}:/usr/bin:/bin")
@@ -117,10 +123,9 @@ def test_sync_picks_the_target_the_pods_driver_runs(
     assert len(list((store / "v1" / "pkgs").glob("*-numpy-2.0"))) == 1
 
 
+@x86_64_pod
 def test_a_pod_that_runs_no_target_is_told_what_each_needs(
         make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    if __import__("platform").machine() != "x86_64":
-        pytest.skip("the sentence names this x86_64 machine")
     _fleet(project, make_index)
     assert project.gpulock("lock").code == 0
     monkeypatch.setenv("PATH", f"{fake_driver(tmp_path / 'smi', '520.61.05', '11.8')}:"
@@ -136,11 +141,10 @@ def test_a_pod_that_runs_no_target_is_told_what_each_needs(
     (None, "no NVIDIA driver): syncing target 'default'"),  # a build stage, CI
     (("550.54.15", "12.4"), "runs target 'default'"),  # 12.8 on 12.4: minor-version compat
 ])
+@x86_64_pod
 def test_without_a_driver_that_runs_a_target_exactly_sync_takes_the_nearest(
         make_index, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         driver: tuple[str, str] | None, said: str):
-    if __import__("platform").machine() != "x86_64":
-        pytest.skip("the default target is an x86_64 pod")
     _fleet(project, make_index)
     assert project.gpulock("lock").code == 0
     smi = f"{fake_driver(tmp_path / 'smi', *driver)}:" if driver else ""
@@ -171,11 +175,9 @@ def test_a_target_gpu_toml_does_not_declare_is_refused_even_when_nothing_changed
     assert typo.code == 1 and "no target named 'cu130'" in typo.err, typo.err
 
 
+@x86_64_pod
 def test_uv_installs_a_targets_lock_as_written(make_index, project: Project, tmp_path: Path):
     from tests.test_uv_interop import uv
-
-    if __import__("platform").machine() != "x86_64":
-        pytest.skip("the cu130 target is an x86_64 pod")
     _fleet(project, make_index)
     assert project.gpulock("lock").code == 0
     venv = tmp_path / "venv"

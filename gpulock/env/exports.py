@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 from gpulock.env.generation import project_dir, site_packages
 from gpulock.errors import GpulockError
+from gpulock.places import CURRENT
 from gpulock.store import Store
 
 
@@ -29,7 +30,7 @@ def exports(store: Store, project: str, python: str, model_sources: Iterable[str
     are laid out in (one per kind of `model_sources`), on a process's path. `store` is the
     store as the process will see it: on a serverless worker, where the volume is mounted."""
     minor = ".".join(python.split(".")[:2])
-    current = project_dir(store, project).absolute() / "current"
+    current = project_dir(store, project).absolute() / CURRENT
     values = {
         "PYTHONPATH": str(site_packages(current, minor)),
         "PATH": f"{current / 'bin'}:$PATH",

@@ -32,7 +32,6 @@ from gpulock.safeopen import Unsafe, check_folder, open_regular, read_json, read
 from gpulock.store import DamagedEntry, Entry, Store, seal
 from gpulock.store.scratch import link_atomic, tag
 
-RECORD = GENERATION_RECORD
 # The shell's `'''true'` is `true`; Python's is the start of a string that ends before the
 # script's own code. The shell never reaches that end: it has exec'd or exited.
 _LAUNCHER = """\
@@ -103,7 +102,7 @@ def project_dir(store: Store, project: str) -> Path:
 def read(path: Path) -> Generation | None:
     """The generation at `path`, or None when its record is missing or not gpulock's."""
     try:
-        data = read_json(path / RECORD, RECORD_LIMIT)
+        data = read_json(path / GENERATION_RECORD, RECORD_LIMIT)
         generation = Generation(
             path=path, number=int(data["number"]), lock_digest=str(data["lock_digest"]),
             packages=dict(data["packages"]), python=str(data["python"]),
@@ -184,7 +183,7 @@ def create(store: Store, project: str, entries: Mapping[str, Entry], python: str
                                 packages={n: e.key for n, e in entries.items()},
                                 python=python, python_version=python_version,
                                 created=time.time(), format=GENERATION_FORMAT)
-        (work / RECORD).write_text(json.dumps({
+        (work / GENERATION_RECORD).write_text(json.dumps({
             "number": number, "lock_digest": lock_digest, "packages": generation.packages,
             "python": python, "python_version": python_version,
             "created": generation.created, "format": GENERATION_FORMAT},
@@ -255,9 +254,10 @@ def scaffold(work: Path, entries: Sequence[Entry], python: str, python_version: 
 def _seal(work: Path) -> None:
     """Record every file of the generation by its sha256 and every link by where it leads,
     so that verify finds one added, changed or removed later."""
-    record = read_json(work / RECORD, RECORD_LIMIT)
-    record["files"] = {path: what for path, what in seal.contents(work) if path != RECORD}
-    (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
+    record = read_json(work / GENERATION_RECORD, RECORD_LIMIT)
+    record["files"] = {path: what for path, what in seal.contents(work)
+                       if path != GENERATION_RECORD}
+    (work / GENERATION_RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
 
 
 def tampered(generation: Generation) -> str | None:
@@ -265,12 +265,13 @@ def tampered(generation: Generation) -> str | None:
     when nothing, or when an older gpulock built it without a seal). Bytecode Python writes
     for `-O` runs beside a known source is not gpulock's to judge."""
     try:
-        sealed = read_json(generation.path / RECORD, RECORD_LIMIT).get("files")
+        sealed = read_json(generation.path / GENERATION_RECORD, RECORD_LIMIT).get("files")
     except (OSError, Unsafe, AttributeError):
         return "its record cannot be read"
     if not isinstance(sealed, dict):
         return None
-    return seal.broken(generation.path, sealed, skip=(RECORD,), tolerated=optimized_bytecode)
+    return seal.broken(generation.path, sealed, skip=(GENERATION_RECORD,),
+                       tolerated=optimized_bytecode)
 
 
 def _next_number(envs: Path) -> int:
@@ -279,9 +280,9 @@ def _next_number(envs: Path) -> int:
 
 
 def _renumber(work: Path, number: int) -> None:
-    record = read_json(work / RECORD, RECORD_LIMIT)
+    record = read_json(work / GENERATION_RECORD, RECORD_LIMIT)
     record["number"] = number
-    (work / RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
+    (work / GENERATION_RECORD).write_text(json.dumps(record, sort_keys=True, indent=1))
     config = read_small(work / "pyvenv.cfg", _CONFIG_LIMIT).decode()
     (work / "pyvenv.cfg").write_text(re.sub(r"\(generation \d+\)", f"(generation {number})",
                                             config))

@@ -113,8 +113,6 @@ def find_interpreter(version: str, store: Store | None = None, *,
                 return str(hit["path"]), str(hit["version"])
         except (OSError, KeyError, TypeError):
             pass
-    from gpulock.env.interpreter import find_python
-
     python = find_python(version)
     if python is None:
         raise GpulockError(f"CPython {version}, the lock's target, is not installed on this "

@@ -84,7 +84,7 @@ exec "$@"
 """
 
 
-def write(work: Path, v1: Path, minor: str, key: str) -> int:
+def write(work: Path, v1: Path, minor: str, key: str) -> None:
     """Add `local.tar` and `local-start` to the generation being built in `work` (which
     sits at its final depth below `v1/envs/<project>/`); `key` (hex digits: the lock
     digest's start) names its local copy. Return the pack's size."""
@@ -101,7 +101,6 @@ def write(work: Path, v1: Path, minor: str, key: str) -> int:
     script = _SCRIPT.replace("@MINOR@", minor).replace("@KEY@", key)
     (work / SCRIPT).write_text(script)
     os.chmod(work / SCRIPT, 0o755)
-    return (work / PACK).stat().st_size
 
 
 def _add_tree(pack: tarfile.TarFile, top: Path, name: str, real_v1: str,

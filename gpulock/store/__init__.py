@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from gpulock.pins import FileRef
     from gpulock.store.compile import Compiler
 
-LAYOUT_VERSION = places.LAYOUT_VERSION
 ENTRY_MANIFEST = "gpulock-entry.json"
 ENTRY_RECORDS = "gpulock-records.json"
 # What an entry's own files may hold: its manifest is names, scripts and folders (KiB); its
@@ -87,17 +86,17 @@ class Store:
             # Its environments go on PATH and PYTHONPATH, which split at ':'.
             raise GpulockError(f"the store path {str(self.root)!r} holds {os.pathsep!r} or a "
                                "newline, which PATH and PYTHONPATH cannot hold; choose another")
-        self.base = self.root / f"v{LAYOUT_VERSION}"
+        self.base = self.root / f"v{places.LAYOUT_VERSION}"
         self.layout = Layout(self.base)
 
     def check_layout(self) -> None:
         """Refuse a store written by a newer gpulock, before anything is read or written."""
         newer = sorted(p.name for p in self.root.glob("v*")
-                       if p.name[1:].isdigit() and int(p.name[1:]) > LAYOUT_VERSION
+                       if p.name[1:].isdigit() and int(p.name[1:]) > places.LAYOUT_VERSION
                        ) if self.root.is_dir() else []
         if newer:
             raise GpulockError(f"the store {self.root} has layout {newer[-1]}, newer than this "
-                               f"gpulock's v{LAYOUT_VERSION}: upgrade gpulock")
+                               f"gpulock's v{places.LAYOUT_VERSION}: upgrade gpulock")
 
     def open(self) -> Store:
         """Create the layout if needed; refuse a store written by a newer gpulock, or one

@@ -16,9 +16,10 @@ from typing import Any
 import xxhash
 
 from gpulock.errors import GpulockError
-from gpulock.names import entry_key_problem, hex_problem, optimized_bytecode, path_problem
+from gpulock.names import entry_key_problem, optimized_bytecode, path_problem
 from gpulock.safeopen import Unsafe, open_descriptor, read_small
 from gpulock.store import ENTRY_MANIFEST, ENTRY_RECORDS, DamagedEntry, Record, Store
+from gpulock.store.listing import blob_sha256
 
 MAP_FROM = 1 << 20  # files from this size are hashed mapped, and alone
 _XXH3_LIMIT = 64  # a blob's xxh3 record: 32 hex digits
@@ -153,8 +154,9 @@ def check_files(store: Store, key: str, records: list[Record], fast: bool
 
 
 def check_blob(store: Store, blob: Path, fast: bool) -> tuple[int, str | None]:
-    sha = blob.parent.name + blob.name
-    if hex_problem(sha, 64):
+    """(bytes read, what is wrong or None) for one file below `blobs/sha256/`."""
+    sha = blob_sha256(blob)
+    if sha is None:
         return 0, "is not a blob gpulock stored (its name is not a sha256)"
     if os.path.islink(blob):
         return 0, "is a symbolic link, which gpulock never makes in blobs/sha256/"

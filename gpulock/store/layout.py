@@ -83,8 +83,8 @@ class Layout:
         self.trees = base / "trees"
         self.python = base / places.PYTHON
         self.model_roots = base / places.ROOTS / places.MODEL_ROOTS
-        self.tmp_roots = base / "roots" / "tmp"
-        self.collectors = base / "roots" / "gc"
+        self.tmp_roots = base / places.ROOTS / "tmp"
+        self.collectors = base / places.ROOTS / "gc"
         self._real: set[Path] = set()
 
     # -- named places ------------------------------------------------------------------------

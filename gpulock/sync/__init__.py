@@ -29,6 +29,7 @@ from gpulock.errors import GpulockError
 from gpulock.lock import lockfile
 from gpulock.manifest import Manifest
 from gpulock.pins import Lock, LockedPackage
+from gpulock.places import GENERATION_FORMAT
 from gpulock.store import Entry, Store, roots
 
 if TYPE_CHECKING:
@@ -83,8 +84,6 @@ class Plan:
     @property
     def up_to_date(self) -> bool:
         """Whether the current generation is this lock on this interpreter already."""
-        from gpulock.places import GENERATION_FORMAT
-
         return self.previous is not None and self.previous.lock_digest == self.digest \
             and self.previous.format >= GENERATION_FORMAT
 

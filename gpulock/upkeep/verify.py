@@ -23,6 +23,7 @@ from pathlib import Path
 from gpulock.env import generation
 from gpulock.errors import GpulockError
 from gpulock.names import bytecode, hex_problem
+from gpulock.places import CURRENT
 from gpulock.store import Record, Store, listing
 from gpulock.store.integrity import MAP_FROM, batches, check_blob, check_files
 
@@ -193,7 +194,7 @@ def check_project(store: Store, folder: Path, damaged: set[str], result: Checked
     project = folder.name
     if os.path.islink(folder) or not folder.is_dir():
         return [Damage("generation", project, "its folder in envs/ is not one gpulock made")]
-    if os.path.lexists(folder / "current") and generation.current_name(folder) is None:
+    if os.path.lexists(folder / CURRENT) and generation.current_name(folder) is None:
         found.append(Damage("generation", f"{project}/current",
                             "is not a link to one of its generations"))
     for name in sorted(os.listdir(folder)):
