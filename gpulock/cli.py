@@ -140,16 +140,12 @@ def _upgrading(requested: list[str], whole: Manifest, first: Path, names: list[s
     from packaging.utils import canonicalize_name
 
     from gpulock.lock import lockfile
-    from gpulock.lock.locking import read_previous
+    from gpulock.lock.locking import known_names, read_previous
 
     if len(names) == 1:
         return {names[0]: requested}
-    listed = {canonicalize_name(r.name) for g in whole.groups for r in g.packages}
-    listed |= {canonicalize_name(m.name) for m in whole.models}
-    held = {}
-    for name in names:
-        previous = read_previous(lockfile.target_path(first, name))
-        held[name] = listed | {p.name for p in previous.packages} if previous else listed
+    held = {name: known_names(whole, read_previous(lockfile.target_path(first, name)))
+            for name in names}
     unknown = [n for n in requested if all(canonicalize_name(n) not in h for h in held.values())]
     if unknown:
         raise GpulockError(f"--upgrade-package {unknown[0]}: no package or model of that name "

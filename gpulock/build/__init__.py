@@ -21,10 +21,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from gpulock import untrusted
@@ -345,6 +347,18 @@ def closure(names: Sequence[str], dependencies: Mapping[str, Sequence[str]]) -> 
 
 
 def _uv() -> str:
+    """uv's binary, found once. The metadata builds ask from many threads, and uv's finder
+    reads sysconfig, which fills its variables in place on first use: a thread asking
+    meanwhile sees half of them (CPython 3.11: `"uv" + None`)."""
+    with _UV_LOCK:
+        return _uv_bin()
+
+
+_UV_LOCK = threading.Lock()
+
+
+@cache
+def _uv_bin() -> str:
     from uv import find_uv_bin
 
     return find_uv_bin()

@@ -43,6 +43,14 @@ class LockResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+def known_names(manifest: Manifest, previous: Lock | None) -> set[str]:
+    """The names `--upgrade-package` may give: gpu.toml's packages and models, and the
+    packages the previous lock pinned (dependencies too), normalized."""
+    named = {p.name for p in previous.packages} if previous else set()
+    named |= {canonicalize_name(r.name) for g in manifest.groups for r in g.packages}
+    return named | {canonicalize_name(m.name) for m in manifest.models}
+
+
 def read_previous(path: Path) -> Lock | None:
     """The existing lock, if one can be read; a damaged one is simply re-locked."""
     if not path.exists():
@@ -64,10 +72,7 @@ def lock(manifest: Manifest, path: Path, *, upgrade: bool = False,
     already (another target's: every target runs the same weights)."""
     upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
     previous = read_previous(path)
-    named = {p.name for p in previous.packages} if previous else set()
-    named |= {canonicalize_name(r.name) for g in manifest.groups for r in g.packages}
-    named |= {canonicalize_name(m.name) for m in manifest.models}
-    unknown = sorted(upgrade_names - named)
+    unknown = sorted(upgrade_names - known_names(manifest, previous))
     if unknown:
         raise GpulockError(f"--upgrade-package {unknown[0]}: no package or model of that name "
                            "is in gpu.toml or the lock")
